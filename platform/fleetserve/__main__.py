@@ -1,0 +1,5 @@
+import sys
+
+from fleetserve.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Engine arguments of the native backend (one schema for YAML, CLI and Helm values)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class EngineConfig(BaseModel):
+    """Arguments of fleetserve's native engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Path to a local Hugging Face-format checkpoint directory.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weight and KV dtype. float32 on CPU; bfloat16/float16 on CUDA."
+    )
+    device: str = Field("cpu", description="torch device: 'cpu' or 'cuda[:N]'.")
+    max_model_len: Optional[int] = Field(
+        None, ge=1, description="Context limit; defaults to the checkpoint's max_position_embeddings."
+    )
+    block_size: int = Field(16, ge=1, le=256, description="Tokens per KV block.")
+    kv_cache_memory_bytes: Optional[int] = Field(
+        None, ge=1, description="KV pool budget in bytes. Takes precedence over kv_cache_memory_fraction."
+    )
+    kv_cache_memory_fraction: float = Field(
+        0.05, gt=0, le=0.95,
+        description="KV pool budget as a fraction of free device memory (host RAM on CPU) when no byte budget is set.",
+    )
+    num_kv_blocks: Optional[int] = Field(
+        None, ge=1, description="Exact number of KV blocks (overrides both memory budgets; for tests)."
+    )
+    max_num_seqs: int = Field(64, ge=1, description="Max requests running in one step.")
+    max_num_batched_tokens: int = Field(
+        2048, ge=1, description="Token budget of one step (decode tokens + prefill chunk tokens)."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of identical prompt prefixes (salted per tenant).")
+    preemption_mode: Literal["recompute", "swap"] = Field(
+        "recompute", description="How a preempted request's KV is handled: dropped and recomputed, or swapped to host memory."
+    )
+    swap_space_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="Host pool size for swap preemption, in bytes."
+    )
+    seed: int = Field(0, description="Engine seed for requests that do not set one.")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU (default: torch's choice).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EngineConfig":
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs})"
+            )
+        return self

@@ -1,0 +1,161 @@
+"""The engine protocol: the one interface every backend (native, vLLM) implements.
+
+Replica deployments, the router and the autoscaler only talk to an engine through
+:class:`EngineProtocol`. Typed dataclasses cross the boundary; nothing here imports torch.
+
+Priority follows vLLM's convention: a *lower* value runs first. Tenants' classes map onto
+it in ``fleetserve.tenants`` (premium=0, standard=1, batch=2 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Optional, Protocol, runtime_checkable
+
+from fleetserve.engine.sampling_params import SamplingParams
+
+# Finish reasons, OpenAI-compatible where OpenAI has one.
+FINISH_STOP = "stop"        # EOS, stop string or stop token id
+FINISH_LENGTH = "length"    # max_tokens or context limit reached
+FINISH_ABORT = "abort"      # aborted by client / admin / deadline
+FINISH_ERROR = "error"      # the engine failed on this request only
+FINISH_REASONS = frozenset({FINISH_STOP, FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR})
+
+
+@dataclass
+class GenerateRequest:
+    """One generation request as the engine sees it (after tokenization is optional).
+
+    Exactly one of ``prompt`` / ``prompt_token_ids`` must be given.
+    ``cache_salt`` isolates prefix-cache blocks: requests with different salts never share
+    KV blocks. The platform sets it per tenant; ``None`` means the engine's default salt.
+    """
+
+    request_id: str
+    params: SamplingParams
+    prompt: Optional[str] = None
+    prompt_token_ids: Optional[list[int]] = None
+    priority: int = 0
+    cache_salt: Optional[str] = None
+    tenant_id: Optional[str] = None
+    arrival_time: Optional[float] = None
+
+
+@dataclass
+class TokenLogprob:
+    """Logprob of a sampled token plus the top-n alternatives (token id -> logprob)."""
+
+    token_id: int
+    logprob: float
+    top: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class RequestOutput:
+    """An *incremental* output: what was produced since the previous output of this request.
+
+    Concatenating ``text_delta`` (and ``token_ids_delta``) over a stream gives the full
+    completion: no token is ever repeated or dropped, including across preemption/migration.
+    The final output has ``finished=True`` and a ``finish_reason``.
+    """
+
+    request_id: str
+    text_delta: str = ""
+    token_ids_delta: list[int] = field(default_factory=list)
+    logprobs_delta: Optional[list[TokenLogprob]] = None
+    finished: bool = False
+    finish_reason: Optional[str] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    error: Optional[str] = None
+
+
+@dataclass
+class EngineStats:
+    """Live load of one engine; replicas report it to the router and the autoscaler."""
+
+    num_waiting: int = 0
+    num_running: int = 0
+    num_swapped: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    kv_block_size: int = 16
+    kv_bytes_allocated: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_preemptions: int = 0
+    num_finished: int = 0
+    generated_tokens_total: int = 0
+    healthy: bool = True
+    sleeping: bool = False
+    draining: bool = False
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["kv_usage"] = self.kv_usage
+        d["prefix_cache_hit_rate"] = self.prefix_cache_hit_rate
+        return d
+
+
+@dataclass
+class ModelInfo:
+    """Static facts about the loaded model that the API layer needs."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    has_chat_template: bool = True
+
+
+@runtime_checkable
+class EngineProtocol(Protocol):
+    """Async engine contract shared by the native engine and the vLLM backend.
+
+    - ``generate`` yields incremental :class:`RequestOutput` until one with ``finished``.
+      It raises a :class:`fleetserve.errors.InvalidRequestError` (or subclass) *before*
+      yielding anything when the request can never be served (bad params, too long).
+    - ``abort`` ends a request; its stream finishes with ``finish_reason="abort"``.
+    - ``preempt`` asks the engine to evict a running request now (it resumes later with
+      its tokens kept). Returns False when the request is not running.
+    - ``sleep``/``wake_up`` release and restore device memory (warm pools). A sleeping
+      engine rejects new requests with ServiceUnavailableError.
+    - ``drain`` stops admission and waits up to ``timeout_s`` for in-flight requests.
+    """
+
+    async def start(self) -> None: ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def preempt(self, request_id: str) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def check_health(self) -> None: ...
+
+    async def sleep(self) -> None: ...
+
+    async def wake_up(self) -> None: ...
+
+    async def drain(self, timeout_s: float) -> int: ...
+
+    async def shutdown(self) -> None: ...
+
+    def model_info(self) -> ModelInfo: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]: ...

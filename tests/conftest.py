@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/*.py and are loaded as pytest plugins."""
+
+pytest_plugins = [
+    "tests.fixtures.checkpoints",  # tiny HF checkpoints made on disk (engine)
+    "tests.fixtures.redis_server",  # real redis-server on a free loopback port (tenants)
+    "tests.fixtures.ray_serve",  # one shared Ray session + Serve apps (serving)
+]
