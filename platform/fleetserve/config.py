@@ -1,6 +1,284 @@
 """Top-level configuration schema: one pydantic model written as YAML.
 
 Sections: ``server`` (ports, keys), ``models`` (one entry per served model), and the
-reserved ``tenants``, ``canary`` and ``autoscaler`` sections owned by their subpackages.
-Owned by the serving layer; each section's model lives in its own subpackage.
+``tenants``, ``canary`` and ``autoscaler`` sections owned by their subpackages (a section
+whose subpackage is not part of this build is reserved: it only accepts ``enabled``).
+
+``load_config(path)`` / ``parse_config(data)`` raise :class:`fleetserve.errors.ConfigError`
+whose ``field`` is the dotted path of the first offending field (``models.0.replicas.max``).
 """
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleetserve.errors import ConfigError
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class ReservedSection(BaseModel):
+    """Placeholder for a section whose subpackage is not part of this build."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Reserved; must stay false until the feature ships.")
+
+    @field_validator("enabled")
+    @classmethod
+    def _must_be_off(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("this section is reserved in this build and cannot be enabled")
+        return v
+
+
+def _optional_section(module: str, attr: str) -> type[BaseModel]:
+    """The subpackage's own schema when it exists, else :class:`ReservedSection`."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return ReservedSection
+
+
+TenantsSection = _optional_section("fleetserve.tenants.config", "TenantsConfig")
+AutoscalerSection = _optional_section("fleetserve.autoscaler.config", "AutoscalerConfig")
+
+
+class CanaryConfig(BaseModel):
+    """Canary rollouts (reserved: the canary subpackage ships later)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Reserved; canary rollouts are not part of this build.")
+
+    @field_validator("enabled")
+    @classmethod
+    def _must_be_off(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("canary rollouts are reserved in this build and cannot be enabled")
+        return v
+
+
+class ServerConfig(BaseModel):
+    """Where and how the platform listens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface the REST and gRPC proxies bind to ('0.0.0.0' for all).")
+    port: int = Field(8000, ge=0, le=65535, description="REST (OpenAI-compatible HTTP) port; 0 picks a free port.")
+    grpc_port: Optional[int] = Field(
+        9000, ge=0, le=65535, description="gRPC port of Serve's gRPC proxy; null disables gRPC; 0 picks a free port."
+    )
+    app_name: str = Field("fleetserve", description="Ray Serve application name (gRPC calls name it in 'application' metadata).")
+    route_prefix: str = Field("/", description="HTTP route prefix of the application.")
+    admin_key: Optional[str] = Field(
+        None, min_length=16, description="Admin API key (Bearer) for /admin/*. Null: only demo mode generates one."
+    )
+    demo: bool = Field(
+        False, description="Create a demo tenant and key at start (for `fleetserve serve` on a laptop; never in production)."
+    )
+    max_request_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Requests with a larger body are rejected with HTTP 413."
+    )
+    ingress_replicas: int = Field(1, ge=1, description="Number of ingress (API) replicas.")
+    request_timeout_s: Optional[float] = Field(
+        None, gt=0, description="End-to-end timeout Serve's proxies apply to one request; null: none."
+    )
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class ReplicasConfig(BaseModel):
+    """How many replicas of one model run. ``min``/``max`` bound the autoscaler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num: int = Field(1, ge=1, description="Initial (and, without an autoscaler, fixed) number of replicas.")
+    min: Optional[int] = Field(None, ge=0, description="Lower bound for autoscaling; default: num.")
+    max: Optional[int] = Field(None, ge=1, description="Upper bound for autoscaling; default: num.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicasConfig":
+        lo = self.num if self.min is None else self.min
+        hi = self.num if self.max is None else self.max
+        if lo > hi:
+            raise ValueError(f"min ({lo}) must be <= max ({hi})")
+        if not lo <= self.num <= hi:
+            raise ValueError(f"num ({self.num}) must lie within [min, max] = [{lo}, {hi}]")
+        return self
+
+    @property
+    def min_replicas(self) -> int:
+        return self.num if self.min is None else self.min
+
+    @property
+    def max_replicas(self) -> int:
+        return self.num if self.max is None else self.max
+
+
+class ResourcesConfig(BaseModel):
+    """Ray resources reserved by each replica actor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica (vLLM with tensor_parallel_size N needs N).")
+
+
+class RoutingConfig(BaseModel):
+    """Replica choice for one model (see fleetserve.router.replica_router)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix_affinity_blocks: int = Field(
+        2, ge=0, description="Prompt blocks (of block_size tokens) hashed with the tenant for prefix affinity; 0 disables it."
+    )
+    block_size: int = Field(16, ge=1, description="Tokens per hashed prompt block.")
+    stats_period_s: float = Field(1.0, gt=0, description="How often replicas push live stats to the router.")
+    even_load_slack: int = Field(
+        2, ge=0, description="Two replicas whose load scores differ by at most this count as evenly loaded."
+    )
+
+
+class ModelConfig(BaseModel):
+    """One served model: its checkpoint, engine and fleet shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Model name clients pass as `model`.")
+    checkpoint: str = Field(description="Local path of a Hugging Face-format checkpoint directory.")
+    engine: Literal["native", "vllm"] = Field("native", description="Engine backend hosted by each replica.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Engine arguments. native: fields of fleetserve.engine.config.EngineConfig (model is the checkpoint). "
+            "vllm: fields of vllm AsyncEngineArgs, including tensor_parallel_size."
+        ),
+    )
+    version: str = Field("v1", description="Version label (metrics, canary).")
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig, description="Replica counts.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-replica Ray resources.")
+    max_ongoing_requests: int = Field(
+        100, ge=1, description="Requests Serve lets into one replica at once; Serve's default of 5 collapses streaming."
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Replica router settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not MODEL_NAME_RE.match(v):
+            raise ValueError("must be 1-128 characters of letters, digits and . _ : / -, starting with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _engine_args(self) -> "ModelConfig":
+        if self.engine == "vllm":
+            tp = self.engine_args.get("tensor_parallel_size", 1)
+            if not isinstance(tp, int) or tp < 1:
+                raise ValueError(f"engine_args.tensor_parallel_size must be a positive integer, got {tp!r}")
+            if self.resources.num_gpus and self.resources.num_gpus < tp:
+                raise ValueError(
+                    f"resources.num_gpus ({self.resources.num_gpus}) must be >= engine_args.tensor_parallel_size ({tp})"
+                )
+        return self
+
+    def native_engine_config(self):
+        """The validated native EngineConfig (raises pydantic ValidationError)."""
+        from fleetserve.engine.config import EngineConfig
+
+        return EngineConfig(**{"model": self.checkpoint, **self.engine_args})
+
+
+class FleetConfig(BaseModel):
+    """The whole platform: one YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Listeners and keys.")
+    models: list[ModelConfig] = Field(min_length=1, description="Served models (at least one).")
+    tenants: Optional[TenantsSection] = Field(None, description="Multi-tenancy (fleetserve.tenants.config).")  # type: ignore[valid-type]
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary rollouts (reserved).")
+    autoscaler: Optional[AutoscalerSection] = Field(None, description="Autoscaler (fleetserve.autoscaler.config).")  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "FleetConfig":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"duplicate model name {m.name!r}")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def _config_error(exc: ValidationError, prefix: tuple = ()) -> ConfigError:
+    errs = exc.errors()
+    first = errs[0]
+    path = _dotted(prefix + tuple(first["loc"]))
+    lines = [f"{_dotted(prefix + tuple(e['loc']))}: {e['msg']}" for e in errs]
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), field=path)
+
+
+def parse_config(data: Union[dict, None]) -> FleetConfig:
+    """Validate a dict (parsed YAML) into a FleetConfig; raises ConfigError naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError("configuration must be a mapping at the top level", field="<root>")
+    try:
+        cfg = FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    for i, m in enumerate(cfg.models):
+        if m.engine != "native":
+            continue
+        try:
+            m.native_engine_config()
+        except ValidationError as exc:
+            raise _config_error(exc, ("models", i, "engine_args")) from None
+    return cfg
+
+
+def load_config(path: Union[str, Path]) -> FleetConfig:
+    """Read and validate a YAML config file. ``~`` expands; a relative checkpoint that exists next to the file resolves against it."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}", field="<file>") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}", field="<file>") from None
+    cfg = parse_config(data)
+    for m in cfg.models:
+        ck = Path(m.checkpoint).expanduser()
+        if not ck.is_absolute() and (p.parent / ck).exists():
+            ck = (p.parent / ck).resolve()
+        m.checkpoint = str(ck)  # otherwise kept (relative to the cwd, or a hub id for vLLM)
+    return cfg
+
+
+def dump_config(cfg: FleetConfig) -> str:
+    """YAML text of a config (round-trips through load_config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -99,3 +99,9 @@ class ConfigError(FleetserveError):
     """An invalid configuration file or value; ``field`` is the dotted path."""
 
     code = "config_error"
+
+
+class NotSupportedError(FleetserveError):
+    """This engine backend cannot do the operation at all, e.g. sleep mode of vLLM on CPU (HTTP 501)."""
+
+    code = "not_supported"

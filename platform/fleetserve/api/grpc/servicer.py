@@ -1,0 +1,167 @@
+"""``fleetserve.v1.Inference``: the gRPC face of :class:`fleetserve.api.service.InferenceService`.
+
+A proto request is turned into the same pydantic request the REST API validates
+(``prompt`` -> completion, ``messages`` -> chat), so bounds, defaults and error messages are
+identical. Errors are mapped by :func:`fleetserve.api.errors.grpc_error`: the code and
+details are set on the context and an exception is raised, which both a plain
+``grpc.aio`` server and Ray Serve's gRPC proxy turn into that status.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import AsyncIterator, Optional
+
+from pydantic import ValidationError
+
+from fleetserve.api import openai_format as F
+from fleetserve.api import openai_models as M
+from fleetserve.api.errors import grpc_error, validation_error
+from fleetserve.api.grpc import inference_pb2 as pb
+from fleetserve.api.service import InferenceService, Job
+from fleetserve.engine.protocol import TokenLogprob
+from fleetserve.errors import FleetserveError, InvalidRequestError
+
+_OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "n", "seed", "top_k")
+
+
+class GrpcStatusRaised(Exception):
+    """Raised after the status was set on the context (ends the RPC with that status)."""
+
+
+class InferenceServicer:
+    def __init__(self, service: InferenceService):
+        self._service = service
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        try:
+            job = await self._job(request, context)
+            async with aclosing(self._service.run(job)) as events:
+                choices = await F.collect(events, job.num_choices)
+        except BaseException as exc:  # noqa: BLE001 - every error leaves as a status code
+            self._fail(context, exc)
+        total = sum(c.tokens for c in choices)
+        return pb.GenerateResponse(
+            id=job.request_id, model=job.model.spec.name, usage=_usage(job, total),
+            choices=[
+                pb.Choice(index=i, text="".join(c.text), finish_reason=F._finish(c.finish_reason) or "",
+                          logprobs=self._logprobs(job, c.logprobs))
+                for i, c in enumerate(choices)
+            ],
+        )
+
+    async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
+        try:
+            job = await self._job(request, context)
+            total = 0
+            async with aclosing(self._service.run(job)) as events:
+                async for ev in events:
+                    out = ev.output
+                    total += len(out.token_ids_delta)
+                    if not out.text_delta and not out.finished and not out.logprobs_delta:
+                        continue
+                    yield pb.GenerateChunk(
+                        id=job.request_id, index=ev.index, text=out.text_delta,
+                        finish_reason=(F._finish(out.finish_reason) or "") if out.finished else "",
+                        logprobs=self._logprobs(job, out.logprobs_delta or []),
+                    )
+            yield pb.GenerateChunk(id=job.request_id, usage=_usage(job, total))
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, GeneratorExit):
+                raise
+            self._fail(context, exc)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        try:
+            ctx = await self._service.gatekeeper.authenticate(_bearer(context))
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(context, exc)
+        cards = []
+        for name in self._service.model_names():
+            if ctx.allowed_models is not None and name not in ctx.allowed_models:
+                continue
+            served = self._service._served.get(name)
+            cards.append(pb.ModelCard(id=name, max_model_len=served.info.max_model_len if served else 0))
+        return pb.ListModelsResponse(models=cards)
+
+    # ----- helpers -----------------------------------------------------------------------
+
+    async def _job(self, request: pb.GenerateRequest, context) -> Job:
+        ctx = None
+        try:
+            ctx = await self._service.gatekeeper.authenticate(_bearer(context))
+            kind, data = _as_dict(request)
+            try:
+                req = (M.ChatCompletionRequest if kind == "chat" else M.CompletionRequest).model_validate(data)
+            except ValidationError as exc:
+                raise validation_error(exc.errors()) from None
+            self._service.spec(req.model)
+            self._service.gatekeeper.authorize_model(ctx, req.model)
+            if kind == "chat":
+                return await F.chat_job(self._service, ctx, req)
+            return await F.completion_job(self._service, ctx, req)
+        except FleetserveError as exc:
+            self._service.record_rejection(ctx, request.model, exc)
+            raise
+
+    def _logprobs(self, job: Job, lps: list[TokenLogprob]) -> list[pb.TokenLogprob]:
+        r = job.model.renderer
+        return [
+            pb.TokenLogprob(token_id=lp.token_id, token=r.token_text(lp.token_id), logprob=lp.logprob,
+                            top={r.token_text(t): v for t, v in lp.top.items()})
+            for lp in lps
+        ]
+
+    @staticmethod
+    def _fail(context, exc: BaseException):
+        code, details, meta = grpc_error(exc)
+        context.set_code(code)
+        context.set_details(details)
+        try:
+            context.set_trailing_metadata(meta)
+        except Exception:  # Ray's context may refuse metadata on some paths; the code is what matters
+            pass
+        raise GrpcStatusRaised(details) from None
+
+
+def _bearer(context) -> Optional[str]:
+    from fleetserve.api.rest import bearer_key
+
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization":
+            return bearer_key(value)
+    return None
+
+
+def _as_dict(req: pb.GenerateRequest) -> tuple[str, dict]:
+    if req.prompt and len(req.messages):
+        raise InvalidRequestError("set exactly one of prompt and messages", field="prompt")
+    data: dict = {"model": req.model, "ignore_eos": req.ignore_eos}
+    if len(req.messages):
+        kind = "chat"
+        data["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
+    elif req.prompt:
+        kind = "completion"
+        data["prompt"] = req.prompt
+    else:
+        raise InvalidRequestError("prompt or messages is required", field="prompt")
+    for f in _OPTIONAL_FIELDS:
+        if req.HasField(f):
+            data[f] = getattr(req, f)
+    if "temperature" in data:
+        data["temperature"] = round(data["temperature"], 6)  # float32 on the wire
+    if "top_p" in data:
+        data["top_p"] = round(data["top_p"], 6)
+    if len(req.stop):
+        data["stop"] = list(req.stop)
+    if req.HasField("logprobs"):
+        if kind == "chat":
+            data.update(logprobs=True, top_logprobs=req.logprobs)
+        else:
+            data["logprobs"] = req.logprobs
+    return kind, data
+
+
+def _usage(job: Job, completion_tokens: int) -> pb.Usage:
+    return pb.Usage(prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=job.prompt_tokens + completion_tokens)

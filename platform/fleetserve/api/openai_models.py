@@ -1,0 +1,251 @@
+"""OpenAI wire format: request and response models for /v1/completions and /v1/chat/completions.
+
+Requests forbid unknown fields (a typo must not be silently ignored) and bound every
+length, so validation is cheap and a hostile body cannot make the ingress do unbounded
+work. Range checks mirror :class:`fleetserve.engine.sampling_params.SamplingParams`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fleetserve.engine.sampling_params import MAX_LOGPROBS
+
+MAX_N = 16
+MAX_STOP = 16
+MAX_STOP_LEN = 256
+MAX_PROMPTS = 16
+MAX_MESSAGES = 256
+MAX_TEXT_CHARS = 1_000_000
+MAX_TOKEN_IDS = 131_072
+MAX_SEED = 2**63 - 1
+
+Stop = Union[str, list[str], None]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = Field(False, description="Send a final chunk with usage and no choices.")
+
+
+class _SamplingFields(_Request):
+    """Fields shared by completions and chat."""
+
+    model: str = Field(min_length=1, max_length=128, description="Model name from /v1/models.")
+    n: int = Field(1, ge=1, le=MAX_N, description="Completions per prompt.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=-1, le=100_000, description="Top-k (vLLM extension); 0 or -1 disables.")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="Min-p (vLLM extension).")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI presence penalty.")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI frequency penalty.")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="Repetition penalty (vLLM extension).")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Same seed, same output; choice i uses seed + i.")
+    stop: Stop = Field(None, description="Up to 16 stop strings (not included in the output).")
+    stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP, description="Stop token ids (vLLM extension).")
+    ignore_eos: bool = Field(False, description="Keep generating past EOS (vLLM extension; benchmarks).")
+    stream: bool = Field(False, description="Server-sent events.")
+    stream_options: Optional[StreamOptions] = Field(None, description="Streaming options.")
+    user: Optional[str] = Field(None, max_length=256, description="End-user id (recorded, not used for auth).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: Stop) -> Optional[list[str]]:
+        if v is None:
+            return None
+        items = [v] if isinstance(v, str) else v
+        if len(items) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        for s in items:
+            if not s or len(s) > MAX_STOP_LEN:
+                raise ValueError(f"stop strings must be 1-{MAX_STOP_LEN} characters")
+        return list(items)
+
+    @model_validator(mode="after")
+    def _stream_options(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: Union[str, list[str], list[int]] = Field(description="Text, a batch of texts, or token ids.")
+    max_tokens: Optional[int] = Field(16, ge=1, le=MAX_TOKEN_IDS, description="Tokens to generate; null: up to the context limit.")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS, description="Return top-k logprobs per token.")
+    echo: Literal[False] = Field(False, description="Not supported; must be false.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        if isinstance(v, str):
+            if len(v) > MAX_TEXT_CHARS:
+                raise ValueError(f"prompt is longer than {MAX_TEXT_CHARS} characters")
+            return v
+        if not v:
+            raise ValueError("prompt must not be empty")
+        if isinstance(v[0], str):
+            if len(v) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+            if any(len(p) > MAX_TEXT_CHARS for p in v):
+                raise ValueError(f"a prompt is longer than {MAX_TEXT_CHARS} characters")
+            return v
+        if len(v) > MAX_TOKEN_IDS or any(t < 0 for t in v):
+            raise ValueError(f"token-id prompts hold 1-{MAX_TOKEN_IDS} non-negative ids")
+        return v
+
+
+class TextPart(_Request):
+    type: Literal["text"] = Field(description="Only text parts are supported.")
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="Text.")
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="Speaker.")
+    content: Union[str, list[TextPart]] = Field(description="Text or a list of text parts.")
+    name: Optional[str] = Field(None, max_length=64, description="Optional participant name (ignored).")
+
+    @field_validator("content")
+    @classmethod
+    def _len(cls, v):
+        if isinstance(v, str) and len(v) > MAX_TEXT_CHARS:
+            raise ValueError(f"content is longer than {MAX_TEXT_CHARS} characters")
+        return v
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_template_dict(self) -> dict:
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": self.text()}
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, description="The conversation.")
+    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKEN_IDS, description="Deprecated alias of max_completion_tokens.")
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKEN_IDS, description="Tokens to generate; null: up to the context limit.")
+    logprobs: bool = Field(False, description="Return logprobs of the sampled tokens.")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token; needs logprobs=true.")
+
+    @model_validator(mode="after")
+    def _logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return self
+
+    @property
+    def effective_max_tokens(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+# ----- responses -------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] = Field(default_factory=list)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: Optional[ChatLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Optional[Usage] = None
+
+
+class ChatDelta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: Optional[ChatLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[Usage] = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "fleetserve"
+    max_model_len: Optional[int] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

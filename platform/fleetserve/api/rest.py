@@ -1,0 +1,220 @@
+"""The OpenAI-compatible REST app (FastAPI), built around an :class:`InferenceService`.
+
+Request handling order: body size -> API key (401/403 before any parsing, as OpenAI does)
+-> JSON + schema validation (400 naming the field) -> model lookup (404) -> tokenization and
+context check (400) -> admission (429/503) -> generation. Every error leaves through
+:mod:`fleetserve.api.errors`, so user input can never produce a 5xx.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from contextlib import aclosing
+from typing import AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fleetserve.api import openai_format as F
+from fleetserve.api import openai_models as M
+from fleetserve.api.errors import error_body, http_error, validation_error
+from fleetserve.api.service import ChoiceEvent, InferenceService
+from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
+
+logger = logging.getLogger(__name__)
+
+
+def bearer_key(authorization: Optional[str]) -> Optional[str]:
+    """The key of an ``Authorization: Bearer <key>`` header (None when absent or malformed)."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve") -> FastAPI:
+    app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
+    _install_error_handlers(app)
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > max_body_bytes:
+                raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
+        return bytes(body)
+
+    def parse_json(body: bytes) -> dict:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequestError("request body must be a JSON object")
+        return data
+
+    async def authenticate(request: Request):
+        return await service.gatekeeper.authenticate(bearer_key(request.headers.get("authorization")))
+
+    def parse(model_cls, data: dict):
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+
+    @app.get("/health", summary="Liveness of the ingress.")
+    async def health() -> dict:
+        return {"status": "ok", "models": service.model_names()}
+
+    @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
+    async def metrics() -> Response:
+        versions = {n: service.spec(n).version for n in service.model_names()}
+        service.metrics.set_replica_stats(
+            (r.model, versions.get(r.model, ""), r.replica, r.num_waiting, r.num_running, r.kv_usage)
+            for r in service.client.replica_status()
+        )
+        body, ctype = service.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/v1/models", response_model=M.ModelList, summary="Models this key may use.")
+    async def list_models(request: Request) -> M.ModelList:
+        ctx = await authenticate(request)
+        cards = []
+        for name in service.model_names():
+            if ctx.allowed_models is not None and name not in ctx.allowed_models:
+                continue
+            served = service._served.get(name)
+            cards.append(M.ModelCard(id=name, created=served.created if served else 0,
+                                     max_model_len=served.info.max_model_len if served else None))
+        return M.ModelList(data=cards)
+
+    @app.post("/v1/completions", response_model=M.CompletionResponse, summary="Text completion (OpenAI).")
+    async def completions(request: Request):
+        return await _generate(request, M.CompletionRequest, F.completion_job, F.completion_response, F.CompletionChunker,
+                               want_logprobs=lambda r: r.logprobs is not None)
+
+    @app.post("/v1/chat/completions", response_model=M.ChatCompletionResponse, summary="Chat completion (OpenAI).")
+    async def chat_completions(request: Request):
+        return await _generate(request, M.ChatCompletionRequest, F.chat_job, F.chat_response, F.ChatChunker,
+                               want_logprobs=lambda r: r.logprobs)
+
+    async def _generate(request: Request, model_cls, make_job, make_response, chunker_cls, want_logprobs):
+        ctx, model = None, ""
+        try:
+            body = await read_body(request)
+            ctx = await authenticate(request)
+            data = parse_json(body)
+            model = data.get("model") if isinstance(data.get("model"), str) else ""
+            req = parse(model_cls, data)
+            service.spec(req.model)
+            service.gatekeeper.authorize_model(ctx, req.model)
+            job = await make_job(service, ctx, req)
+        except FleetserveError as exc:
+            service.record_rejection(ctx, model, exc)
+            raise
+        lp = bool(want_logprobs(req))
+        events = service.run(job)
+        if not req.stream:
+            async with aclosing(events):
+                choices = await F.collect(events, job.num_choices)
+            return JSONResponse(make_response(job, choices, lp).model_dump(mode="json"))
+        # Wait for the first event before answering, so errors raised before generation
+        # starts (admission, engine-side validation) still get their real status code.
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await events.aclose()
+            raise
+        chunker = chunker_cls(job, lp, req.include_usage)
+        return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    admin = _admin_router(service)
+    if admin is not None:
+        app.include_router(admin)
+
+    @app.get("/admin/status", summary="Models, replicas, queue depth and KV usage (admin key).")
+    async def admin_status(request: Request) -> dict:
+        await service.gatekeeper.authenticate_admin(bearer_key(request.headers.get("authorization")))
+        rows = service.client.replica_status()
+        models = []
+        for name in service.model_names():
+            spec = service.spec(name)
+            reps = [r for r in rows if r.model == name]
+            models.append({
+                "name": name, "version": spec.version, "num_replicas": len(reps),
+                "replicas": [
+                    {"replica": r.replica, "waiting": r.num_waiting, "running": r.num_running,
+                     "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
+                     "stats_age_s": None if r.age_s is None else round(r.age_s, 2)}
+                    for r in reps
+                ],
+            })
+        return {"models": models}
+
+    return app
+
+
+async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent], chunker) -> AsyncIterator[bytes]:
+    def frames(ev: ChoiceEvent) -> list[bytes]:
+        out = chunker.chunk(ev)
+        items = out if isinstance(out, list) else ([out] if out else [])
+        return [f"data: {c}\n\n".encode() for c in items]
+
+    async with aclosing(events):
+        try:
+            if first is not None:
+                for f in frames(first):
+                    yield f
+            async for ev in events:
+                for f in frames(ev):
+                    yield f
+            u = chunker.usage_chunk()
+            if u:
+                yield f"data: {u}\n\n".encode()
+        except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+            _, body, _ = http_error(exc)
+            yield f"data: {json.dumps(body)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+
+def _admin_router(service: InferenceService):
+    """The tenants subpackage's admin routes, when that subpackage is part of this build."""
+    try:
+        mod = importlib.import_module("fleetserve.tenants.admin_routes")
+    except ImportError:
+        return None
+    return mod.build_admin_router(service.gatekeeper)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FleetserveError)
+    async def _fleet(_req: Request, exc: FleetserveError):
+        status, body, headers = http_error(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError):
+        err = validation_error(list(exc.errors()))
+        return JSONResponse(error_body(err), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException):
+        body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
+                          "code": "not_found" if exc.status_code == 404 else str(exc.status_code)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _any(_req: Request, exc: Exception):
+        status, body, headers = http_error(exc)
+        return JSONResponse(body, status_code=status, headers=headers)

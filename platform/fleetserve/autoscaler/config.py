@@ -1,0 +1,130 @@
+"""Autoscaler configuration: the ``autoscaler`` section of the top-level config, and the
+schema of the profiles shipped under ``autoscaler/*.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleetserve.autoscaler.snapshot import CapacityType
+from fleetserve.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScalingConfig(_Strict):
+    """How many replicas to serve with, and how quickly to change that number."""
+
+    min_replicas: int = Field(1, ge=0, description="Lower bound on serving replicas.")
+    max_replicas: int = Field(32, ge=1, description="Upper bound on serving replicas (warm standbys not counted).")
+    target_ongoing_per_replica: float = Field(
+        24.0, gt=0, description="Requests (running + queued) one serving replica should carry; demand / this = replicas."
+    )
+    rate_lookahead_s: float = Field(
+        0.0,
+        ge=0,
+        description="Scale up for the arrival rate projected this far ahead along its recent rising trend "
+        "(about one cold-start time); 0 disables the projection.",
+    )
+    trend_window_s: float = Field(30.0, gt=0, description="Window over which the arrival-rate trend is measured.")
+    trend_sample_interval_s: float = Field(
+        10.0, ge=0, description="Keep one rate sample per this interval for the trend (the rate's own window)."
+    )
+    kv_high_watermark: float = Field(
+        0.9, gt=0, le=1, description="KV-cache usage above which one more replica is asked for even if queues look fine."
+    )
+    upscale_delay_s: float = Field(0.0, ge=0, description="Demand must exceed capacity this long before scaling up.")
+    downscale_delay_s: float = Field(
+        300.0, ge=0, description="Demand must stay below the hysteresis band this long before scaling down."
+    )
+    downscale_margin: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Hysteresis band: scale down only when the wanted replicas are below current * (1 - margin).",
+    )
+    downscale_step: int = Field(1, ge=1, description="Most replicas removed by one scale-down step.")
+    downscale_cooldown_s: float = Field(30.0, ge=0, description="Minimum time between two scale-down steps.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ScalingConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        return self
+
+
+class WarmPoolConfig(_Strict):
+    """Standby replicas: loaded but not serving, woken in seconds instead of cold-started in minutes."""
+
+    size: int = Field(0, ge=0, description="Standby replicas kept per model; 0 disables the warm pool.")
+    cost_factor: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Cost of one standby-hour relative to a serving replica-hour (weights parked in host memory, "
+        "GPU lendable to preemptible work).",
+    )
+    capacity_type: CapacityType = Field(
+        CapacityType.ON_DEMAND, description="Capacity type standbys are started on (on_demand: they must be there when needed)."
+    )
+
+
+class SpotConfig(_Strict):
+    """Spot as burst capacity over an on-demand base."""
+
+    enabled: bool = Field(False, description="Allow spot replicas at all.")
+    on_demand_base: int = Field(1, ge=0, description="Serving replicas kept on on-demand before any spot is used.")
+    max_spot_share: float = Field(0.5, ge=0, le=1, description="Most spot replicas as a fraction of serving replicas.")
+    max_price_ratio: float = Field(
+        0.7, gt=0, description="Price ceiling: use spot only while its price / on-demand price is at most this."
+    )
+    migration_margin_s: float = Field(
+        15.0,
+        ge=0,
+        description="After an interruption notice, requests still running this long before the deadline are migrated.",
+    )
+
+
+class ModelPolicyConfig(_Strict):
+    """Autoscaling settings for one model (all its versions)."""
+
+    policy: str = Field("fleetserve", description="Registered policy name (see fleetserve.autoscaler.registry).")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Replica bounds, targets, hysteresis.")
+    warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig, description="Standby replicas.")
+    spot: SpotConfig = Field(default_factory=SpotConfig, description="Spot capacity use.")
+
+
+class AutoscalerConfig(_Strict):
+    """The ``autoscaler`` section: defaults for every model, overridable per model."""
+
+    profile: Optional[str] = Field(None, description="Name of the profile this came from (informational).")
+    description: Optional[str] = Field(None, description="What the profile is for.")
+    tick_interval_s: float = Field(1.0, gt=0, description="How often the controller calls the policy.")
+    defaults: ModelPolicyConfig = Field(default_factory=ModelPolicyConfig, description="Settings for models not listed.")
+    models: Dict[str, ModelPolicyConfig] = Field(default_factory=dict, description="Per-model settings by model name.")
+
+    def for_model(self, model: str) -> ModelPolicyConfig:
+        return self.models.get(model, self.defaults)
+
+
+def load_autoscaler_config(source: Union[str, Path, dict]) -> AutoscalerConfig:
+    """Parse a profile YAML file (or an already-loaded dict); errors name the field."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read autoscaler profile {path}: {exc}") from exc
+    try:
+        return AutoscalerConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"autoscaler.{field}: {first['msg']}", field=f"autoscaler.{field}") from exc

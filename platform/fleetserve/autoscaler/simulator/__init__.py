@@ -1,0 +1,1 @@
+"""Discrete-event fleet simulator: replay a trace against autoscaling policies."""

@@ -1,0 +1,22 @@
+"""Build the engine a replica hosts from its model config (``engine: native | vllm``).
+
+The only place that knows which class implements which backend; the replica deployment
+receives an :class:`EngineProtocol` and never imports a backend itself.
+"""
+
+from __future__ import annotations
+
+from fleetserve.config import ModelConfig
+from fleetserve.engine.protocol import EngineProtocol
+
+
+def build_engine(model: ModelConfig) -> EngineProtocol:
+    if model.engine == "native":
+        from fleetserve.engine.async_engine import AsyncEngine
+
+        return AsyncEngine(model.native_engine_config())
+    if model.engine == "vllm":
+        from fleetserve.engine.vllm_backend import VLLMEngine
+
+        return VLLMEngine(model_path=model.checkpoint, engine_args=dict(model.engine_args))
+    raise ValueError(f"unknown engine {model.engine!r}")

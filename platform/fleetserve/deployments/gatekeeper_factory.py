@@ -1,0 +1,29 @@
+"""The Gatekeeper the ingress injects into its InferenceService, built from the config.
+
+The tenants subpackage owns auth, quotas and admission; this only assembles its config:
+the ``tenants`` section plus ``server.admin_key`` (hashed here, never stored in plaintext
+by the gatekeeper).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from fleetserve.config import FleetConfig
+from fleetserve.tenants.context import Gatekeeper
+
+
+def tenants_config(cfg: FleetConfig):
+    from fleetserve.tenants.config import TenantsConfig
+    from fleetserve.tenants.keys import hash_api_key
+
+    tcfg = cfg.tenants if cfg.tenants is not None else TenantsConfig()
+    if cfg.server.admin_key and tcfg.admin_key_hash is None:
+        tcfg = tcfg.model_copy(update={"admin_key_hash": hash_api_key(cfg.server.admin_key)})
+    return tcfg
+
+
+def build_gatekeeper(cfg: FleetConfig, pool: Optional[object] = None) -> Gatekeeper:
+    from fleetserve.tenants.gatekeeper import TenantGatekeeper
+
+    return TenantGatekeeper(tenants_config(cfg), pool=pool)

@@ -1,0 +1,115 @@
+"""The model replica: a Ray Serve deployment class hosting ONE engine.
+
+- ``generate`` is an async generator, so results stream back through the DeploymentHandle
+  (``handle.options(stream=True)``); a cancelled call (client gone) aborts the engine request.
+- ``check_health`` is Serve's health probe, delegated to the engine loop: a dead or wedged
+  loop marks the replica unhealthy and Serve replaces it.
+- ``record_routing_stats`` is pushed by Serve to every router of this deployment; the
+  :mod:`fleetserve.router.replica_router` routes on it.
+- ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once, in-flight
+  requests get ``drain_timeout_s`` to finish.
+
+The class is plain; :mod:`fleetserve.deployments.app` applies ``serve.deployment`` with
+resources and limits from the config, and tests may construct it with any engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import AsyncIterator, Callable, Optional
+
+from fleetserve.config import ModelConfig
+from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.errors import ServiceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelConfig], EngineProtocol]
+
+
+class ModelReplica:
+    async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None):
+        from fleetserve.deployments.engine_factory import build_engine
+
+        self._cfg = ModelConfig.model_validate(model)
+        self._engine = (engine_factory or build_engine)(self._cfg)
+        self._draining = False
+        self._in_flight = 0
+        self._live: set[str] = set()  # engine request ids streaming now (for preempt_job)
+        self._replica_id = _replica_id()
+        await self._engine.start()
+        logger.info("replica %s of %s ready (engine=%s)", self._replica_id, self._cfg.name, self._cfg.engine)
+
+    async def generate(self, request: GenerateRequest, prefix_key: Optional[str] = None) -> AsyncIterator[RequestOutput]:
+        """Stream the engine's incremental outputs. ``prefix_key`` is read by the router only."""
+        if self._draining:
+            raise ServiceUnavailableError("replica is draining", retry_after_s=1.0)
+        self._in_flight += 1
+        self._live.add(request.request_id)
+        finished = False
+        try:
+            async for out in self._engine.generate(request):
+                finished = out.finished
+                yield out
+        finally:
+            self._in_flight -= 1
+            self._live.discard(request.request_id)
+            if not finished:  # caller cancelled: free the engine's slot and KV blocks now
+                await self._engine.abort(request.request_id)
+
+    async def model_info(self) -> ModelInfo:
+        return self._engine.model_info()
+
+    async def stats(self) -> dict:
+        return self._stats_dict()
+
+    async def preempt(self, request_id: str) -> bool:
+        return await self._engine.preempt(request_id)
+
+    async def preempt_job(self, job_id: str, target_replica: Optional[str] = None) -> bool:
+        """Preempt every engine request of one API request (ids ``job_id`` or ``job_id-<choice>``).
+
+        ``target_replica`` is read by the replica router only (it pins the call to that
+        replica); the fleet scheduler uses it to reach the replica running the job.
+        """
+        ids = [rid for rid in self._live if rid == job_id or rid.startswith(job_id + "-")]
+        results = [await self._engine.preempt(rid) for rid in ids]
+        return any(results)
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    def record_routing_stats(self) -> dict:
+        return self._stats_dict()
+
+    def _stats_dict(self) -> dict:
+        s = self._engine.stats()
+        return {
+            "replica": self._replica_id,
+            "num_waiting": s.num_waiting,
+            "num_running": s.num_running,
+            "kv_usage": s.kv_usage,
+            "healthy": s.healthy,
+            "draining": self._draining or s.draining,
+            "in_flight": self._in_flight,
+            "ts": time.time(),
+        }
+
+    async def __del__(self):
+        self._draining = True
+        try:
+            left = await self._engine.drain(self._cfg.drain_timeout_s)
+            if left:
+                logger.warning("replica %s shut down with %d requests unfinished after drain", self._replica_id, left)
+        finally:
+            await self._engine.shutdown()
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # constructed outside Serve (tests)
+        return "local"

@@ -1,0 +1,81 @@
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2) on a flat token batch.
+
+Differences between the family members are configuration, not code: GQA is
+``num_kv_heads < num_heads``, Qwen2 has q/k/v biases, small models tie the LM head to the
+embedding. Weights are stored fused (q|k|v in one matrix, gate|up in another) so a layer
+costs few kernel launches, and q/k rows are reordered so rotary is one complex multiply;
+:mod:`fleetserve.engine.model.loader` does both at load time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fleetserve.engine.model.attention import AttentionMetadata, paged_attention
+from fleetserve.engine.model.config import ModelConfig
+from fleetserve.engine.model.layers import RMSNorm, SwiGLU, apply_rotary
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.o = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
+
+    def forward(self, x: torch.Tensor, rot: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        t = x.shape[0]
+        qkv = self.qkv(x)
+        # Rotate q and k together: one complex multiply per layer.
+        qk = apply_rotary(qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim), rot)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+        v = qkv[:, self.q_size + self.kv_size :].view(t, self.num_kv_heads, self.head_dim)
+        return self.o(paged_attention(q, k, v, kv_cache, meta))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_attn = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.norm_mlp = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
+
+    def forward(self, x, rot, kv_cache, meta):
+        x = x + self.attn(self.norm_attn(x), rot, kv_cache, meta)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder stack plus LM head. ``forward`` returns final hidden states ``[T, hidden]``;
+    ``logits`` applies the head to the few rows whose next token is wanted."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        rot: torch.Tensor,
+        kv_caches: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """``token_ids [T]``, per-token complex rotations ``rot [T, 1, head_dim // 2]``,
+        ``kv_caches [layers, 2, kv_heads, num_blocks, block_size, head_dim]``."""
+        x = self.embed(token_ids)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, rot, kv_cache, meta)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm(hidden)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight).float()

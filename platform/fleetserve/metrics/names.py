@@ -1,0 +1,43 @@
+"""Every metric fleetserve exports, declared once: name, kind, help text and labels.
+
+Label names are fixed here (``tenant``, ``model``, ``version``, ``replica``) so a dashboard
+or an alert never has to guess which component spelled a label which way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+TENANT = "tenant"
+MODEL = "model"
+VERSION = "version"
+REPLICA = "replica"
+STATUS = "status"
+
+# Latency buckets (seconds): fine below 100 ms where TTFT/TPOT live, coarse up to minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...]
+    buckets: Optional[tuple[float, ...]] = None
+
+
+REQUESTS = MetricSpec("fleetserve_requests_total", "counter", "API requests by outcome (HTTP-style status).", (TENANT, MODEL, VERSION, STATUS))
+PROMPT_TOKENS = MetricSpec("fleetserve_prompt_tokens_total", "counter", "Prompt tokens processed.", (TENANT, MODEL, VERSION))
+COMPLETION_TOKENS = MetricSpec("fleetserve_completion_tokens_total", "counter", "Completion tokens generated.", (TENANT, MODEL, VERSION))
+TTFT = MetricSpec("fleetserve_time_to_first_token_seconds", "histogram", "Arrival at the ingress to the first generated token.", (TENANT, MODEL, VERSION), LATENCY_BUCKETS)
+TPOT = MetricSpec("fleetserve_time_per_output_token_seconds", "histogram", "Mean time between output tokens after the first, per choice.", (TENANT, MODEL, VERSION), TOKEN_LATENCY_BUCKETS)
+E2E = MetricSpec("fleetserve_e2e_request_latency_seconds", "histogram", "Arrival at the ingress to the last token.", (TENANT, MODEL, VERSION), LATENCY_BUCKETS)
+IN_FLIGHT = MetricSpec("fleetserve_requests_in_flight", "gauge", "Requests being served by this ingress.", (MODEL, VERSION))
+QUEUE_DEPTH = MetricSpec("fleetserve_replica_queue_depth", "gauge", "Requests waiting in a replica's engine queue.", (MODEL, VERSION, REPLICA))
+RUNNING = MetricSpec("fleetserve_replica_running_requests", "gauge", "Requests running in a replica's engine.", (MODEL, VERSION, REPLICA))
+KV_USAGE = MetricSpec("fleetserve_replica_kv_usage_ratio", "gauge", "Fraction of a replica's KV blocks in use.", (MODEL, VERSION, REPLICA))
+
+ALL = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE)

@@ -1,0 +1,309 @@
+"""The cluster-wide admission policy: who gets the next replica slot, who is shed, who is preempted.
+
+Pure functions over typed snapshots; :mod:`fleetserve.router.fleet_scheduler` applies the
+decisions. Rules, in the order ``decide`` applies them:
+
+1. **Deadlines.** A queued request past its deadline is shed with 503 + Retry-After.
+2. **Dispatch while a replica has room.** A replica has room when it is healthy and
+   accepting, its KV usage is under the watermark, its engine queue is short, and the
+   fleet runs fewer than ``max_inflight_per_replica`` (non-preempted) requests on it.
+   Each dispatch goes to the replica with the most room (a hint for the replica router).
+3. **Between classes: strict priority** (lower class number first), except the
+   **starvation guard**: a lower class whose oldest request waited longer than
+   ``starvation_max_wait_s``, or that saw ``starvation_every_k`` dispatches of other
+   classes while waiting, gets the next slot.
+4. **Within a class: VTC fair share** (see ``fair_share``); a tenant's requests stay FIFO.
+5. **Preemption.** If requests still wait and no replica has room, running requests of a
+   *lower* class than a waiting one are preempted (lowest class first, then the most
+   recently dispatched, which loses the least work), one per waiting request, minus
+   preemptions already asked for and not yet expired.
+
+``decide_enqueue`` bounds the queues: a full class queue rejects the newcomer (429); a
+full fleet queue sheds the newest request of the lowest class below the newcomer (503),
+or rejects the newcomer (429) when there is none. The ``fcfs`` policy (for comparison)
+keeps one arrival-ordered queue, never preempts and never displaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Optional
+
+from fleetserve.router import fair_share
+from fleetserve.router.admission_config import FleetSchedulingConfig
+from fleetserve.router.fair_share import VtcState
+
+STATUS_RATE_LIMITED = 429
+STATUS_UNAVAILABLE = 503
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """A request waiting in the fleet queue."""
+
+    request_id: str
+    tenant_id: str
+    priority_class: int
+    weight: float
+    prompt_tokens: int
+    max_tokens: int
+    enqueued_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class RunningRequest:
+    """A request this scheduler dispatched and that has not completed yet."""
+
+    request_id: str
+    tenant_id: str
+    priority_class: int
+    replica_id: Optional[str]
+    dispatched_at: float
+    preempted: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaCapacity:
+    """Live load of one replica, as reported by its engine (see EngineStats)."""
+
+    replica_id: str
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+    healthy: bool = True
+    accepting: bool = True  # False while draining or sleeping
+
+
+@dataclass(frozen=True)
+class AdmissionSnapshot:
+    """Everything ``decide`` looks at. ``queued`` is in arrival order."""
+
+    queued: tuple[QueuedRequest, ...]
+    running: tuple[RunningRequest, ...]
+    replicas: tuple[ReplicaCapacity, ...]
+    mean_service_s: float = 1.0  # recent mean request duration, for Retry-After estimates
+
+
+@dataclass(frozen=True)
+class AdmissionState:
+    """What the policy remembers between decisions."""
+
+    vtc: Mapping[int, VtcState] = field(default_factory=dict)
+    # Per class: dispatches of other classes since this class was last served while waiting.
+    skipped: Mapping[int, int] = field(default_factory=dict)
+    # request_id -> time the preemption was asked for (expires after preempt_cooldown_s).
+    pending_preemptions: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    request_id: str
+    replica_id: Optional[str]
+
+
+@dataclass(frozen=True)
+class Shed:
+    request_id: str
+    status: int  # 429 or 503
+    retry_after_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Preempt:
+    request_id: str
+    replica_id: Optional[str]
+
+
+@dataclass(frozen=True)
+class AdmissionDecision:
+    dispatch: tuple[Dispatch, ...]
+    shed: tuple[Shed, ...]
+    preempt: tuple[Preempt, ...]
+    state: AdmissionState
+
+
+@dataclass(frozen=True)
+class EnqueueDecision:
+    accept: bool
+    reject: Optional[Shed]  # for the newcomer when not accepted
+    evict: tuple[Shed, ...]  # already-queued requests displaced by the newcomer
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def retry_after(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig, priority_class: int) -> float:
+    """Time until the queue ahead of this class would drain at full fleet capacity."""
+    ahead = sum(1 for q in snapshot.queued if q.priority_class <= priority_class or config.policy == "fcfs")
+    slots = max(1, sum(1 for r in snapshot.replicas if r.healthy) * config.max_inflight_per_replica)
+    est = snapshot.mean_service_s * (1 + ahead / slots)
+    return min(config.retry_after_max_s, max(config.retry_after_min_s, est))
+
+
+def free_slots(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig) -> dict[str, int]:
+    """Replica id -> requests the fleet may still dispatch to it."""
+    active: dict[Optional[str], int] = {}
+    preempted: dict[Optional[str], int] = {}
+    for r in snapshot.running:
+        bucket = preempted if r.preempted else active
+        bucket[r.replica_id] = bucket.get(r.replica_id, 0) + 1
+    out: dict[str, int] = {}
+    for rep in snapshot.replicas:
+        # Preempted requests wait inside the engine; they are not the engine's backlog of new work.
+        engine_waiting = max(0, rep.num_waiting - preempted.get(rep.replica_id, 0))
+        room = config.max_inflight_per_replica - active.get(rep.replica_id, 0)
+        if not (rep.healthy and rep.accepting) or rep.kv_usage >= config.kv_high_watermark:
+            room = 0
+        if engine_waiting >= config.max_waiting_per_replica and config.max_waiting_per_replica > 0:
+            room = 0
+        out[rep.replica_id] = max(0, room)
+    # Requests whose replica is unknown still occupy some replica: charge the emptiest.
+    for _ in range(active.get(None, 0)):
+        best = max(out, key=lambda k: out[k], default=None)
+        if best is None or out[best] == 0:
+            break
+        out[best] -= 1
+    return out
+
+
+def on_enqueue(state: AdmissionState, snapshot: AdmissionSnapshot, request: QueuedRequest) -> AdmissionState:
+    """VTC lift for a tenant that becomes backlogged; call before adding ``request`` to the queue."""
+    cls = request.priority_class
+    backlogged = {q.tenant_id for q in snapshot.queued if q.priority_class == cls}
+    vtc = fair_share.on_arrival(state.vtc.get(cls, VtcState()), request.tenant_id, backlogged)
+    return replace(state, vtc={**state.vtc, cls: vtc})
+
+
+def on_complete(state: AdmissionState, request: RunningRequest, weight: float, output_tokens: int) -> AdmissionState:
+    """Charge the output tokens of a finished request to its tenant's counter."""
+    cls = request.priority_class
+    vtc = fair_share.charge(state.vtc.get(cls, VtcState()), request.tenant_id, output_tokens, weight)
+    pending = {k: v for k, v in state.pending_preemptions.items() if k != request.request_id}
+    return replace(state, vtc={**state.vtc, cls: vtc}, pending_preemptions=pending)
+
+
+# ---- enqueue ------------------------------------------------------------------------
+
+
+def decide_enqueue(
+    snapshot: AdmissionSnapshot, request: QueuedRequest, config: FleetSchedulingConfig
+) -> EnqueueDecision:
+    """Accept ``request`` into the queue, possibly displacing lower-class requests."""
+    cls = request.priority_class
+    same_class = sum(1 for q in snapshot.queued if q.priority_class == cls or config.policy == "fcfs")
+    if same_class >= config.max_queue_per_class:
+        return EnqueueDecision(False, _reject(snapshot, config, request, "class queue full"), ())
+    if len(snapshot.queued) < config.max_queue_total:
+        return EnqueueDecision(True, None, ())
+    lower = [q for q in snapshot.queued if q.priority_class > cls]
+    if config.policy == "fcfs" or not lower:
+        return EnqueueDecision(False, _reject(snapshot, config, request, "fleet queue full"), ())
+    lowest = max(q.priority_class for q in lower)
+    victim = max((q for q in lower if q.priority_class == lowest), key=lambda q: q.enqueued_at)
+    shed = Shed(victim.request_id, STATUS_UNAVAILABLE, retry_after(snapshot, config, lowest), "shed for higher class")
+    return EnqueueDecision(True, None, (shed,))
+
+
+def _reject(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig, request: QueuedRequest, reason: str) -> Shed:
+    return Shed(request.request_id, STATUS_RATE_LIMITED, retry_after(snapshot, config, request.priority_class), reason)
+
+
+# ---- decide -------------------------------------------------------------------------
+
+
+def decide(
+    snapshot: AdmissionSnapshot, state: AdmissionState, now: float, config: FleetSchedulingConfig
+) -> AdmissionDecision:
+    """One round of the policy: expire, dispatch, then preempt. Returns the new state."""
+    shed = [
+        Shed(q.request_id, STATUS_UNAVAILABLE, retry_after(snapshot, config, q.priority_class), "queue timeout")
+        for q in snapshot.queued
+        if now >= q.deadline
+    ]
+    expired = {s.request_id for s in shed}
+    queued = [q for q in snapshot.queued if q.request_id not in expired]
+    free = free_slots(snapshot, config)
+    dispatch: list[Dispatch] = []
+    while queued and free and max(free.values()) > 0:
+        chosen, state = _choose(queued, state, now, config)
+        queued.remove(chosen)
+        replica = max(sorted(free), key=lambda k: free[k])
+        free[replica] -= 1
+        dispatch.append(Dispatch(chosen.request_id, replica))
+    preempt, state = _preemptions(snapshot, queued, state, now, config)
+    return AdmissionDecision(tuple(dispatch), tuple(shed), tuple(preempt), state)
+
+
+def _choose(
+    queued: list[QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig
+) -> tuple[QueuedRequest, AdmissionState]:
+    if config.policy == "fcfs":
+        return queued[0], state
+    cls = _choose_class(queued, state, now, config)
+    in_class = [q for q in queued if q.priority_class == cls]
+    vtc = state.vtc.get(cls, VtcState())
+    tenant = fair_share.pick(vtc, (q.tenant_id for q in in_class))
+    chosen = next(q for q in in_class if q.tenant_id == tenant)
+    vtc = fair_share.charge(vtc, tenant, chosen.prompt_tokens, chosen.weight, served=True)
+    waiting_classes = {q.priority_class for q in queued if q is not chosen}
+    skipped = {c: state.skipped.get(c, 0) + 1 for c in waiting_classes if c != cls}
+    return chosen, replace(state, vtc={**state.vtc, cls: vtc}, skipped=skipped)
+
+
+def _choose_class(queued: list[QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig) -> int:
+    heads: dict[int, QueuedRequest] = {}
+    for q in queued:  # arrival order, so the first seen per class is its oldest
+        heads.setdefault(q.priority_class, q)
+    top = min(heads)
+    starved = []
+    for cls, head in heads.items():
+        if cls == top:
+            continue
+        waited = now - head.enqueued_at
+        by_wait = config.starvation_max_wait_s is not None and waited > config.starvation_max_wait_s
+        by_count = config.starvation_every_k is not None and state.skipped.get(cls, 0) >= config.starvation_every_k
+        if by_wait or by_count:
+            starved.append((head.enqueued_at, cls))
+    return min(starved)[1] if starved else top
+
+
+def _preemptions(
+    snapshot: AdmissionSnapshot, queued: list[QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig
+) -> tuple[list[Preempt], AdmissionState]:
+    pending = {k: t for k, t in state.pending_preemptions.items() if now - t < config.preempt_cooldown_s}
+    if config.policy == "fcfs" or not config.preemption or not queued:
+        return [], replace(state, pending_preemptions=pending)
+    preempted_on: dict[Optional[str], int] = {}
+    for r in snapshot.running:
+        if r.preempted:
+            preempted_on[r.replica_id] = preempted_on.get(r.replica_id, 0) + 1
+    healthy = {r.replica_id for r in snapshot.replicas if r.healthy}
+    candidates = [
+        r for r in snapshot.running
+        if not r.preempted and r.request_id not in pending and (r.replica_id is None or r.replica_id in healthy)
+    ]
+    # Lowest class first, then most recently dispatched (it has done the least work).
+    candidates.sort(key=lambda r: (-r.priority_class, -r.dispatched_at, r.request_id))
+    budget = len(pending)  # waiting requests already covered by an in-progress preemption
+    out: list[Preempt] = []
+    for waiter in sorted(queued, key=lambda q: (q.priority_class, q.enqueued_at)):
+        if budget > 0:
+            budget -= 1
+            continue
+        victim = next(
+            (
+                r for r in candidates
+                if r.priority_class > waiter.priority_class
+                and preempted_on.get(r.replica_id, 0) < config.max_preempted_per_replica
+            ),
+            None,
+        )
+        if victim is None:
+            break  # waiters are in priority order: later ones cannot preempt anything either
+        candidates.remove(victim)
+        preempted_on[victim.replica_id] = preempted_on.get(victim.replica_id, 0) + 1
+        pending[victim.request_id] = now
+        out.append(Preempt(victim.request_id, victim.replica_id))
+    return out, replace(state, pending_preemptions=pending)

@@ -1,0 +1,53 @@
+"""Configuration of the cluster-wide admission queue (``tenants.scheduling`` in YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FleetSchedulingConfig(BaseModel):
+    """Knobs of the fleet admission policy (see ``fleetserve.router.admission``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Hold requests in the fleet admission queue; false sends every admitted request straight on.")
+    policy: Literal["priority", "fcfs"] = Field(
+        "priority",
+        description="priority: strict priority between classes + VTC fair share within a class + preemption; fcfs: one queue in arrival order (for comparison).",
+    )
+    max_queue_per_class: int = Field(256, ge=1, description="Bound of each class's queue; a full class queue rejects new requests of that class with 429.")
+    max_queue_total: int = Field(
+        512, ge=1, description="Bound over all classes; when full, the newest request of the lowest non-empty class below the newcomer is shed (503)."
+    )
+    queue_timeout_s: dict[int, float] = Field(
+        default_factory=lambda: {0: 30.0, 1: 60.0, 2: 120.0},
+        description="Per class: longest wait in the fleet queue before the request is shed with 503 (classes not listed use the largest value).",
+    )
+    starvation_max_wait_s: Optional[float] = Field(
+        10.0, gt=0, description="A lower class whose oldest request waited longer than this gets the next slot (null: off)."
+    )
+    starvation_every_k: Optional[int] = Field(
+        16, ge=1, description="A waiting lower class gets a slot after this many dispatches of other classes (null: off)."
+    )
+    max_inflight_per_replica: int = Field(
+        32, ge=1, description="Requests the fleet keeps running on one replica (size to the engine's max_num_seqs)."
+    )
+    max_waiting_per_replica: int = Field(4, ge=0, description="A replica whose engine already has this many waiting requests gets no more.")
+    kv_high_watermark: float = Field(0.95, gt=0, le=1.0, description="A replica with KV usage at or above this fraction gets no more requests.")
+    preemption: bool = Field(True, description="Preempt running lower-class requests when a higher class waits and no replica has room.")
+    max_preempted_per_replica: int = Field(
+        8, ge=0, description="Preempted (paused) requests allowed on one replica; bounds the work parked in engines."
+    )
+    preempt_cooldown_s: float = Field(
+        0.5, gt=0, description="After asking for a preemption, wait this long for it to free a slot before asking again."
+    )
+    retry_after_min_s: float = Field(1.0, gt=0, description="Smallest Retry-After returned when shedding.")
+    retry_after_max_s: float = Field(60.0, gt=0, description="Largest Retry-After returned when shedding.")
+    tick_s: float = Field(0.05, gt=0, description="How often waiters re-run the policy (deadlines, replica stats changes).")
+
+    def timeout_for(self, priority_class: int) -> float:
+        if priority_class in self.queue_timeout_s:
+            return self.queue_timeout_s[priority_class]
+        return max(self.queue_timeout_s.values(), default=60.0)

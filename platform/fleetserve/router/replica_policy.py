@@ -1,0 +1,65 @@
+"""Pure replica choice: power of two choices on live load, prefix affinity when even.
+
+``choose(loads, prefix_key, rng, slack)`` returns replica ids in the order the router should
+try them. Two random replicas are compared on :func:`load_score`; the affinity replica of
+``prefix_key`` (rendezvous hashing over all candidates, so a key keeps its replica while the
+set changes only around it) goes first when its score is within ``slack`` of the better
+sampled one -- prefix-cache hits are worth a little imbalance, not a queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+# A replica whose KV pool is nearly full will preempt or queue new work.
+KV_PRESSURE_THRESHOLD = 0.9
+KV_PRESSURE_PENALTY = 8
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """One replica's load as the router sees it. ``ongoing`` is Serve's live count of
+    requests this process has in flight there; the rest come from the replica's last stats."""
+
+    replica_id: str
+    num_waiting: int = 0
+    num_running: int = 0
+    kv_usage: float = 0.0
+    ongoing: Optional[int] = None
+    accepting: bool = True
+
+
+def load_score(r: ReplicaLoad) -> float:
+    """Lower is better. Waiting requests count double: they wait behind the running ones."""
+    busy = r.num_running + 2 * r.num_waiting
+    if r.ongoing is not None:
+        busy = max(busy, r.ongoing + r.num_waiting)
+    if r.kv_usage >= KV_PRESSURE_THRESHOLD:
+        busy += KV_PRESSURE_PENALTY
+    return busy
+
+
+def affinity_replica(prefix_key: str, replica_ids: Sequence[str]) -> str:
+    """Rendezvous (highest random weight) hashing of the key over the replicas."""
+    def weight(rid: str) -> bytes:
+        return hashlib.blake2b(f"{prefix_key}|{rid}".encode(), digest_size=8).digest()
+
+    return max(replica_ids, key=weight)
+
+
+def choose(loads: Sequence[ReplicaLoad], prefix_key: Optional[str], rng: random.Random, slack: float = 2) -> list[str]:
+    """Replica ids to try, best first (at most three)."""
+    pool = [r for r in loads if r.accepting] or list(loads)
+    if len(pool) <= 1:
+        return [r.replica_id for r in pool]
+    a, b = rng.sample(pool, 2)
+    ranked = sorted((a, b), key=load_score)
+    if prefix_key is not None:
+        home_id = affinity_replica(prefix_key, [r.replica_id for r in pool])
+        home = next(r for r in pool if r.replica_id == home_id)
+        if load_score(home) <= load_score(ranked[0]) + slack:
+            return [home.replica_id] + [r.replica_id for r in ranked if r.replica_id != home.replica_id]
+    return [r.replica_id for r in ranked]

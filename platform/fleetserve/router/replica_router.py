@@ -1,0 +1,72 @@
+"""A Ray Serve ``RequestRouter`` choosing model replicas on live engine stats.
+
+Serve calls :meth:`FleetReplicaRouter.choose_replicas` for each request; we build a
+:class:`ReplicaLoad` per candidate from the stats the replica last pushed
+(``record_routing_stats``: waiting, running, KV usage) plus Serve's live in-flight count,
+and let the pure :func:`fleetserve.router.replica_policy.choose` rank them. Each returned
+rank holds ONE replica so Serve tries them in our order (within a rank Serve would re-sort by
+its own queue length). The ingress passes the prefix-affinity key as the ``prefix_key``
+keyword argument of ``ModelReplica.generate``.
+
+Attach with ``request_router_config=RequestRouterConfig(request_router_class=FleetReplicaRouter)``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import List, Optional
+
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+
+from fleetserve.router.replica_policy import ReplicaLoad, choose
+from fleetserve.router.stats_board import process_board
+
+PREFIX_KEY_KWARG = "prefix_key"
+TARGET_REPLICA_KWARG = "target_replica"  # pins a call to one replica (ModelReplica.preempt_job)
+
+
+class FleetReplicaRouter(FIFOMixin, RequestRouter):
+    def initialize_state(self, even_load_slack: float = 2, seed: Optional[int] = None, **_ignored):
+        self._slack = even_load_slack
+        self._rng = random.Random(seed)
+
+    def _ensure_state(self) -> None:
+        if not hasattr(self, "_rng"):  # initialize_state is optional for Serve
+            self.initialize_state()
+
+    def update_replicas(self, replicas: List[RunningReplica]):
+        super().update_replicas(replicas)
+        self._publish()
+
+    async def choose_replicas(self, candidate_replicas: List[RunningReplica],
+                              pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
+        self._ensure_state()
+        if not candidate_replicas:
+            return []
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        target = pending_request.kwargs.get(TARGET_REPLICA_KWARG) if pending_request is not None else None
+        if target in by_id:  # a call meant for one replica (fleet preemption)
+            return [[by_id[target]]]
+        loads = [self._load(r) for r in candidate_replicas]
+        key = pending_request.kwargs.get(PREFIX_KEY_KWARG) if pending_request is not None else None
+        order = choose(loads, key, self._rng, self._slack)
+        self._publish()
+        return [[by_id[rid]] for rid in order]
+
+    def _load(self, r: RunningReplica) -> ReplicaLoad:
+        s = r.routing_stats or {}
+        ongoing = self._replica_queue_len_cache.get(r.replica_id) if self._use_replica_queue_len_cache else None
+        return ReplicaLoad(
+            replica_id=r.replica_id.unique_id,
+            num_waiting=int(s.get("num_waiting", 0)),
+            num_running=int(s.get("num_running", 0)),
+            kv_usage=float(s.get("kv_usage", 0.0)),
+            ongoing=ongoing,
+            accepting=not s.get("draining", False) and s.get("healthy", True),
+        )
+
+    def _publish(self) -> None:
+        process_board().publish(
+            self._deployment_id.name,
+            {rid.unique_id: dict(r.routing_stats or {}) for rid, r in self._replicas.items()},
+        )

@@ -1,0 +1,108 @@
+"""Usage metering per tenant and model: requests, prompt/completion tokens, rejections.
+
+Counters go to two places: Prometheus (this replica's view, ``tenant`` label, for
+dashboards and alerts) and the tenant store (Redis hash counters: the fleet-wide total,
+read by ``GET /admin/usage``). While the store is unreachable, increments are buffered in
+memory and flushed with the next successful write, so usage is not lost to an outage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Optional
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from fleetserve.errors import ServiceUnavailableError
+from fleetserve.metrics.names import MODEL, TENANT
+from fleetserve.tenants.store import STORE_ERRORS, TenantStore, Usage
+
+log = logging.getLogger(__name__)
+
+# Usage fields (also the keys of the admin usage JSON).
+REQUESTS = "requests"
+PROMPT_TOKENS = "prompt_tokens"
+COMPLETION_TOKENS = "completion_tokens"
+REJECTED = "rejected"
+USAGE_FIELDS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, REJECTED)
+
+
+class TenantMetrics:
+    """Prometheus series of tenant metering (label names shared with fleetserve.metrics.names)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "fleetserve_tenant_requests", "Requests that finished, per tenant/model/outcome.",
+            [TENANT, MODEL, "outcome"], registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "fleetserve_tenant_prompt_tokens", "Prompt tokens processed, per tenant/model.", [TENANT, MODEL], registry=registry
+        )
+        self.completion_tokens = Counter(
+            "fleetserve_tenant_completion_tokens", "Completion tokens generated, per tenant/model.", [TENANT, MODEL], registry=registry
+        )
+        self.rejected = Counter(
+            "fleetserve_tenant_rejected", "Requests rejected (quota, size limits, shedding), per tenant/model/reason.",
+            [TENANT, MODEL, "reason"], registry=registry,
+        )
+
+
+_METRICS: dict[int, TenantMetrics] = {}
+
+
+def tenant_metrics(registry: CollectorRegistry = REGISTRY) -> TenantMetrics:
+    """One set of series per Prometheus registry (registering twice would raise)."""
+    m = _METRICS.get(id(registry))
+    if m is None:
+        m = _METRICS[id(registry)] = TenantMetrics(registry)
+    return m
+
+
+class Metering:
+    """Records usage; reads it back per tenant."""
+
+    def __init__(self, store: TenantStore, registry: CollectorRegistry = REGISTRY) -> None:
+        self._store = store
+        self._metrics = tenant_metrics(registry)
+        self._pending: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    async def record_completion(self, tenant_id: str, model: str, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
+        m = self._metrics
+        m.requests.labels(tenant_id, model, outcome).inc()
+        m.prompt_tokens.labels(tenant_id, model).inc(prompt_tokens)
+        m.completion_tokens.labels(tenant_id, model).inc(completion_tokens)
+        await self._add(tenant_id, model, {REQUESTS: 1, PROMPT_TOKENS: prompt_tokens, COMPLETION_TOKENS: completion_tokens})
+
+    async def record_rejection(self, tenant_id: str, model: str, reason: str) -> None:
+        self._metrics.rejected.labels(tenant_id, model, reason).inc()
+        await self._add(tenant_id, model, {REJECTED: 1})
+
+    async def _add(self, tenant_id: str, model: str, deltas: dict[str, int]) -> None:
+        pending = self._pending[(tenant_id, model)]
+        for k, v in deltas.items():
+            pending[k] += v
+        try:
+            for (t, mdl), d in list(self._pending.items()):
+                await self._store.add_usage(t, mdl, dict(d))
+                del self._pending[(t, mdl)]
+        except STORE_ERRORS as e:
+            log.warning("usage store unreachable (%s); buffering %d series", type(e).__name__, len(self._pending))
+
+    async def usage(self, tenant_id: Optional[str] = None) -> Usage:
+        """Fleet-wide usage from the store plus this replica's unflushed increments."""
+        try:
+            usage = await self._store.read_usage(tenant_id)
+        except STORE_ERRORS as e:
+            raise ServiceUnavailableError("usage store unreachable", retry_after_s=1.0) from e
+        for (t, mdl), d in self._pending.items():
+            if tenant_id is not None and t != tenant_id:
+                continue
+            fields = usage.setdefault(t, {}).setdefault(mdl, {})
+            for k, v in d.items():
+                fields[k] = fields.get(k, 0) + v
+        for per_model in usage.values():
+            for fields in per_model.values():
+                for k in USAGE_FIELDS:
+                    fields.setdefault(k, 0)
+        return usage

@@ -1,0 +1,118 @@
+"""AsyncEngine with the fake runner: streaming, abort, drain, sleep/wake, failure isolation."""
+
+import asyncio
+
+import pytest
+
+from fleetserve.engine.async_engine import AsyncEngine
+from fleetserve.engine.protocol import EngineProtocol
+from fleetserve.errors import ContextLengthError, ServiceUnavailableError
+from tests.engine.factories import greedy, make_byte_tokenizer, make_config, make_generate_request, make_runner
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def runner():
+    return make_runner(block_size=4, vocab_size=128)
+
+
+@pytest.fixture
+async def engine(runner):
+    eng = AsyncEngine(make_config(), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    await eng.start()
+    yield eng
+    await eng.shutdown()
+
+
+async def collect(engine, req):
+    return [o async for o in engine.generate(req)]
+
+
+async def test_streams_incremental_outputs(engine, runner):
+    assert isinstance(engine, EngineProtocol)
+    prompt = engine.encode("hi there")
+    outs = await asyncio.wait_for(
+        collect(engine, make_generate_request(prompt_token_ids=prompt, params=greedy(max_tokens=6))), TIMEOUT
+    )
+    assert len(outs) == 6 and outs[-1].finished and outs[-1].finish_reason == "length"
+    assert [t for o in outs for t in o.token_ids_delta] == runner.reference(prompt, 6)
+    assert "".join(o.text_delta for o in outs) == engine._api_tokenizer.decode(runner.reference(prompt, 6))
+    assert engine.stats().num_finished == 1 and engine.stats().kv_blocks_used == 0
+
+
+async def test_concurrent_streams_and_text_prompt(engine, runner):
+    reqs = [make_generate_request(prompt=f"prompt {i}", prompt_token_ids=None, params=greedy(max_tokens=5)) for i in range(4)]
+    results = await asyncio.wait_for(asyncio.gather(*(collect(engine, r) for r in reqs)), TIMEOUT)
+    for r, outs in zip(reqs, results):
+        assert [t for o in outs for t in o.token_ids_delta] == runner.reference(engine.encode(r.prompt), 5)
+
+
+async def test_validation_error_raises_before_first_output(engine):
+    with pytest.raises(ContextLengthError) as info:
+        await collect(engine, make_generate_request(params=greedy(max_tokens=10_000)))
+    assert info.value.field == "max_tokens"
+    await engine.check_health()
+
+
+async def test_abort_ends_stream_and_consumer_cancel_aborts(engine):
+    req = make_generate_request(params=greedy(max_tokens=200))
+    gen = engine.generate(req)
+    first = await asyncio.wait_for(gen.__anext__(), TIMEOUT)
+    assert not first.finished
+    await engine.abort(req.request_id)
+    rest = [o async for o in gen]
+    assert rest[-1].finish_reason == "abort"
+    # A consumer that goes away aborts its request.
+    req2 = make_generate_request(params=greedy(max_tokens=200))
+    task = asyncio.ensure_future(collect(engine, req2))
+    await asyncio.sleep(0)
+    while engine.stats().num_running == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(engine.drain(TIMEOUT), TIMEOUT)
+    assert engine.stats().kv_blocks_used == 0 and engine.stats().num_running == 0
+
+
+async def test_failing_request_does_not_kill_the_loop(engine, runner):
+    runner.fail_on_token = 127
+    bad = await asyncio.wait_for(collect(engine, make_generate_request(prompt_token_ids=[1, 127])), TIMEOUT)
+    assert bad[-1].finish_reason == "error"
+    runner.fail_on_token = None
+    ok = await asyncio.wait_for(collect(engine, make_generate_request(prompt_token_ids=[1, 2])), TIMEOUT)
+    assert ok[-1].finish_reason == "length"
+    await engine.check_health()
+
+
+async def test_sleep_rejects_new_requests_and_wake_resumes_inflight(engine, runner):
+    req = make_generate_request(prompt_token_ids=[5, 6, 7], params=greedy(max_tokens=30))
+    gen = engine.generate(req)
+    outs = [await asyncio.wait_for(gen.__anext__(), TIMEOUT)]
+    await engine.sleep()
+    assert engine.stats().sleeping and runner.kv is None
+    with pytest.raises(ServiceUnavailableError):
+        await collect(engine, make_generate_request())
+    await engine.wake_up()
+    outs += [o async for o in gen]
+    assert [t for o in outs for t in o.token_ids_delta] == runner.reference([5, 6, 7], 30)
+
+
+async def test_drain_stops_admission_and_reports_unfinished(engine):
+    long = make_generate_request(params=greedy(max_tokens=200))
+    gen = engine.generate(long)
+    await asyncio.wait_for(gen.__anext__(), TIMEOUT)
+    assert await engine.drain(0.01) == 1
+    with pytest.raises(ServiceUnavailableError):
+        await collect(engine, make_generate_request())
+    await engine.abort(long.request_id)
+    assert await asyncio.wait_for(engine.drain(TIMEOUT), TIMEOUT) == 0
+    await gen.aclose()
+
+
+async def test_model_info_and_chat_template(engine):
+    info = engine.model_info()
+    assert info.vocab_size == 128 and info.has_chat_template
+    ids = engine.apply_chat_template([{"role": "user", "content": "yo"}])
+    assert engine._api_tokenizer.decode(ids).startswith("user: yo")

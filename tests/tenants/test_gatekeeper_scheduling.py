@@ -1,0 +1,97 @@
+"""Gatekeeper + fleet admission queue: priority across tenants, shedding releases the quota."""
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from fleetserve.errors import RateLimitError
+from fleetserve.router.admission import ReplicaCapacity
+from fleetserve.router.admission_config import FleetSchedulingConfig
+from fleetserve.router.board_pool import UNKNOWN_REPLICA, BoardReplicaPool, board_pools
+from fleetserve.router.stats_board import ReplicaStatsBoard
+from fleetserve.tenants.gatekeeper import TenantGatekeeper
+from tests.tenants.factories import make_config, make_spec
+
+
+class OneSlotPool:
+    def capacity_snapshot(self):
+        return [ReplicaCapacity("r0")]
+
+    async def preempt(self, replica_id, request_id):
+        return False
+
+
+def gatekeeper(**sched):
+    cfg = make_config(
+        make_spec(id="prem", key="fs-prem", tier="premium"),
+        make_spec(id="bulk", key="fs-bulk", tier="batch", quotas={"max_concurrent": 3}),
+        scheduling=FleetSchedulingConfig(max_inflight_per_replica=1, tick_s=0.01, starvation_every_k=None,
+                                         starvation_max_wait_s=None, **sched),
+    )
+    return TenantGatekeeper(cfg, pool={"tiny": OneSlotPool()}, metrics_registry=CollectorRegistry())
+
+
+async def test_premium_overtakes_queued_batch_and_shed_requests_free_their_quota():
+    gk = gatekeeper(max_queue_per_class=1)
+    bulk, prem = await gk.authenticate("fs-bulk"), await gk.authenticate("fs-prem")
+    running = await gk.admit(bulk, "tiny", "b0", 5, 5)  # holds the only slot
+    queued_bulk = asyncio.create_task(gk.admit(bulk, "tiny", "b1", 5, 5))
+    queued_prem = asyncio.create_task(gk.admit(prem, "tiny", "p1", 5, 5))
+    sched = gk.scheduler_for("tiny")
+    while sched.queue_depths() != {0: 1, 2: 1}:
+        await asyncio.sleep(0.005)
+    with pytest.raises(RateLimitError):  # batch class queue is full (bound 1)
+        await gk.admit(bulk, "tiny", "b2", 5, 5)
+    await gk.complete(running, 5, 5, "ok")
+    p = await asyncio.wait_for(queued_prem, 2)  # premium first although it arrived later
+    assert not queued_bulk.done()
+    await gk.complete(p, 5, 5, "ok")
+    b = await asyncio.wait_for(queued_bulk, 2)
+    await gk.complete(b, 5, 5, "ok")
+    # The shed request released its concurrency slot: 3 more batch requests fit the quota of 3.
+    leases = [await gk.quotas.acquire("bulk", gk.registry.get("bulk").quotas, f"x{i}", 1) for i in range(3)]
+    assert len(leases) == 3
+    usage = await gk.usage("fs-admin-test", "bulk")
+    assert usage["bulk"]["tiny"]["rejected"] == 1 and usage["bulk"]["tiny"]["requests"] == 2
+
+
+async def test_unknown_model_pool_means_no_queue():
+    gk = gatekeeper()
+    assert gk.scheduler_for("other") is None and gk.scheduler_for("tiny") is gk.scheduler_for("tiny")
+
+
+async def test_board_pool_reads_published_stats():
+    board = ReplicaStatsBoard()
+    pool = board_pools({"tiny": "TinyDeployment"}, board=board)["tiny"]
+    assert [r.replica_id for r in pool.capacity_snapshot()] == [UNKNOWN_REPLICA]
+    board.publish("TinyDeployment", {"a": {"num_running": 3, "num_waiting": 1, "kv_usage": 0.5, "draining": True}, "b": {}})
+    caps = {r.replica_id: r for r in pool.capacity_snapshot()}
+    assert caps["a"] == ReplicaCapacity("a", 3, 1, 0.5, True, accepting=False) and caps["b"] == ReplicaCapacity("b")
+    assert await BoardReplicaPool("x", board).preempt("a", "r") is False
+
+
+class FakeReplicaHandle:
+    """Stands in for a DeploymentHandle of ModelReplica: replica 'b' holds job 'j1'."""
+
+    def __init__(self):
+        self.calls = []
+        handle = self
+
+        class _Method:
+            async def remote(self, job_id, target_replica=None):
+                handle.calls.append((job_id, target_replica))
+                return target_replica == "b" and job_id == "j1"
+
+        self.preempt_job = _Method()
+
+
+async def test_handle_preempt_tries_the_hint_first_then_every_replica():
+    board = ReplicaStatsBoard()
+    board.publish("D", {"a": {}, "b": {}, "c": {}})
+    handle = FakeReplicaHandle()
+    pool = board_pools({"tiny": "D"}, {"tiny": handle}, board)["tiny"]
+    assert await pool.preempt("c", "j1") is True
+    assert handle.calls == [("j1", "c"), ("j1", "a"), ("j1", "b")]
+    handle.calls.clear()
+    assert await pool.preempt("b", "j2") is False and len(handle.calls) == 3

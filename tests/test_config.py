@@ -1,0 +1,75 @@
+"""The top-level config schema: example files validate, errors name the field."""
+
+from pathlib import Path
+
+import pytest
+
+from fleetserve.config import dump_config, load_config, parse_config
+from fleetserve.errors import ConfigError
+
+DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
+
+
+def minimal(**model_overrides) -> dict:
+    model = {"name": "m", "checkpoint": "/tmp/ckpt", **model_overrides}
+    return {"models": [model]}
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOYMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.models
+    for m in cfg.models:
+        assert m.max_ongoing_requests >= 32  # sized for streaming, never Serve's default of 5
+        if m.engine == "native":
+            assert m.native_engine_config().model == m.checkpoint
+
+
+def test_examples_cover_the_three_shapes():
+    names = {p.name for p in DEPLOYMENTS.glob("*.yaml")}
+    assert {"cpu-tiny.yaml", "gpu-vllm.yaml", "two-models.yaml"} <= names
+
+
+def test_defaults_and_round_trip(tmp_path):
+    cfg = parse_config(minimal())
+    m = cfg.models[0]
+    assert (m.engine, m.replicas.num, m.max_ongoing_requests) == ("native", 1, 100)
+    f = tmp_path / "c.yaml"
+    f.write_text(dump_config(cfg))
+    assert load_config(f).model_dump() == cfg.model_dump()
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        (minimal(replicas={"num": 3, "max": 2}), "models.0.replicas"),
+        (minimal(engine="tensorrt"), "models.0.engine"),
+        (minimal(engine_args={"block_size": 0}), "models.0.engine_args.block_size"),
+        (minimal(engine_args={"no_such_arg": 1}), "models.0.engine_args.no_such_arg"),
+        (minimal(resources={"num_gpus": -1}), "models.0.resources.num_gpus"),
+        (minimal(engine="vllm", engine_args={"tensor_parallel_size": 2}, resources={"num_gpus": 1}), "models.0"),
+        ({"models": [{"name": "m", "checkpoint": "/x"}], "server": {"port": 70000}}, "server.port"),
+        ({"models": [{"name": "m", "checkpoint": "/x"}], "server": {"portt": 1}}, "server.portt"),
+        ({"models": []}, "models"),
+        ({"models": [{"name": "a", "checkpoint": "/x"}, {"name": "a", "checkpoint": "/y"}]}, "<root>"),
+        ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"enabled": True}}, "canary.enabled"),
+    ],
+)
+def test_errors_name_the_field(data, field):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data)
+    assert ei.value.field == field
+    assert field in str(ei.value)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n")
+    with pytest.raises(ConfigError):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
