@@ -48,7 +48,7 @@ def test_invariants_hold_on_random_snapshots(seed):
     cfg = make_config(
         scaling={"min_replicas": rng.randint(0, 2), "max_replicas": rng.randint(3, 10), "downscale_delay_s": rng.choice([0, 30]),
                  "rate_lookahead_s": 60, "downscale_step": rng.randint(1, 3)},
-        warm_pool={"size": rng.randint(0, 3)},
+        warm_pool={"min_size": rng.randint(0, 1), "max_size": rng.randint(1, 4), "fraction": rng.choice([0.0, 0.3, 1.0])},
         spot={"enabled": True, "on_demand_base": rng.randint(0, 2), "max_spot_share": rng.choice([0.3, 0.5, 0.8])},
     )
     policy = FleetservePolicy(cfg)

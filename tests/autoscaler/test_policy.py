@@ -46,7 +46,7 @@ def test_a_spike_in_between_resets_the_scale_down_timer():
 
 
 def test_warm_pool_is_consumed_first_and_refilled():
-    policy = FleetservePolicy(make_config(warm_pool={"size": 2}))
+    policy = FleetservePolicy(make_config(warm_pool={"min_size": 2, "max_size": 2}))
     reps = (active("a0"), standby("s1"), standby("s2"))
     d, _ = policy.decide(make_snapshot(running=40, replicas=reps), PolicyState(), 0.0)
     assert d.target_replicas == 4
@@ -56,14 +56,14 @@ def test_warm_pool_is_consumed_first_and_refilled():
 
 
 def test_pending_standbys_count_toward_the_pool():
-    policy = FleetservePolicy(make_config(warm_pool={"size": 2}))
+    policy = FleetservePolicy(make_config(warm_pool={"min_size": 2, "max_size": 2}))
     pending = ReplicaView("p", ReplicaState.STARTING, becomes=ReplicaState.WARM_STANDBY)
     d, _ = policy.decide(make_snapshot(running=5, replicas=(active("a0"), standby("s1"), pending)), PolicyState(), 0.0)
     assert d.is_noop
 
 
 def test_scale_down_returns_replicas_to_a_short_pool():
-    policy = FleetservePolicy(make_config(scaling={"downscale_delay_s": 0}, warm_pool={"size": 1}))
+    policy = FleetservePolicy(make_config(scaling={"downscale_delay_s": 0}, warm_pool={"min_size": 1, "max_size": 1}))
     reps = (active("a0", running=3), active("a1", running=0), active("a2", running=2))
     d, _ = policy.decide(make_snapshot(running=5, replicas=reps), PolicyState(), 0.0)
     assert [x.replica_id for x in d.drains] == ["a1"]  # least loaded
@@ -98,7 +98,7 @@ def test_interruption_drains_migrates_and_replaces():
 
 
 def test_interruption_wakes_a_standby_as_the_replacement():
-    policy = FleetservePolicy(make_config(warm_pool={"size": 1}, spot={"enabled": True}))
+    policy = FleetservePolicy(make_config(warm_pool={"min_size": 1, "max_size": 1}, spot={"enabled": True}))
     reps = (active("a0", running=5), active("s0", CapacityType.SPOT, running=5), standby("w"))
     snap = make_snapshot(running=20, replicas=reps, interruptions=(InterruptionNotice("s0", 120.0),))
     d, _ = policy.decide(snap, PolicyState(), 0.0)

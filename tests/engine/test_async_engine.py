@@ -66,9 +66,11 @@ async def test_abort_ends_stream_and_consumer_cancel_aborts(engine):
     # A consumer that goes away aborts its request.
     req2 = make_generate_request(params=greedy(max_tokens=200))
     task = asyncio.ensure_future(collect(engine, req2))
-    await asyncio.sleep(0)
-    while engine.stats().num_running == 0:
-        await asyncio.sleep(0.01)
+    async def started():
+        while engine.stats().num_running == 0:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(started(), TIMEOUT)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

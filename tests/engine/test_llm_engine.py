@@ -84,6 +84,8 @@ def test_stats_and_timings():
     engine.step()
     st = engine.stats()
     assert st.num_running == 3 and st.kv_blocks_total == 20 and st.kv_blocks_used == 6
+    usage = engine.kv_slot_usage()  # 3 x 5 computed prompt tokens in 2-block tables
+    assert (usage.used_blocks, usage.filled_slots, usage.used_block_slots) == (6, 15, 24)
     assert st.kv_bytes_allocated == 20 * 1024
     run_to_completion(engine)
     st = engine.stats()

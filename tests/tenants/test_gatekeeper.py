@@ -51,6 +51,7 @@ async def test_model_not_allowed_is_403():
     with pytest.raises(PermissionDeniedError):
         gk.authorize_model(ctx, "big")
     gk.authorize_model(await gk.authenticate("fs-globex"), "big")  # null = every model
+    assert (await gk.usage(ADMIN, "acme"))["acme"]["big"]["rejected"] == 1  # 403s are metered too
 
 
 async def test_admin_auth():

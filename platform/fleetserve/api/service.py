@@ -20,7 +20,7 @@ from fleetserve.api.prompts import PromptRenderer
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.engine.protocol import FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.errors import ContextLengthError, EngineError, FleetserveError, ModelNotFoundError
+from fleetserve.errors import ContextLengthError, EngineError, FleetserveError, InvalidRequestError, ModelNotFoundError
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.tenants.context import Gatekeeper, TenantContext
@@ -121,7 +121,7 @@ class InferenceService:
         limit = model.info.max_model_len
         longest = max(len(p) for p in prompts)
         if any(len(p) == 0 for p in prompts):
-            raise ContextLengthError("prompt must contain at least one token", field=prompt_field)
+            raise InvalidRequestError("prompt must contain at least one token", field=prompt_field)
         if longest >= limit:
             raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens, but the prompt has {longest} tokens.",

@@ -3,6 +3,7 @@ schema of the profiles shipped under ``autoscaler/*.yaml``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -59,9 +60,19 @@ class ScalingConfig(_Strict):
 
 
 class WarmPoolConfig(_Strict):
-    """Standby replicas: loaded but not serving, woken in seconds instead of cold-started in minutes."""
+    """Standby replicas: loaded but not serving, woken in seconds instead of cold-started in minutes.
 
-    size: int = Field(0, ge=0, description="Standby replicas kept per model; 0 disables the warm pool.")
+    The pool is sized relative to the fleet: ``ceil(fraction * serving target)``, clamped
+    to ``[min_size, max_size]``. A surge the pool must absorb grows with the fleet (a
+    diurnal ramp adds a share of the current load per cold-start time), while a small
+    fleet still needs a floor of standbys for an absolute burst.
+    """
+
+    min_size: int = Field(0, ge=0, description="Fewest standbys kept, however small the fleet.")
+    max_size: int = Field(0, ge=0, description="Most standbys kept, however large the fleet; 0 disables the warm pool.")
+    fraction: float = Field(
+        0.0, ge=0, description="Standbys per serving replica (of the policy's serving target) between the bounds."
+    )
     cost_factor: float = Field(
         0.25,
         ge=0,
@@ -72,6 +83,16 @@ class WarmPoolConfig(_Strict):
     capacity_type: CapacityType = Field(
         CapacityType.ON_DEMAND, description="Capacity type standbys are started on (on_demand: they must be there when needed)."
     )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "WarmPoolConfig":
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+        return self
+
+    def target_size(self, serving: int) -> int:
+        """Standbys wanted next to ``serving`` serving replicas."""
+        return max(self.min_size, min(self.max_size, math.ceil(self.fraction * serving - 1e-9)))
 
 
 class SpotConfig(_Strict):

@@ -12,7 +12,8 @@ One call plans one model version:
 4. *Scale down*: cancel replicas still starting, then drain the least-loaded serving
    ones (on-demand surplus before spot, within the spot share), returning them to the
    warm pool when it is short.
-5. *Refill*: cold-start standbys until the pool is back to its size.
+5. *Pool*: size the warm pool relative to the serving target (fraction, clamped to
+   min/max); cold-start the deficit in the background or release the surplus.
 """
 
 from __future__ import annotations
@@ -95,11 +96,12 @@ class FleetservePolicy:
         target, hyst = self.scaler.apply(len(serving), wanted, state.hysteresis, now)
 
         standbys = [r for r in snap.replicas if r.state is ReplicaState.WARM_STANDBY and r.replica_id not in doomed]
+        pool_target = cfg.warm_pool.target_size(target)
         if target > len(serving):
             self._plan_scale_up(snap, serving, standbys, target - len(serving), plan)
         elif target < len(serving):
-            self._plan_scale_down(snap, serving, len(serving) - target, plan)
-        self._plan_refill(snap, doomed, plan)
+            self._plan_scale_down(snap, serving, len(serving) - target, pool_target - len(standbys), plan)
+        self._plan_pool(snap, doomed, standbys, pool_target, plan)
 
         decision = ScalingDecision(
             model=snap.model,
@@ -156,7 +158,7 @@ class FleetservePolicy:
             plan.notes.append("spot unavailable or over the price ceiling: on-demand fallback")
         plan.notes.append(f"scale up: cold-start {rest}")
 
-    def _plan_scale_down(self, snap, serving, excess: int, plan: _Plan) -> None:
+    def _plan_scale_down(self, snap, serving, excess: int, pool_short: int, plan: _Plan) -> None:
         # Replicas still loading cost money and serve nobody yet: cancel those first.
         starting = sorted(
             (r for r in serving if r.state is ReplicaState.STARTING), key=lambda r: r.replica_id, reverse=True
@@ -173,7 +175,8 @@ class FleetservePolicy:
             victims.append(v)
             keep.remove(v)
             active.remove(v)
-        pool_short = self.config.warm_pool.size - sum(1 for r in snap.replicas if r.is_standby_or_pending_standby)
+        # ``pool_short`` counts only loaded standbys: a drained replica back in the pool is
+        # ready in seconds, so it beats a refill still loading (which _plan_pool cancels).
         for v in victims:
             to_pool = (
                 pool_short > 0
@@ -208,20 +211,38 @@ class FleetservePolicy:
                 return r
         return None
 
-    def _plan_refill(self, snap, doomed, plan: _Plan) -> None:
-        pool = self.config.warm_pool
-        have = sum(1 for r in snap.replicas if r.is_standby_or_pending_standby and r.replica_id not in doomed)
-        have += sum(1 for d in plan.drains if d.return_to_pool) - len(plan.activate)
+    def _plan_pool(self, snap, doomed, standbys, pool_target: int, plan: _Plan) -> None:
+        """Bring loaded + loading standbys to ``pool_target``: cold-start the deficit, or
+        release the surplus (loading ones first: they cost full price and serve nobody)."""
         for r in snap.replicas:
             if r.replica_id in doomed and r.state is ReplicaState.WARM_STANDBY:
                 plan.drains.append(DrainOrder(r.replica_id, DrainReason.SPOT_INTERRUPTION))
-        deficit = pool.size - have
-        if deficit > 0:
-            ctype = pool.capacity_type
+        woken = set(plan.activate)
+        ready = [r for r in standbys if r.replica_id not in woken]
+        pending = [
+            r for r in snap.replicas
+            if r.state is ReplicaState.STARTING and r.becomes is ReplicaState.WARM_STANDBY and r.replica_id not in doomed
+        ]
+        returning = sum(1 for d in plan.drains if d.return_to_pool)
+        have = len(ready) + len(pending) + returning
+        if have < pool_target:
+            ctype = self.config.warm_pool.capacity_type
             if ctype is CapacityType.SPOT and not spot_usable(self.config.spot, snap.spot):
                 ctype = CapacityType.ON_DEMAND
-            plan.cold.append(ColdStart(deficit, ctype, ReplicaRole.STANDBY))
-            plan.notes.append(f"refill warm pool: {deficit}")
+            plan.cold.append(ColdStart(pool_target - have, ctype, ReplicaRole.STANDBY))
+            plan.notes.append(f"refill warm pool: {pool_target - have}")
+            return
+        surplus = have - pool_target
+        newest_first = sorted(pending, key=_id_order, reverse=True) + sorted(ready, key=_id_order, reverse=True)
+        for r in newest_first[:surplus]:
+            plan.drains.append(DrainOrder(r.replica_id, DrainReason.SCALE_DOWN))
+        if surplus > 0:
+            plan.notes.append(f"shrink warm pool: release {min(surplus, len(newest_first))}")
+
+
+def _id_order(r: ReplicaView) -> Tuple[int, str]:
+    """Ids like ``r9`` < ``r10``: shorter ids first, so numbered ids sort by number."""
+    return len(r.replica_id), r.replica_id
 
 
 def _merge(cold: List[ColdStart]) -> List[ColdStart]:

@@ -16,7 +16,9 @@ def build_engine(model: ModelConfig) -> EngineProtocol:
 
         return AsyncEngine(model.native_engine_config())
     if model.engine == "vllm":
-        from fleetserve.engine.vllm_backend import VLLMEngine
+        from fleetserve.engine.vllm_backend import VllmEngine
 
-        return VLLMEngine(model_path=model.checkpoint, engine_args=dict(model.engine_args))
+        args = dict(model.engine_args)
+        tp = args.pop("tensor_parallel_size", 1)
+        return VllmEngine(model.checkpoint, engine_args=args, tensor_parallel_size=tp, served_model_name=model.name)
     raise ValueError(f"unknown engine {model.engine!r}")

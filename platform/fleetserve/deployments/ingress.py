@@ -13,6 +13,7 @@ from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
 from fleetserve.deployments.gatekeeper_factory import build_gatekeeper
 from fleetserve.deployments.handle_client import HandleModelClient
+from fleetserve.router.board_pool import board_pools
 
 
 class Ingress:
@@ -23,7 +24,10 @@ class Ingress:
             for m in self._cfg.models
         ]
         client = HandleModelClient(handles, deployment_names)
-        self.service = InferenceService(specs, client, build_gatekeeper(self._cfg))
+        # Fleet admission queue per model (tenants.scheduling): capacity from the replica
+        # stats board, preemption through the handles.
+        pools = board_pools(deployment_names, handles)
+        self.service = InferenceService(specs, client, build_gatekeeper(self._cfg, pool=pools))
         self._grpc = None
 
     def __serve_build_asgi_app__(self):

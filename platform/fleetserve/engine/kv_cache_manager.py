@@ -25,6 +25,19 @@ class PrefixHit:
 NO_HIT = PrefixHit([], 0)
 
 
+@dataclass
+class KVSlotUsage:
+    used_blocks: int
+    filled_slots: int       # token slots that hold K/V
+    used_block_slots: int   # slots in blocks currently in use
+    total_slots: int        # slots in the whole pool
+
+    @property
+    def unused_fraction(self) -> float:
+        """Share of the in-use blocks' slots that hold nothing (paged KV's waste)."""
+        return 1 - self.filled_slots / self.used_block_slots if self.used_block_slots else 0.0
+
+
 class KVCacheManager:
     def __init__(
         self,
@@ -206,6 +219,21 @@ class KVCacheManager:
         self._num_hashed[rid] = 0
         self.host_pool.release(host)
         return list(zip(host, self._tables[rid]))
+
+    def slot_usage(self, requests: Sequence[Request]) -> "KVSlotUsage":
+        """Token slots holding K/V versus slots in blocks in use (internal fragmentation).
+
+        Only a request's last block can be partly filled (shared prefix blocks are full), so
+        the unused slots are each running request's table capacity minus its computed tokens.
+        """
+        used_blocks = self.num_used_blocks
+        unused = 0
+        for r in requests:
+            table = self._tables.get(r.request_id)
+            if table:
+                unused += max(0, len(table) * self.block_size - r.num_computed_tokens)
+        used_slots = used_blocks * self.block_size
+        return KVSlotUsage(used_blocks, used_slots - unused, used_slots, self.num_blocks * self.block_size)
 
     # ---------------------------------------------------------------- checks
     def check_invariants(self, live_request_ids: Optional[Sequence[str]] = None) -> None:

@@ -75,6 +75,7 @@ class LLM:
         sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
         *,
         priority: Optional[Sequence[int]] = None,
+        use_tqdm: bool = False,  # accepted for vLLM compatibility; no progress bar here
     ) -> list[LLMOutput]:
         """Generate for every prompt; results come back in the prompts' order."""
         prompt_list = _as_prompt_list(prompts)

@@ -15,7 +15,7 @@ from fleetserve.clock import Clock, SystemClock
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.engine.kv_budget import KVBudget, plan_kv_budget
-from fleetserve.engine.kv_cache_manager import KVCacheManager
+from fleetserve.engine.kv_cache_manager import KVCacheManager, KVSlotUsage
 from fleetserve.engine.postprocess import Postprocessor
 from fleetserve.engine.protocol import EngineStats, GenerateRequest, RequestOutput
 from fleetserve.engine.request import Request, RequestStatus
@@ -280,6 +280,10 @@ class LLMEngine:
         self.runner.allocate_kv_cache(self.budget.num_blocks, self.budget.num_host_blocks)
 
     # ---------------------------------------------------------------- introspection
+    def kv_slot_usage(self) -> KVSlotUsage:
+        """Filled vs allocated KV slots right now (call between steps to track the peak)."""
+        return self.kv.slot_usage(self.scheduler.running)
+
     def stats(self) -> EngineStats:
         s = self.scheduler
         return EngineStats(

@@ -19,6 +19,7 @@ class Tokenizer:
             ids = [hf_tokenizer.eos_token_id]
         self.eos_token_ids: list[int] = ids
         self.vocab_size: int = len(hf_tokenizer)
+        self._backend_decode = _backend_decoder(hf_tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str) -> "Tokenizer":
@@ -35,6 +36,10 @@ class Tokenizer:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if self._backend_decode is not None:
+            # Same result as hf.decode without its Python wrapper (the streaming hot path
+            # decodes twice per token per request).
+            return self._backend_decode(token_ids, skip_special_tokens=skip_special_tokens)
         return self.hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -50,6 +55,19 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         # The template already writes the BOS token where the model expects it.
         return self.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+
+
+def _backend_decoder(hf: Any):
+    """The Rust tokenizer's decode when ``hf.decode`` would add nothing on top of it: a
+    fast tokenizer with no clean-up pass (transformers skips clean-up for BPE models)."""
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    cleanup = bool(getattr(hf, "clean_up_tokenization_spaces", False))
+    forced = bool(getattr(hf, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
+    if cleanup and not (type(backend.model).__name__ == "BPE" and not forced):
+        return None
+    return backend.decode
 
 
 def _eos_ids_from_checkpoint(path: str) -> list[int]:

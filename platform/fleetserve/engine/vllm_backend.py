@@ -253,7 +253,7 @@ class VllmEngine:
 
     async def check_health(self) -> None:
         if self._llm is None:
-            raise ServiceUnavailableError("the vLLM engine is not started")
+            raise EngineError("the vLLM engine is not started")
         try:
             await self._llm.check_health()
         except Exception as exc:

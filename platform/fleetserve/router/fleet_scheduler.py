@@ -8,8 +8,10 @@ gathered and how ``preempt`` reaches an engine.
 Lifecycle of one request: ``await acquire(...)`` waits in the queue and returns a
 :class:`Slot` (or raises RateLimitError / ServiceUnavailableError when shed);
 ``bind(request_id, replica)`` optionally reports where it actually runs; ``release(...)``
-exactly once when it ends. Every waiter re-runs the policy every ``tick_s`` while it waits,
-so deadlines and replica-stat changes are noticed without a background task.
+exactly once when it ends. The policy runs on every event (arrival, release, preemption
+done) and, while anything is queued, every ``tick_s`` from one ticker task, so deadlines
+and replica-stat changes are noticed. (One ticker, not one poll per waiter: with hundreds
+of queued requests per-waiter polling would cost O(queue^2) CPU per tick.)
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class FleetScheduler:
         self._mean_service_s = 1.0
         self.counters = FleetCounters()
         self._preempt_tasks: set[asyncio.Task] = set()
+        self._ticker: Optional[asyncio.Task] = None
 
     # ---- introspection ----------------------------------------------------------------
 
@@ -140,15 +143,25 @@ class FleetScheduler:
         self._futures[request_id] = fut
         self._weights[request_id] = weight
         self.pump()
+        self._ensure_ticker()
         try:
-            while not fut.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), self.config.tick_s)
-                except asyncio.TimeoutError:
-                    self.pump()
-            return fut.result()
+            return await fut
         except asyncio.CancelledError:
             self._abandon(request_id)
+            raise
+
+    def _ensure_ticker(self) -> None:
+        if self._queued and (self._ticker is None or self._ticker.done()):
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def _tick_loop(self) -> None:
+        try:
+            while self._queued:
+                await asyncio.sleep(self.config.tick_s)
+                self.pump()
+        except Exception:  # never let the ticker die silently with requests queued
+            log.exception("fleet scheduler tick failed")
+            self._ticker = None
             raise
 
     def bind(self, request_id: str, replica_id: str) -> None:

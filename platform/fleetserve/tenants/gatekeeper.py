@@ -115,6 +115,7 @@ class TenantGatekeeper:
 
     def authorize_model(self, ctx: TenantContext, model: str) -> None:
         if ctx.allowed_models is not None and model not in ctx.allowed_models:
+            self.metering.note_rejection(ctx.tenant_id, model, PermissionDeniedError.code)
             raise PermissionDeniedError(f"tenant {ctx.tenant_id!r} may not use model {model!r}", field="model")
 
     async def admit(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int, max_tokens: int) -> Admission:

@@ -78,6 +78,11 @@ class Metering:
         self._metrics.rejected.labels(tenant_id, model, reason).inc()
         await self._add(tenant_id, model, {REJECTED: 1})
 
+    def note_rejection(self, tenant_id: str, model: str, reason: str) -> None:
+        """Synchronous variant for sync call sites: written to the store with the next write."""
+        self._metrics.rejected.labels(tenant_id, model, reason).inc()
+        self._pending[(tenant_id, model)][REJECTED] += 1
+
     async def _add(self, tenant_id: str, model: str, deltas: dict[str, int]) -> None:
         pending = self._pending[(tenant_id, model)]
         for k, v in deltas.items():

@@ -42,6 +42,14 @@ class CapacityCurve:
             raise ValueError("capacity curve concurrencies must be >= 1 and strictly increasing")
 
     def _interp(self, c: float, attr: str) -> float:
+        # The simulator asks for integer concurrencies millions of times: memoise them.
+        key = (c, attr)
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = self._interp_uncached(c, attr)
+        return cache[key]
+
+    def _interp_uncached(self, c: float, attr: str) -> float:
         pts = self.points
         xs = [p.concurrency for p in pts]
         if c <= xs[0]:

@@ -32,13 +32,33 @@ def initial_replicas(sim, target_ongoing: float) -> int:
 
 def expected_service_s(sim, concurrency: float) -> float:
     """Mean request duration at ``concurrency``, from the curve and the trace's mean lengths."""
-    reqs = sim.scenario.requests
+    return scenario_service_s(sim.scenario, sim.cfg, concurrency)
+
+
+def scenario_service_s(sc, cfg, concurrency: float) -> float:
+    reqs = sc.requests
     if not reqs:
         return 1.0
     k = min(len(reqs), 2000)
     p = sum(r.prompt_tokens for r in reqs[:k]) / k
     o = sum(r.output_tokens for r in reqs[:k]) / k
-    return sim.cfg.curve.service_time_s(int(concurrency), int(p), int(o))
+    return cfg.curve.service_time_s(int(concurrency), int(p), int(o))
+
+
+def oracle_replica_hours(sc, cfg, target_ongoing: float, window: float = 60.0) -> float:
+    """Lower bound: serving replica-hours if capacity tracked demand perfectly, minute by
+    minute (``sum ceil(rate_w * service / target) * window``), with no cold starts, no
+    hysteresis and no warm pool. Same sizing rule as static peak, applied per window."""
+    if not sc.requests:
+        return 0.0
+    service = scenario_service_s(sc, cfg, target_ongoing)
+    counts: Dict[int, int] = {}
+    for r in sc.requests:
+        w = int(r.arrival // window)
+        counts[w] = counts.get(w, 0) + 1
+    windows = max(1, math.ceil(sc.duration_s / window))
+    total = sum(math.ceil(counts.get(w, 0) / window * service / target_ongoing - 1e-9) for w in range(windows))
+    return total * window / 3600.0
 
 
 def _observed_rate(sc, start: float, window: float) -> float:
@@ -75,7 +95,7 @@ class FleetserveController:
 
         for ctype in place_new_replicas(n, 0, 0, self.config.spot, SpotMarket(fleet.spot_available, fleet.spot_price_ratio)):
             fleet.start(ctype, 0.0, ReplicaState.ACTIVE, ready_now=True)
-        for _ in range(self.config.warm_pool.size):
+        for _ in range(self.config.warm_pool.target_size(n)):
             fleet.start(self.config.warm_pool.capacity_type, 0.0, ReplicaState.WARM_STANDBY, ready_now=True)
 
     def snapshot(self, sim, now: float) -> ModelSnapshot:

@@ -39,6 +39,7 @@ class Simulation:
         self.fleet.on_finish = self.recorder.finish
         self._arrivals: Deque[float] = deque()  # arrival times within the rate window
         self._service: Deque[Tuple[float, float]] = deque()  # (finished at, duration) for 60 s
+        self._service_sum = 0.0  # running sum of the durations in _service (O(1) mean per tick)
         self.now = 0.0
 
     def schedule(self, at: float, kind: str, payload: object) -> None:
@@ -56,10 +57,11 @@ class Simulation:
 
     def mean_service_time(self) -> Optional[float]:
         while self._service and self._service[0][0] < self.now - 60.0:
-            self._service.popleft()
+            self._service_sum -= self._service.popleft()[1]
         if not self._service:
+            self._service_sum = 0.0  # drop accumulated float error
             return None
-        return sum(d for _, d in self._service) / len(self._service)
+        return self._service_sum / len(self._service)
 
     # -- loop -------------------------------------------------------------------------
 
@@ -79,6 +81,7 @@ class Simulation:
         def finish(f: Flight) -> None:
             if not f.lost:
                 self._service.append((f.finished_at, f.finished_at - f.req.arrival))
+                self._service_sum += f.finished_at - f.req.arrival
             original_finish(f)
 
         self.fleet.on_finish = finish

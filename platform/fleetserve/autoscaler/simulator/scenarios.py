@@ -73,7 +73,7 @@ def steady(seed: int = 0, rate: float = 10.0, duration_s: float = 1800.0) -> Sce
     return Scenario("steady", poisson_requests(fn, duration_s, rate, seed), duration_s, description=f"{rate:g} req/s flat", rate_fn=fn)
 
 
-def spike(seed: int = 0, base: float = 10.0, factor: float = 10.0, duration_s: float = 3600.0,
+def spike(seed: int = 0, base: float = 24.0, factor: float = 10.0, duration_s: float = 3600.0,
           start_s: float = 1200.0, ramp_s: float = 60.0, hold_s: float = 600.0) -> Scenario:
     """Base load, then a rise to ``factor`` x base within ``ramp_s``, held, then back down."""
     peak = base * factor
@@ -112,7 +112,7 @@ def business_day(hour: float) -> float:
     return 0.1 + 0.9 * (rise - fall) - lunch * (rise - fall)
 
 
-def diurnal(seed: int = 0, peak: float = 30.0, day_s: float = 7200.0) -> Scenario:
+def diurnal(seed: int = 0, peak: float = 200.0, day_s: float = 7200.0) -> Scenario:
     """One business day compressed into ``day_s`` seconds (ramps get steeper, not easier)."""
     fn = lambda t: peak * business_day(24.0 * t / day_s)  # noqa: E731
     return Scenario(
@@ -124,7 +124,7 @@ def diurnal(seed: int = 0, peak: float = 30.0, day_s: float = 7200.0) -> Scenari
     )
 
 
-def spot_storm(seed: int = 0, rate: float = 30.0, duration_s: float = 2400.0) -> Scenario:
+def spot_storm(seed: int = 0, rate: float = 160.0, duration_s: float = 2400.0) -> Scenario:
     """Steady load; at t=600s spot capacity disappears and every spot replica is reclaimed
     with a 2-minute notice (notices spread over 3 minutes); spot returns at t=1500s, and a
     second wave takes half the spot replicas at t=1800s."""

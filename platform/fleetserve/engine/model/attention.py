@@ -10,8 +10,8 @@ The runner lays a step's tokens out flat: every single-token item (decode) first
 each multi-token item (prefill chunk) as one contiguous run, and builds all index tensors
 once per step (:class:`AttentionMetadata`); every layer reuses them:
 
-- decodes run as one batched attention over their gathered blocks, padded to the
-  longest context and masked;
+- decodes run as a few batched attentions (groups of similar context length) over their
+  gathered blocks, padded to the group's longest context and masked;
 - each prefill chunk runs its own SDPA call: on its fresh K/V with a causal mask when it
   starts at position 0, else over its gathered blocks with an explicit mask.
 """
@@ -41,6 +41,17 @@ class PrefillMeta:
 
 
 @dataclass
+class DecodeGroup:
+    """Single-token items at rows ``start_row:end_row``, padded to ``context_len``."""
+
+    start_row: int
+    end_row: int
+    gather_rows: torch.Tensor  # [2 * kv_heads * n * max_blocks] rows of the 2-D block view
+    context_len: int  # max_blocks * block_size
+    mask: torch.Tensor  # [1, n, 1, context_len] additive (0 / -inf)
+
+
+@dataclass
 class AttentionMetadata:
     """Per-step index tensors shared by every layer."""
 
@@ -48,11 +59,17 @@ class AttentionMetadata:
     # each new token's K goes; V goes ``v_offset`` rows further.
     write_rows: torch.Tensor
     v_offset: int
-    num_decodes: int = 0
-    decode_gather_rows: Optional[torch.Tensor] = None  # [2 * kv_heads * num_decodes * max_blocks]
-    decode_context_len: int = 0  # max_blocks * block_size
-    decode_mask: Optional[torch.Tensor] = None  # [1, num_decodes, 1, context] additive (0 / -inf)
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillMeta] = field(default_factory=list)
+    # Reused destination of the block gathers (every layer gathers the same amount). Fresh
+    # multi-MB tensors each layer would cost more in page faults than in copying.
+    workspace: Optional[torch.Tensor] = None
+
+    def gather(self, blocks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.workspace is None:
+            return blocks.index_select(0, rows)
+        out = self.workspace[: rows.numel() * blocks.shape[1]].view(rows.numel(), blocks.shape[1])
+        return torch.index_select(blocks, 0, rows, out=out)
 
 
 def paged_attention(
@@ -76,15 +93,14 @@ def paged_attention(
     blocks = kv_cache.view(-1, block_size * head_dim)
 
     outs = []
-    nd = meta.num_decodes
-    if nd:
-        ctx = meta.decode_context_len
-        kv = blocks.index_select(0, meta.decode_gather_rows).view(2, num_kv_heads, nd, ctx, head_dim)
+    for d in meta.decode_groups:
+        n = d.end_row - d.start_row
+        kv = meta.gather(blocks, d.gather_rows).view(2, num_kv_heads, n, d.context_len, head_dim)
         # Query heads of one KV head form a group of rows: GQA without repeating K/V.
-        qd = q[:nd].view(nd, num_kv_heads, group, head_dim).transpose(0, 1) * head_dim**-0.5
-        scores = torch.matmul(qd, kv[0].transpose(-1, -2)) + meta.decode_mask  # [KVH, nd, group, ctx]
-        od = torch.matmul(scores.softmax(dim=-1), kv[1])  # [KVH, nd, group, D]
-        outs.append(od.transpose(0, 1).reshape(nd, num_heads * head_dim))
+        qd = q[d.start_row : d.end_row].view(n, num_kv_heads, group, head_dim).transpose(0, 1) * head_dim**-0.5
+        scores = torch.matmul(qd, kv[0].transpose(-1, -2)) + d.mask  # [KVH, n, group, ctx]
+        od = torch.matmul(scores.softmax(dim=-1), kv[1])  # [KVH, n, group, D]
+        outs.append(od.transpose(0, 1).reshape(n, num_heads * head_dim))
     for p in meta.prefills:
         q_len = p.end_row - p.start_row
         if p.gather_rows is None:
@@ -94,7 +110,7 @@ def paged_attention(
             op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=group > 1)
             outs.append(op[0].transpose(0, 1).reshape(q_len, num_heads * head_dim))
         else:
-            kv = blocks.index_select(0, p.gather_rows).view(2, num_kv_heads, p.context_len, head_dim)
+            kv = meta.gather(blocks, p.gather_rows).view(2, num_kv_heads, p.context_len, head_dim)
             qp = q[p.start_row : p.end_row].view(q_len, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
             qp = qp.reshape(num_kv_heads, group * q_len, head_dim)
             op = F.scaled_dot_product_attention(qp, kv[0], kv[1], attn_mask=p.mask)  # [KVH, group*q, D]

@@ -1,0 +1,263 @@
+"""Overload benchmark: premium latency when budget tenants flood the fleet, in one run.
+
+On the tiny model, one replica, real Ray Serve + REST (SSE streaming, aiohttp client):
+
+1. Capacity: completed requests/s of a closed loop that keeps the replica full.
+2. Unloaded premium TTFT: sequential premium requests (p50/p99).
+3. For each mode, an open-loop Poisson load at ``--overload`` x capacity for ``--seconds``;
+   ``--premium-frac`` of requests from one premium tenant, the rest from three batch
+   tenants (the flood). Modes (same build, config only):
+   - ``fleetserve``: fleet admission queue (strict priority + VTC + preemption) and engine
+     priority by tier;
+   - ``engine-priority``: fleet queue off, engine priority by tier only;
+   - ``fcfs``: fleet queue in arrival order, every tier the same engine priority.
+
+Reports premium p50/p99 TTFT (completed requests), premium completion rate, budget share
+of completed tokens, and shed counts (429/503) per class. Writes bench/results/overload.json.
+
+Usage: python bench/bench_overload.py [--seconds 20] [--overload 2.0] [--premium-frac 0.15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODEL = "tiny-llama"
+PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
+BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
+PROMPT = "def fibonacci(n):\n    " * 4
+MODES = ("fleetserve", "engine-priority", "fcfs")
+
+
+def make_config(mode: str, http_port: int, inflight: int):
+    from fleetserve.cli.serve import DEFAULT_CHECKPOINT
+    from fleetserve.config import parse_config
+    from fleetserve.tenants.keys import hash_api_key
+
+    tiers = {"premium": 1, "standard": 1, "batch": 1} if mode == "fcfs" else {"premium": 0, "standard": 1, "batch": 2}
+    scheduling = {
+        "enabled": mode != "engine-priority",
+        "policy": "fcfs" if mode == "fcfs" else "priority",
+        "max_inflight_per_replica": inflight,
+        "max_waiting_per_replica": 0,
+        "max_queue_per_class": 2048,
+        "max_queue_total": 4096,
+    }
+    tenants = [{"id": "premium", "tier": "premium", "api_key_hashes": [hash_api_key(PREMIUM_KEY)]}]
+    tenants += [{"id": f"batch-{i}", "tier": "batch", "api_key_hashes": [hash_api_key(k)]} for i, k in enumerate(BATCH_KEYS)]
+    return parse_config({
+        "server": {"port": http_port, "app_name": "bench-overload"},
+        "models": [{
+            "name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT),
+            "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": inflight, "num_threads": 1},
+            "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,
+        }],
+        "tenants": {"tiers": tiers, "tenants": tenants, "scheduling": scheduling},
+    })
+
+
+class Result:
+    __slots__ = ("cls", "status", "ttft", "tokens", "done", "start")
+
+    def __init__(self, cls: str):
+        self.cls, self.status, self.ttft, self.tokens, self.done, self.start = cls, 0, None, 0, False, time.monotonic()
+
+
+async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Result:
+    import aiohttp
+
+    res = Result(cls)
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    try:
+        async with http.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+            res.status = r.status
+            if r.status != 200:
+                await r.read()
+                return res
+            async for raw in r.content:
+                line = raw.strip()
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[6:]
+                if data == b"[DONE]":
+                    res.done = True
+                    break
+                chunk = json.loads(data)
+                if chunk.get("choices") and chunk["choices"][0].get("text") and res.ttft is None:
+                    res.ttft = time.monotonic() - res.start
+                if chunk.get("usage"):
+                    res.tokens = chunk["usage"]["completion_tokens"]
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        res.status = res.status or -1
+    return res
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+async def wait_ready(http, url: str) -> None:
+    for _ in range(900):
+        r = await one_request(http, url, PREMIUM_KEY, "premium", 1)
+        if r.done:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("app did not become ready")
+
+
+async def capacity(http, url: str, concurrency: int, seconds: float, max_tokens: int) -> float:
+    stop = time.monotonic() + seconds
+    done = 0
+
+    async def worker(i):
+        nonlocal done
+        while time.monotonic() < stop:
+            r = await one_request(http, url, BATCH_KEYS[i % 3], "batch", max_tokens)
+            done += r.done
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return done / (time.monotonic() - t0)
+
+
+async def unloaded(http, url: str, n: int, max_tokens: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        r = await one_request(http, url, PREMIUM_KEY, "premium", max_tokens)
+        if r.ttft is not None:
+            out.append(r.ttft)
+    return out
+
+
+async def overload(http, url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    tasks = []
+    t_end = time.monotonic() + seconds
+    next_t = time.monotonic()
+    while next_t < t_end:
+        await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+        if rng.random() < premium_frac:
+            tasks.append(asyncio.create_task(one_request(http, url, PREMIUM_KEY, "premium", max_tokens)))
+        else:
+            tasks.append(asyncio.create_task(one_request(http, url, rng.choice(BATCH_KEYS), "batch", max_tokens)))
+        next_t += rng.expovariate(rate)
+    results = await asyncio.gather(*tasks)
+    return summarize(results)
+
+
+def summarize(results: list[Result]) -> dict:
+    out = {}
+    total_tokens = sum(r.tokens for r in results if r.done) or 1
+    for cls in ("premium", "batch"):
+        rs = [r for r in results if r.cls == cls]
+        ttfts = [r.ttft for r in rs if r.done and r.ttft is not None]
+        out[cls] = {
+            "sent": len(rs),
+            "completed": sum(r.done for r in rs),
+            "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None,
+            "ttft_p50_s": pct(ttfts, 0.5),
+            "ttft_p99_s": pct(ttfts, 0.99),
+            "shed_429": sum(r.status == 429 for r in rs),
+            "shed_503": sum(r.status == 503 for r in rs),
+            "errors": sum(r.status not in (200, 429, 503) for r in rs),
+            "token_share": round(sum(r.tokens for r in rs if r.done) / total_tokens, 4),
+        }
+    return out
+
+
+async def run(args) -> dict:
+    import aiohttp
+    import ray
+    from ray import serve
+
+    from fleetserve.cli.serve import DEFAULT_CHECKPOINT, ensure_tiny_checkpoint
+    from fleetserve.deployments.app import deploy
+    from tests.fixtures.ray_serve import free_port
+
+    ensure_tiny_checkpoint(DEFAULT_CHECKPOINT)
+    http_port = free_port()
+    url = f"http://127.0.0.1:{http_port}/v1/completions"
+    results: dict = {"config": {k: v for k, v in vars(args).items() if k != "out"} | {"cpus": os.cpu_count()}}
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
+            for i, mode in enumerate(args.modes):
+                deploy(make_config(mode, http_port, args.inflight), start=(i == 0))
+                await wait_ready(http, url)
+                if i == 0:
+                    cap = await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens)
+                    base = await unloaded(http, url, args.unloaded_requests, args.max_tokens)
+                    results["capacity_rps"] = round(cap, 2)
+                    results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base)}
+                    print(f"capacity {cap:.1f} req/s; unloaded premium TTFT p50 {pct(base, .5):.4f}s p99 {pct(base, .99):.4f}s", flush=True)
+                rate = args.overload * results["capacity_rps"]
+                t0 = time.monotonic()
+                results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed)
+                results[mode]["offered_rps"] = round(rate, 2)
+                results[mode]["wall_s"] = round(time.monotonic() - t0, 1)
+                print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return results
+
+
+def print_table(r: dict) -> None:
+    base = r["unloaded_premium_ttft"]["p99_s"]
+    print(f"\ncapacity {r['capacity_rps']} req/s; unloaded premium TTFT p50 {r['unloaded_premium_ttft']['p50_s']:.4f}s "
+          f"p99 {base:.4f}s; offered {r['config']['overload']}x capacity, premium {r['config']['premium_frac']:.0%}")
+    head = ("mode", "prem p50", "prem p99", "p99/unloaded", "prem done", "batch done", "batch tok share", "shed 429", "shed 503")
+    rows = [head]
+    for mode in r["config"]["modes"]:
+        m = r[mode]
+        p, b = m["premium"], m["batch"]
+        fmt = lambda x: "-" if x is None else f"{x:.3f}s"  # noqa: E731
+        rows.append((mode, fmt(p["ttft_p50_s"]), fmt(p["ttft_p99_s"]),
+                     "-" if p["ttft_p99_s"] is None else f"{p['ttft_p99_s'] / base:.1f}x",
+                     f"{p['completion_rate']:.0%}", f"{b['completion_rate']:.0%}", f"{b['token_share']:.0%}",
+                     str(p["shed_429"] + b["shed_429"]), str(p["shed_503"] + b["shed_503"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0, help="Duration of each overload phase.")
+    p.add_argument("--overload", type=float, default=2.0, help="Offered load as a multiple of measured capacity.")
+    p.add_argument("--premium-frac", type=float, default=0.15, help="Fraction of requests from the premium tenant.")
+    p.add_argument("--max-tokens", type=int, default=32, help="Completion tokens per request (ignore_eos).")
+    p.add_argument("--inflight", type=int, default=16, help="Engine max_num_seqs = fleet max_inflight_per_replica.")
+    p.add_argument("--capacity-seconds", type=float, default=8.0, help="Duration of the capacity measurement.")
+    p.add_argument("--unloaded-requests", type=int, default=30, help="Sequential premium requests for the unloaded baseline.")
+    p.add_argument("--request-timeout", type=float, default=300.0, help="Client timeout per request.")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
+    args = p.parse_args()
+    results = asyncio.run(run(args))
+    print_table(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

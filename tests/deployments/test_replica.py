@@ -1,0 +1,65 @@
+"""ModelReplica hosting the real native engine, outside Ray: streaming, cancel -> abort,
+routing stats and drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetserve.config import ModelConfig
+from fleetserve.deployments.replica import ModelReplica
+from fleetserve.engine.protocol import GenerateRequest
+from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.errors import ServiceUnavailableError
+
+
+async def make_replica(checkpoint) -> ModelReplica:
+    cfg = ModelConfig(name="tiny", checkpoint=str(checkpoint), drain_timeout_s=30,
+                      engine_args={"num_kv_blocks": 128, "num_threads": 1})
+    replica = ModelReplica.__new__(ModelReplica)  # Serve awaits the async constructor itself
+    await replica.__init__(cfg.model_dump(mode="json"))
+    return replica
+
+
+def request(rid: str, max_tokens: int) -> GenerateRequest:
+    return GenerateRequest(request_id=rid, prompt="def f(x):", params=SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
+
+
+async def wait_until(pred, timeout_s=30.0):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
+async def test_stream_cancel_stats_and_drain(tiny_llama_path):
+    replica = await make_replica(tiny_llama_path)
+    outs = [o async for o in replica.generate(request("a", 5))]
+    assert outs[-1].finished and sum(len(o.token_ids_delta) for o in outs) == 5
+
+    # A consumer that goes away mid-stream aborts the engine request (frees its KV blocks).
+    gen = replica.generate(request("b", 1000))
+    await gen.__anext__()
+    assert replica.record_routing_stats()["num_running"] + replica.record_routing_stats()["num_waiting"] == 1
+    await gen.aclose()
+    await wait_until(lambda: replica.record_routing_stats()["num_running"] == 0)
+    stats = replica.record_routing_stats()
+    assert {"num_waiting", "num_running", "kv_usage", "healthy", "draining", "ts"} <= set(stats)
+    await replica.check_health()
+
+    # Shutdown drains: in-flight requests finish, new ones are refused.
+    inflight = asyncio.create_task(_collect(replica.generate(request("c", 20))))
+    await wait_until(lambda: replica.record_routing_stats()["in_flight"] == 1)
+    shutdown = asyncio.create_task(replica.__del__())
+    await wait_until(lambda: replica.record_routing_stats()["draining"])
+    with pytest.raises(ServiceUnavailableError):
+        await replica.generate(request("d", 1)).__anext__()
+    done = await inflight
+    assert done[-1].finished and done[-1].finish_reason == "length"
+    await shutdown
+
+
+async def _collect(gen):
+    return [o async for o in gen]
