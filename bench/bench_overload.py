@@ -78,6 +78,7 @@ async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Re
     import aiohttp
 
     res = Result(cls)
+    chunks, usage_tokens = 0, None
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     try:
@@ -95,13 +96,38 @@ async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Re
                     res.done = True
                     break
                 chunk = json.loads(data)
-                if chunk.get("choices") and chunk["choices"][0].get("text") and res.ttft is None:
-                    res.ttft = time.monotonic() - res.start
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    if res.ttft is None:
+                        res.ttft = time.monotonic() - res.start
+                    chunks += 1
                 if chunk.get("usage"):
-                    res.tokens = chunk["usage"]["completion_tokens"]
+                    usage_tokens = chunk["usage"]["completion_tokens"]
+            res.tokens = usage_tokens if usage_tokens is not None else chunks
     except (aiohttp.ClientError, asyncio.TimeoutError):
         res.status = res.status or -1
     return res
+
+
+async def fleet_metrics(http, url: str) -> dict:
+    """Preemptions, shed counts and mean fleet-queue wait per class, from the ingress's /metrics."""
+    async with http.get(url) as r:
+        text = await r.text()
+    out: dict = {}
+    for line in text.splitlines():
+        if not line.startswith("fleetserve_fleet_") or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{")[0]
+        cls = name_labels.split('priority_class="')[1].split('"')[0] if "priority_class" in name_labels else "-"
+        if name in ("fleetserve_fleet_queue_wait_seconds_sum", "fleetserve_fleet_queue_wait_seconds_count",
+                    "fleetserve_fleet_preemptions_total", "fleetserve_fleet_shed_total"):
+            key = f"{name.removeprefix('fleetserve_fleet_')}[class {cls}]"
+            out[key] = out.get(key, 0.0) + float(value)
+    for cls in ("0", "1", "2"):
+        n = out.get(f"queue_wait_seconds_count[class {cls}]")
+        if n:
+            out[f"mean_queue_wait_s[class {cls}]"] = round(out[f"queue_wait_seconds_sum[class {cls}]"] / n, 4)
+    return out
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -209,6 +235,7 @@ async def run(args) -> dict:
                 rate = args.overload * results["capacity_rps"]
                 t0 = time.monotonic()
                 results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed)
+                results[mode]["fleet_metrics"] = await fleet_metrics(http, f"http://127.0.0.1:{http_port}/metrics")
                 results[mode]["offered_rps"] = round(rate, 2)
                 results[mode]["wall_s"] = round(time.monotonic() - t0, 1)
                 print(f"{mode}: {json.dumps(results[mode])}", flush=True)

@@ -119,3 +119,26 @@ def test_state_round_trips_through_a_dict():
     reps = tuple(active(f"a{i}") for i in range(4))
     _, state = policy.decide(make_snapshot(running=5, replicas=reps, arrival_rate=3.0), PolicyState(), 7.0)
     assert PolicyState.from_dict(state.to_dict()) == state
+
+
+def test_warm_pool_is_sized_relative_to_the_serving_target():
+    pool = make_config(warm_pool={"min_size": 1, "max_size": 5, "fraction": 0.25}).warm_pool
+    assert [pool.target_size(n) for n in (0, 4, 5, 12, 40)] == [1, 1, 2, 3, 5]
+
+
+def test_pool_surplus_cancels_loading_standbys_before_loaded_ones():
+    policy = FleetservePolicy(make_config(warm_pool={"min_size": 1, "max_size": 4, "fraction": 0.5}))
+    pending = ReplicaView("p9", ReplicaState.STARTING, becomes=ReplicaState.WARM_STANDBY)
+    reps = (active("a0"), active("a1"), standby("s1"), standby("s2"), pending)  # 2 serving -> pool of 1
+    d, _ = policy.decide(make_snapshot(running=15, replicas=reps), PolicyState(), 0.0)
+    assert d.target_replicas == 2
+    assert [x.replica_id for x in d.drains] == ["p9", "s2"] and d.refill == 0
+
+
+def test_upscale_tolerance_lets_spare_slots_absorb_small_excess():
+    policy = FleetservePolicy(make_config(scaling={"upscale_tolerance": 0.1}))
+    reps = tuple(active(f"a{i}") for i in range(4))  # capacity 40 at the target
+    d, _ = policy.decide(make_snapshot(running=43, replicas=reps), PolicyState(), 0.0)
+    assert d.target_replicas == 4 and d.is_noop
+    d, _ = policy.decide(make_snapshot(running=45, replicas=reps), PolicyState(), 0.0)
+    assert d.target_replicas == 5

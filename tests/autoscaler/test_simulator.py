@@ -61,3 +61,12 @@ def test_capacity_curve_loads_from_benchmark_json(tmp_path):
     assert curve.per_sequence_tok_s(8) == 25.0
     assert abs(curve.ttft_s(8, 500) - 0.08) < 1e-9
     assert DEFAULT_CURVE.per_sequence_tok_s(64) < DEFAULT_CURVE.per_sequence_tok_s(1)
+
+
+def test_oracle_is_a_lower_bound_below_static_peak():
+    cfg = load_autoscaler_config(PROFILES / "balanced.yaml")
+    comp = compare(small_spike(0), cfg, seed=0)
+    static = comp.by_policy("static-peak")
+    # At least one replica for every minute with traffic, and less than peak all the time.
+    assert comp.scenario.duration_s / 3600 <= comp.oracle_replica_hours < static.replica_hours
+    assert "oracle" in format_table(comp)

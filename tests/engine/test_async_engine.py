@@ -22,6 +22,8 @@ async def engine(runner):
     eng = AsyncEngine(make_config(), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
     await eng.start()
     yield eng
+    assert await asyncio.wait_for(eng.drain(TIMEOUT), TIMEOUT) == 0
+    assert eng.stats().kv_blocks_used == 0  # every test ends with all blocks free
     await eng.shutdown()
 
 

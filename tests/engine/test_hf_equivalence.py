@@ -20,6 +20,16 @@ CHECKPOINTS = ("tiny_llama_path", "tiny_llama_gqa_path", "tiny_qwen2_path", "tin
 BLOCK_SIZE = 4
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine an
+    # OpenMP barrier waiting for a descheduled thread makes each op 10-50x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_prompts() -> tuple[list[list[int]], list[int]]:
     rng = random.Random(7)
 
@@ -78,4 +88,4 @@ def test_greedy_matches_transformers(checkpoint, setup, request):
         assert stats.prefix_cache_hits > 0
     else:
         assert stats.num_preemptions > 0
-    assert stats.kv_blocks_used == 0 or setup == "prefix_cache"
+    assert stats.kv_blocks_used == 0  # every block released (cached blocks count as free)

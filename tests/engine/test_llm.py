@@ -35,3 +35,12 @@ def test_n_seeded_completions_and_chat(llm):
     assert 1 <= len(chat[0].outputs[0].token_ids) <= 4
     st = llm.engine.stats()
     assert st.kv_blocks_used == 0 and st.num_finished >= 7
+
+
+def test_seeded_request_is_independent_of_its_batch(llm):
+    p = SamplingParams(temperature=0.9, top_p=0.95, seed=123, max_tokens=20, ignore_eos=True)
+    alone = llm.generate(["def seeded(x):"], p)[0].outputs[0].token_ids
+    others = [f"import mod{i}\nclass X{i}:" for i in range(5)]
+    params = [SamplingParams(temperature=1.0, max_tokens=20)] * 2 + [p] + [SamplingParams(temperature=0, max_tokens=12)] * 3
+    mixed = llm.generate(others[:2] + ["def seeded(x):"] + others[2:], params)
+    assert mixed[2].outputs[0].token_ids == alone

@@ -21,6 +21,16 @@ CHECKPOINTS = ("tiny_llama_path", "tiny_llama_gqa_path", "tiny_qwen2_path", "tin
 BLOCK_SIZE = 4  # small blocks: every case crosses many block boundaries
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine an
+    # OpenMP barrier waiting for a descheduled thread makes each op 10-50x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def hf_logits(path, token_ids: list[int]) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
@@ -106,6 +116,20 @@ def test_mixed_batch_of_prefill_chunks_and_decodes(checkpoint):
     # d[15] was already computed; recomputing a position overwrites its slot with the same K/V.
     assert_close(out[0], refs["a"][18])
     assert_close(out[1], refs["d"][15])
+
+
+def test_many_decodes_of_different_lengths_in_one_step(tiny_llama_gqa_path):
+    # Contexts from 2 to 60 tokens: the runner splits them into several padded groups.
+    lengths = [2, 60, 7, 33, 15, 48, 3, 24, 9, 40]
+    seqs = [seq(n + 1, 20 + i) for i, n in enumerate(lengths)]
+    runner = make_runner(tiny_llama_gqa_path, num_blocks=256)
+    tables = [list(range(16 * i + 15, 16 * i - 1, -1)) for i in range(len(seqs))]  # reversed blocks
+    runner.execute(ModelInput([SeqBatchItem(s[:-1], 0, t, needs_logits=False) for s, t in zip(seqs, tables)]))
+    step = runner._builder.build([SeqBatchItem([s[-1]], len(s) - 1, t) for s, t in zip(seqs, tables)])
+    assert len(step.meta.decode_groups) > 1
+    out = runner.execute(ModelInput([SeqBatchItem([s[-1]], len(s) - 1, t) for s, t in zip(seqs, tables)]))
+    for i, s in enumerate(seqs):
+        assert_close(out[i], hf_logits(tiny_llama_gqa_path, s)[-1])
 
 
 def test_swap_out_and_in_round_trip(tiny_llama_gqa_path):

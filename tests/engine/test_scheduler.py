@@ -197,3 +197,40 @@ def test_prefix_cache_hit_reuses_blocks_and_keeps_output():
     stats = engine.stats()
     assert stats.prefix_cache_hits == 12 and stats.prefix_cache_queries == 39
     assert engine.kv.num_used_blocks == 0
+
+
+def test_reset_all_to_waiting_drops_device_and_host_blocks():
+    sched = make_scheduler(make_kv(num_blocks=6, block_size=4, num_host_blocks=8), preemption_mode="swap",
+                           watermark_blocks=0)
+    reqs = [make_request(list(range(i, i + 8)), max_tokens=6) for i in range(3)]
+    for r in reqs:
+        sched.add(r)
+    step(sched)
+    step(sched)                       # decodes need blocks: one request is swapped out
+    assert sched.num_swapped == 1
+    sched.reset_all_to_waiting()      # engine sleep: KV memory is about to go away
+    assert sched.num_running == 0 and sched.num_waiting == 3
+    assert all(r.num_computed_tokens == 0 for r in reqs)
+    assert_all_free(sched)
+    while sched.has_unfinished():
+        step(sched)
+    assert all(r.num_output_tokens == 6 for r in reqs)
+    assert_all_free(sched)
+
+
+def test_higher_class_prefill_goes_before_a_lower_class_chunked_prefill():
+    sched = make_scheduler(max_num_batched_tokens=8)
+    low = make_request(list(range(40)), max_tokens=1, priority=2, arrival_time=0.0)
+    sched.add(low)
+    step(sched)                                   # low: first chunk of 8
+    high = make_request(list(range(50, 56)), max_tokens=1, priority=0, arrival_time=1.0)
+    sched.add(high)
+    out = step(sched)
+    assert [(i.request.request_id, i.num_new_tokens) for i in out.items] == [
+        (high.request_id, 6), (low.request_id, 2)  # low only gets the leftover budget
+    ]
+    assert high.status is RequestStatus.FINISHED_LENGTH
+    while sched.has_unfinished():
+        step(sched)
+    assert low.num_output_tokens == 1
+    assert_all_free(sched)

@@ -7,7 +7,8 @@ from fleetserve.router.admission_config import FleetSchedulingConfig
 
 
 def make_config(**overrides) -> FleetSchedulingConfig:
-    fields = dict(max_inflight_per_replica=2, max_waiting_per_replica=4, starvation_max_wait_s=None, starvation_every_k=None)
+    fields = dict(max_inflight_per_replica=2, max_waiting_per_replica=4, starvation_max_wait_s=None, starvation_every_k=None,
+                  class_slot_share={})  # no trunk reservation unless a test asks for it
     fields.update(overrides)
     return FleetSchedulingConfig(**fields)
 

@@ -134,3 +134,15 @@ def test_preemption_respects_per_replica_cap():
     cfg = make_config(max_inflight_per_replica=2, max_preempted_per_replica=2)
     d = admission.decide(snapshot(q, running=run), AdmissionState(), 0.0, cfg)
     assert len(d.preempt) == 1  # one already preempted on r0, cap 2
+
+
+def test_trunk_reservation_keeps_top_slots_for_higher_classes():
+    cfg = make_config(max_inflight_per_replica=4, class_slot_share={0: 1.0, 1: 0.75, 2: 0.5})
+    q = [queued(f"b{i}", cls=2, at=i) for i in range(4)] + [queued("s1", cls=1, at=5)]
+    d = admission.decide(snapshot(q), AdmissionState(), 10.0, cfg)
+    assert dispatched(d) == ["s1", "b0"]  # batch stops at 2 busy slots, standard at 3
+    busy = [running(x, cls=2) for x in ("b0",)] + [running("s1", cls=1)]
+    later = admission.decide(snapshot(q[1:4] + [queued("p1", cls=0, at=11)], running=busy), d.state, 12.0, cfg)
+    assert dispatched(later) == ["p1"] and later.preempt == ()  # premium starts at once, no preemption needed
+    fcfs = admission.decide(snapshot(q), AdmissionState(), 10.0, cfg.model_copy(update={"policy": "fcfs"}))
+    assert len(fcfs.dispatch) == 4  # no reservation in the fcfs baseline

@@ -65,3 +65,10 @@ def test_grpc_auth_and_permission(serve_app):
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         ok = stub.Generate(req, metadata=[app_meta, ("authorization", f"Bearer {serve_app.api_key}")], timeout=60)
         assert ok.usage.completion_tokens == 1
+
+
+def test_metrics_carry_tenant_and_fleet_series(serve_app):
+    completion(serve_app, serve_app.api_key)
+    text = httpx.get(serve_app.base_url + "/metrics", timeout=30).text
+    assert 'fleetserve_tenant_requests_total{model="%s",outcome="ok",tenant="test"}' % serve_app.model in text
+    assert 'fleetserve_fleet_queue_wait_seconds_count{model="%s",priority_class="1"}' % serve_app.model in text

@@ -95,3 +95,13 @@ async def test_handle_preempt_tries_the_hint_first_then_every_replica():
     assert handle.calls == [("j1", "c"), ("j1", "a"), ("j1", "b")]
     handle.calls.clear()
     assert await pool.preempt("b", "j2") is False and len(handle.calls) == 3
+
+
+async def test_fleet_metrics_are_exported():
+    reg = CollectorRegistry()
+    cfg = make_config(make_spec(id="prem", key="fs-prem", tier="premium"),
+                      scheduling=FleetSchedulingConfig(max_inflight_per_replica=1, tick_s=0.01))
+    gk = TenantGatekeeper(cfg, pool={"tiny": OneSlotPool()}, metrics_registry=reg)
+    ctx = await gk.authenticate("fs-prem")
+    await gk.complete(await gk.admit(ctx, "tiny", "a", 1, 1), 1, 1, "ok")
+    assert reg.get_sample_value("fleetserve_fleet_queue_wait_seconds_count", {"model": "tiny", "priority_class": "0"}) == 1

@@ -39,6 +39,13 @@ class ScalingConfig(_Strict):
     kv_high_watermark: float = Field(
         0.9, gt=0, le=1, description="KV-cache usage above which one more replica is asked for even if queues look fine."
     )
+    upscale_tolerance: float = Field(
+        0.0,
+        ge=0,
+        description="Scale up only when load exceeds current serving capacity by more than this fraction "
+        "(Kubernetes HPA's tolerance): a replica's spare engine slots absorb the rest, and rate noise does "
+        "not ratchet the fleet up past what the hysteresis band lets it shed.",
+    )
     upscale_delay_s: float = Field(0.0, ge=0, description="Demand must exceed capacity this long before scaling up.")
     downscale_delay_s: float = Field(
         300.0, ge=0, description="Demand must stay below the hysteresis band this long before scaling down."

@@ -87,6 +87,9 @@ class FleetservePolicy:
 
         load = estimate_load(snap, trend, cfg.scaling)
         wanted = math.ceil(load / cfg.scaling.target_ongoing_per_replica - 1e-9)
+        capacity = len(serving) * cfg.scaling.target_ongoing_per_replica
+        if len(serving) < wanted and serving and load <= capacity * (1 + cfg.scaling.upscale_tolerance):
+            wanted = len(serving)  # within tolerance of the current fleet
         active = [r for r in serving if r.state is ReplicaState.ACTIVE]
         if snap.kv_usage is not None and snap.kv_usage >= cfg.scaling.kv_high_watermark:
             wanted = max(wanted, len(active) + 1)

@@ -23,7 +23,9 @@ def tenants_config(cfg: FleetConfig):
     return tcfg
 
 
-def build_gatekeeper(cfg: FleetConfig, pool: Optional[object] = None) -> Gatekeeper:
+def build_gatekeeper(cfg: FleetConfig, pool: Optional[object] = None, metrics_registry: Optional[object] = None) -> Gatekeeper:
+    """``metrics_registry``: the ingress's Prometheus registry, so /metrics also shows the
+    per-tenant metering and fleet-queue series."""
     from fleetserve.tenants.gatekeeper import TenantGatekeeper
 
-    return TenantGatekeeper(tenants_config(cfg), pool=pool)
+    return TenantGatekeeper(tenants_config(cfg), pool=pool, metrics_registry=metrics_registry)

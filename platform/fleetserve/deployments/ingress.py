@@ -13,6 +13,7 @@ from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
 from fleetserve.deployments.gatekeeper_factory import build_gatekeeper
 from fleetserve.deployments.handle_client import HandleModelClient
+from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.router.board_pool import board_pools
 
 
@@ -27,7 +28,9 @@ class Ingress:
         # Fleet admission queue per model (tenants.scheduling): capacity from the replica
         # stats board, preemption through the handles.
         pools = board_pools(deployment_names, handles)
-        self.service = InferenceService(specs, client, build_gatekeeper(self._cfg, pool=pools))
+        metrics = FleetMetrics()  # shared with the gatekeeper: one /metrics for both
+        gatekeeper = build_gatekeeper(self._cfg, pool=pools, metrics_registry=metrics.registry)
+        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics)
         self._grpc = None
 
     def __serve_build_asgi_app__(self):

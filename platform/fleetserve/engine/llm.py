@@ -84,9 +84,15 @@ class LLM:
         if len(prios) != len(prompt_list):
             raise InvalidRequestError("priority must have one entry per prompt", field="priority")
         results = []
-        for prompt, params, prio in zip(prompt_list, params_list, prios):
-            results.append(self._add(prompt, params, prio))
-        self._run_to_completion(results)
+        try:
+            for prompt, params, prio in zip(prompt_list, params_list, prios):
+                results.append(self._add(prompt, params, prio))
+            self._run_to_completion(results)
+        except BaseException:
+            # A bad prompt (or Ctrl-C) must not leave the others running in the engine.
+            for rid in list(self.engine.scheduler.requests):
+                self.engine.abort(rid)
+            raise
         return [r for r, _ in results]
 
     def chat(
@@ -121,7 +127,8 @@ class LLM:
             req = GenerateRequest(rid, sub, prompt=text if ids is None else None, prompt_token_ids=ids, priority=priority)
             request = self.engine.add_request(req)
             request_ids.append(rid)
-            ids_for_output = request.prompt_token_ids
+            ids = request.prompt_token_ids  # tokenize a text prompt once, not n times
+            ids_for_output = ids
         out = LLMOutput(base, text, list(ids_for_output), [CompletionOutput(i) for i in range(params.n)])
         return out, request_ids
 

@@ -1,16 +1,18 @@
 """Iteration-level continuous batching with chunked prefill and priority preemption.
 
 Each step the scheduler hands out a token budget (``max_num_batched_tokens``) and up to
-``max_num_seqs`` sequence slots, in three phases:
+``max_num_seqs`` sequence slots, in four phases:
 
 1. ``_preempt_for_priority``: a waiting request of a strictly better priority class than
    some running one, with no room to start, evicts the worst running request(s).
 2. ``_schedule_running``: running requests, best first, get their next tokens (one decode
    token, or the next prefill chunk). When blocks run out, the worst running request
-   (lowest priority, latest arrival) is preempted.
+   (lowest priority, latest arrival) is preempted. Prefill chunks of a class worse than
+   the best waiting request are deferred to phase 4.
 3. ``_schedule_waiting``: waiting and swapped requests are admitted in (priority, arrival)
    order while budget, slots and blocks last; a head that does not fit blocks the rest, so
    a later or lower-priority request never jumps the queue.
+4. ``_schedule_deferred``: deferred prefill chunks take whatever budget and blocks are left.
 
 Every request keeps its output tokens across preemption: with ``recompute`` its prompt and
 generated tokens are prefilled again; with ``swap`` its blocks go to host memory and back.
@@ -157,8 +159,9 @@ class Scheduler:
         out = SchedulerOutput(swap_out=self._pending_swap_out, preempted=self._pending_preempted)
         self._pending_swap_out, self._pending_preempted = [], []
         self._preempt_for_priority(out)
-        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        budget, deferred = self._schedule_running(out, self.max_num_batched_tokens)
         budget = self._schedule_waiting(out, budget)
+        budget = self._schedule_deferred(out, budget, deferred)
         out.num_batched_tokens = self.max_num_batched_tokens - budget
         return out
 
@@ -182,24 +185,48 @@ class Scheduler:
             self.running.remove(victim)
             self._preempt(victim, out)
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> tuple[int, list[Request]]:
+        """Returns the budget left and the prefills deferred behind a better waiting class."""
         running = self.running
         running.sort(key=_SORT_KEY)
+        head_priority = self.waiting[0].priority if self.waiting else None
+        deferred: list[Request] = []
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
-            n = min(request.num_tokens - request.num_computed_tokens, budget)
+            remaining = request.num_tokens - request.num_computed_tokens
+            if remaining > 1 and head_priority is not None and head_priority < request.priority:
+                # A prefill chunk of a lower class must not eat the budget a waiting
+                # request of a higher class could start with; it gets what is left.
+                deferred.append(request)
+                i += 1
+                continue
+            n = min(remaining, budget)
             while not self.kv.can_allocate(request, n):
                 # running is sorted best first, so its tail is the worst request not yet
                 # scheduled this step (possibly ``request`` itself).
                 victim = running.pop()
                 self._preempt(victim, out)
                 if victim is request:
-                    return budget
+                    return budget, deferred
             self.kv.allocate(request, n)
             self._emit(out, request, n)
             budget -= n
             i += 1
+        return budget, deferred
+
+    def _schedule_deferred(self, out: SchedulerOutput, budget: int, deferred: list[Request]) -> int:
+        for request in deferred:
+            if budget <= 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted later in this step
+            n = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self.kv.can_allocate(request, n):
+                continue  # leftovers only: never preempt for a deferred chunk
+            self.kv.allocate(request, n)
+            self._emit(out, request, n)
+            budget -= n
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:

@@ -7,7 +7,11 @@ decisions. Rules, in the order ``decide`` applies them:
 2. **Dispatch while a replica has room.** A replica has room when it is healthy and
    accepting, its KV usage is under the watermark, its engine queue is short, and the
    fleet runs fewer than ``max_inflight_per_replica`` (non-preempted) requests on it.
-   Each dispatch goes to the replica with the most room (a hint for the replica router).
+   **Trunk reservation:** a request of class c is dispatched only while fewer than
+   ``class_slot_share[c] * max_inflight_per_replica`` slots are busy, so the top slots stay
+   free for higher classes, which then start at once (no wait for a completion or a
+   preemption). Each dispatch goes to the replica with the most room (a hint for the
+   replica router).
 3. **Between classes: strict priority** (lower class number first), except the
    **starvation guard**: a lower class whose oldest request waited longer than
    ``starvation_max_wait_s``, or that saw ``starvation_every_k`` dispatches of other
@@ -226,22 +230,34 @@ def decide(
     queued = [q for q in snapshot.queued if q.request_id not in expired]
     free = free_slots(snapshot, config)
     dispatch: list[Dispatch] = []
-    while queued and free and max(free.values()) > 0:
-        chosen, state = _choose(queued, state, now, config)
+    while queued:
+        fits = {c for c in {q.priority_class for q in queued} if _replica_for(free, config, c) is not None}
+        if not fits:
+            break
+        chosen, state = _choose(queued, fits, state, now, config)
         queued.remove(chosen)
-        replica = max(sorted(free), key=lambda k: free[k])
+        replica = _replica_for(free, config, chosen.priority_class)
+        assert replica is not None
         free[replica] -= 1
         dispatch.append(Dispatch(chosen.request_id, replica))
     preempt, state = _preemptions(snapshot, queued, state, now, config)
     return AdmissionDecision(tuple(dispatch), tuple(shed), tuple(preempt), state)
 
 
+def _replica_for(free: dict[str, int], config: FleetSchedulingConfig, priority_class: int) -> Optional[str]:
+    """The replica with the most room that a request of this class may use (trunk reservation)."""
+    cap = config.slot_cap(priority_class)
+    usable = [r for r in sorted(free) if free[r] > 0 and config.max_inflight_per_replica - free[r] < cap]
+    return max(usable, key=lambda r: free[r], default=None)
+
+
 def _choose(
-    queued: list[QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig
+    queued: list[QueuedRequest], fits: set[int], state: AdmissionState, now: float, config: FleetSchedulingConfig
 ) -> tuple[QueuedRequest, AdmissionState]:
+    """The next request among classes in ``fits``; updates VTC and starvation counters."""
     if config.policy == "fcfs":
         return queued[0], state
-    cls = _choose_class(queued, state, now, config)
+    cls = _choose_class([q for q in queued if q.priority_class in fits], state, now, config)
     in_class = [q for q in queued if q.priority_class == cls]
     vtc = state.vtc.get(cls, VtcState())
     tenant = fair_share.pick(vtc, (q.tenant_id for q in in_class))

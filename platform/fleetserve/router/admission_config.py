@@ -34,6 +34,14 @@ class FleetSchedulingConfig(BaseModel):
     max_inflight_per_replica: int = Field(
         32, ge=1, description="Requests the fleet keeps running on one replica (size to the engine's max_num_seqs)."
     )
+    class_slot_share: dict[int, float] = Field(
+        default_factory=lambda: {0: 1.0, 1: 0.9, 2: 0.75},
+        description=(
+            "Per class: fraction of a replica's max_inflight_per_replica that may be busy when a request of this class is "
+            "dispatched (trunk reservation: the rest is kept free for higher classes, so they start at once instead of "
+            "waiting for a completion or a preemption). Classes not listed: 1.0."
+        ),
+    )
     max_waiting_per_replica: int = Field(4, ge=0, description="A replica whose engine already has this many waiting requests gets no more.")
     kv_high_watermark: float = Field(0.95, gt=0, le=1.0, description="A replica with KV usage at or above this fraction gets no more requests.")
     preemption: bool = Field(True, description="Preempt running lower-class requests when a higher class waits and no replica has room.")
@@ -46,6 +54,11 @@ class FleetSchedulingConfig(BaseModel):
     retry_after_min_s: float = Field(1.0, gt=0, description="Smallest Retry-After returned when shedding.")
     retry_after_max_s: float = Field(60.0, gt=0, description="Largest Retry-After returned when shedding.")
     tick_s: float = Field(0.05, gt=0, description="How often waiters re-run the policy (deadlines, replica stats changes).")
+
+    def slot_cap(self, priority_class: int) -> int:
+        """Busy slots on a replica above which a request of this class is not dispatched there."""
+        share = self.class_slot_share.get(priority_class, 1.0) if self.policy == "priority" else 1.0
+        return max(1, int(share * self.max_inflight_per_replica))
 
     def timeout_for(self, priority_class: int) -> float:
         if priority_class in self.queue_timeout_s:

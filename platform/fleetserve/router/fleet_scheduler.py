@@ -50,6 +50,16 @@ class ReplicaPool(Protocol):
         ...
 
 
+class SchedulerObserver(Protocol):
+    """Receives scheduling events (for metrics). All methods must be cheap and never raise."""
+
+    def dispatched(self, priority_class: int, waited_s: float) -> None: ...
+
+    def shed(self, priority_class: int, status: int) -> None: ...
+
+    def preempted(self, priority_class: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Slot:
     """Permission to send one request to the replicas."""
@@ -78,8 +88,15 @@ def shed_error(shed: Shed) -> Exception:
 class FleetScheduler:
     """Cluster-wide admission queue for one ingress replica."""
 
-    def __init__(self, config: FleetSchedulingConfig, pool: ReplicaPool, clock: Optional[Clock] = None) -> None:
+    def __init__(
+        self,
+        config: FleetSchedulingConfig,
+        pool: ReplicaPool,
+        clock: Optional[Clock] = None,
+        observer: Optional[SchedulerObserver] = None,
+    ) -> None:
         self.config = config
+        self._observer = observer
         self._pool = pool
         self._clock = clock or SystemClock()
         self._state = AdmissionState()
@@ -133,7 +150,7 @@ class FleetScheduler:
         verdict = admission.decide_enqueue(snap, req, self.config)
         if not verdict.accept:
             assert verdict.reject is not None
-            self._count_shed(verdict.reject)
+            self._count_shed(verdict.reject, priority_class)
             raise shed_error(verdict.reject)
         for victim in verdict.evict:
             self._shed(victim)
@@ -210,6 +227,8 @@ class FleetScheduler:
             self._queued.remove(q)
             self._running[q.request_id] = RunningRequest(q.request_id, q.tenant_id, q.priority_class, d.replica_id, now)
             self.counters.dispatched += 1
+            if self._observer is not None:
+                self._observer.dispatched(q.priority_class, now - q.enqueued_at)
             fut = self._futures.get(q.request_id)
             if fut is not None and not fut.done():
                 fut.set_result(Slot(q.request_id, d.replica_id, now - q.enqueued_at))
@@ -218,18 +237,21 @@ class FleetScheduler:
         return decision
 
     def _shed(self, s: Shed) -> None:
+        cls = next((q.priority_class for q in self._queued if q.request_id == s.request_id), None)
         self._queued = [q for q in self._queued if q.request_id != s.request_id]
         self._weights.pop(s.request_id, None)
-        self._count_shed(s)
+        self._count_shed(s, cls)
         fut = self._futures.pop(s.request_id, None)
         if fut is not None and not fut.done():
             fut.set_exception(shed_error(s))
 
-    def _count_shed(self, s: Shed) -> None:
+    def _count_shed(self, s: Shed, priority_class: Optional[int]) -> None:
         if s.status == admission.STATUS_RATE_LIMITED:
             self.counters.shed_429 += 1
         else:
             self.counters.shed_503 += 1
+        if self._observer is not None and priority_class is not None:
+            self._observer.shed(priority_class, s.status)
 
     def _start_preempt(self, replica_id: Optional[str], request_id: str) -> None:
         try:
@@ -250,4 +272,6 @@ class FleetScheduler:
         if ok and r is not None:
             self._running[request_id] = replace(r, preempted=True)
             self.counters.preempted += 1
+            if self._observer is not None:
+                self._observer.preempted(r.priority_class)
             self.pump()

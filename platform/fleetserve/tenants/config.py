@@ -7,6 +7,7 @@ admin API accepts, so it is the single schema for YAML, the admin API and the CL
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -88,7 +89,7 @@ class TenantsConfig(BaseModel):
         description="Tier name -> priority class (engine convention: lower runs first).",
     )
     tenants: list[TenantSpec] = Field(default_factory=list, description="Tenants defined inline.")
-    registry_file: Optional[str] = Field(None, description="YAML file with a 'tenants:' list (see tenants/example.yaml); merged with inline tenants.")
+    registry_file: Optional[str] = Field(None, description="YAML file with a 'tenants:' list (see tenants/example.yaml); merged with inline tenants. A relative path resolves against the working directory where the config is parsed.")
     redis_url: Optional[str] = Field(
         None, description="redis://host:port/db. When set, registry, quotas and usage are shared by all ingress replicas."
     )
@@ -112,6 +113,16 @@ class TenantsConfig(BaseModel):
     scheduling: FleetSchedulingConfig = Field(
         default_factory=FleetSchedulingConfig, description="Cluster-wide admission queue, fair share, shedding and preemption."
     )
+
+    @field_validator("registry_file")
+    @classmethod
+    def _absolute_registry(cls, v: Optional[str]) -> Optional[str]:
+        # Resolved where the config is parsed (the driver): Ray actors that later re-validate
+        # the shipped config may run in another working directory.
+        if v is None:
+            return v
+        p = Path(v).expanduser()
+        return str(p.resolve()) if p.exists() else str(p)
 
     @field_validator("admin_key_hash")
     @classmethod

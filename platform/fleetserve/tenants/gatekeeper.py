@@ -167,7 +167,8 @@ class TenantGatekeeper:
             return None
         key = model if isinstance(self._pool, Mapping) else ""
         if key not in self._schedulers:
-            self._schedulers[key] = FleetScheduler(self.config.scheduling, pool, self._clock)
+            observer = self.metering.metrics.scheduler_observer(model)
+            self._schedulers[key] = FleetScheduler(self.config.scheduling, pool, self._clock, observer)
         return self._schedulers[key]
 
     # ---- usage (scoped) -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from typing import Optional
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from fleetserve.errors import ServiceUnavailableError
 from fleetserve.metrics.names import MODEL, TENANT
@@ -48,6 +48,43 @@ class TenantMetrics:
         )
 
 
+        # Fleet admission queue (router/fleet_scheduler.py), per model and priority class.
+        self.queue_wait = Histogram(
+            "fleetserve_fleet_queue_wait_seconds", "Time a request waited in the fleet admission queue.",
+            [MODEL, "priority_class"], buckets=QUEUE_WAIT_BUCKETS, registry=registry,
+        )
+        self.shed = Counter(
+            "fleetserve_fleet_shed", "Requests shed by the fleet admission queue (429 queue full, 503 displaced/deadline).",
+            [MODEL, "priority_class", "status"], registry=registry,
+        )
+        self.preemptions = Counter(
+            "fleetserve_fleet_preemptions", "Running requests preempted for a higher class.", [MODEL, "priority_class"],
+            registry=registry,
+        )
+
+    def scheduler_observer(self, model: str) -> "SchedulerMetrics":
+        return SchedulerMetrics(self, model)
+
+
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class SchedulerMetrics:
+    """A FleetScheduler observer writing the fleet series of one model."""
+
+    def __init__(self, m: TenantMetrics, model: str) -> None:
+        self._m, self._model = m, model
+
+    def dispatched(self, priority_class: int, waited_s: float) -> None:
+        self._m.queue_wait.labels(self._model, str(priority_class)).observe(waited_s)
+
+    def shed(self, priority_class: int, status: int) -> None:
+        self._m.shed.labels(self._model, str(priority_class), str(status)).inc()
+
+    def preempted(self, priority_class: int) -> None:
+        self._m.preemptions.labels(self._model, str(priority_class)).inc()
+
+
 _METRICS: dict[int, TenantMetrics] = {}
 
 
@@ -66,6 +103,10 @@ class Metering:
         self._store = store
         self._metrics = tenant_metrics(registry)
         self._pending: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    @property
+    def metrics(self) -> TenantMetrics:
+        return self._metrics
 
     async def record_completion(self, tenant_id: str, model: str, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
         m = self._metrics
