@@ -109,3 +109,24 @@ async def wait_for_redis(gk, timeout_s=5.0):
     while not gk.quotas.redis_healthy:  # the retry interval (0.05 s) has to pass
         assert loop.time() < deadline
         await asyncio.sleep(0.01)
+
+
+async def test_start_with_redis_down_fail_open_then_registry_reaches_redis(redis_server, redis_url):
+    redis_server.stop()
+    (a,) = replicas(redis_url, n=1, redis_failure_mode="fail_open")
+    await admit(a, "1")  # started from the YAML/inline tenants, local buckets
+    (closed,) = replicas(redis_url, n=1, redis_failure_mode="fail_closed")
+    with pytest.raises(ServiceUnavailableError):
+        await closed.authenticate("fs-acme")
+    redis_server.start()
+    await wait_for_redis(a)
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while await a._store.version() == 0:  # the replica writes its registry into the empty Redis
+        assert loop.time() < deadline
+        await a.authenticate("fs-acme")
+        await asyncio.sleep(0.02)
+    (b,) = replicas(redis_url, n=1)
+    assert (await b.authenticate("fs-acme")).tenant_id == "acme"

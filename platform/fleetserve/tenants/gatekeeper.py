@@ -167,7 +167,7 @@ class TenantGatekeeper:
             return None
         key = model if isinstance(self._pool, Mapping) else ""
         if key not in self._schedulers:
-            observer = self.metering.metrics.scheduler_observer(model)
+            observer = self.metering.metrics.scheduler_observer(key or "*")  # "*": one pool shared by all models
             self._schedulers[key] = FleetScheduler(self.config.scheduling, pool, self._clock, observer)
         return self._schedulers[key]
 
