@@ -76,9 +76,21 @@ class SystemResult:
         return d
 
 
-def make_workload(seed: int, n: int, vocab_size: int, quick: bool) -> Workload:
+# (prompt length range, output length range) per preset; the 100m model costs ~30x the
+# tiny one per token, so its workload is shorter to keep a full run to a few minutes.
+WORKLOAD_SHAPES = {
+    ("tiny", False): ((16, 384), (16, 256)),
+    ("small", False): ((16, 256), (16, 192)),
+    ("100m", False): ((16, 160), (16, 96)),
+    ("tiny", True): ((16, 128), (8, 64)),
+    ("small", True): ((16, 96), (8, 48)),
+    ("100m", True): ((16, 64), (8, 32)),
+}
+
+
+def make_workload(seed: int, n: int, vocab_size: int, preset: str, quick: bool) -> Workload:
     rng = random.Random(seed)
-    prompt_range, output_range = ((16, 128), (8, 64)) if quick else ((16, 384), (16, 256))
+    prompt_range, output_range = WORKLOAD_SHAPES[(preset, quick)]
     prompts = [[rng.randrange(10, vocab_size) for _ in range(rng.randint(*prompt_range))] for _ in range(n)]
     return Workload(prompts, [rng.randint(*output_range) for _ in range(n)])
 
@@ -417,7 +429,7 @@ def main() -> int:
     for preset in args.presets.split(","):
         path = ensure_checkpoint(Path(args.cache_dir), preset)
         vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-        wl = make_workload(args.seed, args.num_requests, vocab, args.quick)
+        wl = make_workload(args.seed, args.num_requests, vocab, preset, args.quick)
         print(f"[{preset}] {len(wl.prompts)} requests, {sum(map(len, wl.prompts))} prompt tokens, {wl.output_tokens} output tokens", flush=True)
         runs = {
             "fleetserve": lambda: run_fleetserve(path, wl, args.threads, args.max_model_len),
@@ -425,7 +437,10 @@ def main() -> int:
             "hf_continuous": lambda: run_hf_continuous(path, wl),
             "vllm": lambda: run_vllm(path, wl, args.threads, args.max_model_len, args.vllm_timeout),
         }
-        data = {"workload": {"requests": len(wl.prompts), "output_tokens": wl.output_tokens}, "systems": {}}
+        data = {
+            "workload": {"requests": len(wl.prompts), "prompt_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens},
+            "systems": {},
+        }
         for name in systems:
             print(f"[{preset}] running {name} ...", flush=True)
             try:

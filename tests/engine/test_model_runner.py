@@ -61,10 +61,22 @@ def checkpoint(request):
     return request.getfixturevalue(request.param)
 
 
-def test_prefill_chunks_and_decodes_match_transformers(checkpoint):
+@pytest.fixture(params=["torch_attention", "cpu_kernel"])
+def use_cpu_kernels(request) -> bool:
+    """Both decode-attention paths: pure PyTorch, and the C++ kernel where it builds."""
+    if request.param == "cpu_kernel":
+        from fleetserve.engine.model.cpu_kernels import paged_decode_kernel
+
+        if paged_decode_kernel() is None:
+            pytest.skip("C++ kernel could not be built here (no compiler/ninja); the PyTorch path is tested")
+        return True
+    return False
+
+
+def test_prefill_chunks_and_decodes_match_transformers(checkpoint, use_cpu_kernels):
     ids = seq(23, seed=1)
     ref = hf_logits(checkpoint, ids)
-    runner = make_runner(checkpoint)
+    runner = make_runner(checkpoint, use_cpu_kernels=use_cpu_kernels)
     table = [17, 3, 40, 9, 22, 5, 31]  # scattered blocks
 
     # Full prefill of the first 9 tokens in one item.
@@ -80,10 +92,10 @@ def test_prefill_chunks_and_decodes_match_transformers(checkpoint):
         assert_close(out[0], ref[pos])
 
 
-def test_mixed_batch_of_prefill_chunks_and_decodes(checkpoint):
+def test_mixed_batch_of_prefill_chunks_and_decodes(checkpoint, use_cpu_kernels):
     a, b, c, d = seq(20, 2), seq(13, 3), seq(11, 4), seq(16, 5)
     refs = {name: hf_logits(checkpoint, s) for name, s in zip("abcd", (a, b, c, d))}
-    runner = make_runner(checkpoint)
+    runner = make_runner(checkpoint, use_cpu_kernels=use_cpu_kernels)
     tables = {"a": [50, 2, 33, 8, 61], "b": [7, 44, 19, 1], "c": [12, 58, 27], "d": [36, 0, 63, 25]}
     # Warm-up step: a and b get their first tokens cached.
     runner.execute(ModelInput([SeqBatchItem(a[:10], 0, tables["a"]), SeqBatchItem(b[:12], 0, tables["b"])]))
@@ -118,18 +130,24 @@ def test_mixed_batch_of_prefill_chunks_and_decodes(checkpoint):
     assert_close(out[1], refs["d"][15])
 
 
-def test_many_decodes_of_different_lengths_in_one_step(tiny_llama_gqa_path):
-    # Contexts from 2 to 60 tokens: the runner splits them into several padded groups.
+@pytest.mark.parametrize("path_name", ["tiny_llama_path", "tiny_llama_gqa_path"])
+def test_many_decodes_of_different_lengths_in_one_step(path_name, use_cpu_kernels, request):
+    # Contexts from 2 to 60 tokens: the PyTorch path splits them into several padded
+    # groups; the kernel reads each exact length through its block table.
     lengths = [2, 60, 7, 33, 15, 48, 3, 24, 9, 40]
     seqs = [seq(n + 1, 20 + i) for i, n in enumerate(lengths)]
-    runner = make_runner(tiny_llama_gqa_path, num_blocks=256)
+    path = request.getfixturevalue(path_name)
+    runner = make_runner(path, num_blocks=256, use_cpu_kernels=use_cpu_kernels)
     tables = [list(range(16 * i + 15, 16 * i - 1, -1)) for i in range(len(seqs))]  # reversed blocks
     runner.execute(ModelInput([SeqBatchItem(s[:-1], 0, t, needs_logits=False) for s, t in zip(seqs, tables)]))
     step = runner._builder.build([SeqBatchItem([s[-1]], len(s) - 1, t) for s, t in zip(seqs, tables)])
-    assert len(step.meta.decode_groups) > 1
+    if use_cpu_kernels:
+        assert [g.tables is not None for g in step.meta.decode_groups] == [True]
+    else:
+        assert len(step.meta.decode_groups) > 1
     out = runner.execute(ModelInput([SeqBatchItem([s[-1]], len(s) - 1, t) for s, t in zip(seqs, tables)]))
     for i, s in enumerate(seqs):
-        assert_close(out[i], hf_logits(tiny_llama_gqa_path, s)[-1])
+        assert_close(out[i], hf_logits(path, s)[-1])
 
 
 def test_swap_out_and_in_round_trip(tiny_llama_gqa_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import AsyncIterator, Optional, Union
 
 from fleetserve.api import openai_models as M
@@ -134,25 +135,48 @@ def chat_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.Ch
 # ----- streaming chunks (JSON strings) ----------------------------------------------------
 
 
+def _dumps(obj) -> str:
+    """Compact JSON, byte-identical to pydantic's ``model_dump_json`` for these shapes."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 class CompletionChunker:
+    """SSE chunks of a streamed completion.
+
+    Chunks without logprobs (nearly all of them) are written with ``json.dumps`` from a
+    per-request header instead of building and serialising pydantic models: at one chunk
+    per token that was a large share of the ingress's CPU under load. The wire format is
+    identical (``tests/api/test_chunk_format.py`` compares both).
+    """
+
     def __init__(self, job: Job, want_logprobs: bool, include_usage: bool):
         self.job, self.want_logprobs, self.include_usage = job, want_logprobs, include_usage
         self._offsets = [0] * job.num_choices
         self.completion_tokens = 0
+        self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
+                      f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
 
     def chunk(self, ev: ChoiceEvent) -> Optional[str]:
         out = ev.output
         self.completion_tokens += len(out.token_ids_delta)
         if not out.text_delta and not out.finished and not out.logprobs_delta:
             return None
-        lp = None
-        if self.want_logprobs:
-            lp = completion_logprobs(self.job.model.renderer, out.logprobs_delta or [], self._offsets[ev.index])
+        finish = _finish(out.finish_reason) if out.finished else None
+        if not self.want_logprobs:
+            self._offsets[ev.index] += len(out.text_delta)
+            choice = {"index": ev.index, "text": out.text_delta}
+            if self.include_usage:
+                choice["logprobs"] = None
+                choice["finish_reason"] = finish
+                return self._head + _dumps(choice) + '],"usage":null}'
+            if finish is not None:
+                choice["finish_reason"] = finish
+            return self._head + _dumps(choice) + "]}"
+        lp = completion_logprobs(self.job.model.renderer, out.logprobs_delta or [], self._offsets[ev.index])
         self._offsets[ev.index] += len(out.text_delta)
         c = M.CompletionResponse(
             id=f"cmpl-{self.job.request_id}", created=self.job.created, model=self.job.model.spec.name,
-            choices=[M.CompletionChoice(index=ev.index, text=out.text_delta, logprobs=lp,
-                                        finish_reason=_finish(out.finish_reason) if out.finished else None)],
+            choices=[M.CompletionChoice(index=ev.index, text=out.text_delta, logprobs=lp, finish_reason=finish)],
         )
         return c.model_dump_json(exclude_none=not self.include_usage)
 
@@ -165,15 +189,24 @@ class CompletionChunker:
 
 
 class ChatChunker:
+    """SSE chunks of a streamed chat completion (fast path without logprobs, as above)."""
+
     def __init__(self, job: Job, want_logprobs: bool, include_usage: bool):
         self.job, self.want_logprobs, self.include_usage = job, want_logprobs, include_usage
         self._started = [False] * job.num_choices
         self.completion_tokens = 0
+        self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
+                      f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
+        self._tail = '],"usage":null}' if include_usage else "]}"
 
     def _chunk(self, choices: list[M.ChatChunkChoice], usage_: Optional[M.Usage] = None) -> str:
         c = M.ChatCompletionChunk(id=f"chatcmpl-{self.job.request_id}", created=self.job.created,
                                   model=self.job.model.spec.name, choices=choices, usage=usage_)
         return c.model_dump_json(exclude_none=False) if self.include_usage else c.model_dump_json(exclude={"usage"})
+
+    def _fast(self, index: int, role: Optional[str], content: Optional[str], finish: Optional[str]) -> str:
+        choice = {"index": index, "delta": {"role": role, "content": content}, "logprobs": None, "finish_reason": finish}
+        return self._head + _dumps(choice) + self._tail
 
     def chunk(self, ev: ChoiceEvent) -> list[str]:
         out = ev.output
@@ -181,12 +214,15 @@ class ChatChunker:
         chunks = []
         if not self._started[ev.index]:
             self._started[ev.index] = True
-            chunks.append(self._chunk([M.ChatChunkChoice(index=ev.index, delta=M.ChatDelta(role="assistant", content=""))]))
+            chunks.append(self._fast(ev.index, "assistant", "", None))
         if out.text_delta or out.finished or out.logprobs_delta:
-            lp = chat_logprobs(self.job.model.renderer, out.logprobs_delta or []) if self.want_logprobs else None
+            finish = _finish(out.finish_reason) if out.finished else None
+            if not self.want_logprobs:
+                chunks.append(self._fast(ev.index, None, out.text_delta or None, finish))
+                return chunks
+            lp = chat_logprobs(self.job.model.renderer, out.logprobs_delta or [])
             delta = M.ChatDelta(content=out.text_delta) if out.text_delta else M.ChatDelta()
-            chunks.append(self._chunk([M.ChatChunkChoice(index=ev.index, delta=delta, logprobs=lp,
-                                                         finish_reason=_finish(out.finish_reason) if out.finished else None)]))
+            chunks.append(self._chunk([M.ChatChunkChoice(index=ev.index, delta=delta, logprobs=lp, finish_reason=finish)]))
         return chunks
 
     def usage_chunk(self) -> Optional[str]:

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Optional
 from fleetserve.api.model_client import ModelClient
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.clock import Clock, SystemClock
+from fleetserve.engine.coalesce import merge_outputs
 from fleetserve.engine.protocol import FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import ContextLengthError, EngineError, FleetserveError, InvalidRequestError, ModelNotFoundError
@@ -215,13 +216,25 @@ class InferenceService:
         remaining = len(tasks)
         try:
             while remaining:
-                item = await queue.get()
-                if item is done:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+                # Take everything that arrived while the consumer was busy and send it as
+                # one event per choice: each SSE event then carries all tokens ready now.
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                pending: dict[int, list[RequestOutput]] = {}
+                error: Optional[BaseException] = None
+                for item in items:
+                    if item is done:
+                        remaining -= 1
+                    elif isinstance(item, BaseException):
+                        error = item
+                        break
+                    else:
+                        pending.setdefault(item.index, []).append(item.output)
+                for index, outs in pending.items():
+                    yield ChoiceEvent(index, merge_outputs(outs))
+                if error is not None:
+                    raise error
         finally:
             for t in tasks:
                 t.cancel()

@@ -2,6 +2,9 @@
 
 - ``generate`` is an async generator, so results stream back through the DeploymentHandle
   (``handle.options(stream=True)``); a cancelled call (client gone) aborts the engine request.
+  Each item carries everything the engine had produced for the request when this generator
+  asked for it (``engine.coalesce``; vLLM's output collector does the same), so a lagging
+  replica loop sends one Ray object per pull rather than one per token.
 - ``check_health`` is Serve's health probe, delegated to the engine loop: a dead or wedged
   loop marks the replica unhealthy and Serve replaces it.
 - ``record_routing_stats`` is pushed by Serve to every router of this deployment; the

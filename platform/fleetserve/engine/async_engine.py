@@ -19,6 +19,7 @@ from collections import deque
 from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.clock import Clock
+from fleetserve.engine.coalesce import drain_merged
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.llm_engine import LLMEngine, RunnerFactory, default_runner_factory
 from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo, RequestOutput
@@ -189,7 +190,9 @@ class AsyncEngine:
             # be scheduled before the next step anyway.
             await self._call(lambda: self.engine.add_request(request))
             while True:
-                out = await queue.get()
+                # A consumer slower than the engine gets everything already produced in
+                # one output (one Ray object / SSE event instead of one per token).
+                out = drain_merged(await queue.get(), queue)
                 finished = out.finished
                 yield out
                 if finished:

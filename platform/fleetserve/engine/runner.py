@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.model.cpu_kernels import paged_decode_kernel
 from fleetserve.engine.model.layers import rotary_tables
 from fleetserve.engine.model.loader import load_model
 from fleetserve.engine.model.step_layout import StepBuilder
@@ -42,10 +43,12 @@ class ModelRunner:
     """Owns the weights and the paged K/V pool; see ``ModelRunnerProtocol`` for the contract.
 
     ``ModelRunner(EngineConfig(...))`` or ``ModelRunner("/path/to/ckpt", block_size=16, ...)``
-    (keyword overrides are EngineConfig fields).
+    (keyword overrides are EngineConfig fields). ``use_cpu_kernels=False`` forces the
+    pure-PyTorch attention path even where the C++ decode kernel is available.
     """
 
-    def __init__(self, config: EngineConfig | str | Path, **overrides):
+    def __init__(self, config: EngineConfig | str | Path, *, use_cpu_kernels: bool = True, **overrides):
+        self._use_cpu_kernels = use_cpu_kernels
         if isinstance(config, (str, Path)):
             config = EngineConfig(model=str(config), **overrides)
         elif overrides:
@@ -95,7 +98,7 @@ class ModelRunner:
         self._builder = StepBuilder(
             block_size=self.block_size, num_blocks=num_blocks, num_kv_heads=mc.num_kv_heads,
             group=mc.num_heads // mc.num_kv_heads, head_dim=mc.head_dim, max_positions=self._rot.shape[0],
-            dtype=self.dtype, device=self.device,
+            dtype=self.dtype, device=self.device, decode_kernel=self._decode_kernel(),
         )
         if num_host_blocks:
             self.host_kv = torch.zeros(
@@ -104,6 +107,11 @@ class ModelRunner:
         else:
             self.host_kv = None
         self.num_host_blocks = num_host_blocks
+
+    def _decode_kernel(self):
+        if self.device.type != "cpu" or self.dtype != torch.float32 or not self._use_cpu_kernels:
+            return None
+        return paged_decode_kernel()
 
     def release_kv_cache(self) -> None:
         self.kv_caches = None

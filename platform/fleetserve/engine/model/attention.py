@@ -10,8 +10,10 @@ The runner lays a step's tokens out flat: every single-token item (decode) first
 each multi-token item (prefill chunk) as one contiguous run, and builds all index tensors
 once per step (:class:`AttentionMetadata`); every layer reuses them:
 
-- decodes run as a few batched attentions (groups of similar context length) over their
-  gathered blocks, padded to the group's longest context and masked;
+- decodes run in the C++ kernel of :mod:`fleetserve.engine.model.cpu_kernels` when it is
+  available (CPU, float32: reads K/V in place through the block tables), else as a few
+  batched attentions (groups of similar context length) over gathered blocks, padded to
+  the group's longest context and masked (this path also serves CUDA);
 - each prefill chunk runs its own SDPA call: on its fresh K/V with a causal mask when it
   starts at position 0, else over its gathered blocks with an explicit mask.
 """
@@ -19,7 +21,7 @@ once per step (:class:`AttentionMetadata`); every layer reuses them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +44,19 @@ class PrefillMeta:
 
 @dataclass
 class DecodeGroup:
-    """Single-token items at rows ``start_row:end_row``, padded to ``context_len``."""
+    """Single-token items at rows ``start_row:end_row``.
+
+    Either padded gathers for the PyTorch path (``gather_rows``/``context_len``/``mask``),
+    or block tables and exact lengths for the C++ kernel (``tables``/``context_lens``).
+    """
 
     start_row: int
     end_row: int
-    gather_rows: torch.Tensor  # [2 * kv_heads * n * max_blocks] rows of the 2-D block view
-    context_len: int  # max_blocks * block_size
-    mask: torch.Tensor  # [1, n, 1, context_len] additive (0 / -inf)
+    gather_rows: Optional[torch.Tensor] = None  # [2 * kv_heads * n * max_blocks] rows of the 2-D block view
+    context_len: int = 0  # max_blocks * block_size
+    mask: Optional[torch.Tensor] = None  # [1, n, 1, context_len] additive (0 / -inf)
+    tables: Optional[torch.Tensor] = None  # [n, max_blocks]
+    context_lens: Optional[torch.Tensor] = None  # [n]
 
 
 @dataclass
@@ -64,6 +72,8 @@ class AttentionMetadata:
     # Reused destination of the block gathers (every layer gathers the same amount). Fresh
     # multi-MB tensors each layer would cost more in page faults than in copying.
     workspace: Optional[torch.Tensor] = None
+    # fleetserve.engine.model.cpu_kernels.paged_decode_kernel(), when decode groups use it.
+    decode_kernel: Optional[Callable] = None
 
     def gather(self, blocks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.workspace is None:
@@ -95,6 +105,13 @@ def paged_attention(
     outs = []
     for d in meta.decode_groups:
         n = d.end_row - d.start_row
+        if d.tables is not None:
+            od = meta.decode_kernel(
+                q[d.start_row : d.end_row], kv_cache[0].view(num_kv_heads, -1, head_dim),
+                kv_cache[1].view(num_kv_heads, -1, head_dim), d.tables, d.context_lens, block_size, head_dim**-0.5,
+            )
+            outs.append(od.view(n, num_heads * head_dim))
+            continue
         kv = meta.gather(blocks, d.gather_rows).view(2, num_kv_heads, n, d.context_len, head_dim)
         # Query heads of one KV head form a group of rows: GQA without repeating K/V.
         qd = q[d.start_row : d.end_row].view(n, num_kv_heads, group, head_dim).transpose(0, 1) * head_dim**-0.5

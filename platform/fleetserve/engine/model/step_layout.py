@@ -5,12 +5,14 @@ Layout of the flat batch: decode items (one new token each) first, sorted by con
 length and cut into a few groups of similar length (so padding to the group's longest
 context wastes little memory traffic, and each group's gather stays cache-sized), then
 each prefill chunk as one contiguous run. Logit rows map back to the items' own order.
+With the C++ decode kernel (CPU, float32) all decodes form one group: the kernel reads
+exact lengths through the block tables, so there is no padding to bound.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -47,6 +49,7 @@ class StepBuilder:
         max_positions: int,
         dtype: torch.dtype,
         device: torch.device,
+        decode_kernel: Optional[Callable] = None,
     ):
         self.block_size = block_size
         self.num_blocks = num_blocks
@@ -62,6 +65,7 @@ class StepBuilder:
         self.block_row_bytes = 2 * num_kv_heads * block_size * head_dim * torch.tensor([], dtype=dtype).element_size()
         self.row_elems = block_size * head_dim
         self.workspace: Optional[torch.Tensor] = None
+        self.decode_kernel = decode_kernel
 
     def build(self, items: Sequence[SeqBatchItem]) -> StepLayout:
         bs = self.block_size
@@ -71,7 +75,9 @@ class StepBuilder:
         tokens: list[int] = []
         pos_parts: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
-        meta = AttentionMetadata(write_rows=torch.empty(0), v_offset=self.num_kv_heads * self.num_blocks * bs)
+        meta = AttentionMetadata(
+            write_rows=torch.empty(0), v_offset=self.num_kv_heads * self.num_blocks * bs, decode_kernel=self.decode_kernel
+        )
         if decodes:
             decodes.sort(key=lambda i: items[i].start_pos, reverse=True)
             for rows in self._decode_groups([items[i] for i in decodes]):
@@ -96,6 +102,8 @@ class StepBuilder:
 
     def _decode_groups(self, sorted_items: list[SeqBatchItem]) -> list[range]:
         """Cut decodes (longest context first) into groups of similar length."""
+        if self.decode_kernel is not None:
+            return [range(len(sorted_items))]  # the kernel reads exact lengths: no padding
         bs = self.block_size
         groups, start, group_max = [], 0, 0
         for r, it in enumerate(sorted_items):
@@ -128,6 +136,11 @@ class StepBuilder:
         pos_parts.append(pos_t)
         slot_parts.append(torch.tensor(slots, dtype=torch.long))
         n = len(group_items)
+        if self.decode_kernel is not None:
+            return DecodeGroup(
+                start_row=first_row, end_row=first_row + n,
+                tables=torch.tensor(tables, dtype=torch.long), context_lens=pos_t + 1,
+            )
         visible = self.arange[: max_blocks * bs][None, :] <= pos_t[:, None]
         mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
         flat_tables = torch.tensor(tables, dtype=torch.long).view(-1)
@@ -166,7 +179,7 @@ class StepBuilder:
     def _workspace(self, meta: AttentionMetadata) -> torch.Tensor:
         """A buffer big enough for the largest block gather of this step, grown on demand."""
         rows = max(
-            [g.gather_rows.numel() for g in meta.decode_groups]
+            [g.gather_rows.numel() for g in meta.decode_groups if g.gather_rows is not None]
             + [p.gather_rows.numel() for p in meta.prefills if p.gather_rows is not None]
             + [0]
         )

@@ -1,0 +1,62 @@
+"""The ingress merges what arrived for each choice while its consumer was busy."""
+
+from contextlib import aclosing
+
+from fleetserve.api.service import InferenceService, ModelSpec
+from fleetserve.engine.protocol import RequestOutput
+from fleetserve.tenants.context import Admission
+from tests.api.test_chunk_format import make_job
+
+
+class ScriptedClient:
+    """Yields a fixed script of outputs per engine request (choice index = id suffix)."""
+
+    def __init__(self, scripts: dict[int, list[RequestOutput]]):
+        self.scripts = scripts
+
+    async def generate(self, model, request, prefix_key=None):
+        for out in self.scripts[int(request.request_id.rsplit("-", 1)[1])]:
+            yield out
+
+    async def model_info(self, model):
+        raise NotImplementedError
+
+    def replica_status(self):
+        return []
+
+
+class OpenGatekeeper:
+    """Admits everything (pure unit test of the merge; the real gatekeeper has its own tests)."""
+
+    completed = 0
+
+    async def admit(self, ctx, model, request_id, prompt_tokens, max_tokens):
+        return Admission(ctx, model, request_id, 0, 0.0)
+
+    async def complete(self, admission, prompt_tokens, completion_tokens, outcome):
+        self.completed += 1
+
+
+def script(n_tokens: int, offset: int) -> list[RequestOutput]:
+    outs = [RequestOutput("x", chr(97 + (offset + i) % 26), [offset + i], completion_tokens=i + 1) for i in range(n_tokens)]
+    outs[-1].finished, outs[-1].finish_reason = True, "length"
+    return outs
+
+
+async def test_merged_events_carry_every_token_in_order():
+    scripts = {0: script(9, 0), 1: script(5, 100)}
+    gk = OpenGatekeeper()
+    service = InferenceService([ModelSpec("tiny \"m\"", "/x")], ScriptedClient(scripts), gk)
+    job = make_job()
+    events = []
+    async with aclosing(service.run(job)) as stream:
+        async for ev in stream:
+            events.append(ev)
+    assert len(events) < sum(len(s) for s in scripts.values())  # merged
+    for index, outs in scripts.items():
+        mine = [ev.output for ev in events if ev.index == index]
+        assert [t for o in mine for t in o.token_ids_delta] == [t for o in outs for t in o.token_ids_delta]
+        assert "".join(o.text_delta for o in mine) == "".join(o.text_delta for o in outs)
+        assert mine[-1].finished and not any(o.finished for o in mine[:-1])
+        assert mine[-1].completion_tokens == len(outs)
+    assert gk.completed == 1
