@@ -294,10 +294,10 @@ def main() -> int:
     p.add_argument("--capacity-seconds", type=float, default=8.0, help="Duration of the capacity measurement.")
     p.add_argument("--unloaded-requests", type=int, default=30, help="Sequential premium requests for the unloaded baseline.")
     p.add_argument("--request-timeout", type=float, default=300.0, help="Client timeout per request.")
-    p.add_argument("--batch-slot-share", type=float, default=0.25,
-                   help=("fleetserve mode: tenants.scheduling.class_slot_share of the batch class (trunk reservation). "
-                         "Keeping budget streams to a quarter of the slots leaves the 2 cores headroom for premium "
-                         "requests' path through proxy, ingress and replica; the cost shows as batch tok/s."))
+    p.add_argument("--batch-slot-share", type=float, default=None,
+                   help=("fleetserve mode: override tenants.scheduling.class_slot_share of the batch class (trunk "
+                         "reservation; default: the platform's 0.75). Fewer budget streams leave the cores more "
+                         "headroom for premium requests' path; the cost shows as batch tok/s."))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
