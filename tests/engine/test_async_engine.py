@@ -37,10 +37,21 @@ async def test_streams_incremental_outputs(engine, runner):
     outs = await asyncio.wait_for(
         collect(engine, make_generate_request(prompt_token_ids=prompt, params=greedy(max_tokens=6))), TIMEOUT
     )
-    assert len(outs) == 6 and outs[-1].finished and outs[-1].finish_reason == "length"
+    # Deltas queued while the consumer was busy are merged, so 1..6 outputs; each carries tokens.
+    assert 1 <= len(outs) <= 6 and outs[-1].finished and outs[-1].finish_reason == "length"
+    assert all(o.token_ids_delta for o in outs) and not any(o.finished for o in outs[:-1])
     assert [t for o in outs for t in o.token_ids_delta] == runner.reference(prompt, 6)
     assert "".join(o.text_delta for o in outs) == engine._api_tokenizer.decode(runner.reference(prompt, 6))
     assert engine.stats().num_finished == 1 and engine.stats().kv_blocks_used == 0
+
+
+async def test_first_output_arrives_before_the_request_finishes(engine, runner):
+    prompt = engine.encode("stream me")
+    gen = engine.generate(make_generate_request(prompt_token_ids=prompt, params=greedy(max_tokens=200)))
+    first = await asyncio.wait_for(gen.__anext__(), TIMEOUT)
+    assert not first.finished and 1 <= len(first.token_ids_delta) < 200
+    rest = [o async for o in gen]
+    assert [t for o in [first, *rest] for t in o.token_ids_delta] == runner.reference(prompt, 200)
 
 
 async def test_concurrent_streams_and_text_prompt(engine, runner):
