@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     embedded = args.address is None
     progress.phase("starting Ray" if embedded else f"connecting to Ray at {args.address}")
     if embedded:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+        # address='local': always a fresh embedded cluster, never one found via RAY_ADDRESS.
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     else:
         ray.init(address=args.address, log_to_driver=False)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class EngineConfig(BaseModel):
@@ -44,6 +45,12 @@ class EngineConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed for requests that do not set one.")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU (default: torch's choice).")
+
+    @field_validator("model")
+    @classmethod
+    def _expand_home(cls, v: str) -> str:
+        # Paths in configs and docs are written as ~/.cache/...; torch and tokenizers won't expand them.
+        return os.path.expanduser(v)
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":
