@@ -72,3 +72,21 @@ def test_metrics_carry_tenant_and_fleet_series(serve_app):
     text = httpx.get(serve_app.base_url + "/metrics", timeout=30).text
     assert 'fleetserve_tenant_requests_total{model="%s",outcome="ok",tenant="test"}' % serve_app.model in text
     assert 'fleetserve_fleet_queue_wait_seconds_count{model="%s",priority_class="1"}' % serve_app.model in text
+
+
+def test_runtime_tenant_quota_gives_429_with_retry_after_then_removal_revokes(serve_app):
+    base = serve_app.base_url
+    admin = bearer(serve_app.admin_key)
+    r = httpx.post(base + "/admin/tenants", headers=admin, timeout=30,
+                   json={"id": "tight", "tier": "batch", "quotas": {"requests_per_min": 1}})
+    assert r.status_code == 201, r.text
+    key = r.json()["api_key"]
+    try:
+        assert completion(serve_app, key).status_code == 200  # no restart needed
+        over = completion(serve_app, key)
+        assert over.status_code == 429
+        assert over.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= float(over.headers["Retry-After"]) <= 60  # 1 request/min refills within a minute
+    finally:
+        assert httpx.delete(base + f"/admin/tenants/tight", headers=admin, timeout=30).status_code in (200, 204)
+    assert completion(serve_app, key).status_code == 401

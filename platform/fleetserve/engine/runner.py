@@ -19,6 +19,7 @@ import torch
 
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.model.cpu_kernels import paged_decode_kernel
+from fleetserve.engine.model.cpu_linear import pack_linear_layers, packed_linear_available
 from fleetserve.engine.model.layers import rotary_tables
 from fleetserve.engine.model.loader import load_model
 from fleetserve.engine.model.step_layout import StepBuilder
@@ -44,7 +45,8 @@ class ModelRunner:
 
     ``ModelRunner(EngineConfig(...))`` or ``ModelRunner("/path/to/ckpt", block_size=16, ...)``
     (keyword overrides are EngineConfig fields). ``use_cpu_kernels=False`` forces the
-    pure-PyTorch attention path even where the C++ decode kernel is available.
+    plain PyTorch paths (gathered attention, ``F.linear``) even where the C++ decode kernel
+    and oneDNN's packed linear layers are available.
     """
 
     def __init__(self, config: EngineConfig | str | Path, *, use_cpu_kernels: bool = True, **overrides):
@@ -59,6 +61,8 @@ class ModelRunner:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.model, self.model_config = load_model(config.model, self.device, self.dtype)
+        if use_cpu_kernels and packed_linear_available(self.device, self.dtype):
+            pack_linear_layers(self.model)
         mc = self.model_config
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or mc.max_position_embeddings

@@ -77,5 +77,6 @@ class LlamaForCausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        if self.lm_head is None:  # tied to the embedding
+            return torch.nn.functional.linear(hidden, self.embed.weight).float()
+        return self.lm_head(hidden).float()
