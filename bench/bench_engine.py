@@ -76,23 +76,23 @@ class SystemResult:
         return d
 
 
-# (prompt length range, output length range) per preset; the 100m model costs ~30x the
-# tiny one per token, so its workload is shorter to keep a full run to a few minutes.
+# (prompt length range, output length range): one mixed workload for every preset, so the
+# presets' results (and their KV fragmentation at peak) describe the same sequences;
+# ``--quick`` is a shorter one for development runs.
 WORKLOAD_SHAPES = {
-    ("tiny", False): ((16, 384), (16, 256)),
-    ("small", False): ((16, 256), (16, 192)),
-    ("100m", False): ((16, 160), (16, 96)),
-    ("tiny", True): ((16, 128), (8, 64)),
-    ("small", True): ((16, 96), (8, 48)),
-    ("100m", True): ((16, 64), (8, 32)),
+    False: ((16, 384), (16, 256)),
+    True: ((16, 128), (8, 64)),
 }
 
 
-def make_workload(seed: int, n: int, vocab_size: int, preset: str, quick: bool) -> Workload:
+def make_workload(seed: int, n: int, vocab_size: int, quick: bool) -> Workload:
     rng = random.Random(seed)
-    prompt_range, output_range = WORKLOAD_SHAPES[(preset, quick)]
-    prompts = [[rng.randrange(10, vocab_size) for _ in range(rng.randint(*prompt_range))] for _ in range(n)]
-    return Workload(prompts, [rng.randint(*output_range) for _ in range(n)])
+    prompt_range, output_range = WORKLOAD_SHAPES[quick]
+    # Lengths first: every preset gets the same lengths whatever its vocabulary size.
+    prompt_lens = [rng.randint(*prompt_range) for _ in range(n)]
+    output_lens = [rng.randint(*output_range) for _ in range(n)]
+    prompts = [[rng.randrange(10, vocab_size) for _ in range(length)] for length in prompt_lens]
+    return Workload(prompts, output_lens)
 
 
 def ensure_checkpoint(cache_dir: Path, preset: str) -> Path:
@@ -384,7 +384,7 @@ def print_table(results: dict) -> None:
             p99 = f"{r['latency_p99_s']:.2f}" if r.get("latency_p99_s") is not None else "-"
             print(f"{preset:<6} {name:<14} {r['status']:<8} {tps:>9.1f} {ratio:>9} {p50:>8} {p99:>8}  {r['reason'][:70]}")
     for preset, data in results["presets"].items():
-        kv = data["systems"]["fleetserve"].get("extra", {}).get("kv_peak")
+        kv = data["systems"].get("fleetserve", {}).get("extra", {}).get("kv_peak")
         if kv:
             print(
                 f"{preset}: KV at peak: {kv['used_blocks']} blocks used ({kv['used_slots']} slots) for "
@@ -429,7 +429,7 @@ def main() -> int:
     for preset in args.presets.split(","):
         path = ensure_checkpoint(Path(args.cache_dir), preset)
         vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-        wl = make_workload(args.seed, args.num_requests, vocab, preset, args.quick)
+        wl = make_workload(args.seed, args.num_requests, vocab, args.quick)
         print(f"[{preset}] {len(wl.prompts)} requests, {sum(map(len, wl.prompts))} prompt tokens, {wl.output_tokens} output tokens", flush=True)
         runs = {
             "fleetserve": lambda: run_fleetserve(path, wl, args.threads, args.max_model_len),

@@ -18,9 +18,10 @@ from typing import Optional, Sequence
 import torch
 
 from fleetserve.engine.config import EngineConfig
-from fleetserve.engine.model.cpu_kernels import paged_decode_kernel
+from fleetserve.engine.model.cpu_kernels import paged_decode_kernel, rms_norm_kernel, silu_and_mul_kernel
 from fleetserve.engine.model.cpu_linear import pack_linear_layers, packed_linear_available
-from fleetserve.engine.model.layers import rotary_tables
+from fleetserve.engine.model.hugepages import advise_huge_pages
+from fleetserve.engine.model.layers import RMSNorm, SwiGLU, rotary_tables
 from fleetserve.engine.model.loader import load_model
 from fleetserve.engine.model.step_layout import StepBuilder
 from fleetserve.engine.runner_types import ModelInput
@@ -61,8 +62,7 @@ class ModelRunner:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.model, self.model_config = load_model(config.model, self.device, self.dtype)
-        if use_cpu_kernels and packed_linear_available(self.device, self.dtype):
-            pack_linear_layers(self.model)
+        self._install_cpu_kernels()
         mc = self.model_config
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or mc.max_position_embeddings
@@ -94,9 +94,12 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int, num_host_blocks: int = 0) -> None:
         if num_blocks < 1:
             raise ConfigError(f"num_kv_blocks must be >= 1, got {num_blocks}", field="num_kv_blocks")
-        # Zeros, not empty: padded reads of never-written slots are masked, but a NaN bit
-        # pattern there would still poison ``softmax @ V``.
-        self.kv_caches = torch.zeros(self._pool_shape(num_blocks), device=self.device, dtype=self.dtype)
+        # Zeroed, not left empty: padded reads of never-written slots are masked, but a NaN
+        # bit pattern there would still poison ``softmax @ V``. On CPU the huge-page advice
+        # must come before the zeroing touches the pages.
+        self.kv_caches = torch.empty(self._pool_shape(num_blocks), device=self.device, dtype=self.dtype)
+        advise_huge_pages(self.kv_caches)
+        self.kv_caches.zero_()
         self.num_blocks = num_blocks
         mc = self.model_config
         self._builder = StepBuilder(
@@ -111,6 +114,19 @@ class ModelRunner:
         else:
             self.host_kv = None
         self.num_host_blocks = num_host_blocks
+
+    def _install_cpu_kernels(self) -> None:
+        """On CPU in float32: oneDNN's packed linear layers and the fused SwiGLU and RMSNorm kernels."""
+        if not self._use_cpu_kernels or self.device.type != "cpu" or self.dtype != torch.float32:
+            return
+        if packed_linear_available(self.device, self.dtype):
+            pack_linear_layers(self.model)
+        fused_act, fused_norm = silu_and_mul_kernel(), rms_norm_kernel()
+        for module in self.model.modules():
+            if isinstance(module, SwiGLU):
+                module.silu_and_mul = fused_act
+            elif isinstance(module, RMSNorm):
+                module.kernel = fused_norm
 
     def _decode_kernel(self):
         if self.device.type != "cpu" or self.dtype != torch.float32 or not self._use_cpu_kernels:

@@ -70,10 +70,10 @@ def pack_linear_layers(model: nn.Module) -> int:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, PackedLinear(module.weight, module.bias))
-    if getattr(model, "lm_head", False) is None and hasattr(model, "embed"):
+    if getattr(model, "lm_head", False) is None and hasattr(model, "tied_head"):
         # A tied head gets its own packed copy of the embedding (the lookup needs the plain
         # rows): vocab x hidden more floats, for what is the largest single matmul of a
         # decode step on small models.
-        model.lm_head = PackedLinear(model.embed.weight, None)
-        targets.append(("lm_head", None))
+        model.tied_head = PackedLinear(model.embed.weight, None)
+        targets.append(("tied_head", None))
     return len(targets)

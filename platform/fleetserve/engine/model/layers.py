@@ -7,6 +7,7 @@ cos/sin computed in float32), so logits agree with Hugging Face to float roundin
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
         self.shape = (hidden_size,)
+        # Optional one-pass ``(x, weight, eps) -> normed`` (cpu_kernels.rms_norm_kernel).
+        self.kernel: Optional[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None and x.dim() == 2:
+            return self.kernel(x, self.weight, self.eps)
         return F.rms_norm(x, self.shape, self.weight, self.eps)
 
 
@@ -34,9 +39,14 @@ class SwiGLU(nn.Module):
         self.intermediate_size = intermediate_size
         self.gate_up = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
         self.down = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        # Optional fused ``[T, 2I] -> silu(gate) * up`` (cpu_kernels.silu_and_mul_kernel).
+        self.silu_and_mul: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up(x)
+        if self.silu_and_mul is not None and gate_up.dim() == 2:
+            return self.down(self.silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down(F.silu(gate) * up)
 
 

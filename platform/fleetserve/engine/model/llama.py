@@ -9,6 +9,8 @@ costs few kernel launches, and q/k rows are reordered so rotary is one complex m
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -60,6 +62,8 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # With tied embeddings, optionally a faster copy of the head (see cpu_linear).
+        self.tied_head: Optional[nn.Module] = None
 
     def forward(
         self,
@@ -77,6 +81,8 @@ class LlamaForCausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
-        if self.lm_head is None:  # tied to the embedding
-            return torch.nn.functional.linear(hidden, self.embed.weight).float()
-        return self.lm_head(hidden).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        if self.tied_head is not None:
+            return self.tied_head(hidden).float()
+        return torch.nn.functional.linear(hidden, self.embed.weight).float()

@@ -172,8 +172,7 @@ class StepBuilder:
         if start > 0:
             meta.gather_rows = (self.block_plane + table[None, :]).view(-1).to(self.device)
             meta.context_len = nb * bs
-            mask = self.arange[: nb * bs][None, :] <= pos[:, None]
-            meta.mask = (mask.repeat(self.group, 1) if self.group > 1 else mask).to(self.device)
+            meta.mask = (self.arange[: nb * bs][None, :] <= pos[:, None]).to(self.device)
         return meta
 
     def _workspace(self, meta: AttentionMetadata) -> torch.Tensor:
