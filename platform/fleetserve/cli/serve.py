@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         deploy(cfg)
         _wait_ready(cfg, progress)
         progress.done("fleetserve is ready")
-        _print_banner(cfg, creds)
+        _print_banner(cfg, creds, detached=bool(args.detach and not embedded))
         if args.detach and not embedded:
             return 0
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,7 +188,7 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _print_banner(cfg, creds) -> None:
+def _print_banner(cfg, creds, detached: bool = False) -> None:
     host = _client_host(cfg.server.host)
     print(f"  REST (OpenAI) : http://{host}:{cfg.server.port}/v1   (docs: /docs, spec: /openapi.json)")
     if cfg.server.grpc_port is not None:
@@ -200,4 +200,7 @@ def _print_banner(cfg, creds) -> None:
         print_demo_credentials(creds)
         print(f"  try: curl http://{host}:{cfg.server.port}/v1/completions -H 'Authorization: Bearer {creds.api_key}' "
               f"-H 'Content-Type: application/json' -d '{{\"model\": \"{cfg.models[0].name}\", \"prompt\": \"def \", \"max_tokens\": 16}}'")
-    print("  Ctrl-C to stop.", flush=True)
+    if detached:
+        print(f"  left running on the cluster; remove with serve.delete({cfg.server.app_name!r}).", flush=True)
+    else:
+        print("  Ctrl-C to stop.", flush=True)
