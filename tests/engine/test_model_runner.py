@@ -21,14 +21,7 @@ CHECKPOINTS = ("tiny_llama_path", "tiny_llama_gqa_path", "tiny_qwen2_path", "tin
 BLOCK_SIZE = 4  # small blocks: every case crosses many block boundaries
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine an
-    # OpenMP barrier waiting for a descheduled thread makes each op 10-50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/fixtures/checkpoints.py
 
 
 def hf_logits(path, token_ids: list[int]) -> torch.Tensor:
