@@ -1,6 +1,10 @@
 """Autoscaler benchmark: the balanced profile against Ray Serve's default policy and
 static peak provisioning on the 10x-spike, diurnal and spot-storm scenarios, in one run.
 
+``spot-storm-flat`` (the first spot-storm: a flat load) is run and reported as well, but
+it is not an acceptance scenario: static peak is already right-sized for a flat load (the
+oracle needs ~98% of its replica-hours), so its <=60% target cannot be met by any policy.
+
     python bench/bench_autoscaler.py [--profile autoscaler/balanced.yaml] [--seed 0]
 
 Prints one table per scenario plus the acceptance checks, and writes
@@ -21,6 +25,8 @@ from fleetserve.autoscaler.simulator.scenarios import make_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("spike", "diurnal", "spot-storm")
+# Reported for the record, not judged against the <=60% target (see the module docstring).
+REFERENCE_SCENARIOS = ("spot-storm-flat",)
 
 
 def checks(comps) -> list:
@@ -42,25 +48,29 @@ def checks(comps) -> list:
             "static_replicas": static.max_serving_replicas,
             "lost": f.lost,
             "target_slo_within_1pp_at_60pct_hours": gap_pp <= 1.0 and ratio <= 0.60,
+            "acceptance_scenario": comp.scenario.name not in REFERENCE_SCENARIOS,
         })
         if comp.scenario.name == "spike":
             out[-1]["beats_ray_default_in_spike"] = (f.focus_attainment or 0) > (ray.focus_attainment or 0)
-        if comp.scenario.name == "spot-storm":
+        if comp.scenario.name.startswith("spot-storm"):
             out[-1]["zero_lost_in_spot_storm"] = f.lost == 0
     return out
 
 
 def summary(results: list) -> str:
     """One line per scenario: the numbers the acceptance targets are about."""
-    head = (f"{'scenario':<11}{'SLO ours':>10}{'Ray dflt':>10}{'static':>10}{'hours eff':>11}"
+    head = (f"{'scenario':<16}{'SLO ours':>10}{'Ray dflt':>10}{'static':>10}{'hours eff':>11}"
             f"{'hours raw':>11}{'Ray hours':>11}{'oracle':>9}{'static n':>10}{'lost':>6}  target")
     lines = [head]
     for c in results:
+        verdict = "met" if c["target_slo_within_1pp_at_60pct_hours"] else "MISSED"
+        if not c["acceptance_scenario"]:
+            verdict = f"reference only (flat load: oracle {100 * c['oracle_hours_vs_static']:.1f}% of static)"
         lines.append(
-            f"{c['scenario']:<11}{c['slo_ours_pct']:>9.2f}%{c['slo_ray_default_pct']:>9.2f}%{c['slo_static_pct']:>9.2f}%"
+            f"{c['scenario']:<16}{c['slo_ours_pct']:>9.2f}%{c['slo_ray_default_pct']:>9.2f}%{c['slo_static_pct']:>9.2f}%"
             f"{100 * c['replica_hours_vs_static']:>10.1f}%{100 * c['replica_hours_raw_vs_static']:>10.1f}%"
             f"{100 * c['ray_default_hours_vs_static']:>10.1f}%{100 * c['oracle_hours_vs_static']:>8.1f}%"
-            f"{c['static_replicas']:>10}{c['lost']:>6}  {'met' if c['target_slo_within_1pp_at_60pct_hours'] else 'MISSED'}"
+            f"{c['static_replicas']:>10}{c['lost']:>6}  {verdict}"
         )
     lines.append("hours: replica-hours as % of static peak; eff = standbys at the profile's cost factor, "
                  "raw = standbys at full cost; oracle = perfect minute-by-minute tracking (lower bound).")
@@ -76,7 +86,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     profile = load_autoscaler_config(args.profile)
     sim = SimConfig()
-    comps = [compare(make_scenario(name, seed=args.seed), profile, sim, seed=args.seed) for name in SCENARIOS]
+    comps = [compare(make_scenario(name, seed=args.seed), profile, sim, seed=args.seed) for name in SCENARIOS + REFERENCE_SCENARIOS]
     for comp in comps:
         print(format_table(comp))
         print()

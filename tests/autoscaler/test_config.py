@@ -26,6 +26,11 @@ def test_bounds_validated():
         load_autoscaler_config({"defaults": {"scaling": {"min_replicas": 5, "max_replicas": 2}}})
 
 
+def test_drain_point_must_leave_the_migration_margin():
+    with pytest.raises(ConfigError, match="drain_before_deadline_s"):
+        load_autoscaler_config({"defaults": {"spot": {"migration_margin_s": 15, "drain_before_deadline_s": 10}}})
+
+
 def test_every_field_has_a_description():
     def walk(model):
         for name, f in model.model_fields.items():

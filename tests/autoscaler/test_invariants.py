@@ -22,7 +22,11 @@ def random_snapshot(rng: random.Random, now: float) -> ModelSnapshot:
     replicas = []
     for i in range(rng.randint(0, 12)):
         state = rng.choice(list(ReplicaState))
-        becomes = rng.choice([ReplicaState.ACTIVE, ReplicaState.WARM_STANDBY]) if state is ReplicaState.STARTING else None
+        becomes = None
+        if state is ReplicaState.STARTING:
+            becomes = rng.choice([ReplicaState.ACTIVE, ReplicaState.WARM_STANDBY])
+        elif state is ReplicaState.DRAINING:
+            becomes = rng.choice([None, ReplicaState.WARM_STANDBY])  # returning to the pool or stopping
         ctype = rng.choice(list(CapacityType))
         running = rng.randint(0, 20) if state in (ReplicaState.ACTIVE, ReplicaState.DRAINING) else 0
         replicas.append(ReplicaView(f"r{i}", state, ctype, running, becomes))
@@ -47,9 +51,12 @@ def test_invariants_hold_on_random_snapshots(seed):
     rng = random.Random(seed)
     cfg = make_config(
         scaling={"min_replicas": rng.randint(0, 2), "max_replicas": rng.randint(3, 10), "downscale_delay_s": rng.choice([0, 30]),
-                 "rate_lookahead_s": 60, "downscale_step": rng.randint(1, 3)},
-        warm_pool={"min_size": rng.randint(0, 1), "max_size": rng.randint(1, 4), "fraction": rng.choice([0.0, 0.3, 1.0])},
-        spot={"enabled": True, "on_demand_base": rng.randint(0, 2), "max_spot_share": rng.choice([0.3, 0.5, 0.8])},
+                 "rate_lookahead_s": 60, "downscale_step": rng.randint(1, 3), "downscale_margin": rng.choice([0.0, 0.2]),
+                 "upscale_delay_s": rng.choice([0, 10]), "upscale_delay_skip_above": rng.choice([None, 0.5])},
+        warm_pool={"min_size": rng.randint(0, 1), "max_size": rng.randint(1, 4), "fraction": rng.choice([0.0, 0.3, 1.0]),
+                   "burst_replicas": rng.choice([0, 6])},
+        spot={"enabled": True, "on_demand_base": rng.randint(0, 2), "max_spot_share": rng.choice([0.3, 0.5, 0.8]),
+              "drain_before_deadline_s": rng.choice([None, 45.0])},
     )
     policy = FleetservePolicy(cfg)
     state, now = PolicyState(), 0.0

@@ -142,3 +142,48 @@ def test_upscale_tolerance_lets_spare_slots_absorb_small_excess():
     assert d.target_replicas == 4 and d.is_noop
     d, _ = policy.decide(make_snapshot(running=45, replicas=reps), PolicyState(), 0.0)
     assert d.target_replicas == 5
+
+
+def test_burst_floor_pool_is_big_for_a_small_fleet_and_shrinks_as_serving_grows():
+    pool = make_config(warm_pool={"min_size": 0, "max_size": 20, "fraction": 0.1, "burst_replicas": 21}).warm_pool
+    # serving + standby >= 21 while the fleet is small; the fraction takes over at the top.
+    assert [pool.target_size(n) for n in (1, 3, 10, 19, 21, 30)] == [20, 18, 11, 2, 3, 3]
+    assert make_config(warm_pool={"max_size": 4, "burst_replicas": 21}).warm_pool.target_size(3) == 4  # capped
+
+
+def test_replicas_draining_back_to_the_pool_are_not_refilled_again():
+    policy = FleetservePolicy(make_config(warm_pool={"min_size": 2, "max_size": 2}))
+    back = ReplicaView("d1", ReplicaState.DRAINING, running=3, becomes=ReplicaState.WARM_STANDBY)
+    gone = ReplicaView("d2", ReplicaState.DRAINING, running=3)  # stops once empty
+    d, _ = policy.decide(make_snapshot(running=8, replicas=(active("a0"), standby("s1"), back, gone)), PolicyState(), 0.0)
+    assert d.refill == 0  # s1 + d1 on its way back = 2
+    d, _ = policy.decide(make_snapshot(running=8, replicas=(active("a0"), standby("s1"), gone)), PolicyState(), 0.0)
+    assert d.refill == 1
+
+
+def test_replica_under_notice_keeps_serving_until_the_drain_point():
+    policy = FleetservePolicy(make_config(
+        spot={"enabled": True, "on_demand_base": 1, "migration_margin_s": 15, "drain_before_deadline_s": 45}))
+    reps = (active("a0", running=5), active("s0", CapacityType.SPOT, running=5))
+    snap = make_snapshot(running=20, replicas=reps, interruptions=(InterruptionNotice("s0", 120.0),),
+                         spot=SpotMarket(available=False))
+    clock = FakeClock()
+    d, state = policy.decide(snap, PolicyState(), clock.now())
+    assert not d.drains  # still admitting: its slots bridge the replacement's cold start
+    assert d.num_cold_starts(capacity_type=CapacityType.ON_DEMAND) == 1  # replacement requested at once
+    clock.advance(75)  # 45 s before the deadline
+    d, _ = policy.decide(snap, state, clock.now())
+    (drain,) = d.drains
+    assert drain.replica_id == "s0" and drain.migrate_by == 105.0
+
+
+def test_upscale_delay_filters_blips_but_not_surges():
+    scaler = HysteresisScaler(make_config(scaling={"upscale_delay_s": 10, "upscale_delay_skip_above": 0.5}).scaling)
+    clock = FakeClock()
+    target, st = scaler.apply(4, 5, HysteresisState(), clock.now())
+    assert target == 4  # +25%: wait
+    clock.advance(10)
+    target, st = scaler.apply(4, 5, st, clock.now())
+    assert target == 5  # still wanted after the delay
+    target, _ = scaler.apply(4, 7, HysteresisState(), clock.now())
+    assert target == 7  # +75%: a surge, no delay

@@ -3,7 +3,7 @@ from fleetserve.autoscaler.simulator.compare import compare, format_table
 from fleetserve.autoscaler.simulator.capacity_curve import DEFAULT_CURVE, load_curve_json
 from dataclasses import replace
 
-from fleetserve.autoscaler.simulator.scenarios import InterruptionWave, MarketChange, make_scenario, spike, spot_storm
+from fleetserve.autoscaler.simulator.scenarios import InterruptionWave, MarketChange, make_scenario, spike, spot_storm_flat
 from fleetserve.autoscaler.simulator.workload import load_trace_csv, write_trace_csv
 
 from tests.autoscaler.test_config import PROFILES
@@ -33,7 +33,7 @@ def test_spike_warm_pool_beats_ray_default_and_table_renders():
 
 def test_spot_storm_migrates_instead_of_losing_requests():
     cfg = load_autoscaler_config(PROFILES / "cost-first.yaml")
-    base = spot_storm(seed=1, rate=40.0, duration_s=600.0)
+    base = spot_storm_flat(seed=1, rate=40.0, duration_s=600.0)
     # Short notices (20 s, migration 15 s before): long requests must move to survive.
     sc = replace(base, waves=(InterruptionWave(300.0, 1.0, notice_s=20.0),), market=(MarketChange(300.0, False),))
     ours = compare(sc, cfg, seed=1).results[0]
@@ -70,3 +70,15 @@ def test_oracle_is_a_lower_bound_below_static_peak():
     # At least one replica for every minute with traffic, and less than peak all the time.
     assert comp.scenario.duration_s / 3600 <= comp.oracle_replica_hours < static.replica_hours
     assert "oracle" in format_table(comp)
+
+
+def test_spot_storm_hits_a_fleet_running_on_spot_near_its_peak():
+    sc = make_scenario("spot-storm", seed=0)
+    first, second = (w.at for w in sc.waves)
+    peak = max(sc.rate_fn(t) for t in range(0, int(sc.duration_s), 60))
+    night = sc.rate_fn(0.0)
+    # The storm lands on the day's plateau, not the night: that is when the fleet has burst onto spot.
+    assert sc.rate_fn(first) >= 0.9 * peak and sc.rate_fn(second) >= 0.9 * peak and night <= 0.2 * peak
+    assert [m.available for m in sc.market] == [False, True] and sc.market[0].at == first
+    flat = make_scenario("spot-storm-flat", seed=0)
+    assert flat.rate_fn(0.0) == flat.rate_fn(flat.duration_s / 2)  # the old flat storm is still there

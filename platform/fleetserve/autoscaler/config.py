@@ -47,6 +47,13 @@ class ScalingConfig(_Strict):
         "not ratchet the fleet up past what the hysteresis band lets it shed.",
     )
     upscale_delay_s: float = Field(0.0, ge=0, description="Demand must exceed capacity this long before scaling up.")
+    upscale_delay_skip_above: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Skip upscale_delay_s when the wanted replicas exceed the current ones by more than this "
+        "fraction (Knative's panic mode): the delay filters noise, and a surge that large is not noise. "
+        "None: always wait.",
+    )
     downscale_delay_s: float = Field(
         300.0, ge=0, description="Demand must stay below the hysteresis band this long before scaling down."
     )
@@ -80,6 +87,13 @@ class WarmPoolConfig(_Strict):
     fraction: float = Field(
         0.0, ge=0, description="Standbys per serving replica (of the policy's serving target) between the bounds."
     )
+    burst_replicas: int = Field(
+        0,
+        ge=0,
+        description="Burst floor: keep serving target + standbys at least this many, so a sudden jump to this "
+        "many replicas' worth of load is met by waking standbys (seconds), not cold starts (minutes). The "
+        "pool this asks for is large while the fleet is small and shrinks as serving grows; 0 disables it.",
+    )
     cost_factor: float = Field(
         0.25,
         ge=0,
@@ -99,7 +113,8 @@ class WarmPoolConfig(_Strict):
 
     def target_size(self, serving: int) -> int:
         """Standbys wanted next to ``serving`` serving replicas."""
-        return max(self.min_size, min(self.max_size, math.ceil(self.fraction * serving - 1e-9)))
+        wanted = max(math.ceil(self.fraction * serving - 1e-9), self.burst_replicas - serving)
+        return max(self.min_size, min(self.max_size, wanted))
 
 
 class SpotConfig(_Strict):
@@ -116,6 +131,22 @@ class SpotConfig(_Strict):
         ge=0,
         description="After an interruption notice, requests still running this long before the deadline are migrated.",
     )
+    drain_before_deadline_s: Optional[float] = Field(
+        None,
+        ge=0,
+        description="Under an interruption notice, keep admitting requests until this long before the deadline, "
+        "then drain (its replacement is requested at once either way). Must be >= migration_margin_s; leave "
+        "enough between the two for in-flight requests to finish. None: drain as soon as the notice arrives.",
+    )
+
+    @model_validator(mode="after")
+    def _drain_after_margin(self) -> "SpotConfig":
+        if self.drain_before_deadline_s is not None and self.drain_before_deadline_s < self.migration_margin_s:
+            raise ValueError(
+                f"drain_before_deadline_s ({self.drain_before_deadline_s}) must be >= migration_margin_s "
+                f"({self.migration_margin_s})"
+            )
+        return self
 
 
 class ModelPolicyConfig(_Strict):

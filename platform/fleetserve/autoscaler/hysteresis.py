@@ -38,7 +38,8 @@ class HysteresisScaler:
             return wanted, HysteresisState(last_scale_down_at=state.last_scale_down_at)
         if wanted > current:
             above_since = state.above_since if state.above_since is not None else now
-            if now - above_since >= cfg.upscale_delay_s:
+            surge = cfg.upscale_delay_skip_above is not None and wanted > current * (1 + cfg.upscale_delay_skip_above)
+            if surge or now - above_since >= cfg.upscale_delay_s:
                 return wanted, HysteresisState(last_scale_down_at=state.last_scale_down_at)
             return current, replace(state, above_since=above_since, below_since=None)
         band = math.floor(current * (1.0 - cfg.downscale_margin))

@@ -2,9 +2,10 @@
 
 One call plans one model version:
 
-1. *Interruptions*: every replica under a spot notice is treated as gone; it is drained
-   (requests migrated before the deadline) unless it is the last one serving, in which
-   case it keeps serving until its replacement is up or the deadline is near.
+1. *Interruptions*: every replica under a spot notice is treated as gone (its replacement
+   is requested at once); it keeps serving until the configured drain point, then drains
+   (requests migrated before the deadline). The last one serving keeps serving until
+   the deadline is near.
 2. *Target*: demand (queues, running, projected arrival rate, KV pressure) over the
    per-replica target, through bounds and hysteresis (fast up, slow down).
 3. *Scale up*: wake warm standbys first, cold-start the rest (spot above the on-demand
@@ -12,8 +13,9 @@ One call plans one model version:
 4. *Scale down*: cancel replicas still starting, then drain the least-loaded serving
    ones (on-demand surplus before spot, within the spot share), returning them to the
    warm pool when it is short.
-5. *Pool*: size the warm pool relative to the serving target (fraction, clamped to
-   min/max); cold-start the deficit in the background or release the surplus.
+5. *Pool*: size the warm pool as burst headroom (serving + standby >= burst_replicas,
+   or a fraction of the serving target, clamped to min/max); cold-start the deficit in
+   the background or release the surplus.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class FleetservePolicy:
         if target > len(serving):
             self._plan_scale_up(snap, serving, standbys, target - len(serving), plan)
         elif target < len(serving):
-            self._plan_scale_down(snap, serving, len(serving) - target, pool_target - len(standbys), plan)
+            pool_short = pool_target - len(standbys) - len(_draining_to_pool(snap, doomed))
+            self._plan_scale_down(snap, serving, len(serving) - target, pool_short, plan)
         self._plan_pool(snap, doomed, standbys, pool_target, plan)
 
         decision = ScalingDecision(
@@ -121,6 +124,7 @@ class FleetservePolicy:
 
     def _plan_interruptions(self, snap, doomed, serving, now, plan: _Plan) -> None:
         margin = self.config.spot.migration_margin_s
+        drain_before = self.config.spot.drain_before_deadline_s
         others_active = any(r.state is ReplicaState.ACTIVE for r in serving)
         for rid, notice in sorted(doomed.items()):
             replica = snap.replica(rid)
@@ -138,6 +142,11 @@ class FleetservePolicy:
             # draining it early would turn a notice into an outage.
             if last_one and now < notice.deadline - 2 * margin:
                 plan.notes.append(f"{rid}: interruption notice, kept serving until a replacement is up")
+                continue
+            # It already counts as gone (its replacement is on the way); until the drain point
+            # its slots still serve, which bridges most of the replacement's cold start.
+            if drain_before is not None and now < notice.deadline - drain_before:
+                plan.notes.append(f"{rid}: interruption notice, serving until {notice.deadline - drain_before:.0f}s")
                 continue
             plan.drains.append(DrainOrder(rid, DrainReason.SPOT_INTERRUPTION, migrate_by=migrate_by))
             plan.notes.append(f"{rid}: interruption notice, draining and migrating before {notice.deadline:.0f}s")
@@ -226,7 +235,9 @@ class FleetservePolicy:
             r for r in snap.replicas
             if r.state is ReplicaState.STARTING and r.becomes is ReplicaState.WARM_STANDBY and r.replica_id not in doomed
         ]
-        returning = sum(1 for d in plan.drains if d.return_to_pool)
+        # Returning now (this plan) or still draining back from an earlier one: counting
+        # only this plan's returns would cold-start a refill for every replica in transit.
+        returning = sum(1 for d in plan.drains if d.return_to_pool) + len(_draining_to_pool(snap, doomed))
         have = len(ready) + len(pending) + returning
         if have < pool_target:
             ctype = self.config.warm_pool.capacity_type
@@ -241,6 +252,14 @@ class FleetservePolicy:
             plan.drains.append(DrainOrder(r.replica_id, DrainReason.SCALE_DOWN))
         if surplus > 0:
             plan.notes.append(f"shrink warm pool: release {min(surplus, len(newest_first))}")
+
+
+def _draining_to_pool(snap: ModelSnapshot, doomed) -> List[ReplicaView]:
+    """Replicas draining back into the warm pool (a notice cancels the return)."""
+    return [
+        r for r in snap.replicas
+        if r.state is ReplicaState.DRAINING and r.becomes is ReplicaState.WARM_STANDBY and r.replica_id not in doomed
+    ]
 
 
 def _id_order(r: ReplicaView) -> Tuple[int, str]:

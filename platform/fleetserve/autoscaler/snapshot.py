@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 
 
 class ReplicaState(str, enum.Enum):
-    """Lifecycle of one replica. ``STARTING`` ends in ``ReplicaView.becomes``."""
+    """Lifecycle of one replica. ``STARTING`` (and a ``DRAINING`` replica returning to the
+    warm pool) ends in ``ReplicaView.becomes``."""
 
     STARTING = "starting"
     WARM_STANDBY = "warm_standby"  # loaded, not serving, cheap to keep
@@ -34,6 +35,7 @@ class ReplicaView:
     capacity_type: CapacityType = CapacityType.ON_DEMAND
     running: int = 0  # requests in flight on this replica
     # Where a STARTING replica ends up: ACTIVE (serving) or WARM_STANDBY (pool refill).
+    # A DRAINING replica with WARM_STANDBY here returns to the pool once empty (None: it stops).
     becomes: Optional[ReplicaState] = None
 
     @property
@@ -45,9 +47,11 @@ class ReplicaView:
 
     @property
     def is_standby_or_pending_standby(self) -> bool:
+        """Loaded standby, or on its way to one (loading, or draining back to the pool)."""
         if self.state is ReplicaState.WARM_STANDBY:
             return True
-        return self.state is ReplicaState.STARTING and self.becomes is ReplicaState.WARM_STANDBY
+        pending = (ReplicaState.STARTING, ReplicaState.DRAINING)
+        return self.state in pending and self.becomes is ReplicaState.WARM_STANDBY
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="Compare autoscaling policies on a trace (simulated fleet).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--trace", help="CSV with columns timestamp,tenant_class,prompt_tokens,output_tokens")
-    src.add_argument("--scenario", help="built-in scenario: steady, spike, diurnal, spot-storm")
+    src.add_argument("--scenario", help="built-in scenario: steady, spike, diurnal, spot-storm, spot-storm-flat")
     p.add_argument("--profile", required=True, help="autoscaler profile YAML (e.g. autoscaler/balanced.yaml)")
     p.add_argument("--seed", type=int, default=0, help="RNG seed (scenario generation, spot interruptions)")
     p.add_argument("--capacity-curve", help="replica capacity curve JSON (default: built-in 8B-on-H100 curve)")

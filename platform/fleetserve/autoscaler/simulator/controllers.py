@@ -101,7 +101,7 @@ class FleetserveController:
     def snapshot(self, sim, now: float) -> ModelSnapshot:
         fleet = sim.fleet
         views = tuple(
-            ReplicaView(r.rid, r.state, r.ctype, len(r.running), r.becomes)
+            ReplicaView(r.rid, r.state, r.ctype, len(r.running), _becomes(r))
             for r in sorted(fleet.replicas.values(), key=lambda r: int(r.rid[1:]))
         )
         service = sim.mean_service_time()
@@ -135,6 +135,12 @@ class FleetserveController:
             becomes = ReplicaState.WARM_STANDBY if cs.role is ReplicaRole.STANDBY else ReplicaState.ACTIVE
             for _ in range(cs.count):
                 fleet.start(cs.capacity_type, now, becomes)
+
+
+def _becomes(r) -> Optional[ReplicaState]:
+    if r.state is ReplicaState.DRAINING:
+        return ReplicaState.WARM_STANDBY if r.to_pool else None
+    return r.becomes
 
 
 class RayDefaultController:

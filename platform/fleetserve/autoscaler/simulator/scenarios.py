@@ -1,4 +1,4 @@
-"""Built-in workloads: steady, spike (10x), diurnal and spot-storm.
+"""Built-in workloads: steady, spike (10x), diurnal, spot-storm and spot-storm-flat.
 
 Arrivals are a non-homogeneous Poisson process drawn by thinning with a seeded RNG.
 Each request is ``interactive`` (80%) or ``batch`` (20%); prompt and output lengths are
@@ -124,19 +124,44 @@ def diurnal(seed: int = 0, peak: float = 200.0, day_s: float = 7200.0) -> Scenar
     )
 
 
-def spot_storm(seed: int = 0, rate: float = 160.0, duration_s: float = 2400.0) -> Scenario:
-    """Steady load; at t=600s spot capacity disappears and every spot replica is reclaimed
-    with a 2-minute notice (notices spread over 3 minutes); spot returns at t=1500s, and a
-    second wave takes half the spot replicas at t=1800s."""
-    fn = lambda t: rate  # noqa: E731
+def spot_storm(seed: int = 0, peak: float = 240.0, day_s: float = 7200.0) -> Scenario:
+    """A spot storm while the fleet runs on spot: the business day of :func:`diurnal`
+    (peak 240 req/s, so the peak fleet bursts well past an on-demand base and warm pool
+    onto spot). At 10h, at the top of the morning ramp, spot capacity disappears and every
+    spot replica is reclaimed with a 2-minute notice (notices spread over 3 minutes). Spot
+    returns at noon; the fleet regrows on spot after the lunch dip, and at 15h a second
+    wave takes half of the spot replicas. Times are in day hours; 1 h = ``day_s / 24``."""
+    hour = day_s / 24.0
+    fn = lambda t: peak * business_day(t / hour)  # noqa: E731
+    first, back, second = 10 * hour, 12 * hour, 15 * hour
     return Scenario(
         "spot-storm",
+        poisson_requests(fn, day_s, peak, seed),
+        day_s,
+        focus=(first, second + 3 * hour),
+        waves=(InterruptionWave(first, 1.0, 120.0, 180.0), InterruptionWave(second, 0.5, 120.0, 60.0)),
+        market=(MarketChange(first, False), MarketChange(back, True)),
+        description=f"business day, peak {peak:g} req/s, 24h in {day_s:g}s; all spot reclaimed at 10h "
+        f"(2-min notices), spot back at 12h, half again at 15h",
+        rate_fn=fn,
+    )
+
+
+def spot_storm_flat(seed: int = 0, rate: float = 160.0, duration_s: float = 2400.0) -> Scenario:
+    """The first spot-storm scenario, kept for comparison: a *flat* load, so static peak
+    provisioning is already right-sized (the oracle needs ~98% of its replica-hours) and no
+    autoscaler can save much. At t=600s spot capacity disappears and every spot replica is
+    reclaimed with a 2-minute notice (spread over 3 minutes); spot returns at t=1500s, and
+    a second wave takes half the spot replicas at t=1800s."""
+    fn = lambda t: rate  # noqa: E731
+    return Scenario(
+        "spot-storm-flat",
         poisson_requests(fn, duration_s, rate, seed),
         duration_s,
         focus=(600.0, 2100.0),
         waves=(InterruptionWave(600.0, 1.0, 120.0, 180.0), InterruptionWave(1800.0, 0.5, 120.0, 60.0)),
         market=(MarketChange(600.0, False), MarketChange(1500.0, True)),
-        description=f"{rate:g} req/s; all spot reclaimed at 600s (2-min notices), spot back at 1500s, half again at 1800s",
+        description=f"{rate:g} req/s flat; all spot reclaimed at 600s (2-min notices), spot back at 1500s, half again at 1800s",
         rate_fn=fn,
     )
 
@@ -146,6 +171,7 @@ BUILTIN: Dict[str, Callable[..., Scenario]] = {
     "spike": spike,
     "diurnal": diurnal,
     "spot-storm": spot_storm,
+    "spot-storm-flat": spot_storm_flat,
 }
 
 
