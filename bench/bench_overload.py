@@ -41,7 +41,8 @@ PROMPT = "def fibonacci(n):\n    " * 4
 MODES = ("fleetserve", "engine-priority", "fcfs")
 
 
-def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: float | None = None):
+def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: float | None = None,
+                batch_stream_interval: float | None = None):
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT
     from fleetserve.config import parse_config
     from fleetserve.tenants.keys import hash_api_key
@@ -57,6 +58,8 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
     }
     if batch_slot_share is not None:
         scheduling["class_slot_share"] = {0: 1.0, 1: 0.9, 2: batch_slot_share}
+    if batch_stream_interval is not None:
+        scheduling["stream_interval_s"] = {2: batch_stream_interval}
     tenants = [{"id": "premium", "tier": "premium", "api_key_hashes": [hash_api_key(PREMIUM_KEY)]}]
     tenants += [{"id": f"batch-{i}", "tier": "batch", "api_key_hashes": [hash_api_key(k)]} for i, k in enumerate(BATCH_KEYS)]
     return parse_config({
@@ -111,14 +114,15 @@ async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Re
     return res
 
 
-async def fleet_metrics(http, url: str) -> dict:
-    """Preemptions, shed counts and mean fleet-queue wait per class, from the ingress's /metrics."""
+async def scrape_fleet_metrics(http, url: str) -> dict:
+    """Cumulative counters from the ingress's /metrics: ingress-side TTFT per class, fleet
+    queue wait, preemptions and sheds per priority class."""
     async with http.get(url) as r:
         text = await r.text()
     out: dict = {}
     for line in text.splitlines():
         if line.startswith("fleetserve_time_to_first_token_seconds_sum{") or line.startswith("fleetserve_time_to_first_token_seconds_count{"):
-            # Ingress-side TTFT (job built -> first token at the ingress), cumulative over the run.
+            # Ingress-side TTFT (job built -> first token at the ingress).
             tenant = line.split('tenant="')[1].split('"')[0]
             key = f"ingress_ttft_{'sum' if '_sum{' in line else 'count'}[{'premium' if tenant == 'premium' else 'batch'}]"
             out[key] = out.get(key, 0.0) + float(line.rpartition(" ")[2])
@@ -132,6 +136,12 @@ async def fleet_metrics(http, url: str) -> dict:
                     "fleetserve_fleet_preemptions_total", "fleetserve_fleet_shed_total"):
             key = f"{name.removeprefix('fleetserve_fleet_')}[class {cls}]"
             out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def phase_metrics(after: dict, before: dict) -> dict:
+    """The counters' increase over one phase, with mean queue wait and mean ingress TTFT."""
+    out = {k: round(v - before.get(k, 0.0), 4) for k, v in after.items() if v - before.get(k, 0.0)}
     for cls in ("0", "1", "2"):
         n = out.get(f"queue_wait_seconds_count[class {cls}]")
         if n:
@@ -140,7 +150,7 @@ async def fleet_metrics(http, url: str) -> dict:
         n = out.pop(f"ingress_ttft_count[{cls}]", 0)
         total = out.pop(f"ingress_ttft_sum[{cls}]", 0.0)
         if n:
-            out[f"mean_ingress_ttft_s[{cls}] (cumulative)"] = round(total / n, 4)
+            out[f"mean_ingress_ttft_s[{cls}]"] = round(total / n, 4)
     return out
 
 
@@ -242,7 +252,7 @@ async def run(args) -> dict:
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
             for i, mode in enumerate(args.modes):
-                deploy(make_config(mode, http_port, args.inflight, args.batch_slot_share), start=(i == 0))
+                deploy(make_config(mode, http_port, args.inflight, args.batch_slot_share, args.batch_stream_interval), start=(i == 0))
                 await wait_ready(http, url)
                 if i == 0:
                     cap = await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens)
@@ -251,9 +261,11 @@ async def run(args) -> dict:
                     results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base)}
                     print(f"capacity {cap:.1f} req/s; unloaded premium TTFT p50 {pct(base, .5):.4f}s p99 {pct(base, .99):.4f}s", flush=True)
                 rate = args.overload * results["capacity_rps"]
+                metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+                before = await scrape_fleet_metrics(http, metrics_url)
                 t0 = time.monotonic()
                 results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed)
-                results[mode]["fleet_metrics"] = await fleet_metrics(http, f"http://127.0.0.1:{http_port}/metrics")
+                results[mode]["fleet_metrics"] = phase_metrics(await scrape_fleet_metrics(http, metrics_url), before)
                 results[mode]["offered_rps"] = round(rate, 2)
                 results[mode]["wall_s"] = round(time.monotonic() - t0, 1)
                 for cls in ("premium", "batch"):  # served throughput over the phase and its drain
@@ -298,6 +310,8 @@ def main() -> int:
                    help=("fleetserve mode: override tenants.scheduling.class_slot_share of the batch class (trunk "
                          "reservation; default: the platform's 0.75). Fewer budget streams leave the cores more "
                          "headroom for premium requests' path; the cost shows as batch tok/s."))
+    p.add_argument("--batch-stream-interval", type=float, default=None,
+                   help="Override tenants.scheduling.stream_interval_s of the batch class (default: the platform's 0.25 s).")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))

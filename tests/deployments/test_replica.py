@@ -63,3 +63,25 @@ async def test_stream_cancel_stats_and_drain(tiny_llama_path):
 
 async def _collect(gen):
     return [o async for o in gen]
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
+async def test_stream_interval_merges_outputs_without_losing_tokens(tiny_llama_path):
+    replica = await make_replica(tiny_llama_path)
+    every_step = [o async for o in replica.generate(request("fine", 40))]
+
+    coarse_req = request("coarse", 40)
+    coarse_req.stream_interval_s = 0.15
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    arrivals, coarse = [], []
+    async for o in replica.generate(coarse_req):
+        arrivals.append(loop.time() - t0)
+        coarse.append(o)
+    # Same tokens, in order, none lost or repeated; the stream ends finished.
+    assert [t for o in coarse for t in o.token_ids_delta] == [t for o in every_step for t in o.token_ids_delta]
+    assert coarse[-1].finished and coarse[-1].completion_tokens == 40
+    # The first chunk is not held back; later ones come at most once per interval.
+    assert len(coarse[0].token_ids_delta) == 1
+    assert all(b - a >= 0.15 - 0.01 for a, b in zip(arrivals, arrivals[1:]))
+    assert len(coarse) < len(every_step)

@@ -60,7 +60,7 @@ def test_dispatch_respects_replica_capacity_and_spreads():
     q = [queued(f"q{i}", at=i) for i in range(10)]
     reps = [ReplicaCapacity("r0"), ReplicaCapacity("r1", kv_usage=0.99), ReplicaCapacity("r2", healthy=False),
             ReplicaCapacity("r3", num_waiting=4), ReplicaCapacity("r4", accepting=False), ReplicaCapacity("r5")]
-    d = admission.decide(snapshot(q, running=[running("x", replica="r0")], replicas=reps), AdmissionState(), 0.0, make_config())
+    d = admission.decide(snapshot(q, running=[running("x", cls=1, replica="r0")], replicas=reps), AdmissionState(), 0.0, make_config())
     assert [x.replica_id for x in d.dispatch] == ["r5", "r0", "r5"]  # r0 had 1 of 2 in flight
     assert admission.decide(snapshot(q, replicas=[]), AdmissionState(), 0.0, make_config()).dispatch == ()
 
@@ -106,9 +106,9 @@ def test_preemption_picks_lowest_class_most_recent():
     run = [running("s-old", cls=1, at=1.0), running("b-old", cls=2, at=2.0), running("b-new", cls=2, at=3.0),
            running("p-run", cls=0, at=4.0)]
     reps = [ReplicaCapacity("r0")]
-    cfg = make_config(max_inflight_per_replica=4)
+    cfg = make_config(max_inflight_per_replica=4, preempt_via="replica_call")
     d = admission.decide(snapshot(q, running=run, replicas=reps), AdmissionState(), 10.0, cfg)
-    assert d.dispatch == () and [(p.request_id, p.replica_id) for p in d.preempt] == [("b-new", "r0")]
+    assert d.dispatch == () and [(p.request_id, p.replica_id, p.by_engine) for p in d.preempt] == [("b-new", "r0", False)]
     # Next round within the cooldown: the pending preemption covers the waiter, nothing new.
     d2 = admission.decide(snapshot(q, running=run, replicas=reps), d.state, 10.2, cfg)
     assert d2.preempt == ()
@@ -126,6 +126,22 @@ def test_no_preemption_of_equal_or_higher_class_or_when_off():
     assert admission.decide(snapshot(q, running=run2), AdmissionState(), 0.0, cfg.model_copy(update={"preemption": False})).preempt == ()
     assert admission.decide(snapshot(q, running=run2), AdmissionState(), 0.0, cfg.model_copy(update={"policy": "fcfs"})).preempt == ()
     assert [p.request_id for p in admission.decide(snapshot(q, running=run2), AdmissionState(), 0.0, cfg).preempt] == ["b-run"]
+
+
+def test_engine_preemption_dispatches_the_waiter_at_once():
+    q = [queued("p1", cls=0, at=10.0), queued("p2", cls=0, at=11.0)]
+    run = [running("b-old", cls=2, at=2.0, replica="r0"), running("b-new", cls=2, at=3.0, replica="r1")]
+    reps = [ReplicaCapacity("r0"), ReplicaCapacity("r1")]
+    cfg = make_config(max_inflight_per_replica=1)  # preempt_via="engine" is the default
+    d = admission.decide(snapshot(q, running=run, replicas=reps), AdmissionState(), 10.0, cfg)
+    # Each waiter goes straight to its victim's replica; that engine preempts at its next step.
+    assert [(x.request_id, x.replica_id) for x in d.dispatch] == [("p1", "r1"), ("p2", "r0")]
+    assert [(p.request_id, p.by_engine) for p in d.preempt] == [("b-new", True), ("b-old", True)]
+    assert d.state.pending_preemptions == {}  # nothing to wait for
+    # A victim on a replica that cannot take work (KV full) falls back to asking the replica.
+    full = [ReplicaCapacity("r0", kv_usage=0.99)]
+    d2 = admission.decide(snapshot(q[:1], running=run[:1], replicas=full), AdmissionState(), 10.0, cfg)
+    assert d2.dispatch == () and [(p.request_id, p.by_engine) for p in d2.preempt] == [("b-old", False)]
 
 
 def test_preemption_respects_per_replica_cap():

@@ -1,7 +1,9 @@
 """Fleet preemption against the real native engine (tiny checkpoint, in process, no Ray).
 
-A batch request holds the only fleet slot; a premium request arrives; the fleet scheduler
-preempts the batch request through the engine's ``preempt`` and dispatches premium. The
+A batch request holds the only slot (fleet and engine); a premium request arrives. With
+``preempt_via="replica_call"`` the fleet scheduler preempts the batch request through the
+engine's ``preempt`` and then dispatches premium; with ``"engine"`` it dispatches premium at
+once and the engine's priority scheduler preempts the batch request itself. Either way the
 batch stream only pauses: its tokens equal an unpreempted reference run (nothing lost or
 repeated).
 """
@@ -51,7 +53,7 @@ async def collect(engine, req, progress: list):
 
 @pytest.fixture
 async def engine(tiny_llama_path):
-    eng = AsyncEngine(EngineConfig(model=str(tiny_llama_path), num_kv_blocks=64, max_num_seqs=4,
+    eng = AsyncEngine(EngineConfig(model=str(tiny_llama_path), num_kv_blocks=64, max_num_seqs=1,
                                    max_num_batched_tokens=64, num_threads=1))
     await eng.start()
     yield eng
@@ -66,18 +68,20 @@ async def wait_until(cond, timeout_s=30.0):
         await asyncio.sleep(0.005)
 
 
-async def test_premium_preempts_batch_and_batch_resumes_with_tokens_kept(engine):
+@pytest.mark.parametrize("via", ["engine", "replica_call"])
+async def test_premium_preempts_batch_and_batch_resumes_with_tokens_kept(engine, via):
     reference = await collect(engine, request("ref", 48, priority=2), [])
     pool = EnginePool(engine)
     sched = FleetScheduler(make_config(max_inflight_per_replica=1, max_waiting_per_replica=0, tick_s=0.005,
-                                       preempt_cooldown_s=0.2), pool)
+                                       preempt_cooldown_s=0.2, preempt_via=via), pool)
     await sched.acquire("batch", "bulk", 2, 1.0, 6, 48)
     batch_tokens: list[int] = []
     batch = asyncio.create_task(collect(engine, request("batch", 48, priority=2), batch_tokens))
     await wait_until(lambda: len(batch_tokens) >= 4)
 
     slot = await asyncio.wait_for(sched.acquire("prem", "acme", 0, 1.0, 6, 8), 10)
-    assert slot.request_id == "prem" and pool.preempted[0] == ("batch", True)
+    assert slot.request_id == "prem"
+    assert pool.preempted == ([] if via == "engine" else [("batch", True)])
     assert [r.request_id for r in sched.running() if r.preempted] == ["batch"]
     premium = await collect(engine, request("prem", 8, priority=0), [])
     sched.release("prem", len(premium))

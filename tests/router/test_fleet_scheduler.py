@@ -50,13 +50,16 @@ async def test_dispatches_up_to_capacity_then_queues_and_releases():
     assert slot.request_id == "c" and s.counters.dispatched == 3
 
 
-async def test_higher_class_waiter_preempts_lower_class_and_takes_its_slot():
+@pytest.mark.parametrize("via", ["engine", "replica_call"])
+async def test_higher_class_waiter_preempts_lower_class_and_takes_its_slot(via):
     pool = FakePool()
-    s = sched(pool, max_inflight_per_replica=1)
+    s = sched(pool, max_inflight_per_replica=1, preempt_via=via)
     await s.acquire("batch", "b", 2, 1.0, 5, 5)
     premium = asyncio.create_task(s.acquire("prem", "p", 0, 1.0, 5, 5))
     slot = await asyncio.wait_for(premium, 2)
-    assert pool.preempted == [("r0", "batch")] and slot.request_id == "prem"
+    # 'engine': no call, the engine's priority scheduler makes the room; 'replica_call': asked.
+    assert pool.preempted == ([] if via == "engine" else [("r0", "batch")]) and slot.request_id == "prem"
+    assert s.counters.preempted == 1
     assert {r.request_id: r.preempted for r in s.running()} == {"batch": True, "prem": False}
     s.release("batch", 3)  # the preempted request later finishes inside the engine
     s.release("prem", 3)

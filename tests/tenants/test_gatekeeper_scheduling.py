@@ -33,13 +33,15 @@ def gatekeeper(**sched):
 
 
 async def test_premium_overtakes_queued_batch_and_shed_requests_free_their_quota():
-    gk = gatekeeper(max_queue_per_class=1)
+    gk = gatekeeper(max_queue_per_class=1, preemption=False)  # queue order only: nobody displaces b0
     bulk, prem = await gk.authenticate("fs-bulk"), await gk.authenticate("fs-prem")
     running = await gk.admit(bulk, "tiny", "b0", 5, 5)  # holds the only slot
     queued_bulk = asyncio.create_task(gk.admit(bulk, "tiny", "b1", 5, 5))
     queued_prem = asyncio.create_task(gk.admit(prem, "tiny", "p1", 5, 5))
     sched = gk.scheduler_for("tiny")
+    deadline = asyncio.get_running_loop().time() + 10
     while sched.queue_depths() != {0: 1, 2: 1}:
+        assert asyncio.get_running_loop().time() < deadline, f"queues never reached the expected depths: {sched.queue_depths()}"
         await asyncio.sleep(0.005)
     with pytest.raises(RateLimitError):  # batch class queue is full (bound 1)
         await gk.admit(bulk, "tiny", "b2", 5, 5)

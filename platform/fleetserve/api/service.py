@@ -254,6 +254,7 @@ class InferenceService:
             cache_salt=job.ctx.cache_salt,
             tenant_id=job.ctx.tenant_id,
             arrival_time=job.arrival,
+            stream_interval_s=job.ctx.stream_interval_s,
         )
 
     @staticmethod

@@ -18,6 +18,7 @@ resources and limits from the config, and tests may construct it with any engine
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import AsyncIterator, Callable, Optional
@@ -51,10 +52,16 @@ class ModelReplica:
         self._in_flight += 1
         self._live.add(request.request_id)
         finished = False
+        interval = request.stream_interval_s
         try:
             async for out in self._engine.generate(request):
                 finished = out.finished
                 yield out
+                if interval > 0 and not finished:
+                    # Let the engine's stream collect the next outputs: the next pull merges
+                    # them (engine.coalesce), so this request costs one Ray object, ingress
+                    # chunk and proxy message per interval instead of one per token.
+                    await asyncio.sleep(interval)
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)

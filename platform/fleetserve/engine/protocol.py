@@ -39,6 +39,10 @@ class GenerateRequest:
     cache_salt: Optional[str] = None
     tenant_id: Optional[str] = None
     arrival_time: Optional[float] = None
+    # Serving layer only (engines ignore it): after the first output, the replica sends at
+    # most one merged output per this many seconds. Coarse streams cost the serving path far
+    # less CPU per token; the platform sets it per priority class (batch tiers).
+    stream_interval_s: float = 0.0
 
 
 @dataclass

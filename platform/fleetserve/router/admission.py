@@ -20,7 +20,10 @@ decisions. Rules, in the order ``decide`` applies them:
 5. **Preemption.** If requests still wait and no replica has room, running requests of a
    *lower* class than a waiting one are preempted (lowest class first, then the most
    recently dispatched, which loses the least work), one per waiting request, minus
-   preemptions already asked for and not yet expired.
+   preemptions already asked for and not yet expired. With ``preempt_via="engine"`` the
+   waiter is dispatched in the same decision to the victim's replica (``Preempt.by_engine``):
+   that engine's priority scheduler makes the room at its next step, so the higher class
+   never waits for a preemption round trip.
 
 ``decide_enqueue`` bounds the queues: a full class queue rejects the newcomer (429); a
 full fleet queue sheds the newest request of the lowest class below the newcomer (503),
@@ -118,6 +121,9 @@ class Shed:
 class Preempt:
     request_id: str
     replica_id: Optional[str]
+    # True: the engine preempts by itself for a waiter dispatched in the same decision; the
+    # executor only records the victim as preempted. False: the executor asks the replica.
+    by_engine: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,8 +246,17 @@ def decide(
         assert replica is not None
         free[replica] -= 1
         dispatch.append(Dispatch(chosen.request_id, replica))
-    preempt, state = _preemptions(snapshot, queued, state, now, config)
-    return AdmissionDecision(tuple(dispatch), tuple(shed), tuple(preempt), state)
+    preempt, state = _preemptions(snapshot, queued, state, now, config, _accepting(snapshot, config))
+    dispatch.extend(Dispatch(waiter, p.replica_id) for waiter, p in preempt if p.by_engine)
+    return AdmissionDecision(tuple(dispatch), tuple(shed), tuple(p for _, p in preempt), state)
+
+
+def _accepting(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig) -> set[str]:
+    """Replicas that may take a request displacing a lower class (healthy, accepting, KV below the watermark)."""
+    return {
+        r.replica_id for r in snapshot.replicas
+        if r.healthy and r.accepting and r.kv_usage < config.kv_high_watermark
+    }
 
 
 def _replica_for(free: dict[str, int], config: FleetSchedulingConfig, priority_class: int) -> Optional[str]:
@@ -286,8 +301,10 @@ def _choose_class(queued: list[QueuedRequest], state: AdmissionState, now: float
 
 
 def _preemptions(
-    snapshot: AdmissionSnapshot, queued: list[QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig
-) -> tuple[list[Preempt], AdmissionState]:
+    snapshot: AdmissionSnapshot, queued: list[QueuedRequest], state: AdmissionState, now: float,
+    config: FleetSchedulingConfig, accepting: set[str],
+) -> tuple[list[tuple[str, Preempt]], AdmissionState]:
+    """(waiter id, preemption for it) pairs, in waiter priority order."""
     pending = {k: t for k, t in state.pending_preemptions.items() if now - t < config.preempt_cooldown_s}
     if config.policy == "fcfs" or not config.preemption or not queued:
         return [], replace(state, pending_preemptions=pending)
@@ -303,7 +320,7 @@ def _preemptions(
     # Lowest class first, then most recently dispatched (it has done the least work).
     candidates.sort(key=lambda r: (-r.priority_class, -r.dispatched_at, r.request_id))
     budget = len(pending)  # waiting requests already covered by an in-progress preemption
-    out: list[Preempt] = []
+    out: list[tuple[str, Preempt]] = []
     for waiter in sorted(queued, key=lambda q: (q.priority_class, q.enqueued_at)):
         if budget > 0:
             budget -= 1
@@ -320,6 +337,8 @@ def _preemptions(
             break  # waiters are in priority order: later ones cannot preempt anything either
         candidates.remove(victim)
         preempted_on[victim.replica_id] = preempted_on.get(victim.replica_id, 0) + 1
-        pending[victim.request_id] = now
-        out.append(Preempt(victim.request_id, victim.replica_id))
+        by_engine = config.preempt_via == "engine" and victim.replica_id in accepting
+        if not by_engine:
+            pending[victim.request_id] = now  # the executor asks the replica; wait for it
+        out.append((waiter.request_id, Preempt(victim.request_id, victim.replica_id, by_engine)))
     return out, replace(state, pending_preemptions=pending)

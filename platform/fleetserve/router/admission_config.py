@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class FleetSchedulingConfig(BaseModel):
@@ -42,9 +42,27 @@ class FleetSchedulingConfig(BaseModel):
             "waiting for a completion or a preemption). Classes not listed: 1.0."
         ),
     )
+    stream_interval_s: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.25},
+        description=(
+            "Per class: after the first streamed chunk, send at most one chunk per this many seconds (tokens in between "
+            "are merged into it, none is lost). Every chunk costs CPU in the replica, the ingress and the proxy, so coarse "
+            "streams for the batch class leave that CPU to higher classes under load; the first token is never delayed. "
+            "Classes not listed: 0 (every engine step). Applies with policy 'priority' only."
+        ),
+    )
     max_waiting_per_replica: int = Field(4, ge=0, description="A replica whose engine already has this many waiting requests gets no more.")
     kv_high_watermark: float = Field(0.95, gt=0, le=1.0, description="A replica with KV usage at or above this fraction gets no more requests.")
     preemption: bool = Field(True, description="Preempt running lower-class requests when a higher class waits and no replica has room.")
+    preempt_via: Literal["engine", "replica_call"] = Field(
+        "engine",
+        description=(
+            "How a waiting higher-class request displaces a lower-class one when no replica has room. 'engine': dispatch "
+            "it at once to the victim's replica; that engine's priority scheduler preempts a lower-class request at its "
+            "next step (no extra round trip; needs engine priority scheduling, which both backends have). 'replica_call': "
+            "ask the replica to preempt the victim and dispatch when it confirms (engines without priority preemption)."
+        ),
+    )
     max_preempted_per_replica: int = Field(
         8, ge=0, description="Preempted (paused) requests allowed on one replica; bounds the work parked in engines."
     )
@@ -59,6 +77,19 @@ class FleetSchedulingConfig(BaseModel):
         """Busy slots on a replica above which a request of this class is not dispatched there."""
         share = self.class_slot_share.get(priority_class, 1.0) if self.policy == "priority" else 1.0
         return max(1, int(share * self.max_inflight_per_replica))
+
+    def stream_interval_for(self, priority_class: int) -> float:
+        if self.policy != "priority":
+            return 0.0
+        return self.stream_interval_s.get(priority_class, 0.0)
+
+    @field_validator("stream_interval_s")
+    @classmethod
+    def _check_intervals(cls, v: dict[int, float]) -> dict[int, float]:
+        for k, x in v.items():
+            if not 0.0 <= x <= 10.0:
+                raise ValueError(f"stream_interval_s[{k}] must be within [0, 10] seconds, got {x}")
+        return v
 
     def timeout_for(self, priority_class: int) -> float:
         if priority_class in self.queue_timeout_s:

@@ -233,7 +233,10 @@ class FleetScheduler:
             if fut is not None and not fut.done():
                 fut.set_result(Slot(q.request_id, d.replica_id, now - q.enqueued_at))
         for p in decision.preempt:
-            self._start_preempt(p.replica_id, p.request_id)
+            if p.by_engine:
+                self._mark_preempted(p.request_id)
+            else:
+                self._start_preempt(p.replica_id, p.request_id)
         return decision
 
     def _shed(self, s: Shed) -> None:
@@ -268,10 +271,15 @@ class FleetScheduler:
         except Exception:
             log.exception("preempt %s on %s failed", request_id, replica_id)
             ok = False
-        r = self._running.get(request_id)
-        if ok and r is not None:
-            self._running[request_id] = replace(r, preempted=True)
-            self.counters.preempted += 1
-            if self._observer is not None:
-                self._observer.preempted(r.priority_class)
+        if ok and self._mark_preempted(request_id):
             self.pump()
+
+    def _mark_preempted(self, request_id: str) -> bool:
+        r = self._running.get(request_id)
+        if r is None:
+            return False
+        self._running[request_id] = replace(r, preempted=True)
+        self.counters.preempted += 1
+        if self._observer is not None:
+            self._observer.preempted(r.priority_class)
+        return True

@@ -30,6 +30,7 @@ class TenantContext:
     allowed_models: Optional[frozenset[str]] = None  # None: every model
     max_context: Optional[int] = None
     max_tokens_per_request: Optional[int] = None
+    stream_interval_s: float = 0.0  # see FleetSchedulingConfig.stream_interval_s
 
 
 @dataclass

@@ -197,6 +197,7 @@ class TenantGatekeeper:
             allowed_models=frozenset(spec.allowed_models) if spec.allowed_models is not None else None,
             max_context=q.max_context,
             max_tokens_per_request=q.max_tokens_per_request,
+            stream_interval_s=self.config.scheduling.stream_interval_for(self.config.priority_of(spec.tier)),
         )
 
     def _current_spec(self, ctx: TenantContext) -> TenantSpec:
