@@ -185,6 +185,10 @@ async def run(args) -> dict:
     await engine.shutdown()
     del engine
 
+    from fleetserve.config import ServerConfig
+    from fleetserve.deployments.ray_env import apply_serve_env
+
+    apply_serve_env(ServerConfig())  # the platform's default Serve tuning, as `fleetserve serve` runs it
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         deploy(cfg)

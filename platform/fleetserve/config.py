@@ -91,6 +91,16 @@ class ServerConfig(BaseModel):
     request_timeout_s: Optional[float] = Field(
         None, gt=0, description="End-to-end timeout Serve's proxies apply to one request; null: none."
     )
+    serve_throughput_optimized: bool = Field(
+        True,
+        description=(
+            "Run Ray Serve with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: user code and the router on the replica's main event "
+            "loop, gRPC between deployments, ingress replicas serving HTTP themselves. It cuts the per-request and "
+            "per-chunk CPU of the serving path (measured in bench/bench_overload.py). It must be in the environment of "
+            "every Ray process: `fleetserve serve` sets it for the cluster it starts; on an existing cluster set it in "
+            "the cluster's environment (the Helm values do)."
+        ),
+    )
 
     @field_validator("route_prefix")
     @classmethod

@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
     embedded = args.address is None
     progress.phase("starting Ray" if embedded else f"connecting to Ray at {args.address}")
     if embedded:
+        from fleetserve.deployments.ray_env import apply_serve_env
+
+        apply_serve_env(cfg.server)  # inherited by every process of the cluster started below
         # address='local': always a fresh embedded cluster, never one found via RAY_ADDRESS.
         ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
