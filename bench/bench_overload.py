@@ -163,6 +163,22 @@ def pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
+def direct_ingress_url(app_name: str) -> str | None:
+    """The completions URL of the ingress replica's own HTTP server (Serve direct ingress:
+    what an external load balancer would target), or None when direct ingress is off. The
+    server binds ``server.host`` (loopback here), not the node IP Serve reports."""
+    import ray
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
+    for g in groups:
+        if g.protocol == RequestProtocol.HTTP and g.app_name == app_name and g.targets:
+            if g.targets[0].name.startswith("SERVE_REPLICA::"):
+                return f"http://127.0.0.1:{g.targets[0].port}/v1/completions"
+    return None
+
+
 async def wait_ready(http, url: str) -> None:
     for _ in range(900):
         r = await one_request(http, url, PREMIUM_KEY, "premium", 1)
@@ -247,7 +263,7 @@ async def run(args) -> dict:
 
     ensure_tiny_checkpoint(DEFAULT_CHECKPOINT)
     http_port = free_port()
-    url = f"http://127.0.0.1:{http_port}/v1/completions"
+    proxy_url = f"http://127.0.0.1:{http_port}/v1/completions"
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "out"} | {"cpus": os.cpu_count()}}
     from fleetserve.config import ServerConfig
     from fleetserve.deployments.ray_env import apply_serve_env
@@ -259,7 +275,12 @@ async def run(args) -> dict:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
             for i, mode in enumerate(args.modes):
                 deploy(make_config(mode, http_port, args.inflight, args.batch_slot_share, args.batch_stream_interval), start=(i == 0))
+                url = proxy_url
                 await wait_ready(http, url)
+                if args.target == "direct-ingress":
+                    url = direct_ingress_url("bench-overload") or url
+                    results.setdefault("urls", {})[mode] = url
+                    await wait_ready(http, url)
                 if i == 0:
                     cap = await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens)
                     base = await unloaded(http, url, args.unloaded_requests, args.max_tokens)
@@ -321,6 +342,9 @@ def main() -> int:
                          "headroom for premium requests' path; the cost shows as batch tok/s."))
     p.add_argument("--batch-stream-interval", type=float, default=None,
                    help="Override tenants.scheduling.stream_interval_s of the batch class (default: the platform's 0.25 s).")
+    p.add_argument("--target", choices=("proxy", "direct-ingress"), default="proxy",
+                   help=("proxy: Serve's HTTP proxy (the address `fleetserve serve` prints); direct-ingress: the ingress "
+                         "replica's own HTTP port (Serve direct ingress), as an external load balancer would reach it."))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
