@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from _results import write_results  # bench/ is this script's directory: first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 HF_STATIC_BATCH = 16
 
@@ -452,12 +454,9 @@ def main() -> int:
         if "fleetserve" in systems:
             data["step_shares"] = step_shares(path, args.threads, args.max_model_len)
         results["presets"][preset] = data
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
     print()
     print_table(results)
-    print(f"\nwrote {out}")
+    write_results(results, args.out)
     return 0
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import write_results  # noqa: E402  (bench/ is this script's directory: first on sys.path)
+
 API_KEY = "fs-bench-key-0123456789abcdefghij"
 MODEL = "tiny-llama"
 PROMPT = "def add(a, b):"
@@ -274,9 +276,7 @@ def main() -> int:
     args = p.parse_args()
     results = asyncio.run(run(args))
     print_table(results)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(results, args.out)
     return 0
 
 
