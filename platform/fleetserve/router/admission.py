@@ -246,7 +246,7 @@ def decide(
         assert replica is not None
         free[replica] -= 1
         dispatch.append(Dispatch(chosen.request_id, replica))
-    preempt, state = _preemptions(snapshot, queued, state, now, config, _accepting(snapshot, config))
+    preempt, state = _preemptions(snapshot, queued, state, now, config)
     dispatch.extend(Dispatch(waiter, p.replica_id) for waiter, p in preempt if p.by_engine)
     return AdmissionDecision(tuple(dispatch), tuple(shed), tuple(p for _, p in preempt), state)
 
@@ -302,7 +302,7 @@ def _choose_class(queued: list[QueuedRequest], state: AdmissionState, now: float
 
 def _preemptions(
     snapshot: AdmissionSnapshot, queued: list[QueuedRequest], state: AdmissionState, now: float,
-    config: FleetSchedulingConfig, accepting: set[str],
+    config: FleetSchedulingConfig,
 ) -> tuple[list[tuple[str, Preempt]], AdmissionState]:
     """(waiter id, preemption for it) pairs, in waiter priority order."""
     pending = {k: t for k, t in state.pending_preemptions.items() if now - t < config.preempt_cooldown_s}
@@ -313,6 +313,7 @@ def _preemptions(
         if r.preempted:
             preempted_on[r.replica_id] = preempted_on.get(r.replica_id, 0) + 1
     healthy = {r.replica_id for r in snapshot.replicas if r.healthy}
+    accepting = _accepting(snapshot, config)
     candidates = [
         r for r in snapshot.running
         if not r.preempted and r.request_id not in pending and (r.replica_id is None or r.replica_id in healthy)
