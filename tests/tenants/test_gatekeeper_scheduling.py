@@ -107,3 +107,13 @@ async def test_fleet_metrics_are_exported():
     ctx = await gk.authenticate("fs-prem")
     await gk.complete(await gk.admit(ctx, "tiny", "a", 1, 1), 1, 1, "ok")
     assert reg.get_sample_value("fleetserve_fleet_queue_wait_seconds_count", {"model": "tiny", "priority_class": "0"}) == 1
+
+
+async def test_stream_interval_follows_the_tier_and_is_off_under_fcfs():
+    gk = gatekeeper()
+    assert (await gk.authenticate("fs-bulk")).stream_interval_s == 0.25  # batch class: coarse chunks
+    assert (await gk.authenticate("fs-prem")).stream_interval_s == 0.0  # premium: every token
+    fcfs = gatekeeper(policy="fcfs")
+    assert (await fcfs.authenticate("fs-bulk")).stream_interval_s == 0.0
+    with pytest.raises(ValueError, match=r"stream_interval_s\[2\]"):
+        FleetSchedulingConfig(stream_interval_s={2: -1.0})
