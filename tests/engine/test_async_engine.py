@@ -1,6 +1,7 @@
 """AsyncEngine with the fake runner: streaming, abort, drain, sleep/wake, failure isolation."""
 
 import asyncio
+import os
 
 import pytest
 
@@ -131,3 +132,28 @@ async def test_model_info_and_chat_template(engine):
     assert info.vocab_size == 128 and info.has_chat_template
     ids = engine.apply_chat_template([{"role": "user", "content": "yo"}])
     assert engine._api_tokenizer.decode(ids).startswith("user: yo")
+
+
+@pytest.mark.parametrize("policy, expected", [("auto", "SCHED_IDLE"), ("idle", "SCHED_IDLE"), ("normal", "SCHED_OTHER")])
+async def test_step_thread_cpu_policy(runner, policy, expected):
+    # On CPU ("auto") the step thread yields its core to the request path at once.
+    eng = AsyncEngine(make_config(step_thread_policy=policy), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    await eng.start()
+    try:
+        prompt = eng.encode("policy")
+        outs = await asyncio.wait_for(collect(eng, make_generate_request(prompt_token_ids=prompt, params=greedy(max_tokens=4))), TIMEOUT)
+        assert [t for o in outs for t in o.token_ids_delta] == runner.reference(prompt, 4)
+        assert os.sched_getscheduler(eng._thread.native_id) == getattr(os, expected)
+        assert eng.step_thread_idle is (expected == "SCHED_IDLE")
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop's thread is untouched
+    finally:
+        await eng.shutdown()
+
+
+def test_step_thread_policy_auto_is_normal_on_cuda():
+    from fleetserve.engine.config import EngineConfig
+
+    assert EngineConfig(model="m", device="cuda:0").step_thread_idle is False
+    assert EngineConfig(model="m").step_thread_idle is True
+    with pytest.raises(ValueError, match="step_thread_policy"):
+        EngineConfig(model="m", step_thread_policy="realtime")

@@ -6,6 +6,11 @@ engine's state is a *command* executed by that thread between steps; outputs of 
 back to the event loop in one ``call_soon_threadsafe`` call and are fanned out to
 per-request asyncio queues. When there is nothing to do the thread waits on a condition
 (no busy spin).
+
+On CPU the step thread runs under SCHED_IDLE (``EngineConfig.step_thread_policy``): model
+compute is the one CPU-bound, throughput-oriented job on the node, and the request path
+sharing its cores (proxy, ingress, this replica's own event loop) preempts it at once
+instead of queueing behind a step.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
 from fleetserve.errors import EngineError, InvalidRequestError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
+
+
+def set_current_thread_idle() -> bool:
+    """Put the calling thread under SCHED_IDLE (Linux): other runnable threads preempt it at
+    once. Threads it starts later (torch's OpenMP team) inherit the policy. False where the
+    OS refuses or lacks it (logged; the engine runs at normal priority)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+        return True
+    except (AttributeError, OSError) as exc:
+        log.warning("engine step thread stays at normal CPU priority: SCHED_IDLE unavailable (%s)", exc)
+        return False
 
 
 class AsyncEngine:
@@ -61,6 +78,7 @@ class AsyncEngine:
         self._sleeping = False
         self._draining = False
         self._loop_error: Optional[BaseException] = None
+        self.step_thread_idle = False  # whether the step thread runs under SCHED_IDLE
 
     @classmethod
     def from_config(cls, config: Optional[EngineConfig] = None, **kwargs) -> "AsyncEngine":
@@ -107,6 +125,8 @@ class AsyncEngine:
     # ---------------------------------------------------------------- the loop thread
     def _run(self) -> None:
         engine = self.engine
+        if self.config.step_thread_idle:
+            self.step_thread_idle = set_current_thread_idle()
         while True:
             with self._cond:
                 while not self._stopping and not self._commands and not self._has_work():

@@ -45,6 +45,23 @@ class EngineConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed for requests that do not set one.")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU (default: torch's choice).")
+    step_thread_policy: Literal["auto", "normal", "idle"] = Field(
+        "auto",
+        description=(
+            "Linux CPU scheduling policy of the engine's step thread. 'idle' (SCHED_IDLE): any other runnable "
+            "thread on the node preempts it at once, so the request path sharing its cores (HTTP, auth, routing, "
+            "streaming) is never queued behind model compute; the engine still gets every cycle they leave. "
+            "'auto': 'idle' when the model runs on CPU, 'normal' on CUDA (there the thread launches kernels "
+            "and must not be delayed). Use 'normal' on a CPU node shared with unrelated busy processes."
+        ),
+    )
+
+    @property
+    def step_thread_idle(self) -> bool:
+        """Whether the step thread should run under SCHED_IDLE (``auto`` resolved)."""
+        if self.step_thread_policy == "auto":
+            return self.device == "cpu"
+        return self.step_thread_policy == "idle"
 
     @field_validator("model")
     @classmethod
