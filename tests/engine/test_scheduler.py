@@ -234,3 +234,40 @@ def test_higher_class_prefill_goes_before_a_lower_class_chunked_prefill():
         step(sched)
     assert low.num_output_tokens == 1
     assert_all_free(sched)
+
+
+def test_isolated_priority_prefill_gets_a_step_of_its_own():
+    sched = make_scheduler(isolate_priority_prefill=True, max_num_batched_tokens=64)
+    batch = [make_request(list(range(i, i + 4)), max_tokens=20, priority=2) for i in range(3)]
+    for r in batch:
+        sched.add(r)
+    step(sched)                                          # batch prefilled, decoding
+    urgent = make_request(list(range(50, 60)), max_tokens=3, priority=0)
+    late_batch = make_request([9, 9, 9], max_tokens=2, priority=2)
+    sched.add(urgent)
+    sched.add(late_batch)
+    out = step(sched)
+    assert [(i.request.request_id, i.num_new_tokens) for i in out.items] == [(urgent.request_id, 10)]
+    assert urgent.output_token_ids == [7] and sched.num_isolated_steps == 1
+    # Next step: everyone again, premium first; a second top-class arrival while it runs mixes in.
+    again = make_request([5, 5], max_tokens=1, priority=0)
+    sched.add(again)
+    out = step(sched)
+    ids = [i.request.request_id for i in out.items]
+    assert ids[0] == urgent.request_id and set(ids) == {urgent.request_id, again.request_id, late_batch.request_id,
+                                                         *(r.request_id for r in batch)}
+    assert sched.num_isolated_steps == 1
+    while sched.has_unfinished():
+        step(sched)
+    assert all(len(r.output_token_ids) == 20 for r in batch) and len(urgent.output_token_ids) == 3
+    assert_all_free(sched)
+
+
+def test_without_isolation_the_priority_prefill_shares_the_step():
+    sched = make_scheduler(max_num_batched_tokens=64)
+    lo = make_request([1, 2, 3], max_tokens=5, priority=2)
+    sched.add(lo)
+    step(sched)
+    hi = make_request([4, 5, 6], max_tokens=1, priority=0)
+    sched.add(hi)
+    assert {i.request.request_id for i in step(sched).items} == {lo.request_id, hi.request_id}

@@ -45,6 +45,14 @@ class EngineConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed for requests that do not set one.")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads on CPU (default: torch's choice).")
+    isolate_priority_prefill: bool = Field(
+        True,
+        description=(
+            "A request of a strictly higher priority class than everything running gets a step of its own for "
+            "its prefill, so its first token does not wait for a batch-wide step of lower-class decodes. Lower "
+            "classes skip at most one step per such arrival."
+        ),
+    )
     step_thread_policy: Literal["auto", "normal", "idle"] = Field(
         "auto",
         description=(

@@ -85,6 +85,7 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
             preemption_mode=config.preemption_mode,
+            isolate_priority_prefill=config.isolate_priority_prefill,
         )
         self.sampler = Sampler(config.seed)
         self.eos_token_ids = self._eos_token_ids()

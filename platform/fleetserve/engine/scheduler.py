@@ -14,6 +14,11 @@ Each step the scheduler hands out a token budget (``max_num_batched_tokens``) an
    a later or lower-priority request never jumps the queue.
 4. ``_schedule_deferred``: deferred prefill chunks take whatever budget and blocks are left.
 
+With ``isolate_priority_prefill``, a waiting request of a strictly better class than every
+running request gets a step of its own (phase 3 for its class only, no lower-class decodes):
+its first token costs one small step instead of one batch-wide step. Lower classes skip at
+most one step per such arrival (a second arrival of that class finds it running).
+
 Every request keeps its output tokens across preemption: with ``recompute`` its prompt and
 generated tokens are prefilled again; with ``swap`` its blocks go to host memory and back.
 """
@@ -74,11 +79,14 @@ class Scheduler:
         max_num_batched_tokens: int,
         preemption_mode: Literal["recompute", "swap"] = "recompute",
         watermark_blocks: Optional[int] = None,
+        isolate_priority_prefill: bool = False,
     ):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.preemption_mode = preemption_mode
+        self.isolate_priority_prefill = isolate_priority_prefill
+        self.num_isolated_steps = 0
         # Blocks kept free when admitting new work while others run, so running decodes
         # do not immediately preempt what was just admitted.
         self.watermark_blocks = (
@@ -159,6 +167,12 @@ class Scheduler:
         out = SchedulerOutput(swap_out=self._pending_swap_out, preempted=self._pending_preempted)
         self._pending_swap_out, self._pending_preempted = [], []
         self._preempt_for_priority(out)
+        if self.isolate_priority_prefill and self._head_outranks_running():
+            budget = self._schedule_waiting(out, self.max_num_batched_tokens, only_priority=self.waiting[0].priority)
+            if out.items:  # else the head could not start: fall through to a normal step
+                self.num_isolated_steps += 1
+                out.num_batched_tokens = self.max_num_batched_tokens - budget
+                return out
         budget, deferred = self._schedule_running(out, self.max_num_batched_tokens)
         budget = self._schedule_waiting(out, budget)
         budget = self._schedule_deferred(out, budget, deferred)
@@ -229,12 +243,14 @@ class Scheduler:
             budget -= n
         return budget
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int, only_priority: Optional[int] = None) -> int:
         preempted_now = {r.request_id for r in out.preempted}
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             if request.request_id in preempted_now:
                 break  # just evicted: do not thrash it back in within the same step
+            if only_priority is not None and request.priority != only_priority:
+                break
             reserve = self.watermark_blocks if self.running else 0
             if request.status is RequestStatus.SWAPPED:
                 n = min(request.num_tokens - request.num_computed_tokens, budget)
@@ -262,6 +278,12 @@ class Scheduler:
     def _emit(self, out: SchedulerOutput, request: Request, n: int) -> None:
         start = request.num_computed_tokens
         out.items.append(ScheduledItem(request, start, n, start + n == request.num_tokens))
+
+    def _head_outranks_running(self) -> bool:
+        """A waiting head of a strictly better class than every running request."""
+        if not self.waiting or not self.running:
+            return False
+        return self.waiting[0].priority < min(r.priority for r in self.running)
 
     def _could_start(self, request: Request) -> bool:
         """Whether ``request`` could be admitted now without evicting anyone (estimate)."""
