@@ -9,6 +9,9 @@ On the tiny model, one replica, real Ray Serve + REST (SSE streaming, aiohttp cl
    tenants (the flood). Modes (same build, config only):
    - ``fleetserve``: fleet admission queue (strict priority + VTC + engine-side preemption),
      engine priority by tier, and coarse streaming (one chunk per 0.25 s) for the batch class;
+     the engine's step thread under SCHED_IDLE and isolated priority prefill steps (defaults);
+   - ``fleetserve-plain-engine`` (not run by default): ``fleetserve`` with those two engine
+     defaults off, to measure what they bring;
    - ``engine-priority``: fleet queue off, engine priority by tier only;
    - ``fcfs``: fleet queue in arrival order, every tier the same engine priority and the
      same per-token streaming.
@@ -42,7 +45,8 @@ MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
-MODES = ("fleetserve", "engine-priority", "fcfs")
+MODES = ("fleetserve", "fleetserve-plain-engine", "engine-priority", "fcfs")
+DEFAULT_MODES = ("fleetserve", "engine-priority", "fcfs")
 
 
 def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: float | None = None,
@@ -53,7 +57,7 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
 
     tiers = {"premium": 1, "standard": 1, "batch": 1} if mode == "fcfs" else {"premium": 0, "standard": 1, "batch": 2}
     scheduling = {
-        "enabled": mode != "engine-priority",
+        "enabled": mode != "engine-priority",  # fleetserve-plain-engine: fleet scheduling on
         "policy": "fcfs" if mode == "fcfs" else "priority",
         "max_inflight_per_replica": inflight,
         "max_waiting_per_replica": 0,
@@ -70,7 +74,9 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
         "server": {"port": http_port, "app_name": "bench-overload"},
         "models": [{
             "name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT),
-            "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": inflight, "num_threads": 1},
+            "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": inflight, "num_threads": 1} | (
+                # Ablation: the engine's CPU policy and isolated priority prefill off.
+                {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}),
             "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,
         }],
         "tenants": {"tiers": tiers, "tenants": tenants, "scheduling": scheduling},
@@ -347,7 +353,9 @@ def main() -> int:
     p.add_argument("--target", choices=("proxy", "direct-ingress"), default="proxy",
                    help=("proxy: Serve's HTTP proxy (the address `fleetserve serve` prints); direct-ingress: the ingress "
                          "replica's own HTTP port (Serve direct ingress), as an external load balancer would reach it."))
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
+                   help=("fleetserve-plain-engine: fleetserve with the engine's step thread at normal CPU priority and "
+                         "no isolated priority prefill (an ablation of engine.step_thread_policy/isolate_priority_prefill)."))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     args = p.parse_args()

@@ -157,3 +157,29 @@ def test_step_thread_policy_auto_is_normal_on_cuda():
     assert EngineConfig(model="m").step_thread_idle is True
     with pytest.raises(ValueError, match="step_thread_policy"):
         EngineConfig(model="m", step_thread_policy="realtime")
+
+
+async def test_isolated_priority_prefill_runs_on_the_normal_priority_lane(runner):
+    # Batch-class streams keep the SCHED_IDLE step thread busy; a premium arrival's isolated
+    # prefill step is handed to the lane thread, which keeps the normal policy.
+    eng = AsyncEngine(make_config(max_num_batched_tokens=64), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    await eng.start()
+    try:
+        assert eng.step_thread_idle and eng._lane is not None
+        assert os.sched_getscheduler(eng._lane.native_id) == os.SCHED_OTHER
+        batch = [make_generate_request(prompt_token_ids=[i + 1, 2, 3], params=greedy(max_tokens=150), priority=2) for i in range(3)]
+        batch_runs = [asyncio.create_task(collect(eng, r)) for r in batch]
+        async def three_running():
+            while eng.stats().num_running < 3:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(three_running(), TIMEOUT)
+        premium = make_generate_request(prompt_token_ids=[9, 8, 7, 6], params=greedy(max_tokens=5), priority=0)
+        outs = await asyncio.wait_for(collect(eng, premium), TIMEOUT)
+        assert [t for o in outs for t in o.token_ids_delta] == runner.reference([9, 8, 7, 6], 5)
+        assert eng._lane.num_runs >= 1 and eng.engine.scheduler.num_isolated_steps >= 1
+        for r, task in zip(batch, batch_runs):  # nothing lost or repeated for the batch streams
+            got = await asyncio.wait_for(task, TIMEOUT)
+            assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 150)
+    finally:
+        await eng.shutdown()

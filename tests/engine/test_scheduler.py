@@ -242,25 +242,42 @@ def test_isolated_priority_prefill_gets_a_step_of_its_own():
     for r in batch:
         sched.add(r)
     step(sched)                                          # batch prefilled, decoding
-    urgent = make_request(list(range(50, 60)), max_tokens=3, priority=0)
+    urgent = make_request(list(range(50, 60)), max_tokens=4, priority=0)
     late_batch = make_request([9, 9, 9], max_tokens=2, priority=2)
     sched.add(urgent)
     sched.add(late_batch)
     out = step(sched)
     assert [(i.request.request_id, i.num_new_tokens) for i in out.items] == [(urgent.request_id, 10)]
     assert urgent.output_token_ids == [7] and sched.num_isolated_steps == 1
-    # Next step: everyone again, premium first; a second top-class arrival while it runs mixes in.
+    # A second premium arrives while the first decodes: never two isolated steps in a row.
     again = make_request([5, 5], max_tokens=1, priority=0)
     sched.add(again)
     out = step(sched)
     ids = [i.request.request_id for i in out.items]
     assert ids[0] == urgent.request_id and set(ids) == {urgent.request_id, again.request_id, late_batch.request_id,
                                                          *(r.request_id for r in batch)}
-    assert sched.num_isolated_steps == 1
+    # The next one gets an isolated step with the running premium's decode, not the batch's.
+    third = make_request([6, 6, 6], max_tokens=1, priority=0)
+    sched.add(third)
+    out = step(sched)
+    assert [i.request.request_id for i in out.items] == [urgent.request_id, third.request_id]
+    assert sched.num_isolated_steps == 2
     while sched.has_unfinished():
         step(sched)
-    assert all(len(r.output_token_ids) == 20 for r in batch) and len(urgent.output_token_ids) == 3
+    assert all(len(r.output_token_ids) == 20 for r in batch) and len(urgent.output_token_ids) == 4
     assert_all_free(sched)
+
+
+def test_isolated_steps_leave_worse_classes_every_other_step():
+    sched = make_scheduler(make_kv(num_blocks=1024), isolate_priority_prefill=True, max_num_seqs=64, max_num_batched_tokens=256)
+    lo = make_request([1, 2, 3], max_tokens=30, priority=2)
+    sched.add(lo)
+    step(sched)
+    lo_steps = 0
+    for k in range(20):  # a premium arrival before every step
+        sched.add(make_request([k + 10, 4], max_tokens=50, priority=0))
+        lo_steps += any(i.request is lo for i in step(sched).items)
+    assert lo_steps == 10 and sched.num_isolated_steps == 10
 
 
 def test_without_isolation_the_priority_prefill_shares_the_step():

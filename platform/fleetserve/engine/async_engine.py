@@ -28,6 +28,7 @@ from fleetserve.engine.coalesce import drain_merged
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.llm_engine import LLMEngine, RunnerFactory, default_runner_factory
 from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.step_lane import PriorityLane
 from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
 from fleetserve.errors import EngineError, InvalidRequestError, ServiceUnavailableError
 
@@ -79,6 +80,7 @@ class AsyncEngine:
         self._draining = False
         self._loop_error: Optional[BaseException] = None
         self.step_thread_idle = False  # whether the step thread runs under SCHED_IDLE
+        self._lane: Optional[PriorityLane] = None  # normal-priority thread for isolated prefill steps
 
     @classmethod
     def from_config(cls, config: Optional[EngineConfig] = None, **kwargs) -> "AsyncEngine":
@@ -108,6 +110,8 @@ class AsyncEngine:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._ensure_engine)
         if self._thread is None:
+            if self.config.step_thread_idle and self.config.isolate_priority_prefill:
+                self._lane = PriorityLane(init=self._bind_thread)  # created here: keeps this thread's (normal) policy
             self._thread = threading.Thread(target=self._run, name="fleetserve-engine", daemon=True)
             self._thread.start()
 
@@ -117,6 +121,8 @@ class AsyncEngine:
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+        if self._lane is not None:
+            self._lane.close()
         for rid, queue in list(self._streams.items()):
             queue.put_nowait(RequestOutput(rid, finished=True, finish_reason="abort", error="engine shut down"))
         if self.engine is not None:
@@ -125,6 +131,7 @@ class AsyncEngine:
     # ---------------------------------------------------------------- the loop thread
     def _run(self) -> None:
         engine = self.engine
+        self._bind_thread()
         if self.config.step_thread_idle:
             self.step_thread_idle = set_current_thread_idle()
         while True:
@@ -144,7 +151,10 @@ class AsyncEngine:
                 self._notify_idle()
                 continue
             try:
-                outputs = engine.step()
+                if self.step_thread_idle and self._lane is not None and engine.scheduler.next_step_isolated():
+                    outputs = self._lane.run(engine.step)  # a first token of a higher class: normal priority
+                else:
+                    outputs = engine.step()
             except Exception as exc:  # noqa: BLE001 - the loop must survive a bad step
                 log.exception("engine step failed; failing the in-flight requests")
                 outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")
@@ -152,6 +162,14 @@ class AsyncEngine:
                 self._deliver(outputs)
             if not self._has_work():
                 self._notify_idle()
+
+    def _bind_thread(self) -> None:
+        """Per-thread torch settings for a thread that runs steps (OpenMP's team size is a
+        per-thread setting)."""
+        if self.config.num_threads and self.config.device == "cpu":
+            import torch
+
+            torch.set_num_threads(self.config.num_threads)
 
     def _has_work(self) -> bool:
         return not self._sleeping and self.engine.has_unfinished()

@@ -14,10 +14,11 @@ Each step the scheduler hands out a token budget (``max_num_batched_tokens``) an
    a later or lower-priority request never jumps the queue.
 4. ``_schedule_deferred``: deferred prefill chunks take whatever budget and blocks are left.
 
-With ``isolate_priority_prefill``, a waiting request of a strictly better class than every
-running request gets a step of its own (phase 3 for its class only, no lower-class decodes):
-its first token costs one small step instead of one batch-wide step. Lower classes skip at
-most one step per such arrival (a second arrival of that class finds it running).
+With ``isolate_priority_prefill``, when a waiting request of class p can start and some
+running request is of a worse class, the step runs class p and better only (their running
+requests, then p's waiting ones): the new request's first token costs a small step instead
+of a batch-wide one. Never two such steps in a row, so worse classes keep at least every
+other step whatever the arrival rate of better ones.
 
 Every request keeps its output tokens across preemption: with ``recompute`` its prompt and
 generated tokens are prefilled again; with ``swap`` its blocks go to host memory and back.
@@ -87,6 +88,7 @@ class Scheduler:
         self.preemption_mode = preemption_mode
         self.isolate_priority_prefill = isolate_priority_prefill
         self.num_isolated_steps = 0
+        self._last_isolated = False
         # Blocks kept free when admitting new work while others run, so running decodes
         # do not immediately preempt what was just admitted.
         self.watermark_blocks = (
@@ -167,10 +169,14 @@ class Scheduler:
         out = SchedulerOutput(swap_out=self._pending_swap_out, preempted=self._pending_preempted)
         self._pending_swap_out, self._pending_preempted = [], []
         self._preempt_for_priority(out)
-        if self.isolate_priority_prefill and self._head_outranks_running():
-            budget = self._schedule_waiting(out, self.max_num_batched_tokens, only_priority=self.waiting[0].priority)
-            if out.items:  # else the head could not start: fall through to a normal step
+        isolate = self._isolation_class()
+        self._last_isolated = False
+        if isolate is not None:
+            budget, _ = self._schedule_running(out, self.max_num_batched_tokens, max_priority=isolate)
+            budget = self._schedule_waiting(out, budget, only_priority=isolate)
+            if out.items:  # else nothing could run after all: a normal step instead
                 self.num_isolated_steps += 1
+                self._last_isolated = True
                 out.num_batched_tokens = self.max_num_batched_tokens - budget
                 return out
         budget, deferred = self._schedule_running(out, self.max_num_batched_tokens)
@@ -199,8 +205,9 @@ class Scheduler:
             self.running.remove(victim)
             self._preempt(victim, out)
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> tuple[int, list[Request]]:
-        """Returns the budget left and the prefills deferred behind a better waiting class."""
+    def _schedule_running(self, out: SchedulerOutput, budget: int, max_priority: Optional[int] = None) -> tuple[int, list[Request]]:
+        """Returns the budget left and the prefills deferred behind a better waiting class.
+        With ``max_priority``, requests of a worse class are left out of this step."""
         running = self.running
         running.sort(key=_SORT_KEY)
         head_priority = self.waiting[0].priority if self.waiting else None
@@ -208,6 +215,8 @@ class Scheduler:
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
+            if max_priority is not None and request.priority > max_priority:
+                break  # sorted best first: the rest are worse too
             remaining = request.num_tokens - request.num_computed_tokens
             if remaining > 1 and head_priority is not None and head_priority < request.priority:
                 # A prefill chunk of a lower class must not eat the budget a waiting
@@ -279,11 +288,20 @@ class Scheduler:
         start = request.num_computed_tokens
         out.items.append(ScheduledItem(request, start, n, start + n == request.num_tokens))
 
-    def _head_outranks_running(self) -> bool:
-        """A waiting head of a strictly better class than every running request."""
-        if not self.waiting or not self.running:
-            return False
-        return self.waiting[0].priority < min(r.priority for r in self.running)
+    def next_step_isolated(self) -> bool:
+        """Whether the next ``schedule()`` will (most likely) be an isolated prefill step."""
+        return self._isolation_class() is not None
+
+    def _isolation_class(self) -> Optional[int]:
+        """The class of a step of its own for the waiting head, or None for a normal step."""
+        if not self.isolate_priority_prefill or self._last_isolated or not self.waiting or not self.running:
+            return None
+        head = self.waiting[0]
+        if head.status is not RequestStatus.WAITING or head.num_preemptions:
+            return None  # a resumed request: no first token to hurry
+        if max(r.priority for r in self.running) <= head.priority or not self._could_start(head):
+            return None
+        return head.priority
 
     def _could_start(self, request: Request) -> bool:
         """Whether ``request`` could be admitted now without evicting anyone (estimate)."""
