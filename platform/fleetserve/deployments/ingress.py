@@ -13,6 +13,7 @@ from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
 from fleetserve.deployments.gatekeeper_factory import build_gatekeeper
 from fleetserve.deployments.handle_client import HandleModelClient
+from fleetserve.deployments.process_tuning import freeze_startup_heap
 from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.router.board_pool import board_pools
 
@@ -32,6 +33,7 @@ class Ingress:
         gatekeeper = build_gatekeeper(self._cfg, pool=pools, metrics_registry=metrics.registry)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics)
         self._grpc = None
+        freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 
     def __serve_build_asgi_app__(self):
         return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes)

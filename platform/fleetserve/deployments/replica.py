@@ -24,6 +24,7 @@ import time
 from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.config import ModelConfig
+from fleetserve.deployments.process_tuning import freeze_startup_heap
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 
@@ -43,6 +44,7 @@ class ModelReplica:
         self._live: set[str] = set()  # engine request ids streaming now (for preempt_job)
         self._replica_id = _replica_id()
         await self._engine.start()
+        freeze_startup_heap()  # the model and runtime heap is never scanned by the GC again
         logger.info("replica %s of %s ready (engine=%s)", self._replica_id, self._cfg.name, self._cfg.engine)
 
     async def generate(self, request: GenerateRequest, prefix_key: Optional[str] = None) -> AsyncIterator[RequestOutput]:
