@@ -9,15 +9,19 @@ On the tiny model, one replica, real Ray Serve + REST (SSE streaming, aiohttp cl
    tenants (the flood). Modes (same build, config only):
    - ``fleetserve``: fleet admission queue (strict priority + VTC + engine-side preemption),
      engine priority by tier, and coarse streaming (one chunk per 0.25 s) for the batch class;
-     the engine's step thread under SCHED_IDLE and isolated priority prefill steps (defaults);
+     the engine's step thread under SCHED_IDLE and isolated priority prefill steps, and every
+     stream paced at the model's default 50 ms (defaults);
+   - ``fleetserve-per-token``: ``fleetserve`` with the model's stream pacing off (one chunk per
+     engine step for premium), to measure what pacing brings and costs;
    - ``fleetserve-plain-engine`` (not run by default): ``fleetserve`` with those two engine
      defaults off, to measure what they bring;
    - ``engine-priority``: fleet queue off, engine priority by tier only;
    - ``fcfs``: fleet queue in arrival order, every tier the same engine priority and the
-     same per-token streaming.
+     same streaming (the model's 50 ms pacing).
    All modes run Serve as ``fleetserve serve`` does (``server.serve_throughput_optimized``).
 
-Reports premium p50/p99 TTFT (completed requests), premium completion rate, budget share
+Reports premium p50/p99 TTFT (completed requests), premium end-to-end p99 and the p99 gap
+between its chunks (what pacing costs a stream), premium completion rate, budget share
 of completed tokens, budget tokens/s (over the phase and its drain: what trunk reservation
 costs the flood), and shed counts (429/503) per class. Writes bench/results/overload.json.
 
@@ -45,8 +49,8 @@ MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
-MODES = ("fleetserve", "fleetserve-plain-engine", "engine-priority", "fcfs")
-DEFAULT_MODES = ("fleetserve", "engine-priority", "fcfs")
+MODES = ("fleetserve", "fleetserve-per-token", "fleetserve-plain-engine", "engine-priority", "fcfs")
+DEFAULT_MODES = ("fleetserve", "fleetserve-per-token", "engine-priority", "fcfs")
 
 
 def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: float | None = None,
@@ -78,23 +82,25 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
                 # Ablation: the engine's CPU policy and isolated priority prefill off.
                 {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}),
             "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,
-        }],
+        } | ({"stream_interval_s": 0.0} if mode == "fleetserve-per-token" else {})],
         "tenants": {"tiers": tiers, "tenants": tenants, "scheduling": scheduling},
     })
 
 
 class Result:
-    __slots__ = ("cls", "status", "ttft", "tokens", "done", "start")
+    __slots__ = ("cls", "status", "ttft", "tokens", "done", "start", "e2e", "gaps")
 
     def __init__(self, cls: str):
         self.cls, self.status, self.ttft, self.tokens, self.done, self.start = cls, 0, None, 0, False, time.monotonic()
+        self.e2e: float | None = None  # request sent -> [DONE]
+        self.gaps: list[float] = []  # between consecutive text chunks
 
 
 async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Result:
     import aiohttp
 
     res = Result(cls)
-    chunks, usage_tokens = 0, None
+    chunks, usage_tokens, last = 0, None, None
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     try:
@@ -110,11 +116,16 @@ async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Re
                 data = line[6:]
                 if data == b"[DONE]":
                     res.done = True
+                    res.e2e = time.monotonic() - res.start
                     break
                 chunk = json.loads(data)
                 if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    now = time.monotonic()
                     if res.ttft is None:
-                        res.ttft = time.monotonic() - res.start
+                        res.ttft = now - res.start
+                    else:
+                        res.gaps.append(now - last)
+                    last = now
                     chunks += 1
                 if chunk.get("usage"):
                     usage_tokens = chunk["usage"]["completion_tokens"]
@@ -213,13 +224,8 @@ async def capacity(http, url: str, concurrency: int, seconds: float, max_tokens:
     return done / (time.monotonic() - t0)
 
 
-async def unloaded(http, url: str, n: int, max_tokens: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        r = await one_request(http, url, PREMIUM_KEY, "premium", max_tokens)
-        if r.ttft is not None:
-            out.append(r.ttft)
-    return out
+async def unloaded(http, url: str, n: int, max_tokens: int) -> list[Result]:
+    return [await one_request(http, url, PREMIUM_KEY, "premium", max_tokens) for _ in range(n)]
 
 
 async def overload(http, url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int) -> dict:
@@ -244,6 +250,8 @@ def summarize(results: list[Result]) -> dict:
     for cls in ("premium", "batch"):
         rs = [r for r in results if r.cls == cls]
         ttfts = [r.ttft for r in rs if r.done and r.ttft is not None]
+        e2e = [r.e2e for r in rs if r.done and r.e2e is not None]
+        gaps = [g for r in rs if r.done for g in r.gaps]
         out[cls] = {
             "sent": len(rs),
             "completed": sum(r.done for r in rs),
@@ -251,6 +259,11 @@ def summarize(results: list[Result]) -> dict:
             "ttft_p50_s": pct(ttfts, 0.5),
             "ttft_p99_s": pct(ttfts, 0.99),
             "ttft_mean_s": round(statistics.fmean(ttfts), 4) if ttfts else None,
+            "e2e_p50_s": pct(e2e, 0.5),
+            "e2e_p99_s": pct(e2e, 0.99),
+            "chunk_gap_p50_s": pct(gaps, 0.5),
+            "chunk_gap_p99_s": pct(gaps, 0.99),
+            "chunks_per_request": round(len(gaps) / len(e2e) + 1, 1) if e2e else None,
             "shed_429": sum(r.status == 429 for r in rs),
             "shed_503": sum(r.status == 503 for r in rs),
             "errors": sum(r.status not in (200, 429, 503) for r in rs),
@@ -291,9 +304,14 @@ async def run(args) -> dict:
                     await wait_ready(http, url)
                 if i == 0:
                     cap = await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens)
-                    base = await unloaded(http, url, args.unloaded_requests, args.max_tokens)
+                    solo = await unloaded(http, url, args.unloaded_requests, args.max_tokens)
+                    base = [r.ttft for r in solo if r.ttft is not None]
                     results["capacity_rps"] = round(cap, 2)
                     results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base)}
+                    results["unloaded_premium_stream"] = {  # the first mode's streaming, alone on the fleet
+                        "e2e_p99_s": pct([r.e2e for r in solo if r.e2e is not None], 0.99),
+                        "chunk_gap_p99_s": pct([g for r in solo for g in r.gaps], 0.99),
+                    }
                     print(f"capacity {cap:.1f} req/s; unloaded premium TTFT p50 {pct(base, .5):.4f}s p99 {pct(base, .99):.4f}s", flush=True)
                 rate = args.overload * results["capacity_rps"]
                 metrics_url = f"http://127.0.0.1:{http_port}/metrics"
@@ -316,7 +334,8 @@ def print_table(r: dict) -> None:
     base = r["unloaded_premium_ttft"]["p99_s"]
     print(f"\ncapacity {r['capacity_rps']} req/s; unloaded premium TTFT p50 {r['unloaded_premium_ttft']['p50_s']:.4f}s "
           f"p99 {base:.4f}s; offered {r['config']['overload']}x capacity, premium {r['config']['premium_frac']:.0%}")
-    head = ("mode", "prem p50", "prem p99", "p99/unloaded", "prem done", "batch done", "batch tok share", "batch tok/s", "shed 429", "shed 503")
+    head = ("mode", "prem p50", "prem p99", "p99/unloaded", "prem e2e p99", "prem gap p99", "prem done", "batch done",
+            "batch tok share", "batch tok/s", "shed 429", "shed 503")
     rows = [head]
     for mode in r["config"]["modes"]:
         m = r[mode]
@@ -324,6 +343,7 @@ def print_table(r: dict) -> None:
         fmt = lambda x: "-" if x is None else f"{x:.3f}s"  # noqa: E731
         rows.append((mode, fmt(p["ttft_p50_s"]), fmt(p["ttft_p99_s"]),
                      "-" if p["ttft_p99_s"] is None else f"{p['ttft_p99_s'] / base:.1f}x",
+                     fmt(p["e2e_p99_s"]), fmt(p["chunk_gap_p99_s"]),
                      f"{p['completion_rate']:.0%}", f"{b['completion_rate']:.0%}", f"{b['token_share']:.0%}", f"{b['tokens_per_s']:.0f}",
                      str(p["shed_429"] + b["shed_429"]), str(p["shed_503"] + b["shed_503"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

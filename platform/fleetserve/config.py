@@ -184,6 +184,19 @@ class ModelConfig(BaseModel):
         100, ge=1, description="Requests Serve lets into one replica at once; Serve's default of 5 collapses streaming."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish.")
+    stream_interval_s: float = Field(
+        0.05,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Streaming granularity of every request to this model: after the first chunk, at most one chunk per this many "
+            "seconds, carrying every token produced meanwhile (none lost or repeated; the first and, on the native engine, "
+            "the last token are never held back). Each chunk costs a Ray object, an SSE event and a proxy message, so "
+            "per-step chunks spend the serving path's CPU on streams rather than requests (Ray Serve LLM batches streams "
+            "at 50 ms for the same reason). 0: one chunk per engine step. A class's "
+            "tenants.scheduling.stream_interval_s may ask for coarser."
+        ),
+    )
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Replica router settings.")
 
     @field_validator("name")

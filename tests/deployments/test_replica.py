@@ -14,8 +14,8 @@ from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import ServiceUnavailableError
 
 
-async def make_replica(checkpoint) -> ModelReplica:
-    cfg = ModelConfig(name="tiny", checkpoint=str(checkpoint), drain_timeout_s=30,
+async def make_replica(checkpoint, stream_interval_s: float = 0.0) -> ModelReplica:
+    cfg = ModelConfig(name="tiny", checkpoint=str(checkpoint), drain_timeout_s=30, stream_interval_s=stream_interval_s,
                       engine_args={"num_kv_blocks": 128, "num_threads": 1})
     replica = ModelReplica.__new__(ModelReplica)  # Serve awaits the async constructor itself
     await replica.__init__(cfg.model_dump(mode="json"))
@@ -66,12 +66,15 @@ async def _collect(gen):
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
-async def test_stream_interval_merges_outputs_without_losing_tokens(tiny_llama_path):
-    replica = await make_replica(tiny_llama_path)
-    every_step = [o async for o in replica.generate(request("fine", 40))]
+@pytest.mark.parametrize("model_interval", [0.0, 0.15])
+async def test_stream_interval_merges_outputs_without_losing_tokens(tiny_llama_path, model_interval):
+    """The interval comes from the request (a class's) or the model's floor, whichever is larger."""
+    replica = await make_replica(tiny_llama_path, stream_interval_s=model_interval)
+    fine = request("fine", 40)
+    every_step = [o async for o in replica._engine.generate(fine)]  # the engine unpaced: one output per step
 
     coarse_req = request("coarse", 40)
-    coarse_req.stream_interval_s = 0.15
+    coarse_req.stream_interval_s = 0.15 - model_interval  # 0.15 either way
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     arrivals, coarse = [], []
@@ -81,7 +84,8 @@ async def test_stream_interval_merges_outputs_without_losing_tokens(tiny_llama_p
     # Same tokens, in order, none lost or repeated; the stream ends finished.
     assert [t for o in coarse for t in o.token_ids_delta] == [t for o in every_step for t in o.token_ids_delta]
     assert coarse[-1].finished and coarse[-1].completion_tokens == 40
-    # The first chunk is not held back; later ones come at most once per interval.
+    # The first chunk is not held back; later ones come at most once per interval, except the
+    # final one, which leaves as soon as the request finishes.
     assert len(coarse[0].token_ids_delta) == 1
-    assert all(b - a >= 0.15 - 0.01 for a, b in zip(arrivals, arrivals[1:]))
+    assert all(b - a >= 0.15 - 0.01 for a, b in zip(arrivals[:-1], arrivals[1:-1]))
     assert len(coarse) < len(every_step)

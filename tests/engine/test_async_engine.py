@@ -183,3 +183,61 @@ async def test_isolated_priority_prefill_runs_on_the_normal_priority_lane(runner
             assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 150)
     finally:
         await eng.shutdown()
+
+
+def slow_steps(runner, seconds: float) -> None:
+    """Every forward pass of the fake runner takes at least ``seconds``."""
+    import time
+
+    execute = runner.execute
+
+    def slow(model_input):
+        time.sleep(seconds)
+        return execute(model_input)
+
+    runner.execute = slow
+
+
+async def test_paced_stream_merges_steps_and_never_holds_the_last_token(engine, runner):
+    slow_steps(runner, 0.005)
+    prompt = engine.encode("paced")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    arrivals, outs = [], []
+    async for o in engine.generate(make_generate_request(prompt_token_ids=prompt, params=greedy(max_tokens=60), stream_interval_s=0.1)):
+        arrivals.append(loop.time() - t0)
+        outs.append(o)
+    assert [t for o in outs for t in o.token_ids_delta] == runner.reference(prompt, 60)  # exact: nothing lost or repeated
+    assert len(outs[0].token_ids_delta) == 1 and outs[-1].finished  # the first token is not held back
+    assert all(b - a >= 0.1 - 0.01 for a, b in zip(arrivals[:-1], arrivals[1:-1]))  # one chunk per interval
+    assert len(outs) <= 2 + arrivals[-1] / 0.1
+
+    # An interval longer than the whole generation: the final output leaves when the request
+    # finishes, not when the interval ends.
+    t0 = loop.time()
+    outs = await asyncio.wait_for(
+        collect(engine, make_generate_request(prompt_token_ids=prompt, params=greedy(max_tokens=20), stream_interval_s=30.0)), TIMEOUT
+    )
+    assert loop.time() - t0 < 5.0
+    assert len(outs) == 2 and outs[-1].finished
+    assert [t for o in outs for t in o.token_ids_delta] == runner.reference(prompt, 20)
+    assert not engine._pacers and not engine._finished
+
+
+async def test_consumer_cancelled_while_pacing_aborts_the_request(engine, runner):
+    slow_steps(runner, 0.01)
+    gen = engine.generate(make_generate_request(prompt_token_ids=engine.encode("bye"), params=greedy(max_tokens=200), stream_interval_s=30.0))
+    first = await asyncio.wait_for(gen.__anext__(), TIMEOUT)
+    assert not first.finished
+    pending = asyncio.create_task(gen.__anext__())
+    await asyncio.sleep(0.05)
+    assert engine._pacers  # waiting out its interval
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    async def aborted():
+        while engine.stats().num_running:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(aborted(), TIMEOUT)
+    assert not engine._pacers and not engine._finished

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.config import ModelConfig
@@ -54,16 +55,20 @@ class ModelReplica:
         self._in_flight += 1
         self._live.add(request.request_id)
         finished = False
-        interval = request.stream_interval_s
+        interval = max(request.stream_interval_s, self._cfg.stream_interval_s)
+        if interval != request.stream_interval_s:
+            request = replace(request, stream_interval_s=interval)
+        # Engines that pace streams themselves also hand out the final output at once.
+        sleep_s = 0.0 if getattr(self._engine, "paces_streams", False) else interval
         try:
             async for out in self._engine.generate(request):
                 finished = out.finished
                 yield out
-                if interval > 0 and not finished:
+                if sleep_s > 0 and not finished:
                     # Let the engine's stream collect the next outputs: the next pull merges
                     # them (engine.coalesce), so this request costs one Ray object, ingress
                     # chunk and proxy message per interval instead of one per token.
-                    await asyncio.sleep(interval)
+                    await asyncio.sleep(sleep_s)
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)

@@ -11,6 +11,12 @@ On CPU the step thread runs under SCHED_IDLE (``EngineConfig.step_thread_policy`
 compute is the one CPU-bound, throughput-oriented job on the node, and the request path
 sharing its cores (proxy, ingress, this replica's own event loop) preempts it at once
 instead of queueing behind a step.
+
+Streams are paced by ``GenerateRequest.stream_interval_s``: after a request's first output,
+the next one is handed out when that interval has passed, merging every token produced
+meanwhile (no token lost or repeated), or at once when the request finishes, so neither the
+first nor the last token waits. Every output costs a Ray object, an SSE event and a proxy
+message downstream; pacing bounds that cost per stream instead of paying it per step.
 """
 
 from __future__ import annotations
@@ -47,12 +53,19 @@ def set_current_thread_idle() -> bool:
         return False
 
 
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class AsyncEngine:
     """Native engine; see :class:`fleetserve.engine.protocol.EngineProtocol` for the contract.
 
     One event loop drives it (the one that first calls ``start``/``generate``).
     ``runner_factory`` and ``tokenizer`` are injectable so tests can use a fake runner.
     """
+
+    paces_streams = True  # honours GenerateRequest.stream_interval_s (see the module docstring)
 
     def __init__(
         self,
@@ -74,6 +87,8 @@ class AsyncEngine:
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._streams: dict[str, asyncio.Queue] = {}  # touched on the event loop only
+        self._finished: set[str] = set()  # streams whose final output is queued (event loop only)
+        self._pacers: dict[str, asyncio.Future] = {}  # streams waiting out their interval
         self._idle_waiters: list[asyncio.Event] = []
         self._stopping = False
         self._sleeping = False
@@ -125,6 +140,7 @@ class AsyncEngine:
             self._lane.close()
         for rid, queue in list(self._streams.items()):
             queue.put_nowait(RequestOutput(rid, finished=True, finish_reason="abort", error="engine shut down"))
+            self._mark_finished(rid)
         if self.engine is not None:
             self.engine.runner.release_kv_cache()
 
@@ -185,6 +201,30 @@ class AsyncEngine:
             queue = self._streams.get(out.request_id)
             if queue is not None:
                 queue.put_nowait(out)
+                if out.finished:
+                    self._mark_finished(out.request_id)
+
+    def _mark_finished(self, rid: str) -> None:
+        """The final output of ``rid`` is queued: a paced stream hands it out now."""
+        self._finished.add(rid)
+        pacer = self._pacers.pop(rid, None)
+        if pacer is not None and not pacer.done():
+            pacer.set_result(None)
+
+    async def _pace(self, rid: str, interval: float) -> None:
+        """Wait ``interval`` seconds, or less if the request finishes meanwhile."""
+        if rid in self._finished:
+            return
+        loop = asyncio.get_running_loop()
+        pacer = loop.create_future()
+        self._pacers[rid] = pacer
+        timer = loop.call_later(interval, _resolve, pacer)
+        try:
+            await pacer
+        finally:
+            timer.cancel()
+            if self._pacers.get(rid) is pacer:
+                del self._pacers[rid]
 
     def _notify_idle(self) -> None:
         if self._idle_waiters and self._loop is not None:
@@ -221,6 +261,7 @@ class AsyncEngine:
             raise InvalidRequestError(f"request_id {rid!r} is already in flight", field="request_id")
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = queue
+        interval = request.stream_interval_s
         finished = False
         try:
             # Validation runs in the loop thread (it owns the tokenizer) and raises here,
@@ -235,11 +276,14 @@ class AsyncEngine:
                 yield out
                 if finished:
                     return
+                if interval > 0:
+                    await self._pace(rid, interval)
         except InvalidRequestError:
             finished = True  # never entered the engine
             raise
         finally:
             self._streams.pop(rid, None)
+            self._finished.discard(rid)
             if not finished and not self._stopping:
                 # Consumer went away (cancelled or closed the stream): stop generating.
                 try:

@@ -39,9 +39,10 @@ class GenerateRequest:
     cache_salt: Optional[str] = None
     tenant_id: Optional[str] = None
     arrival_time: Optional[float] = None
-    # Serving layer only (engines ignore it): after the first output, the replica sends at
-    # most one merged output per this many seconds. Coarse streams cost the serving path far
-    # less CPU per token; the platform sets it per priority class (batch tiers).
+    # Stream pacing: after the first output, at most one merged output per this many seconds
+    # (the final output is never held back). Coarse streams cost the serving path far less
+    # CPU per token. An engine whose ``paces_streams`` is true applies it itself; for the
+    # others the replica sleeps between pulls. The platform sets it per model and class.
     stream_interval_s: float = 0.0
 
 
@@ -136,6 +137,8 @@ class EngineProtocol(Protocol):
     - ``sleep``/``wake_up`` release and restore device memory (warm pools). A sleeping
       engine rejects new requests with ServiceUnavailableError.
     - ``drain`` stops admission and waits up to ``timeout_s`` for in-flight requests.
+    - An engine that sets the attribute ``paces_streams = True`` honours
+      ``GenerateRequest.stream_interval_s`` itself, handing out the final output at once.
     """
 
     async def start(self) -> None: ...

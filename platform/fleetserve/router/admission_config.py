@@ -48,7 +48,7 @@ class FleetSchedulingConfig(BaseModel):
             "Per class: after the first streamed chunk, send at most one chunk per this many seconds (tokens in between "
             "are merged into it, none is lost). Every chunk costs CPU in the replica, the ingress and the proxy, so coarse "
             "streams for the batch class leave that CPU to higher classes under load; the first token is never delayed. "
-            "Classes not listed: 0 (every engine step). Applies with policy 'priority' only."
+            "Classes not listed, and every class under policy 'fcfs': the model's stream_interval_s only."
         ),
     )
     max_waiting_per_replica: int = Field(4, ge=0, description="A replica whose engine already has this many waiting requests gets no more.")
