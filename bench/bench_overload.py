@@ -184,18 +184,11 @@ def pct(xs: list[float], q: float) -> float | None:
 
 def direct_ingress_url(app_name: str) -> str | None:
     """The completions URL of the ingress replica's own HTTP server (Serve direct ingress:
-    what an external load balancer would target), or None when direct ingress is off. The
-    server binds ``server.host`` (loopback here), not the node IP Serve reports."""
-    import ray
-    from ray.serve._private.common import RequestProtocol
-    from ray.serve.context import _get_global_client
+    what an external load balancer would target), or None when direct ingress is off."""
+    from fleetserve.deployments.direct_ingress import direct_http_urls
 
-    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
-    for g in groups:
-        if g.protocol == RequestProtocol.HTTP and g.app_name == app_name and g.targets:
-            if g.targets[0].name.startswith("SERVE_REPLICA::"):
-                return f"http://127.0.0.1:{g.targets[0].port}/v1/completions"
-    return None
+    urls = direct_http_urls(app_name, "127.0.0.1")
+    return urls[-1] + "/v1/completions" if urls else None  # the newest replica: a redeploy takes the next port
 
 
 async def wait_ready(http, url: str) -> None:

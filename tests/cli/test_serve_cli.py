@@ -46,7 +46,7 @@ def _wait_for(lines: "queue.Queue[str]", pattern: str, seen: list[str], timeout_
 
 
 def test_serve_with_no_arguments(tmp_path: Path):
-    from openai import OpenAI
+    from openai import AuthenticationError, OpenAI
 
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, HOME=str(tmp_path), PYTHONUNBUFFERED="1")
@@ -62,6 +62,7 @@ def test_serve_with_no_arguments(tmp_path: Path):
     seen: list[str] = []
     try:
         _wait_for(lines, rf"REST \(OpenAI\) : http://127\.0\.0\.1:{port}/v1", seen, READY_TIMEOUT_S)
+        direct = _wait_for(lines, r"REST \(direct\) : (http://127\.0\.0\.1:\d+/v1)", seen, 10).group(1)
         _wait_for(lines, rf"gRPC\s+: 127\.0\.0\.1:{grpc_port}", seen, 10)
         api_key = _wait_for(lines, r"API key\s+: (\S+)", seen, 10).group(1)
         admin_key = _wait_for(lines, r"admin key\s+: (\S+)", seen, 10).group(1)
@@ -70,6 +71,14 @@ def test_serve_with_no_arguments(tmp_path: Path):
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0)
         out = client.completions.create(model="tiny-llama", prompt="def main(", max_tokens=8, temperature=0)
         assert out.usage.completion_tokens == 8 and out.choices[0].finish_reason == "length"
+        # The ingress replica's own port (no proxy hop) serves the same API, streaming included.
+        direct_client = OpenAI(base_url=direct, api_key=api_key, max_retries=0)
+        chunks = list(direct_client.completions.create(model="tiny-llama", prompt="def main(", max_tokens=8, temperature=0,
+                                                        stream=True))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == out.choices[0].text
+        with pytest.raises(AuthenticationError):  # auth holds on the direct port too
+            OpenAI(base_url=direct, api_key="fs-wrong-key-0123456789", max_retries=0).completions.create(
+                model="tiny-llama", prompt="x", max_tokens=1)
 
         status = subprocess.run(
             [sys.executable, "-m", "fleetserve", "status", "--url", f"http://127.0.0.1:{port}", "--admin-key", admin_key],

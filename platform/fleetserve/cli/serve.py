@@ -194,6 +194,10 @@ def _client_host(host: str) -> str:
 def _print_banner(cfg, creds, detached: bool = False) -> None:
     host = _client_host(cfg.server.host)
     print(f"  REST (OpenAI) : http://{host}:{cfg.server.port}/v1   (docs: /docs, spec: /openapi.json)")
+    from fleetserve.deployments.direct_ingress import direct_http_urls
+
+    for url in direct_http_urls(cfg.server.app_name, host):
+        print(f"  REST (direct) : {url}/v1   (an ingress replica's own port: skips Serve's proxy, lower latency)")
     if cfg.server.grpc_port is not None:
         print(f"  gRPC          : {host}:{cfg.server.grpc_port}   (fleetserve.v1.Inference, reflection on)")
     print(f"  models        : {', '.join(m.name for m in cfg.models)}")
