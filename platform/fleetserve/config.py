@@ -190,8 +190,8 @@ class ModelConfig(BaseModel):
         le=10.0,
         description=(
             "Streaming granularity of every request to this model: after the first chunk, at most one chunk per this many "
-            "seconds, carrying every token produced meanwhile (none lost or repeated; the first and, on the native engine, "
-            "the last token are never held back). Each chunk costs a Ray object, an SSE event and a proxy message, so "
+            "seconds, carrying every token produced meanwhile (none lost or repeated; the first and the last token are "
+            "never held back). Each chunk costs a Ray object, an SSE event and a proxy message, so "
             "per-step chunks spend the serving path's CPU on streams rather than requests (Ray Serve LLM batches streams "
             "at 50 ms for the same reason). 0: one chunk per engine step. A class's "
             "tenants.scheduling.stream_interval_s may ask for coarser."

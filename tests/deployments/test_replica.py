@@ -89,3 +89,46 @@ async def test_stream_interval_merges_outputs_without_losing_tokens(tiny_llama_p
     assert len(coarse[0].token_ids_delta) == 1
     assert all(b - a >= 0.15 - 0.01 for a, b in zip(arrivals[:-1], arrivals[1:-1]))
     assert len(coarse) < len(every_step)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
+async def test_replica_paces_engines_that_stream_per_step(tiny_llama_path):
+    """An engine without its own pacing (as the vLLM backend) is paced by the replica, with
+    the same guarantees: exact tokens, first chunk at once, one chunk per interval, and the
+    final chunk as soon as the request finishes."""
+    from dataclasses import replace
+
+    from fleetserve.deployments.engine_factory import build_engine
+
+    class PerStepEngine:
+        paces_streams = False
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def generate(self, request):
+            return self._inner.generate(replace(request, stream_interval_s=0.0))  # one output per step
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    cfg = ModelConfig(name="tiny", checkpoint=str(tiny_llama_path), stream_interval_s=0.1,
+                      engine_args={"num_kv_blocks": 128, "num_threads": 1})
+    replica = ModelReplica.__new__(ModelReplica)
+    await replica.__init__(cfg.model_dump(mode="json"), engine_factory=lambda c: PerStepEngine(build_engine(c)))
+    every_step = [o async for o in replica._engine.generate(request("ref", 40))]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    arrivals, outs = [], []
+    async for o in replica.generate(request("paced", 40)):
+        arrivals.append(loop.time() - t0)
+        outs.append(o)
+    assert [t for o in outs for t in o.token_ids_delta] == [t for o in every_step for t in o.token_ids_delta]
+    assert len(outs[0].token_ids_delta) == 1 and outs[-1].finished and outs[-1].completion_tokens == 40
+    assert all(b - a >= 0.1 - 0.01 for a, b in zip(arrivals[:-1], arrivals[1:-1]))
+    assert len(outs) < len(every_step)
+    # A consumer that goes away while outputs are held aborts the engine request.
+    gen = replica.generate(request("gone", 200))
+    await gen.__anext__()
+    await gen.aclose()
+    await wait_until(lambda: replica.record_routing_stats()["num_running"] == 0)

@@ -92,3 +92,53 @@ async def test_slow_consumer_gets_merged_outputs_identical_to_unmerged(engine, s
     assert (last_s.finished, last_s.finish_reason, last_s.completion_tokens) == (True, last_f.finish_reason, last_f.completion_tokens)
     if stop_at is not None:
         assert last_s.finish_reason == "stop" and params["stop"][0] not in "".join(o.text_delta for o in slow)
+
+
+async def per_step_stream(n: int, step_s: float, closed: list):
+    """A stand-in for an engine that yields one output per step (as vLLM's stream does)."""
+    try:
+        for i in range(n):
+            await asyncio.sleep(step_s)
+            yield RequestOutput("r", str(i % 10), [i], finished=i == n - 1, completion_tokens=i + 1)
+    finally:
+        closed.append(True)
+
+
+async def test_paced_merges_per_interval_and_passes_first_and_last_at_once():
+    from fleetserve.engine.coalesce import paced
+
+    loop = asyncio.get_running_loop()
+    closed: list = []
+    t0 = loop.time()
+    arrivals, outs = [], []
+    async for o in paced(per_step_stream(40, 0.005, closed), 0.05):
+        arrivals.append(loop.time() - t0)
+        outs.append(o)
+    assert [t for o in outs for t in o.token_ids_delta] == list(range(40))  # exact, in order
+    assert "".join(o.text_delta for o in outs) == "".join(str(i % 10) for i in range(40))
+    assert outs[0].token_ids_delta == [0] and outs[-1].finished and outs[-1].completion_tokens == 40
+    assert not any(o.finished for o in outs[:-1])
+    assert all(b - a >= 0.05 - 0.005 for a, b in zip(arrivals[:-1], arrivals[1:-1]))  # one per interval
+    assert len(outs) < 40 and closed == [True]
+
+    # An interval longer than the stream: first output, then the final one when it finishes.
+    t0 = loop.time()
+    outs = [o async for o in paced(per_step_stream(10, 0.005, closed), 30.0)]
+    assert loop.time() - t0 < 5.0 and len(outs) == 2 and outs[-1].finished
+    assert [t for o in outs for t in o.token_ids_delta] == list(range(10))
+
+
+async def test_paced_close_cancels_the_pending_pull_and_closes_the_stream():
+    from fleetserve.engine.coalesce import paced
+
+    closed: list = []
+    gen = paced(per_step_stream(1000, 0.005, closed), 30.0)
+    first = await asyncio.wait_for(gen.__anext__(), TIMEOUT)
+    assert first.token_ids_delta == [0]
+    pending = asyncio.ensure_future(gen.__anext__())
+    await asyncio.sleep(0.05)  # outputs are being held for the interval
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await asyncio.sleep(0.01)  # the cancelled pull reaches the stream
+    assert closed == [True]

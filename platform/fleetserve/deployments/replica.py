@@ -4,7 +4,9 @@
   (``handle.options(stream=True)``); a cancelled call (client gone) aborts the engine request.
   Each item carries everything the engine had produced for the request when this generator
   asked for it (``engine.coalesce``; vLLM's output collector does the same), so a lagging
-  replica loop sends one Ray object per pull rather than one per token.
+  replica loop sends one Ray object per pull rather than one per token. Streams are paced
+  at ``stream_interval_s`` (the model's floor or the request's class, whichever is larger):
+  by the engine itself when it ``paces_streams`` (native), else by ``coalesce.paced`` here.
 - ``check_health`` is Serve's health probe, delegated to the engine loop: a dead or wedged
   loop marks the replica unhealthy and Serve replaces it.
 - ``record_routing_stats`` is pushed by Serve to every router of this deployment; the
@@ -18,7 +20,6 @@ resources and limits from the config, and tests may construct it with any engine
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -26,6 +27,7 @@ from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.config import ModelConfig
 from fleetserve.deployments.process_tuning import freeze_startup_heap
+from fleetserve.engine.coalesce import paced
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 
@@ -58,22 +60,19 @@ class ModelReplica:
         interval = max(request.stream_interval_s, self._cfg.stream_interval_s)
         if interval != request.stream_interval_s:
             request = replace(request, stream_interval_s=interval)
-        # Engines that pace streams themselves also hand out the final output at once.
-        sleep_s = 0.0 if getattr(self._engine, "paces_streams", False) else interval
+        stream = self._engine.generate(request)
+        if interval > 0 and not getattr(self._engine, "paces_streams", False):
+            stream = paced(stream, interval)  # engines streaming per step (vLLM): paced here
         try:
-            async for out in self._engine.generate(request):
+            async for out in stream:
                 finished = out.finished
                 yield out
-                if sleep_s > 0 and not finished:
-                    # Let the engine's stream collect the next outputs: the next pull merges
-                    # them (engine.coalesce), so this request costs one Ray object, ingress
-                    # chunk and proxy message per interval instead of one per token.
-                    await asyncio.sleep(sleep_s)
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)
             if not finished:  # caller cancelled: free the engine's slot and KV blocks now
                 await self._engine.abort(request.request_id)
+                await stream.aclose()  # a paced stream's pending pull ends with it
 
     async def model_info(self) -> ModelInfo:
         return self._engine.model_info()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Sequence
+from typing import AsyncIterator, Optional, Sequence
 
 from fleetserve.engine.protocol import RequestOutput
 
@@ -54,3 +54,46 @@ def drain_merged(first: RequestOutput, queue: asyncio.Queue) -> RequestOutput:
         if out.finished:
             break
     return merge_outputs(batch)
+
+
+async def paced(stream: AsyncIterator[RequestOutput], interval_s: float) -> AsyncIterator[RequestOutput]:
+    """Pace an engine stream that yields per step (engines without their own pacing, e.g. vLLM).
+
+    The first output passes at once; later ones are held and merged until ``interval_s`` has
+    passed since the previous yield; a finished output passes at once with what was held.
+    The stream is pulled as fast as it produces (the engine's consumer never lags). ``stream``
+    is closed when this generator ends; closing or cancelling this one cancels the pending
+    pull, which closes ``stream`` too.
+    """
+    loop = asyncio.get_running_loop()
+    it = stream.__aiter__()
+    held: list[RequestOutput] = []
+    due: Optional[float] = None  # when held outputs may leave; None before the first yield
+    pending: Optional[asyncio.Future] = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(it.__anext__())
+            timeout = max(0.0, due - loop.time()) if held and due is not None else None
+            done, _ = await asyncio.wait({pending}, timeout=timeout)
+            if pending in done:
+                fut, pending = pending, None
+                try:
+                    out = fut.result()
+                except StopAsyncIteration:
+                    break
+                held.append(out)
+                if not (out.finished or due is None or loop.time() >= due):
+                    continue
+            merged, held = merge_outputs(held), []
+            yield merged
+            if merged.finished:
+                break
+            due = loop.time() + interval_s
+        if held:  # the stream ended without a finished output
+            yield merge_outputs(held)
+    finally:
+        if pending is not None:
+            pending.cancel()  # the engine stream sees the cancellation and closes
+        elif hasattr(it, "aclose"):
+            await it.aclose()
