@@ -116,6 +116,24 @@ async def test_greedy_stream_matches_hf_and_counts_usage(engine, hf_greedy, toke
     assert (last.prompt_tokens, last.completion_tokens) == (len(prompt_ids), len(ids))
 
 
+@pytest.mark.parametrize("interval", [0.05, 30.0])
+async def test_paced_stream_is_exact_and_never_holds_the_last_token(engine, hf_greedy, interval):
+    # The replica's path (coalesce.paced_generate): the native engine paces itself, vLLM's
+    # per-step stream is paced by coalesce.paced. A 30 s interval: the first output, then the
+    # final one when the request finishes, not when the interval ends.
+    from fleetserve.engine.coalesce import paced_generate
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    req = make_generate_request(prompt=PROMPT, prompt_token_ids=None, params=greedy(max_tokens=24), stream_interval_s=interval)
+    outs = await asyncio.wait_for(_drain(paced_generate(engine, req)), TIMEOUT)
+    assert ids_of(outs) == hf_greedy(engine.encode(PROMPT), 24)
+    assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+    assert len(outs[0].token_ids_delta) == 1  # the first token is not held back
+    if interval > 1:
+        assert len(outs) == 2 and loop.time() - t0 < interval
+
+
 async def test_same_seed_same_text(engine):
     params = dict(temperature=1.0, top_p=0.9, seed=1234, max_tokens=10, ignore_eos=True)
     a = await collect(engine, prompt_token_ids=[5, 100, 200], params=greedy(**params))

@@ -27,7 +27,7 @@ from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.config import ModelConfig
 from fleetserve.deployments.process_tuning import freeze_startup_heap
-from fleetserve.engine.coalesce import paced
+from fleetserve.engine.coalesce import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 
@@ -60,9 +60,7 @@ class ModelReplica:
         interval = max(request.stream_interval_s, self._cfg.stream_interval_s)
         if interval != request.stream_interval_s:
             request = replace(request, stream_interval_s=interval)
-        stream = self._engine.generate(request)
-        if interval > 0 and not getattr(self._engine, "paces_streams", False):
-            stream = paced(stream, interval)  # engines streaming per step (vLLM): paced here
+        stream = paced_generate(self._engine, request)  # vLLM: paced here; native: by the engine
         try:
             async for out in stream:
                 finished = out.finished

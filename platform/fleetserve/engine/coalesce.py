@@ -97,3 +97,12 @@ async def paced(stream: AsyncIterator[RequestOutput], interval_s: float) -> Asyn
             pending.cancel()  # the engine stream sees the cancellation and closes
         elif hasattr(it, "aclose"):
             await it.aclose()
+
+
+def paced_generate(engine, request) -> AsyncIterator[RequestOutput]:
+    """``engine.generate(request)`` paced at ``request.stream_interval_s``: by the engine itself
+    when it sets ``paces_streams`` (native), else by :func:`paced`."""
+    stream = engine.generate(request)
+    if request.stream_interval_s > 0 and not getattr(engine, "paces_streams", False):
+        return paced(stream, request.stream_interval_s)
+    return stream
