@@ -231,8 +231,12 @@ async def test_consumer_cancelled_while_pacing_aborts_the_request(engine, runner
     first = await asyncio.wait_for(gen.__anext__(), TIMEOUT)
     assert not first.finished
     pending = asyncio.create_task(gen.__anext__())
-    await asyncio.sleep(0.05)
-    assert engine._pacers  # waiting out its interval
+
+    async def pacing():
+        while not engine._pacers:  # waiting out its interval
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(pacing(), TIMEOUT)
     pending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pending

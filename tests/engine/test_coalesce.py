@@ -132,13 +132,25 @@ async def test_paced_close_cancels_the_pending_pull_and_closes_the_stream():
     from fleetserve.engine.coalesce import paced
 
     closed: list = []
-    gen = paced(per_step_stream(1000, 0.005, closed), 30.0)
+    pulled: list = []
+
+    async def counted(stream):
+        async for o in stream:
+            pulled.append(o)
+            yield o
+
+    gen = paced(counted(per_step_stream(1000, 0.005, closed)), 30.0)
     first = await asyncio.wait_for(gen.__anext__(), TIMEOUT)
     assert first.token_ids_delta == [0]
     pending = asyncio.ensure_future(gen.__anext__())
-    await asyncio.sleep(0.05)  # outputs are being held for the interval
+
+    async def until(pred):
+        while not pred():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(until(lambda: len(pulled) >= 3), TIMEOUT)  # later outputs are being held
+    assert not pending.done()
     pending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pending
-    await asyncio.sleep(0.01)  # the cancelled pull reaches the stream
-    assert closed == [True]
+    await asyncio.wait_for(until(lambda: closed == [True]), TIMEOUT)  # the cancelled pull closes the stream
