@@ -4,6 +4,10 @@ Its "model" reads the K/V pool for real: each block slot stores the token writte
 and the next token is a hash of the whole context read back through the block table. So a
 wrong block table, a prefix-cache block reused after eviction, a lost swap or a skipped
 position changes the output, and tests catch it by comparing with ``reference``.
+
+With ``layered=True`` it has two "layers": the first writes every item's tokens, then
+``between_layers`` runs, then the second reads each item's whole context back to compute
+its logits, so anything the callback wrote over a paused step's blocks changes the output.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class FakeRunner:
         margin: float = 10.0,
         eos_token_ids: Sequence[int] = (),
         seed: int = 0,
+        layered: bool = False,
     ):
         self.vocab_size = vocab_size
         self.block_size = block_size
@@ -52,6 +57,8 @@ class FakeRunner:
         self.num_swapped_out = 0
         self.num_swapped_in = 0
         self.batch_sizes: list[int] = []
+        self.supports_between_layers = layered
+        self.num_paused_passes = 0  # passes whose between_layers callback ran
 
     # ---------------------------------------------------------------- protocol
     def kv_bytes_per_block(self) -> int:
@@ -74,30 +81,41 @@ class FakeRunner:
             self.kv[dev] = list(self.host[host])
             self.num_swapped_in += 1
 
-    def execute(self, model_input: ModelInput) -> torch.Tensor:
+    def execute(self, model_input: ModelInput, between_layers=None) -> torch.Tensor:
         if self.kv is None:
             raise RuntimeError("no KV pool")
+        if between_layers is not None and not self.supports_between_layers:
+            raise TypeError("between_layers given to a runner without layered=True")
         self.num_execute_calls += 1
         self.batch_sizes.append(len(model_input.items))
-        bs = self.block_size
         rows = []
         for item in model_input.items:
             if self.fail_on_token is not None and self.fail_on_token in item.token_ids:
                 raise RuntimeError(f"injected failure on token {self.fail_on_token}")
-            table = item.block_table
-            context = []
-            for p in range(item.start_pos):
-                t = self.kv[table[p // bs]][p % bs]
-                if t is None:
-                    raise AssertionError(f"read of unwritten K/V at position {p}")
-                context.append(t)
+            self._read(item.block_table, item.start_pos)  # everything before must be written
             for j, t in enumerate(item.token_ids):
                 p = item.start_pos + j
-                self.kv[table[p // bs]][p % bs] = t
-            context.extend(item.token_ids)
-            if item.needs_logits:
-                rows.append(self.logits_for(context))
+                self.kv[item.block_table[p // self.block_size]][p % self.block_size] = t
+            if not self.supports_between_layers and item.needs_logits:
+                rows.append(self.logits_for(self._read(item.block_table, item.start_pos + len(item.token_ids))))
+        if self.supports_between_layers:
+            if between_layers is not None:
+                between_layers()
+                self.num_paused_passes += 1
+            for item in model_input.items:  # the second "layer": read back after the pause
+                if item.needs_logits:
+                    rows.append(self.logits_for(self._read(item.block_table, item.start_pos + len(item.token_ids))))
         return torch.stack(rows) if rows else torch.empty(0, self.vocab_size)
+
+    def _read(self, table, length: int) -> list[int]:
+        bs = self.block_size
+        context = []
+        for p in range(length):
+            t = self.kv[table[p // bs]][p % bs]
+            if t is None:
+                raise AssertionError(f"read of unwritten K/V at position {p}")
+            context.append(t)
+        return context
 
     # ---------------------------------------------------------------- the fake model
     def next_token(self, context: Sequence[int]) -> int:

@@ -185,6 +185,56 @@ async def test_isolated_priority_prefill_runs_on_the_normal_priority_lane(runner
         await eng.shutdown()
 
 
+async def test_priority_arrival_is_prefilled_between_layers_of_a_running_step():
+    # A running batch step holds its pass between the "layers" until the premium request is
+    # queued: it must be added and prefilled in that pause (on the normal-priority lane),
+    # not after the step.
+    import threading
+    import time
+
+    runner = make_runner(block_size=4, vocab_size=128, layered=True)
+    execute = runner.execute
+    armed, holding = threading.Event(), threading.Event()
+
+    def held_between_layers(model_input, between_layers=None):
+        def pause():
+            if between_layers is not None and armed.is_set() and not holding.is_set():
+                holding.set()  # once: this pass waits for the premium request
+                deadline = time.monotonic() + TIMEOUT
+                while not eng._adds and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            if between_layers is not None:
+                between_layers()
+
+        return execute(model_input, between_layers=pause)
+
+    runner.execute = held_between_layers
+    eng = AsyncEngine(make_config(max_num_batched_tokens=64), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    await eng.start()
+    try:
+        batch = [make_generate_request(prompt_token_ids=[i + 1, 2, 3], params=greedy(max_tokens=60), priority=2) for i in range(3)]
+        batch_runs = [asyncio.create_task(collect(eng, r)) for r in batch]
+
+        async def three_running():
+            while eng.stats().num_running < 3:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(three_running(), TIMEOUT)
+        armed.set()
+        await asyncio.wait_for(asyncio.to_thread(holding.wait), TIMEOUT)
+        premium = make_generate_request(prompt_token_ids=[9, 8, 7, 6], params=greedy(max_tokens=5), priority=0)
+        outs = await asyncio.wait_for(collect(eng, premium), TIMEOUT)
+        assert [t for o in outs for t in o.token_ids_delta] == runner.reference([9, 8, 7, 6], 5)
+        sched = eng.engine.scheduler
+        assert sched.num_side_prefills == 1 and sched.num_isolated_steps == 0 and eng._lane.num_runs >= 1
+        for r, task in zip(batch, batch_runs):  # nothing lost or repeated for the batch streams
+            got = await asyncio.wait_for(task, TIMEOUT)
+            assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 60)
+        assert eng.engine.kv.num_used_blocks == 0
+    finally:
+        await eng.shutdown()
+
+
 def slow_steps(runner, seconds: float) -> None:
     """Every forward pass of the fake runner takes at least ``seconds``."""
     import time

@@ -101,3 +101,45 @@ def test_kv_budget_from_bytes_and_fraction():
     assert plan.num_blocks == 8 and plan.source == "kv_cache_memory_fraction"
     swap = plan_kv_budget(make_config(preemption_mode="swap", swap_space_bytes=4096), 1024, 64)
     assert swap.num_host_blocks == 4
+
+
+def test_side_step_between_layers_of_a_paused_step():
+    # The layered fake runner re-reads every item's context after the pause, so a side
+    # prefill that wrote over the paused step's blocks would change the batch's tokens.
+    runner = make_runner(block_size=4, layered=True)
+    engine = make_engine(runner, max_num_batched_tokens=64)
+    assert engine.supports_side_steps
+    batch = [make_generate_request(request_id=f"b{i}", prompt_token_ids=[i + 1, 2, 3, 4, 5], priority=2,
+                                   params=greedy(max_tokens=12)) for i in range(3)]
+    for r in batch:
+        engine.add_request(r)
+    streams: dict[str, list] = {}
+
+    def collect(outs):
+        for o in outs:
+            streams.setdefault(o.request_id, []).append(o)
+
+    collect(engine.step())
+    side_outputs = []
+
+    def pause():
+        if not side_outputs:
+            engine.add_request(make_generate_request(request_id="p", prompt_token_ids=[9, 8, 7, 6, 5, 4],
+                                                     priority=0, params=greedy(max_tokens=5)))
+            side_outputs.extend(engine.side_step())
+
+    collect(engine.step(pause))
+    assert runner.num_paused_passes == 1 and engine.scheduler.num_side_prefills == 1
+    assert [o.request_id for o in side_outputs] == ["p"] and side_outputs[0].token_ids_delta == runner.reference([9, 8, 7, 6, 5, 4], 1)
+    collect(side_outputs)
+    while engine.has_unfinished():
+        collect(engine.step())
+    for r in batch:
+        assert _tokens(streams[r.request_id]) == runner.reference(r.prompt_token_ids, 12)
+    assert _tokens(streams["p"]) == runner.reference([9, 8, 7, 6, 5, 4], 5)
+    assert engine.kv.num_used_blocks == 0
+
+
+def test_side_steps_off_without_a_layered_runner_or_when_configured_off():
+    assert not make_engine(make_runner(block_size=4)).supports_side_steps
+    assert not make_engine(make_runner(block_size=4, layered=True), interleave_priority_prefill=False).supports_side_steps

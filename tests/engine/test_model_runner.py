@@ -232,3 +232,36 @@ def test_short_sliding_window_is_refused(tiny_mistral_path, tmp_path):
     (ckpt / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="sliding_window"):
         ModelRunner(str(ckpt))
+
+
+@pytest.mark.parametrize("path_name", ["tiny_llama_path", "tiny_llama_gqa_path"])
+def test_a_pass_paused_between_layers_for_another_pass(path_name, use_cpu_kernels, request):
+    # The engine's side prefill: while a batch's pass is paused between layers, another
+    # execute runs for other sequences (here also a prefill on a long cached context, which
+    # grows the shared gather workspace). Both passes, and the next decodes reading the K/V
+    # both wrote, must still match transformers.
+    path = request.getfixturevalue(path_name)
+    runner = make_runner(path, num_blocks=128, use_cpu_kernels=use_cpu_kernels)
+    a, b, c, d = seq(31, 41), seq(9, 42), seq(71, 43), seq(13, 44)
+    ta, tb, tc, td = list(range(0, 8)), list(range(40, 44)), list(range(127, 108, -1)), [60, 61, 62, 63]
+    refs = {name: hf_logits(path, s) for name, s in zip("abcd", (a, b, c, d))}
+    runner.execute(ModelInput([SeqBatchItem(a[:20], 0, ta, needs_logits=False),
+                               SeqBatchItem(c[:60], 0, tc, needs_logits=False),
+                               SeqBatchItem(d[:11], 0, td, needs_logits=False)]))
+    inner = []
+
+    def pause():
+        if not inner:  # once, after the first layer
+            inner.append(runner.execute(ModelInput([SeqBatchItem(c[60:70], 60, tc), SeqBatchItem(b, 0, tb)])))
+
+    assert runner.supports_between_layers
+    out = runner.execute(ModelInput([SeqBatchItem(a[20:30], 20, ta), SeqBatchItem([d[11]], 11, td)]), between_layers=pause)
+    assert len(inner) == 1
+    assert_close(inner[0][0], refs["c"][69])
+    assert_close(inner[0][1], refs["b"][8])
+    assert_close(out[0], refs["a"][29])
+    assert_close(out[1], refs["d"][11])
+    out = runner.execute(ModelInput([SeqBatchItem([a[30]], 30, ta), SeqBatchItem([c[70]], 70, tc), SeqBatchItem([d[12]], 12, td)]))
+    assert_close(out[0], refs["a"][30])
+    assert_close(out[1], refs["c"][70])
+    assert_close(out[2], refs["d"][12])

@@ -288,3 +288,72 @@ def test_without_isolation_the_priority_prefill_shares_the_step():
     hi = make_request([4, 5, 6], max_tokens=1, priority=0)
     sched.add(hi)
     assert {i.request.request_id for i in step(sched).items} == {lo.request_id, hi.request_id}
+
+
+def finish_step(sched, out, token=7):
+    """The second half of ``step`` for an ``out`` scheduled earlier (a paused step)."""
+    sched.on_step_done(out)
+    for item in out.items:
+        r = item.request
+        if item.needs_logits and r.status is RequestStatus.RUNNING:
+            r.append_token(token)
+            if r.num_output_tokens >= r.max_tokens:
+                sched.finish(r, RequestStatus.FINISHED_LENGTH)
+
+
+def test_side_prefill_starts_a_better_class_while_a_step_is_paused():
+    sched = make_scheduler(side_prefill=True, max_num_batched_tokens=64)
+    batch = [make_request(list(range(i, i + 4)), max_tokens=20, priority=2) for i in range(3)]
+    for r in batch:
+        sched.add(r)
+    step(sched)                                          # batch prefilled, decoding
+    paused = sched.schedule()                            # the batch's next step; its pass "pauses"
+    paused_blocks = {b for r in batch for b in sched.kv.block_table(r.request_id)}
+    late_batch = make_request([9, 9, 9], max_tokens=2, priority=2)
+    urgent = make_request(list(range(50, 60)), max_tokens=4, priority=0)
+    urgent2 = make_request([5, 5], max_tokens=3, priority=0)
+    for r in (late_batch, urgent, urgent2):
+        sched.add(r)
+    side = sched.schedule_side_prefill()
+    # Only the better class's fresh requests, prefill only; the paused step's blocks untouched.
+    assert [(i.request.request_id, i.start_pos, i.num_new_tokens) for i in side.items] == [
+        (urgent.request_id, 0, 10), (urgent2.request_id, 0, 2)]
+    assert sched.num_side_prefills == 1 and side.num_batched_tokens == 12
+    side_blocks = {b for r in (urgent, urgent2) for b in sched.kv.block_table(r.request_id)}
+    assert not side_blocks & paused_blocks
+    finish_step(sched, side, token=3)
+    assert urgent.output_token_ids == [3] and urgent2.output_token_ids == [3]
+    finish_step(sched, paused)                           # the paused step completes as scheduled
+    assert all(r.output_token_ids == [7, 7] for r in batch)
+    # The batch-class late arrival gets no side step; the next normal step serves everyone.
+    assert sched.schedule_side_prefill().is_empty and sched.num_side_prefills == 1
+    ids = {i.request.request_id for i in step(sched).items}
+    assert ids == {late_batch.request_id, urgent.request_id, urgent2.request_id, *(r.request_id for r in batch)}
+    while sched.has_unfinished():
+        step(sched)
+    assert all(len(r.output_token_ids) == 20 for r in batch) and len(urgent.output_token_ids) == 4
+    assert_all_free(sched)
+
+
+def test_side_prefill_never_preempts_and_skips_resumed_requests():
+    # No room: a side prefill never evicts anyone (the paused step's requests hold their blocks).
+    sched = make_scheduler(make_kv(num_blocks=4), side_prefill=True, max_num_batched_tokens=64)
+    lo = make_request(list(range(12)), max_tokens=30, priority=2)
+    sched.add(lo)
+    step(sched)
+    sched.add(make_request(list(range(20, 32)), max_tokens=2, priority=0))
+    assert sched.schedule_side_prefill().is_empty and sched.num_preemptions == 0
+    # A preempted request resuming is not a first token: no side prefill for it.
+    sched = make_scheduler(side_prefill=True, max_num_batched_tokens=64)
+    lo, mid = make_request([1, 2, 3], max_tokens=30, priority=2), make_request([4, 5, 6], max_tokens=30, priority=1)
+    sched.add(lo)
+    sched.add(mid)
+    step(sched)
+    assert sched.preempt(mid.request_id)
+    assert sched.schedule_side_prefill().is_empty
+    # And switched off, never.
+    sched = make_scheduler(max_num_batched_tokens=64)
+    sched.add(make_request([1, 2, 3], max_tokens=30, priority=2))
+    step(sched)
+    sched.add(make_request([4, 5], max_tokens=2, priority=0))
+    assert sched.schedule_side_prefill().is_empty

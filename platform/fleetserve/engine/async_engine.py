@@ -7,6 +7,12 @@ back to the event loop in one ``call_soon_threadsafe`` call and are fanned out t
 per-request asyncio queues. When there is nothing to do the thread waits on a condition
 (no busy spin).
 
+New requests are queued apart from other commands: besides between steps, the step thread
+also adds them between two layers of a running forward pass, and when one of them is of a
+strictly better class than some running request, runs its prefill there as a step of its
+own (``LLMEngine.side_step``, at most one per step) before the pass resumes. Its first token
+then waits for one layer of the batch's step instead of all of it.
+
 On CPU the step thread runs under SCHED_IDLE (``EngineConfig.step_thread_policy``): model
 compute is the one CPU-bound, throughput-oriented job on the node, and the request path
 sharing its cores (proxy, ingress, this replica's own event loop) preempts it at once
@@ -84,6 +90,8 @@ class AsyncEngine:
         self._build_lock = threading.Lock()
         self._cond = threading.Condition()
         self._commands: deque[tuple[Callable, concurrent.futures.Future]] = deque()
+        self._adds: list[tuple[GenerateRequest, concurrent.futures.Future]] = []  # new requests
+        self._side_ran = False  # a side step ran in the current step's forward pass
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._streams: dict[str, asyncio.Queue] = {}  # touched on the event loop only
@@ -152,12 +160,14 @@ class AsyncEngine:
             self.step_thread_idle = set_current_thread_idle()
         while True:
             with self._cond:
-                while not self._stopping and not self._commands and not self._has_work():
+                while not self._stopping and not self._commands and not self._adds and not self._has_work():
                     self._cond.wait()
                 if self._stopping:
                     break
                 commands = list(self._commands)
                 self._commands.clear()
+                adds, self._adds = self._adds, []
+            self._add_requests(adds)  # before commands: an abort never precedes its request's add
             for fn, future in commands:
                 try:
                     future.set_result(fn())
@@ -166,11 +176,13 @@ class AsyncEngine:
             if not self._has_work():
                 self._notify_idle()
                 continue
+            self._side_ran = False
+            hook = self._between_layers if engine.supports_side_steps else None
             try:
                 if self.step_thread_idle and self._lane is not None and engine.scheduler.next_step_isolated():
                     outputs = self._lane.run(engine.step)  # a first token of a higher class: normal priority
                 else:
-                    outputs = engine.step()
+                    outputs = engine.step(hook)
             except Exception as exc:  # noqa: BLE001 - the loop must survive a bad step
                 log.exception("engine step failed; failing the in-flight requests")
                 outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")
@@ -178,6 +190,43 @@ class AsyncEngine:
                 self._deliver(outputs)
             if not self._has_work():
                 self._notify_idle()
+        with self._cond:  # stopped: nobody will run what is still queued
+            pending = [f for _, f in self._commands] + [f for _, f in self._adds]
+            self._commands.clear()
+            self._adds = []
+        for future in pending:
+            future.set_exception(ServiceUnavailableError("engine shut down"))
+
+    def _add_requests(self, adds: list[tuple[GenerateRequest, concurrent.futures.Future]]) -> None:
+        for request, future in adds:
+            try:
+                future.set_result(self.engine.add_request(request))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting generate()
+                future.set_exception(exc)
+
+    def _between_layers(self) -> None:
+        """Called by the step thread between layers of a step's forward pass: add the
+        requests that arrived meanwhile and, once per step, run a side prefill for those of
+        a better class than some running request (on the normal-priority lane if any)."""
+        if not self._adds or self._side_ran:
+            return
+        with self._cond:
+            adds, self._adds = self._adds, []
+
+        def side() -> list[RequestOutput]:
+            self._add_requests(adds)
+            return self.engine.side_step()
+
+        try:
+            outputs = self._lane.run(side) if self._lane is not None else side()
+        except Exception:  # noqa: BLE001 - the lane is closed (shutdown): the paused step goes on
+            log.exception("side prefill could not run")
+            with self._cond:
+                self._adds[:0] = [a for a in adds if not a[1].done()]
+            return
+        if outputs:
+            self._side_ran = True
+            self._deliver(outputs)
 
     def _bind_thread(self) -> None:
         """Per-thread torch settings for a thread that runs steps (OpenMP's team size is a
@@ -246,6 +295,15 @@ class AsyncEngine:
             self._cond.notify()
         return future
 
+    def _submit_add(self, request: GenerateRequest) -> concurrent.futures.Future:
+        if self._thread is None or not self._thread.is_alive():
+            raise ServiceUnavailableError("engine loop is not running")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            self._adds.append((request, future))
+            self._cond.notify()
+        return future
+
     async def _call(self, fn: Callable):
         return await asyncio.wrap_future(self._submit(fn))
 
@@ -267,7 +325,7 @@ class AsyncEngine:
             # Validation runs in the loop thread (it owns the tokenizer) and raises here,
             # before anything is yielded. Waiting costs no latency: the request could not
             # be scheduled before the next step anyway.
-            await self._call(lambda: self.engine.add_request(request))
+            await asyncio.wrap_future(self._submit_add(request))
             while True:
                 # A consumer slower than the engine gets everything already produced in
                 # one output (one Ray object / SSE event instead of one per token).

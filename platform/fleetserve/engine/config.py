@@ -53,6 +53,15 @@ class EngineConfig(BaseModel):
             "classes skip at most one step per such arrival."
         ),
     )
+    interleave_priority_prefill: bool = Field(
+        True,
+        description=(
+            "A new request of a strictly higher priority class than some running request does not wait for the "
+            "running step to end: the step's forward pass pauses "
+            "between two layers, the new request's prefill runs as a step of its own, and the pass resumes "
+            "(native runner only; at most one such prefill per step; it never preempts anyone)."
+        ),
+    )
     step_thread_policy: Literal["auto", "normal", "idle"] = Field(
         "auto",
         description=(

@@ -1,7 +1,10 @@
 """The synchronous engine: ``step()`` = schedule -> runner.execute -> sample -> postprocess.
 
-Not thread-safe: one thread owns it (the offline ``LLM`` or ``AsyncEngine``'s loop thread).
-``validate`` alone only reads immutable state, so other threads may call it.
+Not thread-safe: one thread drives it at a time (the offline ``LLM``, or ``AsyncEngine``'s
+loop thread and the lane it hands steps to). ``validate`` alone only reads immutable state,
+so other threads may call it. ``step(between_layers=fn)`` lets ``fn`` run ``add_request`` and
+``side_step`` while the step's forward pass is paused between layers; nothing else may be
+called there.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class LLMEngine:
             max_num_batched_tokens=config.max_num_batched_tokens,
             preemption_mode=config.preemption_mode,
             isolate_priority_prefill=config.isolate_priority_prefill,
+            side_prefill=config.interleave_priority_prefill and bool(getattr(self.runner, "supports_between_layers", False)),
         )
         self.sampler = Sampler(config.seed)
         self.eos_token_ids = self._eos_token_ids()
@@ -151,7 +155,15 @@ class LLMEngine:
         return self.scheduler.preempt(request_id)
 
     # ---------------------------------------------------------------- the step
-    def step(self) -> list[RequestOutput]:
+    @property
+    def supports_side_steps(self) -> bool:
+        """Whether ``step(between_layers=...)`` may run ``side_step`` (the runner can pause a
+        forward pass between layers and interleaving is configured)."""
+        return self.scheduler.side_prefill
+
+    def step(self, between_layers: Optional[Callable[[], None]] = None) -> list[RequestOutput]:
+        """One iteration. ``between_layers`` (only with ``supports_side_steps``) is called
+        between layers of the forward pass; it may call ``add_request`` and ``side_step``."""
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         self.last_scheduler_output = sched  # for invariant checks and debugging
@@ -159,13 +171,34 @@ class LLMEngine:
         self.timings.schedule_s += t1 - t0
         if sched.is_empty:
             return []
+        return self._run(sched, between_layers if self.supports_side_steps else None, self.timings)
+
+    def side_step(self) -> list[RequestOutput]:
+        """While ``step``'s forward pass is paused between layers: start the waiting requests
+        of a better class than some running one (``Scheduler.schedule_side_prefill``) in a
+        prefill step of their own, and return their outputs (first tokens). Returns [] when
+        none qualifies. A failure fails only these requests."""
+        sched = self.scheduler.schedule_side_prefill()
+        if sched.is_empty:
+            return []
+        try:
+            return self._run(sched, None, None)
+        except Exception as exc:  # noqa: BLE001 - the paused step must go on
+            log.exception("side prefill step failed")
+            return [self._fail(it.request, f"{type(exc).__name__}: {exc}") for it in sched.items
+                    if it.request.status is RequestStatus.RUNNING]
+
+    def _run(self, sched: SchedulerOutput, between_layers: Optional[Callable[[], None]],
+             timings: Optional[StepTimings]) -> list[RequestOutput]:
+        """Execute a scheduled step: swaps, forward pass, sampling, postprocessing."""
+        t1 = time.perf_counter()
         self._apply_swaps(sched)
         batch = ModelInput([
             SeqBatchItem(it.token_ids, it.start_pos, self.kv.block_table(it.request.request_id), it.needs_logits)
             for it in sched.items
         ])
         t2 = time.perf_counter()
-        logits, failed = self._execute(batch, sched.items)
+        logits, failed = self._execute(batch, sched.items, between_layers)
         t3 = time.perf_counter()
         outputs = [self._fail(it.request, err) for it, err in failed]
         self.scheduler.on_step_done(sched)
@@ -175,12 +208,12 @@ class LLMEngine:
         if samples is not None:
             outputs.extend(self._postprocess(sampled, samples.token_ids, samples.logprobs))
         t5 = time.perf_counter()
-        tm = self.timings
-        tm.steps += 1
-        tm.prepare_s += t2 - t1
-        tm.execute_s += t3 - t2
-        tm.sample_s += t4 - t3
-        tm.postprocess_s += t5 - t4
+        if timings is not None:
+            timings.steps += 1
+            timings.prepare_s += t2 - t1
+            timings.execute_s += t3 - t2  # includes side steps run between its layers
+            timings.sample_s += t4 - t3
+            timings.postprocess_s += t5 - t4
         return outputs
 
     def _apply_swaps(self, sched: SchedulerOutput) -> None:
@@ -190,11 +223,13 @@ class LLMEngine:
         if sched.swap_in:
             self.runner.swap_in(sched.swap_in)
 
-    def _execute(self, batch: ModelInput, items: list[ScheduledItem]):
+    def _execute(self, batch: ModelInput, items: list[ScheduledItem], between_layers: Optional[Callable[[], None]] = None):
         """Logits for the items that need them. When the batch fails, each item is retried
         alone so that only the requests that fail by themselves are failed (writing the
         same K/V twice is harmless)."""
         try:
+            if between_layers is not None:
+                return self.runner.execute(batch, between_layers=between_layers), []
             return self.runner.execute(batch), []
         except Exception as exc:  # noqa: BLE001 - isolate the failure below
             log.warning("batch of %d failed (%s); isolating", len(items), exc)

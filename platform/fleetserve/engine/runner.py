@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -49,6 +49,11 @@ class ModelRunner:
     plain PyTorch paths (gathered attention, ``F.linear``) even where the C++ decode kernel
     and oneDNN's packed linear layers are available.
     """
+
+    # ``execute(..., between_layers=fn)`` calls ``fn`` between layers; ``fn`` may call
+    # ``execute`` again for other sequences (each call builds its own step layout; the
+    # shared gather workspace only lives within one layer's attention).
+    supports_between_layers = True
 
     def __init__(self, config: EngineConfig | str | Path, *, use_cpu_kernels: bool = True, **overrides):
         self._use_cpu_kernels = use_cpu_kernels
@@ -163,7 +168,7 @@ class ModelRunner:
     # ---------------------------------------------------------------- forward
 
     @torch.inference_mode()
-    def execute(self, model_input: ModelInput) -> torch.Tensor:
+    def execute(self, model_input: ModelInput, between_layers: Optional[Callable[[], None]] = None) -> torch.Tensor:
         if self.kv_caches is None:
             raise EngineError("execute called without a KV pool (allocate_kv_cache first, or wake the engine)")
         items = model_input.items
@@ -173,7 +178,7 @@ class ModelRunner:
         step = self._builder.build(items)
         t1 = time.perf_counter()
         rot = self._rot.index_select(0, step.positions).unsqueeze(1)
-        hidden = self.model(step.token_ids, rot, self.kv_caches, step.meta)
+        hidden = self.model(step.token_ids, rot, self.kv_caches, step.meta, between_layers)
         if step.logit_rows:
             rows = torch.tensor(step.logit_rows, device=self.device)
             logits = self.model.logits(hidden.index_select(0, rows)).to("cpu")

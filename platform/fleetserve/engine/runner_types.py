@@ -51,7 +51,11 @@ class ModelRunnerProtocol(Protocol):
 
     def execute(self, model_input: ModelInput) -> torch.Tensor:
         """Run one forward pass; return float32 logits ``[k, vocab]`` for the k items with
-        ``needs_logits`` in their order."""
+        ``needs_logits`` in their order.
+
+        A runner whose class sets ``supports_between_layers = True`` also takes
+        ``between_layers=fn``: ``fn()`` is called between layers of the pass and may run
+        ``execute`` for other sequences (disjoint blocks) before the pass goes on."""
 
     def swap_out(self, mapping: Sequence[tuple[int, int]]) -> None:
         """Copy device blocks to host blocks: pairs of (device_block, host_block)."""

@@ -20,6 +20,12 @@ requests, then p's waiting ones): the new request's first token costs a small st
 of a batch-wide one. Never two such steps in a row, so worse classes keep at least every
 other step whatever the arrival rate of better ones.
 
+``schedule_side_prefill`` starts such a request in the middle of a step instead: the engine
+pauses the step's forward pass between two layers and runs a step holding only the new
+requests' prefill (fresh WAITING requests of that one class, admitted without preempting
+anyone), so the first token does not wait for the rest of the step either. Nothing of the
+paused step is touched: its requests keep their blocks, and only free blocks are allocated.
+
 Every request keeps its output tokens across preemption: with ``recompute`` its prompt and
 generated tokens are prefilled again; with ``swap`` its blocks go to host memory and back.
 """
@@ -81,6 +87,7 @@ class Scheduler:
         preemption_mode: Literal["recompute", "swap"] = "recompute",
         watermark_blocks: Optional[int] = None,
         isolate_priority_prefill: bool = False,
+        side_prefill: bool = False,
     ):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
@@ -88,6 +95,8 @@ class Scheduler:
         self.preemption_mode = preemption_mode
         self.isolate_priority_prefill = isolate_priority_prefill
         self.num_isolated_steps = 0
+        self.side_prefill = side_prefill
+        self.num_side_prefills = 0
         self._last_isolated = False
         # Blocks kept free when admitting new work while others run, so running decodes
         # do not immediately preempt what was just admitted.
@@ -185,6 +194,19 @@ class Scheduler:
         out.num_batched_tokens = self.max_num_batched_tokens - budget
         return out
 
+    def schedule_side_prefill(self) -> SchedulerOutput:
+        """A prefill-only step to run while another step's forward pass is paused (see the
+        module docstring); empty when no waiting request qualifies or none fits."""
+        out = SchedulerOutput()
+        priority = self._priority_head_class() if self.side_prefill else None
+        if priority is None:
+            return out
+        budget = self._schedule_waiting(out, self.max_num_batched_tokens, only_priority=priority, fresh_only=True)
+        if out.items:
+            self.num_side_prefills += 1
+            out.num_batched_tokens = self.max_num_batched_tokens - budget
+        return out
+
     def on_step_done(self, out: SchedulerOutput) -> None:
         """Advance computed-token counts and index newly full blocks for prefix reuse."""
         kv = self.kv
@@ -252,13 +274,18 @@ class Scheduler:
             budget -= n
         return budget
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int, only_priority: Optional[int] = None) -> int:
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int, only_priority: Optional[int] = None,
+                          fresh_only: bool = False) -> int:
+        """``fresh_only``: stop at a head that is swapped or was preempted (side prefills
+        start new requests only: no swap-in while another step's forward pass is paused)."""
         preempted_now = {r.request_id for r in out.preempted}
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             if request.request_id in preempted_now:
                 break  # just evicted: do not thrash it back in within the same step
             if only_priority is not None and request.priority != only_priority:
+                break
+            if fresh_only and (request.status is not RequestStatus.WAITING or request.num_preemptions):
                 break
             reserve = self.watermark_blocks if self.running else 0
             if request.status is RequestStatus.SWAPPED:
@@ -294,7 +321,14 @@ class Scheduler:
 
     def _isolation_class(self) -> Optional[int]:
         """The class of a step of its own for the waiting head, or None for a normal step."""
-        if not self.isolate_priority_prefill or self._last_isolated or not self.waiting or not self.running:
+        if not self.isolate_priority_prefill or self._last_isolated:
+            return None
+        return self._priority_head_class()
+
+    def _priority_head_class(self) -> Optional[int]:
+        """The waiting head's class when it is a fresh request of a strictly better class
+        than some running request and could start without evicting anyone; else None."""
+        if not self.waiting or not self.running:
             return None
         head = self.waiting[0]
         if head.status is not RequestStatus.WAITING or head.num_preemptions:

@@ -9,7 +9,7 @@ costs few kernel launches, and q/k rows are reordered so rotary is one complex m
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -71,12 +71,18 @@ class LlamaForCausalLM(nn.Module):
         rot: torch.Tensor,
         kv_caches: torch.Tensor,
         meta: AttentionMetadata,
+        between_layers: Optional[Callable[[], None]] = None,
     ) -> torch.Tensor:
         """``token_ids [T]``, per-token complex rotations ``rot [T, 1, head_dim // 2]``,
-        ``kv_caches [layers, 2, kv_heads, num_blocks, block_size, head_dim]``."""
+        ``kv_caches [layers, 2, kv_heads, num_blocks, block_size, head_dim]``.
+        ``between_layers`` is called after every layer but the last (the engine may run
+        another, smaller forward pass there: layers keep no state between calls)."""
         x = self.embed(token_ids)
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        last = len(self.layers) - 1
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
             x = layer(x, rot, kv_cache, meta)
+            if between_layers is not None and i < last:
+                between_layers()
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
