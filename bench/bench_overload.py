@@ -1,6 +1,9 @@
 """Overload benchmark: premium latency when budget tenants flood the fleet, in one run.
 
-On the tiny model, one replica, real Ray Serve + REST (SSE streaming, aiohttp client):
+On the tiny model, one replica, real Ray Serve + REST (SSE streaming, aiohttp clients; premium
+requests are sent and timed by a client process of their own, unloaded and loaded alike, so
+the flood's responses in the load generator's event loop never delay a premium timestamp;
+``--shared-client`` sends them from the flood's loop as before):
 
 1. Capacity: completed requests/s of a closed loop that keeps the replica full (every slot).
 2. Unloaded premium TTFT: sequential premium requests (p50/p99).
@@ -94,6 +97,16 @@ class Result:
         self.cls, self.status, self.ttft, self.tokens, self.done, self.start = cls, 0, None, 0, False, time.monotonic()
         self.e2e: float | None = None  # request sent -> [DONE]
         self.gaps: list[float] = []  # between consecutive text chunks
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Result":
+        r = cls(d["cls"])
+        for k in cls.__slots__:
+            setattr(r, k, d[k])
+        return r
 
 
 async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Result:
@@ -217,24 +230,71 @@ async def capacity(http, url: str, concurrency: int, seconds: float, max_tokens:
     return done / (time.monotonic() - t0)
 
 
-async def unloaded(http, url: str, n: int, max_tokens: int) -> list[Result]:
+async def unloaded(http, url: str, n: int, max_tokens: int, separate: bool) -> list[Result]:
+    if separate:
+        return await premium_client(url, max_tokens, sequential=n)
     return [await one_request(http, url, PREMIUM_KEY, "premium", max_tokens) for _ in range(n)]
 
 
-async def overload(http, url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int) -> dict:
+def arrivals(rate: float, seconds: float, premium_frac: float, seed: int) -> list[tuple[float, str]]:
+    """The open-loop schedule: (offset s, BATCH key or PREMIUM_KEY), Poisson at ``rate``."""
     rng = random.Random(seed)
+    out, t = [], 0.0
+    while t < seconds:
+        out.append((t, PREMIUM_KEY if rng.random() < premium_frac else rng.choice(BATCH_KEYS)))
+        t += rng.expovariate(rate)
+    return out
+
+
+async def send_at(http, url: str, schedule: list[tuple[float, str]], start_at: float, max_tokens: int) -> list[Result]:
+    """Send each request of ``schedule`` at ``start_at`` (epoch s) + its offset."""
     tasks = []
-    t_end = time.monotonic() + seconds
-    next_t = time.monotonic()
-    while next_t < t_end:
-        await asyncio.sleep(max(0.0, next_t - time.monotonic()))
-        if rng.random() < premium_frac:
-            tasks.append(asyncio.create_task(one_request(http, url, PREMIUM_KEY, "premium", max_tokens)))
+    for offset, key in schedule:
+        await asyncio.sleep(max(0.0, start_at + offset - time.time()))
+        cls = "premium" if key == PREMIUM_KEY else "batch"
+        tasks.append(asyncio.create_task(one_request(http, url, key, cls, max_tokens)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def premium_client(url: str, max_tokens: int, *, sequential: int = 0, schedule=None, start_at: float = 0.0) -> list[Result]:
+    """Premium requests sent and timed by a client process of their own (``--premium-client``
+    mode of this script): the flood's responses, handled by this process's event loop, then
+    never delay a premium stream's timestamps. A premium tenant's client does not share an
+    event loop with the flood's generator; on one machine it still shares the cores."""
+    spec = {"url": url, "max_tokens": max_tokens, "sequential": sequential, "schedule": schedule or [], "start_at": start_at}
+    proc = await asyncio.create_subprocess_exec(sys.executable, __file__, "--premium-client", json.dumps(spec),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"premium client exited with {proc.returncode}")
+    return [Result.from_dict(d) for d in json.loads(out)]
+
+
+async def premium_client_main(spec: dict) -> list[dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300)) as http:
+        if spec["sequential"]:
+            results = [await one_request(http, spec["url"], PREMIUM_KEY, "premium", spec["max_tokens"]) for _ in range(spec["sequential"])]
         else:
-            tasks.append(asyncio.create_task(one_request(http, url, rng.choice(BATCH_KEYS), "batch", max_tokens)))
-        next_t += rng.expovariate(rate)
-    results = await asyncio.gather(*tasks)
-    return summarize(results)
+            results = await send_at(http, spec["url"], [tuple(x) for x in spec["schedule"]], spec["start_at"], spec["max_tokens"])
+    return [r.to_dict() for r in results]
+
+
+async def overload(http, url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int,
+                   separate: bool) -> dict:
+    """Summary of the phase, with ``wall_s``: from its first arrival until its last response."""
+    schedule = arrivals(rate, seconds, premium_frac, seed)
+    if not separate:
+        start_at = time.time()
+        results = await send_at(http, url, schedule, start_at, max_tokens)
+    else:
+        start_at = time.time() + 3.0  # the premium client's interpreter starts meanwhile
+        premium = asyncio.create_task(premium_client(url, max_tokens, schedule=[x for x in schedule if x[1] == PREMIUM_KEY],
+                                                     start_at=start_at))
+        results = await send_at(http, url, [x for x in schedule if x[1] != PREMIUM_KEY], start_at, max_tokens)
+        results += await premium
+    return summarize(results) | {"wall_s": round(time.time() - start_at, 1)}
 
 
 def summarize(results: list[Result]) -> dict:
@@ -297,7 +357,7 @@ async def run(args) -> dict:
                     await wait_ready(http, url)
                 if i == 0:
                     cap = await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens)
-                    solo = await unloaded(http, url, args.unloaded_requests, args.max_tokens)
+                    solo = await unloaded(http, url, args.unloaded_requests, args.max_tokens, not args.shared_client)
                     base = [r.ttft for r in solo if r.ttft is not None]
                     results["capacity_rps"] = round(cap, 2)
                     results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base)}
@@ -309,11 +369,10 @@ async def run(args) -> dict:
                 rate = args.overload * results["capacity_rps"]
                 metrics_url = f"http://127.0.0.1:{http_port}/metrics"
                 before = await scrape_fleet_metrics(http, metrics_url)
-                t0 = time.monotonic()
-                results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed)
+                results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed,
+                                               not args.shared_client)
                 results[mode]["fleet_metrics"] = phase_metrics(await scrape_fleet_metrics(http, metrics_url), before)
                 results[mode]["offered_rps"] = round(rate, 2)
-                results[mode]["wall_s"] = round(time.monotonic() - t0, 1)
                 for cls in ("premium", "batch"):  # served throughput over the phase and its drain
                     results[mode][cls]["tokens_per_s"] = round(results[mode][cls]["tokens"] / results[mode]["wall_s"], 1)
                 print(f"{mode}: {json.dumps(results[mode])}", flush=True)
@@ -345,6 +404,9 @@ def print_table(r: dict) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--premium-client":
+        print(json.dumps(asyncio.run(premium_client_main(json.loads(sys.argv[2])))))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=40.0, help="Duration of each overload phase (40 s: ~100 premium requests, enough for a p99).")
     p.add_argument("--overload", type=float, default=2.0, help="Offered load as a multiple of measured capacity.")
@@ -369,6 +431,9 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
                    help=("fleetserve-plain-engine: fleetserve with the engine's step thread at normal CPU priority and "
                          "no isolated priority prefill (an ablation of engine.step_thread_policy/isolate_priority_prefill)."))
+    p.add_argument("--shared-client", action="store_true",
+                   help=("Send and time premium requests from the flood's own client event loop (before 2026-11-22 "
+                         "the only way; default: a separate premium client process, unloaded and loaded alike)."))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     args = p.parse_args()
