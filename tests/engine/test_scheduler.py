@@ -20,13 +20,7 @@ def step(sched, token=7):
     """One scheduler step as the engine does it, sampling ``token`` for every finished
     prefill/decode and finishing requests at max_tokens."""
     out = sched.schedule()
-    sched.on_step_done(out)
-    for item in out.items:
-        r = item.request
-        if item.needs_logits and r.status is RequestStatus.RUNNING:
-            r.append_token(token)
-            if r.num_output_tokens >= r.max_tokens:
-                sched.finish(r, RequestStatus.FINISHED_LENGTH)
+    finish_step(sched, out, token)
     return out
 
 
