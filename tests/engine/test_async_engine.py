@@ -32,6 +32,25 @@ async def collect(engine, req):
     return [o async for o in engine.generate(req)]
 
 
+async def wait_running(engine, n: int) -> None:
+    while engine.stats().num_running < n:
+        await asyncio.sleep(0.001)
+
+
+async def test_requests_queued_when_the_engine_stops_fail_with_503(runner):
+    eng = AsyncEngine(make_config(), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    await eng.start()
+    with eng._cond:  # queued and the stop flag set before the step thread can look
+        add = eng._submit_add(make_generate_request(prompt_token_ids=[1, 2, 3]))
+        cmd = eng._submit(lambda: None)
+        eng._stopping = True
+        eng._cond.notify()
+    await eng.shutdown()
+    for future in (add, cmd):
+        with pytest.raises(ServiceUnavailableError):
+            await asyncio.wait_for(asyncio.wrap_future(future), TIMEOUT)
+
+
 async def test_streams_incremental_outputs(engine, runner):
     assert isinstance(engine, EngineProtocol)
     prompt = engine.encode("hi there")
@@ -169,11 +188,7 @@ async def test_isolated_priority_prefill_runs_on_the_normal_priority_lane(runner
         assert os.sched_getscheduler(eng._lane.native_id) == os.SCHED_OTHER
         batch = [make_generate_request(prompt_token_ids=[i + 1, 2, 3], params=greedy(max_tokens=150), priority=2) for i in range(3)]
         batch_runs = [asyncio.create_task(collect(eng, r)) for r in batch]
-        async def three_running():
-            while eng.stats().num_running < 3:
-                await asyncio.sleep(0.001)
-
-        await asyncio.wait_for(three_running(), TIMEOUT)
+        await asyncio.wait_for(wait_running(eng, 3), TIMEOUT)
         premium = make_generate_request(prompt_token_ids=[9, 8, 7, 6], params=greedy(max_tokens=5), priority=0)
         outs = await asyncio.wait_for(collect(eng, premium), TIMEOUT)
         assert [t for o in outs for t in o.token_ids_delta] == runner.reference([9, 8, 7, 6], 5)
@@ -215,11 +230,7 @@ async def test_priority_arrival_is_prefilled_between_layers_of_a_running_step():
         batch = [make_generate_request(prompt_token_ids=[i + 1, 2, 3], params=greedy(max_tokens=60), priority=2) for i in range(3)]
         batch_runs = [asyncio.create_task(collect(eng, r)) for r in batch]
 
-        async def three_running():
-            while eng.stats().num_running < 3:
-                await asyncio.sleep(0.001)
-
-        await asyncio.wait_for(three_running(), TIMEOUT)
+        await asyncio.wait_for(wait_running(eng, 3), TIMEOUT)
         armed.set()
         await asyncio.wait_for(asyncio.to_thread(holding.wait), TIMEOUT)
         premium = make_generate_request(prompt_token_ids=[9, 8, 7, 6], params=greedy(max_tokens=5), priority=0)
