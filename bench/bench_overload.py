@@ -57,7 +57,7 @@ DEFAULT_MODES = ("fleetserve", "fleetserve-per-token", "engine-priority", "fcfs"
 
 
 def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: float | None = None,
-                batch_stream_interval: float | None = None):
+                batch_stream_interval: float | None = None, engine_process: bool | None = None):
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT
     from fleetserve.config import parse_config
     from fleetserve.tenants.keys import hash_api_key
@@ -82,6 +82,7 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
         "models": [{
             "name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT),
             "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": inflight, "num_threads": 1} | (
+                {} if engine_process is None else {"engine_process": engine_process}) | (
                 # Ablation: the engine's CPU policy and isolated priority prefill off.
                 {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}),
             "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,
@@ -348,7 +349,8 @@ async def run(args) -> dict:
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
             for i, mode in enumerate(args.modes):
-                deploy(make_config(mode, http_port, args.inflight, args.batch_slot_share, args.batch_stream_interval), start=(i == 0))
+                deploy(make_config(mode, http_port, args.inflight, args.batch_slot_share, args.batch_stream_interval,
+                                   args.engine_process), start=(i == 0))
                 url = proxy_url
                 await wait_ready(http, url)
                 if args.target == "direct-ingress":
@@ -434,6 +436,9 @@ def main() -> int:
     p.add_argument("--shared-client", action="store_true",
                    help=("Send and time premium requests from the flood's own client event loop (before 2026-11-22 "
                          "the only way; default: a separate premium client process, unloaded and loaded alike)."))
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="Run the native engine's step loop in a child process of the replica (on) or a thread of it "
+                        "(off); default: the platform's default (engine_args.engine_process).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     args = p.parse_args()

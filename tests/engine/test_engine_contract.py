@@ -26,6 +26,7 @@ PROMPT = "def parse_args(argv):\n    "
 
 BACKENDS = [
     pytest.param("native", id="native"),
+    pytest.param("native-process", id="native-process"),  # the step loop in a child process
     pytest.param("vllm", id="vllm", marks=pytest.mark.vllm),
 ]
 
@@ -34,6 +35,13 @@ def _start_native(path):
     from fleetserve.engine.async_engine import AsyncEngine
 
     return AsyncEngine.from_config(model=str(path), max_model_len=MAX_MODEL_LEN, num_kv_blocks=128)
+
+
+def _start_native_process(path):
+    from fleetserve.engine.config import EngineConfig
+    from fleetserve.engine.process_engine import ProcessEngine
+
+    return ProcessEngine(EngineConfig(model=str(path), max_model_len=MAX_MODEL_LEN, num_kv_blocks=128))
 
 
 def _start_vllm(path):
@@ -51,7 +59,8 @@ def _start_vllm(path):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
 async def engine(request, tiny_llama_path):
-    eng = {"native": _start_native, "vllm": _start_vllm}[request.param](tiny_llama_path)
+    start = {"native": _start_native, "native-process": _start_native_process, "vllm": _start_vllm}[request.param]
+    eng = start(tiny_llama_path)
     await asyncio.wait_for(eng.start(), 300)
     yield eng
     await eng.shutdown()

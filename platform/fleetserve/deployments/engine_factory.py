@@ -12,9 +12,14 @@ from fleetserve.engine.protocol import EngineProtocol
 
 def build_engine(model: ModelConfig) -> EngineProtocol:
     if model.engine == "native":
+        config = model.native_engine_config()
+        if config.engine_process:
+            from fleetserve.engine.process_engine import ProcessEngine
+
+            return ProcessEngine(config)
         from fleetserve.engine.async_engine import AsyncEngine
 
-        return AsyncEngine(model.native_engine_config())
+        return AsyncEngine(config)
     if model.engine == "vllm":
         from fleetserve.engine.vllm_backend import VllmEngine
 

@@ -18,11 +18,9 @@ compute is the one CPU-bound, throughput-oriented job on the node, and the reque
 sharing its cores (proxy, ingress, this replica's own event loop) preempts it at once
 instead of queueing behind a step.
 
-Streams are paced by ``GenerateRequest.stream_interval_s``: after a request's first output,
-the next one is handed out when that interval has passed, merging every token produced
-meanwhile (no token lost or repeated), or at once when the request finishes, so neither the
-first nor the last token waits. Every output costs a Ray object, an SSE event and a proxy
-message downstream; pacing bounds that cost per stream instead of paying it per step.
+Streams, pacing and the control calls live in :class:`fleetserve.engine.engine_front.EngineFront`;
+this class is its in-process transport and the step loop itself, which
+:mod:`fleetserve.engine.core_process` also runs in a child process (``ProcessEngine``).
 """
 
 from __future__ import annotations
@@ -33,11 +31,11 @@ import logging
 import os
 import threading
 from collections import deque
-from typing import AsyncIterator, Callable, Optional
+from typing import Callable, Optional
 
 from fleetserve.clock import Clock
-from fleetserve.engine.coalesce import drain_merged
 from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.engine_front import EngineFront
 from fleetserve.engine.llm_engine import LLMEngine, RunnerFactory, default_runner_factory
 from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.step_lane import PriorityLane
@@ -59,19 +57,12 @@ def set_current_thread_idle() -> bool:
         return False
 
 
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class AsyncEngine:
+class AsyncEngine(EngineFront):
     """Native engine; see :class:`fleetserve.engine.protocol.EngineProtocol` for the contract.
 
     One event loop drives it (the one that first calls ``start``/``generate``).
     ``runner_factory`` and ``tokenizer`` are injectable so tests can use a fake runner.
     """
-
-    paces_streams = True  # honours GenerateRequest.stream_interval_s (see the module docstring)
 
     def __init__(
         self,
@@ -81,6 +72,7 @@ class AsyncEngine:
         tokenizer: Optional[Tokenizer] = None,
         clock: Optional[Clock] = None,
     ):
+        super().__init__()
         self.config = config
         self._runner_factory = runner_factory or default_runner_factory
         self._tokenizer = tokenizer
@@ -94,13 +86,6 @@ class AsyncEngine:
         self._side_ran = False  # a side step ran in the current step's forward pass
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._streams: dict[str, asyncio.Queue] = {}  # touched on the event loop only
-        self._finished: set[str] = set()  # streams whose final output is queued (event loop only)
-        self._pacers: dict[str, asyncio.Future] = {}  # streams waiting out their interval
-        self._idle_waiters: list[asyncio.Event] = []
-        self._stopping = False
-        self._sleeping = False
-        self._draining = False
         self._loop_error: Optional[BaseException] = None
         self.step_thread_idle = False  # whether the step thread runs under SCHED_IDLE
         self._lane: Optional[PriorityLane] = None  # normal-priority thread for isolated prefill steps
@@ -146,9 +131,7 @@ class AsyncEngine:
             await asyncio.to_thread(self._thread.join, 30)
         if self._lane is not None:
             self._lane.close()
-        for rid, queue in list(self._streams.items()):
-            queue.put_nowait(RequestOutput(rid, finished=True, finish_reason="abort", error="engine shut down"))
-            self._mark_finished(rid)
+        self._end_streams("engine shut down")
         if self.engine is not None:
             self.engine.runner.release_kv_cache()
 
@@ -159,14 +142,10 @@ class AsyncEngine:
         if self.config.step_thread_idle:
             self.step_thread_idle = set_current_thread_idle()
         while True:
-            with self._cond:
-                while not self._stopping and not self._commands and not self._adds and not self._has_work():
-                    self._cond.wait()
-                if self._stopping:
-                    break
-                commands = list(self._commands)
-                self._commands.clear()
-                adds, self._adds = self._adds, []
+            work = self._take_work()
+            if work is None:
+                break
+            adds, commands = work
             self._add_requests(adds)  # before commands: an abort never precedes its request's add
             for fn, future in commands:
                 try:
@@ -197,6 +176,23 @@ class AsyncEngine:
         for future in pending:
             future.set_exception(ServiceUnavailableError("engine shut down"))
 
+    def _take_work(self) -> Optional[tuple[list, list]]:
+        """Wait until there is something to do; take the queued adds and commands.
+        None once the engine is stopping."""
+        with self._cond:
+            while not self._stopping and not self._commands and not self._adds and not self._has_work():
+                self._cond.wait()
+            if self._stopping:
+                return None
+            commands = list(self._commands)
+            self._commands.clear()
+            adds, self._adds = self._adds, []
+        return adds, commands
+
+    def _poll_inbox(self) -> None:
+        """Take in requests that arrived since the last look (the in-process transport
+        queues them directly; a child process reads its pipe here)."""
+
     def _add_requests(self, adds: list[tuple[GenerateRequest, concurrent.futures.Future]]) -> None:
         for request, future in adds:
             try:
@@ -208,7 +204,10 @@ class AsyncEngine:
         """Called by the step thread between layers of a step's forward pass: add the
         requests that arrived meanwhile and, once per step, run a side prefill for those of
         a better class than some running request (on the normal-priority lane if any)."""
-        if not self._adds or self._side_ran:
+        if self._side_ran:
+            return
+        self._poll_inbox()
+        if not self._adds:
             return
         with self._cond:
             adds, self._adds = self._adds, []
@@ -245,46 +244,12 @@ class AsyncEngine:
         except RuntimeError:  # event loop closed: nobody is listening any more
             pass
 
-    def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            queue = self._streams.get(out.request_id)
-            if queue is not None:
-                queue.put_nowait(out)
-                if out.finished:
-                    self._mark_finished(out.request_id)
-
-    def _mark_finished(self, rid: str) -> None:
-        """The final output of ``rid`` is queued: a paced stream hands it out now."""
-        self._finished.add(rid)
-        pacer = self._pacers.pop(rid, None)
-        if pacer is not None and not pacer.done():
-            pacer.set_result(None)
-
-    async def _pace(self, rid: str, interval: float) -> None:
-        """Wait ``interval`` seconds, or less if the request finishes meanwhile."""
-        if rid in self._finished:
-            return
-        loop = asyncio.get_running_loop()
-        pacer = loop.create_future()
-        self._pacers[rid] = pacer
-        timer = loop.call_later(interval, _resolve, pacer)
-        try:
-            await pacer
-        finally:
-            timer.cancel()
-            if self._pacers.get(rid) is pacer:
-                del self._pacers[rid]
-
     def _notify_idle(self) -> None:
         if self._idle_waiters and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._wake_idle_waiters)
             except RuntimeError:
                 pass
-
-    def _wake_idle_waiters(self) -> None:
-        for event in self._idle_waiters:
-            event.set()
 
     def _submit(self, fn: Callable) -> concurrent.futures.Future:
         if self._thread is None or not self._thread.is_alive():
@@ -307,59 +272,53 @@ class AsyncEngine:
     async def _call(self, fn: Callable):
         return await asyncio.wrap_future(self._submit(fn))
 
-    # ---------------------------------------------------------------- requests
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
-        await self.start()
-        if self._sleeping:
-            raise ServiceUnavailableError("engine is asleep")
-        if self._draining or self._stopping:
-            raise ServiceUnavailableError("engine is draining")
-        rid = request.request_id
-        if rid in self._streams:
-            raise InvalidRequestError(f"request_id {rid!r} is already in flight", field="request_id")
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[rid] = queue
-        interval = request.stream_interval_s
-        finished = False
+    # ---------------------------------------------------------------- EngineFront transport
+    def _running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def _enqueue_add(self, request: GenerateRequest) -> None:
+        await asyncio.wrap_future(self._submit_add(request))
+
+    async def _call_op(self, name: str, *args):
+        return await self._call(lambda: self._op(name, *args))
+
+    def _abort_soon(self, request_id: str) -> None:
         try:
-            # Validation runs in the loop thread (it owns the tokenizer) and raises here,
-            # before anything is yielded. Waiting costs no latency: the request could not
-            # be scheduled before the next step anyway.
-            await asyncio.wrap_future(self._submit_add(request))
-            while True:
-                # A consumer slower than the engine gets everything already produced in
-                # one output (one Ray object / SSE event instead of one per token).
-                out = drain_merged(await queue.get(), queue)
-                finished = out.finished
-                yield out
-                if finished:
-                    return
-                if interval > 0:
-                    await self._pace(rid, interval)
-        except InvalidRequestError:
-            finished = True  # never entered the engine
-            raise
-        finally:
-            self._streams.pop(rid, None)
-            self._finished.discard(rid)
-            if not finished and not self._stopping:
-                # Consumer went away (cancelled or closed the stream): stop generating.
-                try:
-                    self._submit(lambda: self.engine.abort(rid))
-                except ServiceUnavailableError:
-                    pass
+            self._submit(lambda: self.engine.abort(request_id))
+        except ServiceUnavailableError:
+            pass
 
-    async def abort(self, request_id: str) -> None:
-        if self._thread is None:
-            return
-        out = await self._call(lambda: self.engine.abort(request_id))
-        if out is not None:
-            self._dispatch([out])
+    # ---------------------------------------------------------------- operations (step thread)
+    def _op(self, name: str, *args):
+        """Run the engine-state operation ``name`` (``_op_<name>``); called by the step
+        thread between steps. By name, so a child process can receive it over a pipe."""
+        fn = getattr(self, "_op_" + name, None)
+        if fn is None:
+            raise ValueError(f"unknown engine operation {name!r}")
+        return fn(*args)
 
-    async def preempt(self, request_id: str) -> bool:
-        if self._thread is None:
-            return False
-        return await self._call(lambda: self.engine.preempt(request_id))
+    def _op_abort(self, request_id: str) -> Optional[RequestOutput]:
+        return self.engine.abort(request_id)
+
+    def _op_preempt(self, request_id: str) -> bool:
+        return self.engine.preempt(request_id)
+
+    def _op_has_unfinished(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def _op_num_requests(self) -> int:
+        return len(self.engine.scheduler.requests)
+
+    def _op_sleep(self) -> None:
+        self._sleeping = True
+        self.engine.release_kv()
+
+    def _op_wake(self) -> None:
+        self.engine.restore_kv()
+        self._sleeping = False
+
+    def _op_stats(self) -> EngineStats:
+        return self.stats()
 
     # ---------------------------------------------------------------- state
     def stats(self) -> EngineStats:
@@ -376,47 +335,6 @@ class AsyncEngine:
             raise EngineError("engine not started")
         if not self._thread.is_alive():
             raise EngineError("engine loop thread died")
-
-    async def sleep(self) -> None:
-        """Release the KV memory. Unfinished requests stay queued and are recomputed after
-        ``wake_up``; new requests are rejected meanwhile."""
-        await self.start()
-        if self._sleeping:
-            return
-
-        def _sleep():
-            self._sleeping = True
-            self.engine.release_kv()
-
-        await self._call(_sleep)
-
-    async def wake_up(self) -> None:
-        if not self._sleeping:
-            return
-
-        def _wake():
-            self.engine.restore_kv()
-            self._sleeping = False
-
-        await self._call(_wake)
-
-    async def drain(self, timeout_s: float) -> int:
-        """Stop admitting; wait up to ``timeout_s`` for in-flight requests; return how many
-        are still unfinished."""
-        self._draining = True
-        if self._thread is None:
-            return 0
-        event = asyncio.Event()
-        self._idle_waiters.append(event)
-        try:
-            if await self._call(lambda: self.engine.has_unfinished()):
-                try:
-                    await asyncio.wait_for(event.wait(), timeout_s)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            self._idle_waiters.remove(event)
-        return await self._call(lambda: len(self.engine.scheduler.requests))
 
     def model_info(self) -> ModelInfo:
         engine = self._ensure_engine()

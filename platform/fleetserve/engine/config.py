@@ -62,6 +62,14 @@ class EngineConfig(BaseModel):
             "(native runner only; at most one such prefill per step; it never preempts anyone)."
         ),
     )
+    engine_process: bool = Field(
+        False,
+        description=(
+            "Run the step loop (scheduler, model, step thread) in a child process of the replica, as vLLM V1 "
+            "runs its EngineCore, so the replica's event loop and Ray's threads never wait for the GIL behind "
+            "the model's forward pass; outputs cross one pipe message per step. Off: a thread of the replica."
+        ),
+    )
     step_thread_policy: Literal["auto", "normal", "idle"] = Field(
         "auto",
         description=(

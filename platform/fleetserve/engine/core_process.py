@@ -1,0 +1,154 @@
+"""The native engine's step loop in a child process of the replica (``python -m`` this module).
+
+:class:`fleetserve.engine.process_engine.ProcessEngine` starts it and talks to it over one
+socket pair (``multiprocessing.connection`` framing, pickled tuples). The child's main
+thread *is* the step thread: it reads its pipe between steps and, for new requests, between
+the layers of a running forward pass, so no thread of this process waits for the GIL to take
+a request in, and no thread of the replica ever waits for the model's.
+
+Messages, parent -> child: ``("add", GenerateRequest)``, ``("op", call_id, name, args)``
+(``call_id`` None: no reply wanted), ``("stop",)``.
+Child -> parent: ``("hello", ModelInfo, EngineStats)`` once the model is loaded,
+``("out", [RequestOutput], EngineStats)`` per step, ``("added", request_id, error)``,
+``("reply", call_id, value, error)``, ``("idle", EngineStats)``, ``("fatal", message)``.
+The first message from the parent is the :class:`EngineConfig` as a dict.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import pickle
+import sys
+import threading
+import traceback
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Optional
+
+from fleetserve.engine.async_engine import AsyncEngine
+from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.protocol import EngineStats, RequestOutput
+from fleetserve.engine.step_lane import PriorityLane
+from fleetserve.errors import EngineError
+
+log = logging.getLogger("fleetserve.engine.core_process")
+
+
+def _portable(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """``exc`` if it pickles, else an EngineError naming it."""
+    if exc is None:
+        return None
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # noqa: BLE001 - any unpicklable exception
+        return EngineError(f"{type(exc).__name__}: {exc}")
+
+
+class PipeCore(AsyncEngine):
+    """The step loop of :class:`AsyncEngine`, fed by a pipe instead of an event loop."""
+
+    def __init__(self, config: EngineConfig, conn: Connection):
+        super().__init__(config)
+        self._conn = conn
+        self._send_lock = threading.Lock()  # the lane thread sends too (side steps' replies)
+
+    def serve(self) -> None:
+        """Load the model, say hello, run the step loop until told to stop or orphaned."""
+        self._ensure_engine()
+        self._send(("hello", self.model_info(), self.engine.stats()))
+        if self.config.step_thread_idle and self.config.isolate_priority_prefill:
+            self._lane = PriorityLane(init=self._bind_thread)  # before _run: keeps the normal policy
+        try:
+            self._run()  # this thread becomes the step thread (SCHED_IDLE on CPU)
+        finally:
+            if self._lane is not None:
+                self._lane.close()
+
+    # ---------------------------------------------------------------- AsyncEngine hooks
+    def _take_work(self):
+        idle = not (self._commands or self._adds or self._has_work())
+        self._read(block=idle)
+        if self._stopping:
+            return None
+        commands = list(self._commands)
+        self._commands.clear()
+        adds, self._adds = self._adds, []
+        return adds, commands
+
+    def _poll_inbox(self) -> None:
+        self._read(block=False)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        self._send(("out", outputs, self.engine.stats()))
+
+    def _notify_idle(self) -> None:
+        self._send(("idle", self.engine.stats()))
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # ---------------------------------------------------------------- the pipe
+    def _read(self, block: bool) -> None:
+        """Take every message already sent; with ``block``, wait for at least one."""
+        try:
+            if block:
+                self._conn.poll(None)
+            while self._conn.poll(0):
+                self._take(self._conn.recv())
+        except (EOFError, OSError):  # the replica is gone: nobody to serve
+            self._stopping = True
+
+    def _take(self, msg: tuple) -> None:
+        kind = msg[0]
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if kind == "add":
+            request = msg[1]
+            future.add_done_callback(partial(self._answer_add, request.request_id))
+            self._adds.append((request, future))
+        elif kind == "op":
+            _, call_id, name, args = msg
+            if call_id is not None:
+                future.add_done_callback(partial(self._answer_op, call_id))
+            self._commands.append((partial(self._op, name, *args), future))
+        elif kind == "stop":
+            self._stopping = True
+        else:
+            log.error("engine process: unknown message %r ignored", kind)
+
+    def _answer_add(self, request_id: str, future: concurrent.futures.Future) -> None:
+        self._send(("added", request_id, _portable(future.exception())))
+
+    def _answer_op(self, call_id: int, future: concurrent.futures.Future) -> None:
+        exc = future.exception()
+        self._send(("reply", call_id, None if exc else future.result(), _portable(exc)))
+
+    def _send(self, msg: tuple) -> None:
+        try:
+            with self._send_lock:
+                self._conn.send(msg)
+        except OSError:  # the replica is gone
+            self._stopping = True
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conn = Connection(int(argv[0]))
+    try:
+        config = EngineConfig.model_validate(conn.recv())
+        PipeCore(config, conn).serve()
+    except (EOFError, KeyboardInterrupt):
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - reported to the replica, which fails its health check
+        log.exception("engine process failed")
+        try:
+            conn.send(("fatal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"))
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,116 @@
+"""ProcessEngine: the native step loop in a child process (the shared contract runs in
+test_engine_contract.py as ``native-process``; this file covers what only a process has:
+the child's death, orphaning, failed starts, and control calls crossing the pipe)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from fleetserve.engine.async_engine import AsyncEngine
+from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.process_engine import ProcessEngine
+from fleetserve.errors import EngineError, ServiceUnavailableError
+from tests.engine.factories import greedy, make_generate_request
+
+TIMEOUT = 120  # the child imports torch and loads the model on a shared 2-core box
+
+
+def make_engine_config(path, **overrides) -> EngineConfig:
+    return EngineConfig(**{"model": str(path), "max_model_len": 512, "num_kv_blocks": 128, **overrides})
+
+
+@pytest.fixture
+async def engine(tiny_llama_path):
+    eng = ProcessEngine(make_engine_config(tiny_llama_path))
+    await asyncio.wait_for(eng.start(), TIMEOUT)
+    yield eng
+    await eng.shutdown()
+
+
+async def wait_for(predicate, timeout: float = TIMEOUT) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def long_request(rid: str, **overrides):
+    return make_generate_request(request_id=rid, prompt_token_ids=[11, 12, 13, 14], params=greedy(max_tokens=300, ignore_eos=True),
+                                 **overrides)
+
+
+async def test_child_death_ends_streams_and_fails_health(engine):
+    stream = engine.generate(long_request("victim"))
+    first = await asyncio.wait_for(stream.__anext__(), TIMEOUT)
+    assert first.token_ids_delta and not first.finished
+    os.kill(engine.pid, signal.SIGKILL)
+    rest = [o async for o in stream]
+    assert rest and rest[-1].finished and rest[-1].finish_reason == "abort"
+    assert "exited" in rest[-1].error
+    with pytest.raises(EngineError):
+        await engine.check_health()
+    assert not engine.stats().healthy
+    with pytest.raises(ServiceUnavailableError):
+        async for _ in engine.generate(long_request("after")):
+            pass
+
+
+async def test_preempted_request_resumes_with_every_token(engine, tiny_llama_path):
+    reference = AsyncEngine(make_engine_config(tiny_llama_path))
+    expected = [t async for o in reference.generate(long_request("ref")) for t in o.token_ids_delta]
+    await reference.shutdown()
+
+    tokens: list[int] = []
+    stream = engine.generate(long_request("p"))
+    first = await asyncio.wait_for(stream.__anext__(), TIMEOUT)
+    tokens += first.token_ids_delta
+    assert await engine.preempt("p")  # running: evicted now, recomputed later
+    tokens += [t async for o in stream for t in o.token_ids_delta]
+    assert tokens == expected
+    await wait_for(lambda: engine.stats().num_preemptions >= 1)
+
+
+async def test_sleep_rejects_then_wake_serves(engine):
+    await engine.sleep()
+    assert engine.stats().sleeping
+    with pytest.raises(ServiceUnavailableError):
+        async for _ in engine.generate(long_request("asleep")):
+            pass
+    await engine.wake_up()
+    outs = [o async for o in engine.generate(make_generate_request(params=greedy(max_tokens=4)))]
+    assert outs[-1].finished and outs[-1].completion_tokens == 4
+    assert await asyncio.wait_for(engine.drain(TIMEOUT), TIMEOUT) == 0
+    await wait_for(lambda: engine.stats().kv_blocks_used == 0)
+
+
+async def test_shutdown_stops_the_child_and_ends_open_streams(tiny_llama_path):
+    eng = ProcessEngine(make_engine_config(tiny_llama_path))
+    await asyncio.wait_for(eng.start(), TIMEOUT)
+    stream = eng.generate(long_request("open"))
+    await asyncio.wait_for(stream.__anext__(), TIMEOUT)
+    proc = eng._proc
+    await eng.shutdown()
+    assert proc.poll() is not None  # exited, not left behind
+    rest = [o async for o in stream]
+    assert rest[-1].finished and rest[-1].error == "engine shut down"
+
+
+async def test_orphaned_child_exits(tiny_llama_path):
+    eng = ProcessEngine(make_engine_config(tiny_llama_path))
+    await asyncio.wait_for(eng.start(), TIMEOUT)
+    proc = eng._proc
+    eng._conn.close()  # the replica's end of the pipe vanishes, as when the replica dies
+    assert await asyncio.to_thread(proc.wait, TIMEOUT) == 0
+
+
+async def test_a_child_that_cannot_load_the_model_fails_start_with_its_error(tmp_path):
+    eng = ProcessEngine(make_engine_config(tmp_path / "missing"))
+    with pytest.raises(EngineError, match="engine process failed to start"):
+        await asyncio.wait_for(eng.start(), TIMEOUT)
+    with pytest.raises(EngineError):
+        await eng.check_health()
