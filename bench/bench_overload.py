@@ -18,6 +18,8 @@ the flood's responses in the load generator's event loop never delay a premium t
      engine step for premium), to measure what pacing brings and costs;
    - ``fleetserve-plain-engine`` (not run by default): ``fleetserve`` with those two engine
      defaults off, to measure what they bring;
+   - ``fleetserve-engine-thread`` (not run by default): ``fleetserve`` with the engine's step
+     loop in a thread of the replica instead of its own process (``engine_process: false``);
    - ``engine-priority``: fleet queue off, engine priority by tier only;
    - ``fcfs``: fleet queue in arrival order, every tier the same engine priority and the
      same streaming (the model's 50 ms pacing).
@@ -52,7 +54,7 @@ MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
-MODES = ("fleetserve", "fleetserve-per-token", "fleetserve-plain-engine", "engine-priority", "fcfs")
+MODES = ("fleetserve", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-engine-thread", "engine-priority", "fcfs")
 DEFAULT_MODES = ("fleetserve", "fleetserve-per-token", "engine-priority", "fcfs")
 
 
@@ -83,6 +85,7 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
             "name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT),
             "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": inflight, "num_threads": 1} | (
                 {} if engine_process is None else {"engine_process": engine_process}) | (
+                {"engine_process": False} if mode == "fleetserve-engine-thread" else {}) | (
                 # Ablation: the engine's CPU policy and isolated priority prefill off.
                 {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}),
             "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,

@@ -63,11 +63,12 @@ class EngineConfig(BaseModel):
         ),
     )
     engine_process: bool = Field(
-        False,
+        True,
         description=(
-            "Run the step loop (scheduler, model, step thread) in a child process of the replica, as vLLM V1 "
+            "In a replica, run the step loop (scheduler, model, step thread) in a child process, as vLLM V1 "
             "runs its EngineCore, so the replica's event loop and Ray's threads never wait for the GIL behind "
-            "the model's forward pass; outputs cross one pipe message per step. Off: a thread of the replica."
+            "the model's forward pass; outputs cross one pipe message per step. Off: a thread of the replica. "
+            "(AsyncEngine used directly always runs it in a thread.)"
         ),
     )
     step_thread_policy: Literal["auto", "normal", "idle"] = Field(
