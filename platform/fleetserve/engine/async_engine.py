@@ -182,11 +182,15 @@ class AsyncEngine(EngineFront):
         with self._cond:
             while not self._stopping and not self._commands and not self._adds and not self._has_work():
                 self._cond.wait()
-            if self._stopping:
-                return None
-            commands = list(self._commands)
-            self._commands.clear()
-            adds, self._adds = self._adds, []
+            return self._take_queued()
+
+    def _take_queued(self) -> Optional[tuple[list, list]]:
+        """Empty the queues: ``(adds, commands)``; None once the engine is stopping."""
+        if self._stopping:
+            return None
+        commands = list(self._commands)
+        self._commands.clear()
+        adds, self._adds = self._adds, []
         return adds, commands
 
     def _poll_inbox(self) -> None:
@@ -352,9 +356,3 @@ class AsyncEngine(EngineFront):
         if self._api_tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer", field="prompt")
         return self._api_tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok().encode(text)
-
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        return self._tok().apply_chat_template(messages)

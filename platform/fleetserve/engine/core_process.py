@@ -68,14 +68,8 @@ class PipeCore(AsyncEngine):
 
     # ---------------------------------------------------------------- AsyncEngine hooks
     def _take_work(self):
-        idle = not (self._commands or self._adds or self._has_work())
-        self._read(block=idle)
-        if self._stopping:
-            return None
-        commands = list(self._commands)
-        self._commands.clear()
-        adds, self._adds = self._adds, []
-        return adds, commands
+        self._read(block=not (self._commands or self._adds or self._has_work()))
+        return self._take_queued()
 
     def _poll_inbox(self) -> None:
         self._read(block=False)

@@ -30,6 +30,7 @@ from typing import AsyncIterator
 
 from fleetserve.engine.coalesce import drain_merged
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
+from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.errors import InvalidRequestError, ServiceUnavailableError
 
 
@@ -67,6 +68,16 @@ class EngineFront:
 
     def _abort_soon(self, request_id: str) -> None:
         raise NotImplementedError
+
+    def _tok(self) -> Tokenizer:
+        """The tokenizer API-side calls use (raises InvalidRequestError when there is none)."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok().encode(text)
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+        return self._tok().apply_chat_template(messages)
 
     # ---------------------------------------------------------------- requests
     async def generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:

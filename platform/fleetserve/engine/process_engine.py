@@ -229,9 +229,3 @@ class ProcessEngine(EngineFront):
         if self._tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer (or the engine is not started)", field="prompt")
         return self._tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok().encode(text)
-
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        return self._tok().apply_chat_template(messages)
