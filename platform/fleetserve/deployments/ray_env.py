@@ -16,7 +16,10 @@ from fleetserve.config import ServerConfig
 
 def serve_env(server: ServerConfig) -> dict[str, str]:
     """The variables ``server`` asks for (empty when nothing differs from Ray's defaults)."""
-    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if server.serve_throughput_optimized else {}
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if server.serve_throughput_optimized else {}
+    if server.ray_worker_niceness is not None:
+        env["RAY_worker_niceness"] = str(server.ray_worker_niceness)
+    return env
 
 
 def apply_serve_env(server: ServerConfig, environ: Optional[MutableMapping[str, str]] = None) -> Mapping[str, str]:
