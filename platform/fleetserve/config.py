@@ -97,8 +97,8 @@ class ServerConfig(BaseModel):
             "Niceness of Ray's worker processes (RAY_worker_niceness). Ray's default, 15, keeps raylet and GCS "
             "responsive under batch jobs, but here the workers are the request path (ingress, replica event loops), "
             "and at 15 every node daemon and co-located process preempts them; model compute already yields "
-            "through its SCHED_IDLE step thread. Measured on the overload bench (direct ingress): premium p99 TTFT "
-            "1.6x its unloaded value at 0. null: Ray's default. Like serve_throughput_optimized it must be in the "
+            "through its SCHED_IDLE step thread. On the 2-core overload bench the difference was within noise "
+            "(docs/benchmarks.md). null: Ray's default. Like serve_throughput_optimized it must be in the "
             "environment Ray starts with."
         ),
     )
