@@ -114,3 +114,7 @@ async def test_a_child_that_cannot_load_the_model_fails_start_with_its_error(tmp
         await asyncio.wait_for(eng.start(), TIMEOUT)
     with pytest.raises(EngineError):
         await eng.check_health()
+    assert not eng.stats().healthy
+    with pytest.raises(EngineError):  # a later request gets the same error, not a hang
+        async for _ in eng.generate(long_request("late")):
+            pass

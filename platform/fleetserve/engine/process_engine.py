@@ -82,8 +82,14 @@ class ProcessEngine(EngineFront):
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send(self.config.model_dump(mode="json"))
-        hello = await asyncio.to_thread(self._await_hello)
+        try:
+            self._conn.send(self.config.model_dump(mode="json"))
+            hello = await asyncio.to_thread(self._await_hello)
+        except (EngineError, OSError, EOFError) as exc:
+            self._dead = str(exc)
+            self._conn.close()
+            self._conn = None
+            raise EngineError(self._dead) from exc
         self._info, self._stats = hello[1], hello[2]
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model)
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
