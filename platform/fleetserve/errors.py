@@ -20,18 +20,6 @@ class FleetserveError(Exception):
         self.message = message
         self.field = field
 
-    def __reduce__(self):
-        # Keyword-only attributes (field, retry_after_s) survive pickling: errors cross
-        # process boundaries (Ray, the engine's child process).
-        return _rebuild, (type(self), self.message, dict(self.__dict__))
-
-
-def _rebuild(cls: type, message: str, state: dict) -> "FleetserveError":
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    err.__dict__.update(state)
-    return err
-
 
 class InvalidRequestError(FleetserveError):
     """A request parameter is out of range or malformed (HTTP 400)."""
