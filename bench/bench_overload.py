@@ -54,12 +54,13 @@ MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
-MODES = ("fleetserve", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-engine-thread", "engine-priority", "fcfs")
+MODES = ("fleetserve", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-normal-step", "fleetserve-engine-thread", "engine-priority", "fcfs")
 DEFAULT_MODES = ("fleetserve", "fleetserve-per-token", "engine-priority", "fcfs")
 
 
 def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: float | None = None,
-                batch_stream_interval: float | None = None, engine_process: bool | None = None):
+                batch_stream_interval: float | None = None, engine_process: bool | None = None,
+                max_queue_per_class: int = 2048, max_queue_total: int = 4096):
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT
     from fleetserve.config import parse_config
     from fleetserve.tenants.keys import hash_api_key
@@ -70,8 +71,8 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
         "policy": "fcfs" if mode == "fcfs" else "priority",
         "max_inflight_per_replica": inflight,
         "max_waiting_per_replica": 0,
-        "max_queue_per_class": 2048,
-        "max_queue_total": 4096,
+        "max_queue_per_class": max_queue_per_class,
+        "max_queue_total": max_queue_total,
     }
     if batch_slot_share is not None:
         scheduling["class_slot_share"] = {0: 1.0, 1: 0.9, 2: batch_slot_share}
@@ -87,7 +88,8 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
                 {} if engine_process is None else {"engine_process": engine_process}) | (
                 {"engine_process": False} if mode == "fleetserve-engine-thread" else {}) | (
                 # Ablation: the engine's CPU policy and isolated priority prefill off.
-                {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}),
+                {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}) | (
+                {"step_thread_policy": "normal"} if mode == "fleetserve-normal-step" else {}),
             "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,
         } | ({"stream_interval_s": 0.0} if mode == "fleetserve-per-token" else {})],
         "tenants": {"tiers": tiers, "tenants": tenants, "scheduling": scheduling},
@@ -314,6 +316,8 @@ def summarize(results: list[Result]) -> dict:
             "completed": sum(r.done for r in rs),
             "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None,
             "ttft_p50_s": pct(ttfts, 0.5),
+            "ttft_p90_s": pct(ttfts, 0.9),
+            "ttft_p95_s": pct(ttfts, 0.95),
             "ttft_p99_s": pct(ttfts, 0.99),
             "ttft_mean_s": round(statistics.fmean(ttfts), 4) if ttfts else None,
             "e2e_p50_s": pct(e2e, 0.5),
@@ -346,18 +350,21 @@ async def run(args) -> dict:
     from fleetserve.config import ServerConfig
     from fleetserve.deployments.ray_env import apply_serve_env
 
-    apply_serve_env(ServerConfig())  # the platform's default Serve tuning, as `fleetserve serve` runs it
+    apply_serve_env(ServerConfig(proxy=args.proxy))  # the platform's Serve tuning, as `fleetserve serve` runs it
+    results["config"]["proxy_resolved"] = "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "python"
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, configure_logging=False)
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
             for i, mode in enumerate(args.modes):
                 deploy(make_config(mode, http_port, args.inflight, args.batch_slot_share, args.batch_stream_interval,
-                                   args.engine_process), start=(i == 0))
+                                   args.engine_process, args.max_queue_per_class, args.max_queue_total), start=(i == 0))
                 url = proxy_url
                 await wait_ready(http, url)
                 if args.target == "direct-ingress":
-                    url = direct_ingress_url("bench-overload") or url
+                    url = direct_ingress_url("bench-overload")
+                    if url is None:
+                        raise RuntimeError("--target direct-ingress: Serve reports no ingress replica port")
                     results.setdefault("urls", {})[mode] = url
                     await wait_ready(http, url)
                 if i == 0:
@@ -431,8 +438,11 @@ def main() -> int:
     p.add_argument("--batch-stream-interval", type=float, default=None,
                    help="Override tenants.scheduling.stream_interval_s of the batch class (default: the platform's 0.25 s).")
     p.add_argument("--target", choices=("proxy", "direct-ingress"), default="proxy",
-                   help=("proxy: Serve's HTTP proxy (the address `fleetserve serve` prints); direct-ingress: the ingress "
-                         "replica's own HTTP port (Serve direct ingress), as an external load balancer would reach it."))
+                   help=("proxy: the REST port `fleetserve serve` prints first (haproxy or Serve's Python proxy, see "
+                         "--proxy); direct-ingress: the ingress replica's own HTTP port (Serve direct ingress), as an "
+                         "external load balancer would reach it."))
+    p.add_argument("--proxy", choices=("auto", "haproxy", "python"), default="auto",
+                   help="server.proxy for the cluster this run starts (default: the platform's, auto: haproxy when found).")
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
                    help=("fleetserve-plain-engine: fleetserve with the engine's step thread at normal CPU priority and "
                          "no isolated priority prefill (an ablation of engine.step_thread_policy/isolate_priority_prefill)."))
@@ -442,6 +452,10 @@ def main() -> int:
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
                    help="Run the native engine's step loop in a child process of the replica (on) or a thread of it "
                         "(off); default: the platform's default (engine_args.engine_process).")
+    p.add_argument("--max-queue-per-class", type=int, default=2048,
+                   help="tenants.scheduling.max_queue_per_class (the platform's default is 256).")
+    p.add_argument("--max-queue-total", type=int, default=4096,
+                   help="tenants.scheduling.max_queue_total (the platform's default is 512).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     args = p.parse_args()

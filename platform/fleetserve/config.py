@@ -102,6 +102,19 @@ class ServerConfig(BaseModel):
             "environment Ray starts with."
         ),
     )
+    proxy: Literal["auto", "haproxy", "python"] = Field(
+        "auto",
+        description=(
+            "What serves the REST/gRPC ports. 'haproxy': Ray Serve's HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY): an "
+            "haproxy process forwards each connection to an ingress replica's own HTTP/gRPC port, so no Python "
+            "process parses or relays requests before the tenant-aware ingress sees them (ray[serve] bundles the "
+            "binary on Linux; RAY_SERVE_HAPROXY_BINARY_PATH or PATH otherwise). 'python': Serve's Python "
+            "proxy actor, which handles every request and streamed chunk in arrival order before any tenant is "
+            "known; under overload it is where premium latency is lost (docs/benchmarks.md). 'auto': haproxy when "
+            "the binary is found, else python. Like serve_throughput_optimized it must be in the environment Ray "
+            "starts with."
+        ),
+    )
     serve_throughput_optimized: bool = Field(
         True,
         description=(

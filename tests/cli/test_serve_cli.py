@@ -51,6 +51,10 @@ def test_serve_with_no_arguments(tmp_path: Path):
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
+    # A user's shell, not this test session's cluster: without the Serve variables the session's
+    # apply_serve_env set (its haproxy's private ports and state paths would clash).
+    for k in [k for k in env if k.startswith("RAY_SERVE_") or k == "RAY_worker_niceness"]:
+        del env[k]
     # Keep the compiled CPU kernel cache of the real home so this test does not rebuild it.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     proc = subprocess.Popen(

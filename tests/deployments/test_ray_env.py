@@ -1,20 +1,80 @@
 """The Serve tuning flags fleetserve sets before Ray starts."""
 
+import os
+
+import pytest
+
 from fleetserve.config import ServerConfig
-from fleetserve.deployments.ray_env import apply_serve_env, serve_env
+from fleetserve.deployments.ray_env import HAPROXY_FLAG, apply_serve_env, haproxy_binary, resolve_proxy, serve_env
+from fleetserve.errors import ConfigError
 
 
 DEFAULT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0"}
 
 
 def test_defaults_and_operator_value_wins():
-    assert serve_env(ServerConfig()) == DEFAULT_ENV
-    assert serve_env(ServerConfig(serve_throughput_optimized=False, ray_worker_niceness=None)) == {}
-    assert serve_env(ServerConfig(ray_worker_niceness=5))["RAY_worker_niceness"] == "5"
+    assert serve_env(ServerConfig(), proxy="python") == DEFAULT_ENV
+    assert serve_env(ServerConfig(serve_throughput_optimized=False, ray_worker_niceness=None), proxy="python") == {}
+    assert serve_env(ServerConfig(ray_worker_niceness=5), proxy="python")["RAY_worker_niceness"] == "5"
     env: dict[str, str] = {}
-    assert apply_serve_env(ServerConfig(), env) == DEFAULT_ENV and env == DEFAULT_ENV
+    assert apply_serve_env(ServerConfig(proxy="python"), env) == DEFAULT_ENV and env == DEFAULT_ENV
     explicit = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_worker_niceness": "15"}
-    assert apply_serve_env(ServerConfig(), explicit) == {} and explicit["RAY_worker_niceness"] == "15"
+    assert apply_serve_env(ServerConfig(proxy="python"), explicit) == {} and explicit["RAY_worker_niceness"] == "15"
+
+
+def test_proxy_choice():
+    found, missing = (lambda: "/usr/sbin/haproxy"), (lambda: None)
+    assert resolve_proxy(ServerConfig(), found) == "haproxy"
+    assert resolve_proxy(ServerConfig(), missing) == "python"
+    assert resolve_proxy(ServerConfig(proxy="python"), found) == "python"
+    assert resolve_proxy(ServerConfig(proxy="haproxy"), found) == "haproxy"
+    with pytest.raises(ConfigError, match="no haproxy executable") as err:
+        resolve_proxy(ServerConfig(proxy="haproxy"), missing)
+    assert err.value.field == "server.proxy"
+    assert serve_env(ServerConfig(), proxy="haproxy") == DEFAULT_ENV | {HAPROXY_FLAG: "1"}
+
+
+def test_haproxy_gets_private_paths_and_ports(tmp_path):
+    exe = tmp_path / "haproxy"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    env = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(exe)}
+    applied = apply_serve_env(ServerConfig(), env)
+    assert applied[HAPROXY_FLAG] == "1"
+    state = applied["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    assert os.stat(state).st_mode & 0o077 == 0  # the admin socket Serve makes mode 666 lives here
+    for key in ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+        assert os.path.dirname(applied[key]) == state
+    ports = {int(applied["RAY_SERVE_HAPROXY_STATS_PORT"]), int(applied["RAY_SERVE_HAPROXY_METRICS_PORT"])}
+    assert len(ports) == 2 and not ports & {8404, 9101}
+    # An operator's own value wins; a missing explicit binary is not silently replaced by PATH.
+    env = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(exe), "RAY_SERVE_HAPROXY_STATS_PORT": "8500"}
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in apply_serve_env(ServerConfig(), env) and env["RAY_SERVE_HAPROXY_STATS_PORT"] == "8500"
+    assert haproxy_binary({"RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "nope")}) is None
+
+
+def test_rest_port_is_served_by_haproxy_when_installed(serve_app):
+    # The session cluster runs the default proxy choice: with a haproxy binary (ray[serve]
+    # bundles one on Linux), the REST port must be haproxy's, with this cluster's private config.
+    if haproxy_binary() is None:
+        assert os.environ.get(HAPROXY_FLAG) != "1"
+        return
+    assert os.environ.get(HAPROXY_FLAG) == "1"
+    cfg = os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    cmdlines = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdlines.append(f.read().split(b"\0"))
+        except OSError:
+            continue
+    # Serve writes the config into a directory of its own under the one we chose.
+    state = os.path.dirname(cfg)
+    ours = [c for c in cmdlines if c and os.path.basename(c[0]) == b"haproxy" and len(c) > 3 and c[2] == b"-f"
+            and os.path.dirname(os.path.dirname(c[3])) == os.fsencode(state)]
+    assert ours, f"no haproxy process runs a config under {state}"
+    with open(ours[0][3]) as f:
+        assert f":{serve_app.config.server.port}" in f.read()
 
 
 def test_serving_workers_run_at_the_configured_niceness(serve_app):

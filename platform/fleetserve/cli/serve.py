@@ -124,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
     if embedded:
         from fleetserve.deployments.ray_env import apply_serve_env
 
-        apply_serve_env(cfg.server)  # inherited by every process of the cluster started below
+        try:
+            apply_serve_env(cfg.server)  # inherited by every process of the cluster started below
+        except ConfigError as exc:
+            print(f"fleetserve serve: {exc}", file=sys.stderr)
+            return 2
         # address='local': always a fresh embedded cluster, never one found via RAY_ADDRESS.
         ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -193,11 +197,14 @@ def _client_host(host: str) -> str:
 
 def _print_banner(cfg, creds, detached: bool = False) -> None:
     host = _client_host(cfg.server.host)
-    print(f"  REST (OpenAI) : http://{host}:{cfg.server.port}/v1   (docs: /docs, spec: /openapi.json)")
+    from fleetserve.deployments.ray_env import HAPROXY_FLAG
+
+    via = "haproxy" if os.environ.get(HAPROXY_FLAG) == "1" else "Serve's Python proxy; install haproxy for lower latency"
+    print(f"  REST (OpenAI) : http://{host}:{cfg.server.port}/v1   (via {via}; docs: /docs, spec: /openapi.json)")
     from fleetserve.deployments.direct_ingress import direct_http_urls
 
     for url in direct_http_urls(cfg.server.app_name, host):
-        print(f"  REST (direct) : {url}/v1   (an ingress replica's own port: skips Serve's proxy, lower latency)")
+        print(f"  REST (direct) : {url}/v1   (an ingress replica's own port, without the proxy hop)")
     if cfg.server.grpc_port is not None:
         print(f"  gRPC          : {host}:{cfg.server.grpc_port}   (fleetserve.v1.Inference, reflection on)")
     print(f"  models        : {', '.join(m.name for m in cfg.models)}")

@@ -26,7 +26,11 @@ def direct_http_urls(app_name: str, host: str) -> list[str]:
     from ray.serve.context import _get_global_client
 
     try:
-        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name), timeout=10)
+        # from_proxy_manager: in HAProxy mode the controller otherwise answers with haproxy's
+        # own targets; this asks for what haproxy itself forwards to (the replicas).
+        groups = ray.get(
+            _get_global_client()._controller.get_target_groups.remote(app_name, from_proxy_manager=True), timeout=10
+        )
     except Exception as exc:  # noqa: BLE001 - an older Serve or no controller: no direct ingress to report
         log.debug("no direct ingress targets for %s: %s", app_name, exc)
         return []
