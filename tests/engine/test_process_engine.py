@@ -118,3 +118,38 @@ async def test_a_child_that_cannot_load_the_model_fails_start_with_its_error(tmp
     with pytest.raises(EngineError):  # a later request gets the same error, not a hang
         async for _ in eng.generate(long_request("late")):
             pass
+
+
+async def test_child_paced_stream_keeps_every_token_through_preempt_and_abort(engine, tiny_llama_path):
+    # The child holds outputs back for a stream's interval (output_pacer). Preempting a
+    # paced request and then aborting it must still hand over every token it made, in order.
+    reference = AsyncEngine(make_engine_config(tiny_llama_path))
+    expected = [t async for o in reference.generate(long_request("ref")) for t in o.token_ids_delta]
+    await reference.shutdown()
+
+    tokens: list[int] = []
+    outs = []
+    stream = engine.generate(long_request("p", stream_interval_s=0.2))
+    first = await asyncio.wait_for(stream.__anext__(), TIMEOUT)
+    tokens += first.token_ids_delta
+    assert await engine.preempt("p")
+    second = await asyncio.wait_for(stream.__anext__(), TIMEOUT)  # resumed; merged over ~0.2 s
+    tokens += second.token_ids_delta
+    outs.append(second)
+    await engine.abort("p")
+    async for o in stream:
+        tokens += o.token_ids_delta
+        outs.append(o)
+    assert outs[-1].finished and outs[-1].finish_reason == "abort"
+    assert 1 < len(tokens) < len(expected) and tokens == expected[: len(tokens)]
+    assert len(second.token_ids_delta) > 1  # paced: several steps in one output
+
+
+async def test_child_sends_a_paced_stream_once_per_interval_not_once_per_step(engine):
+    # 300 decode steps with a 0.1 s interval: the replica's loop gets a handful of merged
+    # outputs, not one per step (what pacing in the child saves the replica).
+    n_tokens = 0
+    async for o in engine.generate(long_request("q", stream_interval_s=0.1)):
+        n_tokens += len(o.token_ids_delta)
+    assert n_tokens == 300
+    assert engine.outputs_received < n_tokens / 3

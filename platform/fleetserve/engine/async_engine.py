@@ -165,8 +165,7 @@ class AsyncEngine(EngineFront):
             except Exception as exc:  # noqa: BLE001 - the loop must survive a bad step
                 log.exception("engine step failed; failing the in-flight requests")
                 outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")
-            if outputs:
-                self._deliver(outputs)
+            self._deliver(outputs)  # also when empty: a transport that holds outputs back checks them per step
             if not self._has_work():
                 self._notify_idle()
         with self._cond:  # stopped: nobody will run what is still queued
@@ -243,6 +242,8 @@ class AsyncEngine(EngineFront):
         return not self._sleeping and self.engine.has_unfinished()
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
+        if not outputs:
+            return
         try:
             self._loop.call_soon_threadsafe(self._dispatch, outputs)
         except RuntimeError:  # event loop closed: nobody is listening any more

@@ -21,6 +21,7 @@ import logging
 import pickle
 import sys
 import threading
+import time
 import traceback
 from functools import partial
 from multiprocessing.connection import Connection
@@ -28,11 +29,14 @@ from typing import Optional
 
 from fleetserve.engine.async_engine import AsyncEngine
 from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.output_pacer import OutputPacer
 from fleetserve.engine.protocol import EngineStats, RequestOutput
 from fleetserve.engine.step_lane import PriorityLane
 from fleetserve.errors import EngineError
 
 log = logging.getLogger("fleetserve.engine.core_process")
+
+STATS_EVERY_S = 0.02  # longest the replica goes without fresh EngineStats while requests run
 
 
 def _portable(exc: Optional[BaseException]) -> Optional[BaseException]:
@@ -53,6 +57,11 @@ class PipeCore(AsyncEngine):
         super().__init__(config)
         self._conn = conn
         self._send_lock = threading.Lock()  # the lane thread sends too (side steps' replies)
+        # Streams are paced here, before the pipe (see output_pacer); the lane thread tracks
+        # the requests it adds, so the pacer has a lock of its own.
+        self._pacer = OutputPacer(time.monotonic)
+        self._pacer_lock = threading.Lock()
+        self._last_sent = 0.0  # when the parent last got stats with an "out" message
 
     def serve(self) -> None:
         """Load the model, say hello, run the step loop until told to stop or orphaned."""
@@ -68,16 +77,38 @@ class PipeCore(AsyncEngine):
 
     # ---------------------------------------------------------------- AsyncEngine hooks
     def _take_work(self):
-        self._read(block=not (self._commands or self._adds or self._has_work()))
+        block = not (self._commands or self._adds or self._has_work())
+        if block:
+            with self._pacer_lock:
+                held = self._pacer.flush_all()
+            if held:
+                self._send(("out", held, self.engine.stats()))
+        self._read(block=block)
         return self._take_queued()
 
     def _poll_inbox(self) -> None:
         self._read(block=False)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        self._send(("out", outputs, self.engine.stats()))
+        with self._pacer_lock:
+            ready = self._pacer.offer(outputs) + self._pacer.due()
+        now = time.monotonic()
+        # Outputs that are due, and the replica's view of the engine at least every
+        # STATS_EVERY_S even while every stream waits out its interval.
+        if ready or now - self._last_sent >= STATS_EVERY_S:
+            self._last_sent = now
+            self._send(("out", ready, self.engine.stats()))
+
+    def _op_abort(self, request_id: str) -> Optional[RequestOutput]:
+        out = super()._op_abort(request_id)
+        with self._pacer_lock:
+            return self._pacer.take(request_id, out)
 
     def _notify_idle(self) -> None:
+        with self._pacer_lock:
+            held = self._pacer.flush_all()
+        if held:
+            self._send(("out", held, self.engine.stats()))
         self._send(("idle", self.engine.stats()))
 
     def stats(self) -> EngineStats:
@@ -99,7 +130,7 @@ class PipeCore(AsyncEngine):
         future: concurrent.futures.Future = concurrent.futures.Future()
         if kind == "add":
             request = msg[1]
-            future.add_done_callback(partial(self._answer_add, request.request_id))
+            future.add_done_callback(partial(self._answer_add, request.request_id, request.stream_interval_s))
             self._adds.append((request, future))
         elif kind == "op":
             _, call_id, name, args = msg
@@ -111,8 +142,12 @@ class PipeCore(AsyncEngine):
         else:
             log.error("engine process: unknown message %r ignored", kind)
 
-    def _answer_add(self, request_id: str, future: concurrent.futures.Future) -> None:
-        self._send(("added", request_id, _portable(future.exception())))
+    def _answer_add(self, request_id: str, interval_s: float, future: concurrent.futures.Future) -> None:
+        exc = future.exception()
+        if exc is None:  # before the request's first step: it runs on this thread or after it
+            with self._pacer_lock:
+                self._pacer.track(request_id, interval_s)
+        self._send(("added", request_id, _portable(exc)))
 
     def _answer_op(self, call_id: int, future: concurrent.futures.Future) -> None:
         exc = future.exception()

@@ -54,6 +54,7 @@ class ProcessEngine(EngineFront):
         self._info: Optional[ModelInfo] = None
         self._tokenizer: Optional[Tokenizer] = None
         self._stats = EngineStats()
+        self.outputs_received = 0  # RequestOutputs that crossed the pipe (the child paces streams)
         self._adding: dict[str, asyncio.Future] = {}
         self._calls: dict[int, asyncio.Future] = {}
         self._call_ids = itertools.count()
@@ -137,6 +138,7 @@ class ProcessEngine(EngineFront):
         kind = msg[0]
         if kind == "out":
             self._stats = msg[2]
+            self.outputs_received += len(msg[1])
             self._dispatch(msg[1])
         elif kind == "added":
             self._settle(self._adding.pop(msg[1], None), None, msg[2])
