@@ -39,6 +39,15 @@ async def wait_for(predicate, timeout: float = TIMEOUT) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+async def reference_tokens(path) -> list[int]:
+    """Every token of ``long_request`` from an in-thread engine, uninterrupted."""
+    reference = AsyncEngine(make_engine_config(path))
+    try:
+        return [t async for o in reference.generate(long_request("ref")) for t in o.token_ids_delta]
+    finally:
+        await reference.shutdown()
+
+
 def long_request(rid: str, **overrides):
     return make_generate_request(request_id=rid, prompt_token_ids=[11, 12, 13, 14], params=greedy(max_tokens=300, ignore_eos=True),
                                  **overrides)
@@ -61,9 +70,7 @@ async def test_child_death_ends_streams_and_fails_health(engine):
 
 
 async def test_preempted_request_resumes_with_every_token(engine, tiny_llama_path):
-    reference = AsyncEngine(make_engine_config(tiny_llama_path))
-    expected = [t async for o in reference.generate(long_request("ref")) for t in o.token_ids_delta]
-    await reference.shutdown()
+    expected = await reference_tokens(tiny_llama_path)
 
     tokens: list[int] = []
     stream = engine.generate(long_request("p"))
@@ -123,9 +130,7 @@ async def test_a_child_that_cannot_load_the_model_fails_start_with_its_error(tmp
 async def test_child_paced_stream_keeps_every_token_through_preempt_and_abort(engine, tiny_llama_path):
     # The child holds outputs back for a stream's interval (output_pacer). Preempting a
     # paced request and then aborting it must still hand over every token it made, in order.
-    reference = AsyncEngine(make_engine_config(tiny_llama_path))
-    expected = [t async for o in reference.generate(long_request("ref")) for t in o.token_ids_delta]
-    await reference.shutdown()
+    expected = await reference_tokens(tiny_llama_path)
 
     tokens: list[int] = []
     outs = []
