@@ -79,10 +79,7 @@ class PipeCore(AsyncEngine):
     def _take_work(self):
         block = not (self._commands or self._adds or self._has_work())
         if block:
-            with self._pacer_lock:
-                held = self._pacer.flush_all()
-            if held:
-                self._send(("out", held, self.engine.stats()))
+            self._flush_held()
         self._read(block=block)
         return self._take_queued()
 
@@ -105,11 +102,15 @@ class PipeCore(AsyncEngine):
             return self._pacer.take(request_id, out)
 
     def _notify_idle(self) -> None:
+        self._flush_held()
+        self._send(("idle", self.engine.stats()))
+
+    def _flush_held(self) -> None:
+        """Send every output the pacer holds (before this process waits for work)."""
         with self._pacer_lock:
             held = self._pacer.flush_all()
         if held:
             self._send(("out", held, self.engine.stats()))
-        self._send(("idle", self.engine.stats()))
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
