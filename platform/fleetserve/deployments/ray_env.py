@@ -95,7 +95,8 @@ def apply_serve_env(server: ServerConfig, environ: Optional[MutableMapping[str, 
     env = os.environ if environ is None else environ
     wanted = serve_env(server)
     applied = {k: v for k, v in wanted.items() if k not in env}
-    if env.get(HAPROXY_FLAG, wanted.get(HAPROXY_FLAG)) == "1":
+    private_keys = haproxy_private_env("", 0, 0).keys()
+    if env.get(HAPROXY_FLAG, wanted.get(HAPROXY_FLAG)) == "1" and not all(k in env for k in private_keys):
         # Mode 0700. Short: Serve nests a 56-character directory in it, and haproxy caps
         # unix socket paths at 97 characters.
         state_dir = tempfile.mkdtemp(prefix="fshap-", dir="/tmp" if os.path.isdir("/tmp") else None)
