@@ -5,7 +5,14 @@ import os
 import pytest
 
 from fleetserve.config import ServerConfig
-from fleetserve.deployments.ray_env import HAPROXY_FLAG, apply_serve_env, haproxy_binary, resolve_proxy, serve_env
+from fleetserve.deployments.ray_env import (
+    HAPROXY_FLAG,
+    apply_serve_env,
+    haproxy_binary,
+    haproxy_private_env,
+    resolve_proxy,
+    serve_env,
+)
 from fleetserve.errors import ConfigError
 
 
@@ -51,6 +58,9 @@ def test_haproxy_gets_private_paths_and_ports(tmp_path):
     env = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(exe), "RAY_SERVE_HAPROXY_STATS_PORT": "8500"}
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in apply_serve_env(ServerConfig(), env) and env["RAY_SERVE_HAPROXY_STATS_PORT"] == "8500"
     assert haproxy_binary({"RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "nope")}) is None
+    # Every haproxy path and port set by the operator: nothing private is made.
+    env = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(exe)} | {k: "x" for k in haproxy_private_env("", 0, 0)}
+    assert set(apply_serve_env(ServerConfig(), env)) == set(DEFAULT_ENV) | {HAPROXY_FLAG}
 
 
 def test_rest_port_is_served_by_haproxy_when_installed(serve_app):
