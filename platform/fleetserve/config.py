@@ -115,6 +115,16 @@ class ServerConfig(BaseModel):
             "starts with."
         ),
     )
+    replica_transport: Literal["direct", "serve"] = Field(
+        "direct",
+        description=(
+            "How the ingress streams from model replicas. 'direct': over one authenticated TCP link per replica "
+            "(deployments/replica_link.py; HMAC with a secret kept in Ray's GCS), which costs each side a fraction "
+            "of a Serve handle call's CPU; replica choice, health, preemption and scaling still go through Serve, "
+            "and a replica that advertises no link is reached through its handle. 'serve': every request through "
+            "Serve DeploymentHandle calls."
+        ),
+    )
     serve_throughput_optimized: bool = Field(
         True,
         description=(

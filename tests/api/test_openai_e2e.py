@@ -205,6 +205,8 @@ def test_models_health_openapi_metrics_admin(serve_app):
     assert model["name"] == serve_app.model and model["num_replicas"] == 1
     row = model["replicas"][0]
     assert {"waiting", "running", "kv_usage", "healthy"} <= set(row) and row["healthy"]
+    # server.replica_transport defaults to direct: the requests above streamed over the link.
+    assert row["transport"] == "link" and row["link_streams"] >= 1
 
 
 def test_sse_wire_format(serve_app):

@@ -27,6 +27,8 @@ class ReplicaStatus:
     healthy: bool = True
     draining: bool = False
     age_s: Optional[float] = None  # seconds since the stats were taken; None when unknown
+    link: bool = False  # the replica advertises a replica link (server.replica_transport: direct)
+    link_streams: int = 0  # requests this ingress process sent over that link
 
 
 class ModelClient(Protocol):

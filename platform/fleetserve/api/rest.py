@@ -156,7 +156,8 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
                 "replicas": [
                     {"replica": r.replica, "waiting": r.num_waiting, "running": r.num_running,
                      "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
-                     "stats_age_s": None if r.age_s is None else round(r.age_s, 2)}
+                     "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
+                     "transport": "link" if r.link else "handle", "link_streams": r.link_streams}
                     for r in reps
                 ],
             })

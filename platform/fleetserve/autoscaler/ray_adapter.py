@@ -13,8 +13,9 @@ controller; here they collapse into the serving target. For per-deployment setti
 the class form, ``policy_function="fleetserve.autoscaler.ray_adapter:FleetserveRayPolicy"``
 with ``policy_kwargs={"profile": "autoscaler/balanced.yaml"}`` (or ``{"config": {...}}``).
 
-Replicas may report ``arrival_rate``, ``mean_service_time_s`` and ``kv_usage`` through
-``record_autoscaling_stats``; they are used when present.
+Replicas may report ``arrival_rate``, ``mean_service_time_s``, ``kv_usage`` and ``in_flight``
+through ``record_autoscaling_stats``; they are used when present (``ModelReplica`` reports
+the last two: requests on replica links never pass through Serve's counters).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def snapshot_from_context(ctx: Any) -> ModelSnapshot:
         model=ctx.deployment_name,
         version=ctx.app_name or "default",
         queued_at_router=int(round(queued)),
-        running=int(round(ctx.total_running_requests)),
+        # Requests streaming over replica links are invisible to Serve's own count.
+        running=int(round(max(ctx.total_running_requests or 0.0, _sum(metrics.get("in_flight")) or 0.0))),
         kv_usage=_mean(metrics.get("kv_usage")),
         arrival_rate=_sum(metrics.get("arrival_rate")),
         mean_service_time_s=_mean(metrics.get("mean_service_time_s")),

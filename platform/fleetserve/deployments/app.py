@@ -95,7 +95,7 @@ def build_app(cfg: FleetConfig, engine_factory=None):
     handles, names = {}, {}
     for m in cfg.models:
         dep = serve.deployment(ModelReplica).options(**_model_options(m, cfg))
-        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory)
+        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct")
         names[m.name] = deployment_name(m)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS_DEPLOYMENT,

@@ -25,7 +25,13 @@ class Ingress:
             ModelSpec(m.name, m.checkpoint, m.version, m.routing.prefix_affinity_blocks, m.routing.block_size)
             for m in self._cfg.models
         ]
-        client = HandleModelClient(handles, deployment_names)
+        link = None
+        if self._cfg.server.replica_transport == "direct":
+            from fleetserve.deployments.replica_link import ReplicaLinkClient, cluster_secret
+
+            link = ReplicaLinkClient(cluster_secret())
+        slack = {m.name: m.routing.even_load_slack for m in self._cfg.models}
+        client = HandleModelClient(handles, deployment_names, link=link, slack=slack)
         # Fleet admission queue per model (tenants.scheduling): capacity from the replica
         # stats board, preemption through the handles.
         pools = board_pools(deployment_names, handles)

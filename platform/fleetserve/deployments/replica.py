@@ -13,6 +13,9 @@
   :mod:`fleetserve.router.replica_router` routes on it.
 - ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once, in-flight
   requests get ``drain_timeout_s`` to finish.
+- With ``link=True`` the same ``generate`` is also served over the replica link
+  (:mod:`fleetserve.deployments.replica_link`); its address goes out in the routing stats
+  (``"link"``), which is how the ingress finds it.
 
 The class is plain; :mod:`fleetserve.deployments.app` applies ``serve.deployment`` with
 resources and limits from the config, and tests may construct it with any engine.
@@ -27,6 +30,7 @@ from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.config import ModelConfig
 from fleetserve.deployments.process_tuning import freeze_startup_heap
+from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
 from fleetserve.engine.coalesce import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
@@ -37,7 +41,7 @@ EngineFactory = Callable[[ModelConfig], EngineProtocol]
 
 
 class ModelReplica:
-    async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None):
+    async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None, link: bool = False):
         from fleetserve.deployments.engine_factory import build_engine
 
         self._cfg = ModelConfig.model_validate(model)
@@ -47,6 +51,10 @@ class ModelReplica:
         self._live: set[str] = set()  # engine request ids streaming now (for preempt_job)
         self._replica_id = _replica_id()
         await self._engine.start()
+        self._link: Optional[ReplicaLinkServer] = None
+        if link:
+            self._link = ReplicaLinkServer(self.generate, cluster_secret(), host=_node_ip())
+            await self._link.start()
         freeze_startup_heap()  # the model and runtime heap is never scanned by the GC again
         logger.info("replica %s of %s ready (engine=%s)", self._replica_id, self._cfg.name, self._cfg.engine)
 
@@ -107,8 +115,14 @@ class ModelReplica:
             "healthy": s.healthy,
             "draining": self._draining or s.draining,
             "in_flight": self._in_flight,
+            "link": self._link.address if self._link is not None else None,
             "ts": time.time(),
         }
+
+    def record_autoscaling_stats(self) -> dict:
+        """Requests in flight here through any transport: Serve counts only its handle calls."""
+        s = self._engine.stats()
+        return {"in_flight": float(self._in_flight), "kv_usage": float(s.kv_usage)}
 
     async def __del__(self):
         self._draining = True
@@ -118,6 +132,8 @@ class ModelReplica:
                 logger.warning("replica %s shut down with %d requests unfinished after drain", self._replica_id, left)
         finally:
             await self._engine.shutdown()
+            if self._link is not None:
+                await self._link.close()
 
 
 def _replica_id() -> str:
@@ -127,3 +143,13 @@ def _replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # constructed outside Serve (tests)
         return "local"
+
+
+def _node_ip() -> str:
+    """Where other nodes reach this replica (loopback outside a Ray worker)."""
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - no Ray here (tests)
+        return "127.0.0.1"

@@ -1,0 +1,294 @@
+"""The ingress's direct stream link to model replicas (``server.replica_transport: direct``).
+
+A Serve DeploymentHandle call costs each side several milliseconds of Python per request
+(Serve's router, its gRPC transport, the replica's request wrapper, one message per yielded
+item), on the event loops that also carry every other tenant's requests. Under overload that
+queueing is where premium latency went (docs/benchmarks.md). This link carries only the data
+path -- a request in, its :class:`RequestOutput` stream back, cancellation -- over one TCP
+connection per (ingress process, replica), multiplexed by stream id. Replica choice, health,
+stats, preemption and scaling stay with Serve: the replica advertises its address in its
+routing stats, and the ingress falls back to the handle when a replica has none.
+
+Wire format: 4-byte big-endian length, then a pickled tuple.
+- client -> server: ``("gen", sid, GenerateRequest)``, ``("cancel", sid)``
+- server -> client: ``("out", sid, RequestOutput)``, ``("err", sid, exception)``, ``("end", sid)``
+
+Pickle runs code, so the link is authenticated before the first frame: each side proves it
+holds the cluster's link secret with an HMAC-SHA256 over the other's random nonce, compared
+in constant time (the ingress first; the replica answers only a peer that passed). Frames
+are not encrypted: like Ray's own traffic, the link assumes the cluster network. The secret lives in Ray's GCS key-value store (:func:`cluster_secret`), so
+whoever can read it could already run code on the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import logging
+import os
+import pickle
+import struct
+from typing import AsyncIterator, Callable, Optional
+
+from fleetserve.engine.protocol import GenerateRequest, RequestOutput
+from fleetserve.errors import EngineError, ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+
+NONCE_BYTES = 32
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+CONNECT_TIMEOUT_S = 5.0
+HIGH_WATER_BYTES = 1 << 20  # buffered output beyond which a stream waits for the socket
+SECRET_KV_KEY = b"fleetserve:replica-link-secret"
+SECRET_KV_NAMESPACE = "fleetserve"
+
+_HEADER = struct.Struct("!I")
+_MAC_BYTES = hashlib.sha256().digest_size
+
+GenerateFn = Callable[[GenerateRequest], AsyncIterator[RequestOutput]]
+
+
+def cluster_secret() -> bytes:
+    """The link secret of this Ray cluster: created once in the GCS, then read by everyone."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+    _internal_kv_put(SECRET_KV_KEY, os.urandom(32), overwrite=False, namespace=SECRET_KV_NAMESPACE)
+    secret = _internal_kv_get(SECRET_KV_KEY, namespace=SECRET_KV_NAMESPACE)
+    if not secret:
+        raise RuntimeError("replica link secret missing from the GCS")
+    return secret
+
+
+def _mac(secret: bytes, nonce: bytes, role: bytes) -> bytes:
+    return hmac.new(secret, role + nonce, hashlib.sha256).digest()
+
+
+async def _server_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
+    """The client proves the secret first; only then does the server prove it back, so an
+    unauthenticated peer never obtains a MAC. Raises ConnectionError on a wrong answer."""
+    mine = os.urandom(NONCE_BYTES)
+    writer.write(mine)
+    theirs = await reader.readexactly(NONCE_BYTES)
+    answer = await reader.readexactly(_MAC_BYTES)
+    if not hmac.compare_digest(answer, _mac(secret, mine, b"c")):
+        raise ConnectionError("replica link: peer failed authentication")
+    writer.write(_mac(secret, theirs, b"s"))
+
+
+async def _client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
+    theirs = await reader.readexactly(NONCE_BYTES)
+    mine = os.urandom(NONCE_BYTES)
+    writer.write(mine + _mac(secret, theirs, b"c"))
+    try:
+        answer = await reader.readexactly(_MAC_BYTES)
+    except asyncio.IncompleteReadError:
+        raise ConnectionError("replica link: peer failed authentication (refused by the replica)") from None
+    if not hmac.compare_digest(answer, _mac(secret, mine, b"s")):
+        raise ConnectionError("replica link: peer failed authentication")
+
+
+def _frame(msg: tuple) -> bytes:
+    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple:
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if size > MAX_FRAME_BYTES:
+        raise ConnectionError(f"replica link: frame of {size} bytes")
+    return pickle.loads(await reader.readexactly(size))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # noqa: BLE001 - any unpicklable exception
+        return EngineError(f"{type(exc).__name__}: {exc}")
+
+
+class ReplicaLinkServer:
+    """Serves ``generate`` (the replica's own async generator) to authenticated ingresses."""
+
+    def __init__(self, generate: GenerateFn, secret: bytes, host: str = "127.0.0.1"):
+        self._generate = generate
+        self._secret = secret
+        self._host = host
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._conns: set[asyncio.Task] = set()
+        self.address: Optional[str] = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve_conn, self._host, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = f"{self._host}:{port}"
+        return self.address
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+
+    async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._conns.add(task)
+        streams: dict[int, asyncio.Task] = {}
+        try:
+            await asyncio.wait_for(_server_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
+            while True:
+                msg = await _read_frame(reader)
+                if msg[0] == "gen":
+                    _, sid, request = msg
+                    t = asyncio.create_task(self._stream(sid, request, writer))
+                    streams[sid] = t
+                    t.add_done_callback(lambda _t, sid=sid: streams.pop(sid, None))
+                elif msg[0] == "cancel":
+                    t = streams.get(msg[1])
+                    if t is not None:
+                        t.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.TimeoutError):
+            pass  # the ingress went away (or failed authentication): its streams end below
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - a malformed frame ends this connection only
+            log.exception("replica link: connection dropped")
+        finally:
+            for t in list(streams.values()):
+                t.cancel()
+            await asyncio.gather(*streams.values(), return_exceptions=True)
+            writer.close()
+            self._conns.discard(task)
+
+    async def _stream(self, sid: int, request: GenerateRequest, writer: asyncio.StreamWriter) -> None:
+        stream = self._generate(request)
+        try:
+            async for out in stream:
+                if writer.is_closing():
+                    return  # the ingress is gone: closing the stream aborts the request
+                writer.write(_frame(("out", sid, out)))
+                if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
+                    await writer.drain()
+            if not writer.is_closing():
+                writer.write(_frame(("end", sid)))
+        except asyncio.CancelledError:
+            raise  # cancelled by the ingress or the connection
+        except Exception as exc:  # noqa: BLE001 - handed to the ingress, raised there
+            if not writer.is_closing():
+                writer.write(_frame(("err", sid, _portable(exc))))
+        finally:
+            await stream.aclose()  # an unfinished stream aborts its engine request
+
+
+class _Link:
+    """One authenticated connection to one replica, shared by many streams."""
+
+    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.address = address
+        self._reader = reader
+        self._writer = writer
+        self._streams: dict[int, asyncio.Queue] = {}
+        self._ids = itertools.count(1)
+        self.closed = False
+        self._task = asyncio.create_task(self._read_loop())
+
+    def open(self, request: GenerateRequest) -> tuple[int, asyncio.Queue]:
+        sid = next(self._ids)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[sid] = queue
+        self._writer.write(_frame(("gen", sid, request)))
+        return sid, queue
+
+    def finish(self, sid: int, cancel: bool) -> None:
+        self._streams.pop(sid, None)
+        if cancel and not self.closed:
+            self._writer.write(_frame(("cancel", sid)))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = await _read_frame(self._reader)
+                queue = self._streams.get(msg[1])
+                if queue is not None:  # else: a stream the ingress already let go of
+                    queue.put_nowait(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - a malformed frame ends the link; streams fail below
+            log.exception("replica link to %s dropped", self.address)
+        finally:
+            self.closed = True
+            self._writer.close()
+            for queue in self._streams.values():
+                queue.put_nowait(("lost", None))
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class ReplicaLinkClient:
+    """The ingress side: one :class:`_Link` per replica address, opened on first use."""
+
+    def __init__(self, secret: bytes):
+        self._secret = secret
+        self._links: dict[str, _Link] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+
+    async def link(self, address: str) -> _Link:
+        """The open link to ``address``; raises OSError/ConnectionError if it cannot be opened."""
+        link = self._links.get(address)
+        if link is not None and not link.closed:
+            return link
+        pending = self._connecting.get(address)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(address))
+            self._connecting[address] = pending
+            pending.add_done_callback(lambda _f: self._connecting.pop(address, None))
+        return await asyncio.shield(pending)
+
+    async def _connect(self, address: str) -> _Link:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(_client_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
+        except BaseException:
+            writer.close()
+            raise
+        link = _Link(address, reader, writer)
+        self._links[address] = link
+        return link
+
+    async def generate(self, link: _Link, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
+        """Stream one request's outputs over ``link``; leaving early cancels it on the replica."""
+        sid, queue = link.open(request)
+        finished = False
+        try:
+            while True:
+                kind, _, *payload = await queue.get()
+                if kind == "out":
+                    out = payload[0]
+                    finished = out.finished
+                    yield out
+                    if finished:
+                        return
+                elif kind == "end":
+                    finished = True
+                    return
+                elif kind == "err":
+                    finished = True
+                    raise payload[0]
+                else:  # "lost"
+                    finished = True
+                    raise ServiceUnavailableError(f"lost the connection to replica {link.address}", retry_after_s=1.0)
+        finally:
+            link.finish(sid, cancel=not finished)
+
+    async def close(self) -> None:
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()

@@ -1,0 +1,99 @@
+"""HandleModelClient's choice between replica links and the Serve handle (pure asyncio: a
+real link server on loopback, a stand-in handle recording what reached it)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+from fleetserve.deployments.handle_client import HandleModelClient
+from fleetserve.deployments.replica_link import ReplicaLinkClient, ReplicaLinkServer
+from fleetserve.engine.protocol import GenerateRequest, RequestOutput
+from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.router.stats_board import ReplicaStatsBoard
+
+SECRET = os.urandom(32)
+DEP = "model-m"
+
+
+def req(rid: str) -> GenerateRequest:
+    return GenerateRequest(request_id=rid, prompt="x", params=SamplingParams(max_tokens=2, temperature=0))
+
+
+async def two_tokens(request: GenerateRequest, tag: str):
+    yield RequestOutput(request.request_id, text_delta=tag)
+    yield RequestOutput(request.request_id, text_delta=tag, finished=True, finish_reason="length")
+
+
+class RecordingHandle:
+    """Answers ``options(stream=True).generate.remote(...)`` like a DeploymentHandle would."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def options(self, **_):
+        return self
+
+    @property
+    def generate(self):
+        return self
+
+    def remote(self, request, prefix_key=None):
+        self.calls.append(request.request_id)
+        return two_tokens(request, "handle")
+
+
+def closed_port_address() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return f"127.0.0.1:{port}"
+
+
+async def text(client, rid: str) -> str:
+    return "".join([o.text_delta async for o in client.generate("m", req(rid))])
+
+
+async def test_link_used_when_advertised_handle_otherwise():
+    server = ReplicaLinkServer(lambda r: two_tokens(r, "link"), SECRET)
+    address = await server.start()
+    board, handle = ReplicaStatsBoard(), RecordingHandle()
+    client = HandleModelClient({"m": handle}, {"m": DEP}, board=board, link=ReplicaLinkClient(SECRET), rng=random.Random(0))
+    try:
+        board.publish(DEP, {"r1": {"num_running": 0}})  # no link advertised (transport "serve")
+        assert await text(client, "a") == "handlehandle" and handle.calls == ["a"]
+
+        board.publish(DEP, {"r1": {"num_running": 0, "link": address}})
+        assert await text(client, "b") == "linklink" and handle.calls == ["a"]
+        row = client.replica_status()[0]
+        assert row.link and row.link_streams == 1
+
+        # A dead link next to a live one: the live one serves; both dead: the handle does.
+        board.publish(DEP, {"r0": {"num_running": 0, "link": closed_port_address()}, "r1": {"num_running": 5, "link": address}})
+        for i in range(6):
+            assert await text(client, f"c{i}") == "linklink"
+        board.publish(DEP, {"r0": {"num_running": 0, "link": closed_port_address()}})
+        assert await text(client, "d") == "handlehandle" and handle.calls == ["a", "d"]
+    finally:
+        await server.close()
+
+
+async def test_load_counts_this_processes_open_streams():
+    """Two idle replicas by their stats: streams held open on one send the next to the other."""
+    servers = [ReplicaLinkServer(lambda r, t=t: two_tokens(r, t), SECRET) for t in ("A", "B")]
+    addrs = [await s.start() for s in servers]
+    board = ReplicaStatsBoard()
+    board.publish(DEP, {"A": {"link": addrs[0]}, "B": {"link": addrs[1]}})
+    client = HandleModelClient({"m": RecordingHandle()}, {"m": DEP}, board=board, link=ReplicaLinkClient(SECRET), rng=random.Random(1))
+    try:
+        held = client.generate("m", req("held"))
+        first = (await held.__anext__()).text_delta
+        other = "B" if first == "A" else "A"
+        for i in range(4):
+            assert (await text(client, f"n{i}"))[0] == other
+        await held.aclose()
+    finally:
+        for s in servers:
+            await s.close()

@@ -1,0 +1,175 @@
+"""The replica link (ingress <-> replica streams over TCP on loopback): order, multiplexing,
+cancellation, errors, lost connections and authentication; then a real ModelReplica behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from fleetserve.deployments.replica_link import ReplicaLinkClient, ReplicaLinkServer
+from fleetserve.engine.protocol import GenerateRequest, RequestOutput
+from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.errors import ServiceUnavailableError
+
+SECRET = os.urandom(32)
+
+
+def req(rid: str, n: int) -> GenerateRequest:
+    return GenerateRequest(request_id=rid, prompt="x", params=SamplingParams(max_tokens=n, temperature=0))
+
+
+class CountingGenerator:
+    """``generate`` yielding one token per output; records what was closed before finishing."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.started: list[str] = []
+        self.aborted: list[str] = []
+
+    async def __call__(self, request: GenerateRequest):
+        self.started.append(request.request_id)
+        n = request.params.max_tokens
+        done = False
+        try:
+            for i in range(n):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                done = i == n - 1
+                yield RequestOutput(request.request_id, token_ids_delta=[i], finished=done,
+                                    finish_reason="length" if done else None)
+        finally:
+            if not done:
+                self.aborted.append(request.request_id)
+
+
+async def wait_until(pred, timeout_s=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def served():
+    gen = CountingGenerator(delay_s=0.001)
+    server = ReplicaLinkServer(gen, SECRET)
+    address = await server.start()
+    client = ReplicaLinkClient(SECRET)
+    yield gen, server, client, address
+    await client.close()
+    await server.close()
+
+
+async def collect(client, link, request):
+    return [o async for o in client.generate(link, request)]
+
+
+async def test_concurrent_streams_share_one_link_in_order(served):
+    gen, _, client, address = served
+    link = await client.link(address)
+    assert await client.link(address) is link
+    sizes = {f"r{i}": 5 + 7 * i for i in range(8)}
+    results = await asyncio.gather(*(collect(client, link, req(rid, n)) for rid, n in sizes.items()))
+    for (rid, n), outs in zip(sizes.items(), results):
+        assert [o.request_id for o in outs] == [rid] * n
+        assert [t for o in outs for t in o.token_ids_delta] == list(range(n))  # none lost, none repeated
+        assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+    assert gen.aborted == []
+
+
+async def test_leaving_early_aborts_on_the_replica(served):
+    gen, _, client, address = served
+    link = await client.link(address)
+    stream = client.generate(link, req("long", 10_000))
+    first = await stream.__anext__()
+    assert first.token_ids_delta == [0]
+    await stream.aclose()
+    await wait_until(lambda: gen.aborted == ["long"])
+    # The link stays usable for the next request.
+    outs = await collect(client, link, req("after", 3))
+    assert outs[-1].finished
+
+
+async def test_replica_errors_reach_the_ingress_typed(served):
+    _, server, client, address = served
+
+    async def failing(request):
+        raise ServiceUnavailableError("replica is draining", retry_after_s=1.0)
+        yield  # pragma: no cover - makes this an async generator
+
+    server._generate = failing
+    link = await client.link(address)
+    with pytest.raises(ServiceUnavailableError, match="draining"):
+        await collect(client, link, req("x", 3))
+
+
+async def test_lost_connection_fails_streams_and_reconnects(served):
+    gen, server, client, address = served
+    link = await client.link(address)
+    stream = client.generate(link, req("cut", 10_000))
+    await stream.__anext__()
+    await server.close()  # the replica's side goes away mid-stream
+    with pytest.raises(ServiceUnavailableError, match="lost the connection"):
+        async for _ in stream:
+            pass
+    await wait_until(lambda: "cut" in gen.aborted)
+    assert link.closed
+
+
+async def test_wrong_secret_is_refused_before_any_request():
+    gen = CountingGenerator()
+    server = ReplicaLinkServer(gen, SECRET)
+    address = await server.start()
+    intruder = ReplicaLinkClient(b"not the cluster secret")
+    try:
+        with pytest.raises(ConnectionError, match="authentication"):
+            await intruder.link(address)
+        # A raw client that skips the handshake and sends a request frame gets nothing run.
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        from fleetserve.deployments.replica_link import _frame
+
+        await reader.readexactly(32)
+        writer.write(b"\0" * 32 + _frame(("gen", 1, req("evil", 3))))
+        assert await reader.read() == b""  # closed on the wrong answer
+        writer.close()
+        assert gen.started == []
+    finally:
+        await intruder.close()
+        await server.close()
+
+
+async def test_a_real_replica_streams_over_its_link(tiny_llama_path, monkeypatch):
+    """ModelReplica(link=True) advertises its link in the routing stats; streams over it match
+    the replica's own generate token for token, and cancelling aborts the engine request."""
+    from fleetserve.config import ModelConfig
+    from fleetserve.deployments import replica as replica_mod
+
+    monkeypatch.setattr(replica_mod, "cluster_secret", lambda: SECRET)  # outside Ray: no GCS
+    cfg = ModelConfig(name="tiny", checkpoint=str(tiny_llama_path), drain_timeout_s=5,
+                      engine_args={"num_kv_blocks": 128, "num_threads": 1})
+    replica = replica_mod.ModelReplica.__new__(replica_mod.ModelReplica)
+    await replica.__init__(cfg.model_dump(mode="json"), link=True)
+    client = ReplicaLinkClient(SECRET)
+    try:
+        address = replica.record_routing_stats()["link"]
+        assert address and address.rsplit(":", 1)[1].isdigit()
+        link = await client.link(address)
+        params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+        direct = [o async for o in replica.generate(GenerateRequest("a", params, prompt="def f(x):"))]
+        linked = await collect(client, link, GenerateRequest("b", params, prompt="def f(x):"))
+        assert [t for o in linked for t in o.token_ids_delta] == [t for o in direct for t in o.token_ids_delta]
+        assert len([t for o in linked for t in o.token_ids_delta]) == 12 and linked[-1].finished
+
+        stream = client.generate(link, GenerateRequest("c", SamplingParams(max_tokens=1500, ignore_eos=True), prompt="x"))
+        await stream.__anext__()
+        assert replica.record_routing_stats()["in_flight"] == 1
+        assert replica.record_autoscaling_stats()["in_flight"] == 1.0
+        await stream.aclose()
+        await wait_until(lambda: replica.record_routing_stats()["num_running"] == 0
+                         and replica.record_routing_stats()["in_flight"] == 0)
+    finally:
+        await client.close()
+        await replica.__del__()
