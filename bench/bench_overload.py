@@ -18,6 +18,9 @@ the flood's responses in the load generator's event loop never delay a premium t
      engine step for premium), to measure what pacing brings and costs;
    - ``fleetserve-plain-engine`` (not run by default): ``fleetserve`` with those two engine
      defaults off, to measure what they bring;
+   - ``fleetserve-serve-handle`` (not run by default): ``fleetserve`` with the ingress reaching
+     the replica through Serve DeploymentHandle calls instead of the replica link
+     (``server.replica_transport: serve``);
    - ``fleetserve-engine-thread`` (not run by default): ``fleetserve`` with the engine's step
      loop in a thread of the replica instead of its own process (``engine_process: false``);
    - ``engine-priority``: fleet queue off, engine priority by tier only;
@@ -54,7 +57,8 @@ MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
-MODES = ("fleetserve", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-normal-step", "fleetserve-engine-thread", "engine-priority", "fcfs")
+MODES = ("fleetserve", "fleetserve-serve-handle", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-normal-step",
+         "fleetserve-engine-thread", "engine-priority", "fcfs")
 DEFAULT_MODES = ("fleetserve", "fleetserve-per-token", "engine-priority", "fcfs")
 
 
@@ -81,7 +85,8 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
     tenants = [{"id": "premium", "tier": "premium", "api_key_hashes": [hash_api_key(PREMIUM_KEY)]}]
     tenants += [{"id": f"batch-{i}", "tier": "batch", "api_key_hashes": [hash_api_key(k)]} for i, k in enumerate(BATCH_KEYS)]
     return parse_config({
-        "server": {"port": http_port, "app_name": "bench-overload"},
+        "server": {"port": http_port, "app_name": "bench-overload"} | (
+            {"replica_transport": "serve"} if mode == "fleetserve-serve-handle" else {}),
         "models": [{
             "name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT),
             "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": inflight, "num_threads": 1} | (
