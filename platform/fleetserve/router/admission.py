@@ -318,11 +318,18 @@ def _preemptions(
         r for r in snapshot.running
         if not r.preempted and r.request_id not in pending and (r.replica_id is None or r.replica_id in healthy)
     ]
+    if not candidates:
+        return [], replace(state, pending_preemptions=pending)
     # Lowest class first, then most recently dispatched (it has done the least work).
     candidates.sort(key=lambda r: (-r.priority_class, -r.dispatched_at, r.request_id))
+    # Only waiters of a better class than some candidate can preempt; they sort before all
+    # others, so this prefix is all the loop below could use (the flood's own backlog is
+    # skipped without sorting it on every round).
+    lowest_running = candidates[0].priority_class
+    waiters = sorted((q for q in queued if q.priority_class < lowest_running), key=lambda q: (q.priority_class, q.enqueued_at))
     budget = len(pending)  # waiting requests already covered by an in-progress preemption
     out: list[tuple[str, Preempt]] = []
-    for waiter in sorted(queued, key=lambda q: (q.priority_class, q.enqueued_at)):
+    for waiter in waiters:
         if budget > 0:
             budget -= 1
             continue

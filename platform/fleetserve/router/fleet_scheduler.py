@@ -221,7 +221,9 @@ class FleetScheduler:
         self._state = decision.state
         for s in decision.shed:
             self._shed(s)
-        by_id = {q.request_id: q for q in self._queued}
+        if not decision.dispatch:
+            return decision if not decision.preempt else self._apply_preempt(decision)
+        by_id = {q.request_id: q for q in self._queued}  # only when dispatching: the queue may hold thousands
         for d in decision.dispatch:
             q = by_id[d.request_id]
             self._queued.remove(q)
@@ -232,6 +234,9 @@ class FleetScheduler:
             fut = self._futures.get(q.request_id)
             if fut is not None and not fut.done():
                 fut.set_result(Slot(q.request_id, d.replica_id, now - q.enqueued_at))
+        return self._apply_preempt(decision)
+
+    def _apply_preempt(self, decision: AdmissionDecision) -> AdmissionDecision:
         for p in decision.preempt:
             if p.by_engine:
                 self._mark_preempted(p.request_id)
