@@ -115,6 +115,19 @@ class ServerConfig(BaseModel):
             "starts with."
         ),
     )
+    gc_gen2_threshold: Optional[int] = Field(
+        1000,
+        ge=1,
+        description=(
+            "CPython's full-collection threshold (the third value of gc.set_threshold; Python's default is 10) in "
+            "the ingress and replica processes, set through FLEETSERVE_GC_GEN2_THRESHOLD. Under overload the "
+            "ingress holds thousands of queued requests; with the default every growth of that heap by a quarter "
+            "triggers a full collection, 100-190 ms on the 2-core overload bench, and every request in flight "
+            "waits it out (docs/benchmarks.md, GC). Young collections are unchanged, and full ones still run, "
+            "100x less often. null: Python's default. Like serve_throughput_optimized it must be in the environment "
+            "Ray starts with."
+        ),
+    )
     replica_transport: Literal["direct", "serve"] = Field(
         "direct",
         description=(

@@ -2,7 +2,7 @@
 
 import gc
 
-from fleetserve.deployments.process_tuning import freeze_startup_heap
+from fleetserve.deployments.process_tuning import GEN2_THRESHOLD_ENV, apply_gc_thresholds, freeze_startup_heap
 
 
 def test_freeze_startup_heap_freezes_existing_objects_only():
@@ -21,3 +21,12 @@ def test_freeze_startup_heap_freezes_existing_objects_only():
     finally:
         gc.unfreeze()
     del startup
+
+
+def test_gen2_threshold_from_the_environment_only():
+    before = gc.get_threshold()
+    try:
+        assert apply_gc_thresholds({}) == before  # unset: Python's own thresholds stay
+        assert apply_gc_thresholds({GEN2_THRESHOLD_ENV: "1000"}) == (before[0], before[1], 1000)
+    finally:
+        gc.set_threshold(*before)

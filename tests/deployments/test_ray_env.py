@@ -16,16 +16,16 @@ from fleetserve.deployments.ray_env import (
 from fleetserve.errors import ConfigError
 
 
-DEFAULT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0"}
+DEFAULT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0", "FLEETSERVE_GC_GEN2_THRESHOLD": "1000"}
 
 
 def test_defaults_and_operator_value_wins():
     assert serve_env(ServerConfig(), proxy="python") == DEFAULT_ENV
-    assert serve_env(ServerConfig(serve_throughput_optimized=False, ray_worker_niceness=None), proxy="python") == {}
+    assert serve_env(ServerConfig(serve_throughput_optimized=False, ray_worker_niceness=None, gc_gen2_threshold=None), proxy="python") == {}
     assert serve_env(ServerConfig(ray_worker_niceness=5), proxy="python")["RAY_worker_niceness"] == "5"
     env: dict[str, str] = {}
     assert apply_serve_env(ServerConfig(proxy="python"), env) == DEFAULT_ENV and env == DEFAULT_ENV
-    explicit = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_worker_niceness": "15"}
+    explicit = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_worker_niceness": "15", "FLEETSERVE_GC_GEN2_THRESHOLD": "10"}
     assert apply_serve_env(ServerConfig(proxy="python"), explicit) == {} and explicit["RAY_worker_niceness"] == "15"
 
 

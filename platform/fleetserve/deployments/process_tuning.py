@@ -15,10 +15,26 @@ startup objects are affected.
 from __future__ import annotations
 
 import gc
+import os
+from typing import Mapping, Optional
+
+GEN2_THRESHOLD_ENV = "FLEETSERVE_GC_GEN2_THRESHOLD"
 
 
 def freeze_startup_heap() -> int:
-    """Collect, then freeze what survives. Returns the number of frozen objects."""
+    """Collect, then freeze what survives; then apply :func:`apply_gc_thresholds`.
+    Returns the number of frozen objects."""
     gc.collect()
     gc.freeze()
+    apply_gc_thresholds()
     return gc.get_freeze_count()
+
+
+def apply_gc_thresholds(env: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
+    """Set the full-collection threshold from ``FLEETSERVE_GC_GEN2_THRESHOLD`` when present
+    (set from ``server.gc_gen2_threshold``); returns the thresholds in force."""
+    value = (os.environ if env is None else env).get(GEN2_THRESHOLD_ENV)
+    if value:
+        g0, g1, _ = gc.get_threshold()
+        gc.set_threshold(g0, g1, int(value))
+    return gc.get_threshold()

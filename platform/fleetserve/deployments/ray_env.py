@@ -15,6 +15,7 @@ import tempfile
 from typing import Callable, Literal, Mapping, MutableMapping, Optional
 
 from fleetserve.config import ServerConfig
+from fleetserve.deployments.process_tuning import GEN2_THRESHOLD_ENV
 from fleetserve.errors import ConfigError
 
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
@@ -60,6 +61,8 @@ def serve_env(server: ServerConfig, proxy: Optional[Literal["haproxy", "python"]
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if server.serve_throughput_optimized else {}
     if server.ray_worker_niceness is not None:
         env["RAY_worker_niceness"] = str(server.ray_worker_niceness)
+    if server.gc_gen2_threshold is not None:
+        env[GEN2_THRESHOLD_ENV] = str(server.gc_gen2_threshold)
     if (proxy or resolve_proxy(server)) == "haproxy":
         env[HAPROXY_FLAG] = "1"
     return env
