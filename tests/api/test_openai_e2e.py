@@ -220,3 +220,4 @@ def test_sse_wire_format(serve_app):
     assert events[-1] == "data: [DONE]"
     assert all(e.startswith("data: ") for e in events)
     assert json.loads(events[0][6:])["object"] == "text_completion"
+

@@ -1,5 +1,6 @@
 """The ingress merges what arrived for each choice while its consumer was busy."""
 
+import asyncio
 from contextlib import aclosing
 
 from fleetserve.api.service import InferenceService, ModelSpec
@@ -60,3 +61,33 @@ async def test_merged_events_carry_every_token_in_order():
         assert mine[-1].finished and not any(o.finished for o in mine[:-1])
         assert mine[-1].completion_tokens == len(outs)
     assert gk.completed == 1
+
+
+class EndlessClient(ScriptedClient):
+    """One token per output, forever; records streams closed before their end."""
+
+    def __init__(self):
+        self.closed: list[str] = []
+
+    async def generate(self, model, request, prefix_key=None):
+        try:
+            i = 0
+            while True:
+                yield RequestOutput(request.request_id, "a", [i], completion_tokens=i + 1)
+                i += 1
+                await asyncio.sleep(0.001)  # like a real stream: outputs come over time
+        finally:
+            self.closed.append(request.request_id)
+
+
+async def test_leaving_early_closes_every_replica_stream_at_once():
+    """A consumer that stops reading (client gone) closes the client's streams before
+    ``run`` returns, for one choice (direct path) and for several (pump tasks)."""
+    for n in (1, 3):
+        client, gk = EndlessClient(), OpenGatekeeper()
+        service = InferenceService([ModelSpec("tiny \"m\"", "/x")], client, gk)
+        async with aclosing(service.run(make_job(n=n))) as stream:
+            async for _ in stream:
+                break
+        assert sorted(client.closed) == [f"abc123-{i}" for i in range(n)]
+        assert gk.completed == 1

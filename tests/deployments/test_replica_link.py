@@ -170,6 +170,8 @@ async def test_a_real_replica_streams_over_its_link(tiny_llama_path, monkeypatch
         await stream.aclose()
         await wait_until(lambda: replica.record_routing_stats()["num_running"] == 0
                          and replica.record_routing_stats()["in_flight"] == 0)
+        # Stopped by the cancel, not by running to its 1500 tokens (12 + 12 came before).
+        assert replica._engine.stats().generated_tokens_total < 500
     finally:
         await client.close()
         await replica.__del__()

@@ -151,8 +151,9 @@ class InferenceService:
         in_flight.inc()
         completion_tokens, outcome, status = 0, OUTCOME_ERROR, "500"
         timing = _ChoiceTiming(job.num_choices)
+        merged = self._merged(job)
         try:
-            async for ev in self._merged(job):
+            async for ev in merged:
                 if ev.output.finish_reason == FINISH_ERROR:
                     raise EngineError(ev.output.error or "the engine failed on this request")
                 n_new = len(ev.output.token_ids_delta)
@@ -170,6 +171,7 @@ class InferenceService:
             status = str(mapping_for(exc).http_status)
             raise
         finally:
+            await merged.aclose()  # at once, not when the GC finds it: it cancels the replica's work
             in_flight.dec()
             self._observe(job, labels, timing, status, completion_tokens)
             await asyncio.shield(self.gatekeeper.complete(admission, job.prompt_tokens, completion_tokens, outcome))
@@ -195,6 +197,16 @@ class InferenceService:
             m.observe_latency(N.TPOT, tpot, **labels)
 
     async def _merged(self, job: Job) -> AsyncIterator[ChoiceEvent]:
+        if len(job.prompts) == 1 and job.n == 1:  # one stream: no pump task and queue in between
+            prompt = job.prompts[0]
+            stream = self._client.generate(job.model.spec.name, self._engine_request(job, prompt, 0, 0),
+                                           self.prefix_key(job.model.spec, job.ctx, prompt))
+            try:
+                async for out in stream:
+                    yield ChoiceEvent(0, out)
+            finally:
+                await stream.aclose()  # a consumer that left early cancels the request now
+            return
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 

@@ -8,7 +8,6 @@ running one (``ray.init(address=...)`` first, or ``fleetserve serve --address ra
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from fleetserve.config import FleetConfig, ModelConfig
 
