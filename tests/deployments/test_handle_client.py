@@ -97,3 +97,37 @@ async def test_load_counts_this_processes_open_streams():
     finally:
         for s in servers:
             await s.close()
+
+
+async def test_a_draining_replica_refusing_over_its_link_falls_back_to_the_handle():
+    from fleetserve.errors import ServiceUnavailableError
+
+    async def draining(request):
+        raise ServiceUnavailableError("replica is draining", retry_after_s=1.0)
+        yield  # pragma: no cover - makes this an async generator
+
+    async def dies_after_one(request):
+        yield RequestOutput(request.request_id, text_delta="x")
+        raise ServiceUnavailableError("lost the connection")
+
+    servers = [ReplicaLinkServer(draining, SECRET), ReplicaLinkServer(dies_after_one, SECRET)]
+    addrs = [await s.start() for s in servers]
+    board, handle = ReplicaStatsBoard(), RecordingHandle()
+    client = HandleModelClient({"m": handle}, {"m": DEP}, board=board, link=ReplicaLinkClient(SECRET))
+    try:
+        board.publish(DEP, {"r": {"link": addrs[0]}})
+        assert await text(client, "a") == "handlehandle" and handle.calls == ["a"]
+        # After an output has gone out, the error is the caller's: no retry, no duplicate.
+        board.publish(DEP, {"r": {"link": addrs[1]}})
+        got = []
+        try:
+            async for o in client.generate("m", req("b")):
+                got.append(o.text_delta)
+        except ServiceUnavailableError:
+            pass
+        else:
+            raise AssertionError("the mid-stream failure was swallowed")
+        assert got == ["x"] and handle.calls == ["a"]
+    finally:
+        for s in servers:
+            await s.close()

@@ -4,7 +4,9 @@ With a :class:`ReplicaLinkClient` (``server.replica_transport: direct``) request
 the replica link instead: the replica is chosen here, by the same policy as Serve's router
 (:func:`fleetserve.router.replica_policy.choose`) on the stats board plus this process's own
 in-flight counts. A replica that advertises no link, or whose link cannot be opened, is
-reached through the handle as before; nothing has been sent to it at that point.
+reached through the handle as before; nothing has been sent to it at that point. A link
+stream that fails with 503 before its first output (a draining replica the stats board has
+not caught up with) is retried once through the handle: no token reached the caller yet.
 """
 
 from __future__ import annotations
@@ -58,12 +60,20 @@ class HandleModelClient:
             replica, link = target
             self._ongoing[replica] += 1
             self._link_streams[replica] += 1
+            started = False
             try:
                 async for out in self._link.generate(link, request):
+                    started = True
                     yield out
+                return
+            except ServiceUnavailableError as exc:
+                if started:
+                    raise
+                # Nothing reached the caller: a replica that is draining (scale-down, rollout)
+                # or went away before the stats said so. Serve's router knows; ask it.
+                log.info("replica %s refused %s over its link (%s); using the handle", replica, request.request_id, exc)
             finally:
                 self._ongoing[replica] -= 1
-            return
         gen = self._streams[model].generate.remote(request, prefix_key=prefix_key)
         finished = False
         try:
