@@ -61,8 +61,9 @@ class HandleModelClient:
             self._ongoing[replica] += 1
             self._link_streams[replica] += 1
             started = False
+            stream = self._link.generate(link, request)
             try:
-                async for out in self._link.generate(link, request):
+                async for out in stream:
                     started = True
                     yield out
                 return
@@ -74,6 +75,7 @@ class HandleModelClient:
                 log.info("replica %s refused %s over its link (%s); using the handle", replica, request.request_id, exc)
             finally:
                 self._ongoing[replica] -= 1
+                await stream.aclose()  # a caller that left early cancels the replica's work now
         gen = self._streams[model].generate.remote(request, prefix_key=prefix_key)
         finished = False
         try:
