@@ -105,3 +105,16 @@ class NotSupportedError(FleetserveError):
     """This engine backend cannot do the operation at all, e.g. sleep mode of vLLM on CPU (HTTP 501)."""
 
     code = "not_supported"
+
+
+def portable(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """``exc`` if it pickles (to cross a process or a socket), else an EngineError naming it."""
+    if exc is None:
+        return None
+    import pickle
+
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # noqa: BLE001 - any unpicklable exception
+        return EngineError(f"{type(exc).__name__}: {exc}")

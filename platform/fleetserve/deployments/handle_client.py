@@ -92,17 +92,7 @@ class HandleModelClient:
         if not rows:
             return None
         by_id = {e.replica: e for e in rows}
-        loads = [
-            ReplicaLoad(
-                replica_id=e.replica,
-                num_waiting=int(e.stats.get("num_waiting", 0)),
-                num_running=int(e.stats.get("num_running", 0)),
-                kv_usage=float(e.stats.get("kv_usage", 0.0)),
-                ongoing=self._ongoing.get(e.replica, 0),
-                accepting=not e.stats.get("draining", False) and e.stats.get("healthy", True),
-            )
-            for e in rows
-        ]
+        loads = [ReplicaLoad.from_stats(e.replica, e.stats, self._ongoing.get(e.replica, 0)) for e in rows]
         for replica in choose(loads, prefix_key, self._rng, self._slack.get(model, 2)):
             address = by_id[replica].stats["link"]
             try:

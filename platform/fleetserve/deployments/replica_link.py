@@ -33,7 +33,7 @@ import struct
 from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
-from fleetserve.errors import EngineError, ServiceUnavailableError
+from fleetserve.errors import ServiceUnavailableError, portable
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,6 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple:
     if size > MAX_FRAME_BYTES:
         raise ConnectionError(f"replica link: frame of {size} bytes")
     return pickle.loads(await reader.readexactly(size))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    try:
-        pickle.dumps(exc)
-        return exc
-    except Exception:  # noqa: BLE001 - any unpicklable exception
-        return EngineError(f"{type(exc).__name__}: {exc}")
 
 
 class ReplicaLinkServer:
@@ -178,7 +170,7 @@ class ReplicaLinkServer:
             raise  # cancelled by the ingress or the connection
         except Exception as exc:  # noqa: BLE001 - handed to the ingress, raised there
             if not writer.is_closing():
-                writer.write(_frame(("err", sid, _portable(exc))))
+                writer.write(_frame(("err", sid, portable(exc))))
         finally:
             await stream.aclose()  # an unfinished stream aborts its engine request
 

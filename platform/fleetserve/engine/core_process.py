@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import pickle
 import sys
 import threading
 import time
@@ -32,22 +31,11 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.output_pacer import OutputPacer
 from fleetserve.engine.protocol import EngineStats, RequestOutput
 from fleetserve.engine.step_lane import PriorityLane
-from fleetserve.errors import EngineError
+from fleetserve.errors import portable
 
 log = logging.getLogger("fleetserve.engine.core_process")
 
 STATS_EVERY_S = 0.02  # longest the replica goes without fresh EngineStats while requests run
-
-
-def _portable(exc: Optional[BaseException]) -> Optional[BaseException]:
-    """``exc`` if it pickles, else an EngineError naming it."""
-    if exc is None:
-        return None
-    try:
-        pickle.dumps(exc)
-        return exc
-    except Exception:  # noqa: BLE001 - any unpicklable exception
-        return EngineError(f"{type(exc).__name__}: {exc}")
 
 
 class PipeCore(AsyncEngine):
@@ -148,11 +136,11 @@ class PipeCore(AsyncEngine):
         if exc is None:  # before the request's first step: it runs on this thread or after it
             with self._pacer_lock:
                 self._pacer.track(request_id, interval_s)
-        self._send(("added", request_id, _portable(exc)))
+        self._send(("added", request_id, portable(exc)))
 
     def _answer_op(self, call_id: int, future: concurrent.futures.Future) -> None:
         exc = future.exception()
-        self._send(("reply", call_id, None if exc else future.result(), _portable(exc)))
+        self._send(("reply", call_id, None if exc else future.result(), portable(exc)))
 
     def _send(self, msg: tuple) -> None:
         try:

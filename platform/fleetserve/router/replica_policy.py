@@ -31,6 +31,18 @@ class ReplicaLoad:
     ongoing: Optional[int] = None
     accepting: bool = True
 
+    @classmethod
+    def from_stats(cls, replica_id: str, stats: dict, ongoing: Optional[int] = None) -> "ReplicaLoad":
+        """From a replica's routing stats (``ModelReplica.record_routing_stats``)."""
+        return cls(
+            replica_id=replica_id,
+            num_waiting=int(stats.get("num_waiting", 0)),
+            num_running=int(stats.get("num_running", 0)),
+            kv_usage=float(stats.get("kv_usage", 0.0)),
+            ongoing=ongoing,
+            accepting=not stats.get("draining", False) and stats.get("healthy", True),
+        )
+
 
 def load_score(r: ReplicaLoad) -> float:
     """Lower is better. Waiting requests count double: they wait behind the running ones."""

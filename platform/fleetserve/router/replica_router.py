@@ -54,16 +54,8 @@ class FleetReplicaRouter(FIFOMixin, RequestRouter):
         return [[by_id[rid]] for rid in order]
 
     def _load(self, r: RunningReplica) -> ReplicaLoad:
-        s = r.routing_stats or {}
         ongoing = self._replica_queue_len_cache.get(r.replica_id) if self._use_replica_queue_len_cache else None
-        return ReplicaLoad(
-            replica_id=r.replica_id.unique_id,
-            num_waiting=int(s.get("num_waiting", 0)),
-            num_running=int(s.get("num_running", 0)),
-            kv_usage=float(s.get("kv_usage", 0.0)),
-            ongoing=ongoing,
-            accepting=not s.get("draining", False) and s.get("healthy", True),
-        )
+        return ReplicaLoad.from_stats(r.replica_id.unique_id, r.routing_stats or {}, ongoing)
 
     def _publish(self) -> None:
         process_board().publish(
