@@ -234,8 +234,9 @@ def test_short_sliding_window_is_refused(tiny_mistral_path, tmp_path):
         ModelRunner(str(ckpt))
 
 
+@pytest.mark.parametrize("pause_at", [0, 1], ids=["mid-layer", "between-layers"])
 @pytest.mark.parametrize("path_name", ["tiny_llama_path", "tiny_llama_gqa_path"])
-def test_a_pass_paused_between_layers_for_another_pass(path_name, use_cpu_kernels, request):
+def test_a_pass_paused_between_layers_for_another_pass(path_name, pause_at, use_cpu_kernels, request):
     # The engine's side prefill: while a batch's pass is paused between layers, another
     # execute runs for other sequences (here also a prefill on a long cached context, which
     # grows the shared gather workspace). Both passes, and the next decodes reading the K/V
@@ -248,10 +249,11 @@ def test_a_pass_paused_between_layers_for_another_pass(path_name, use_cpu_kernel
     runner.execute(ModelInput([SeqBatchItem(a[:20], 0, ta, needs_logits=False),
                                SeqBatchItem(c[:60], 0, tc, needs_logits=False),
                                SeqBatchItem(d[:11], 0, td, needs_logits=False)]))
-    inner = []
+    inner, calls = [], []
 
-    def pause():
-        if not inner:  # once, after the first layer
+    def pause():  # call 0: after the first layer's attention; call 1: after the first layer
+        calls.append(1)
+        if not inner and len(calls) > pause_at:
             inner.append(runner.execute(ModelInput([SeqBatchItem(c[60:70], 60, tc), SeqBatchItem(b, 0, tb)])))
 
     assert runner.supports_between_layers

@@ -274,6 +274,40 @@ def test_isolated_steps_leave_worse_classes_every_other_step():
     assert lo_steps == 10 and sched.num_isolated_steps == 10
 
 
+def test_consecutive_isolated_steps_are_capped_by_config():
+    sched = make_scheduler(make_kv(num_blocks=1024), isolate_priority_prefill=True, max_num_seqs=64,
+                           max_num_batched_tokens=256, max_consecutive_isolated=2)
+    lo = make_request([1, 2, 3], max_tokens=30, priority=2)
+    sched.add(lo)
+    step(sched)
+    pattern = []
+    for k in range(12):  # a premium arrival before every step
+        sched.add(make_request([k + 10, 4], max_tokens=50, priority=0))
+        pattern.append(any(i.request is lo for i in step(sched).items))
+    # Two isolated steps (each a new premium's first token on its own), then one for everyone.
+    assert pattern == [False, False, True] * 4 and sched.num_isolated_steps == 8
+
+
+def test_a_second_arrival_during_an_isolated_step_gets_one_too():
+    sched = make_scheduler(isolate_priority_prefill=True, max_num_batched_tokens=64, max_consecutive_isolated=2)
+    batch = [make_request(list(range(i, i + 4)), max_tokens=20, priority=2) for i in range(3)]
+    for r in batch:
+        sched.add(r)
+    step(sched)
+    first = make_request(list(range(50, 60)), max_tokens=4, priority=0)
+    sched.add(first)
+    assert [i.request.request_id for i in step(sched).items] == [first.request_id]
+    second = make_request([5, 5], max_tokens=4, priority=0)
+    sched.add(second)
+    # The running premium's decode and the new one's prefill; the batch waits one more step.
+    assert [i.request.request_id for i in step(sched).items] == [first.request_id, second.request_id]
+    assert sched.num_isolated_steps == 2
+    while sched.has_unfinished():
+        step(sched)
+    assert all(len(r.output_token_ids) == 20 for r in batch)
+    assert_all_free(sched)
+
+
 def test_without_isolation_the_priority_prefill_shares_the_step():
     sched = make_scheduler(max_num_batched_tokens=64)
     lo = make_request([1, 2, 3], max_tokens=5, priority=2)

@@ -162,3 +162,25 @@ def test_trunk_reservation_keeps_top_slots_for_higher_classes():
     assert dispatched(later) == ["p1"] and later.preempt == ()  # premium starts at once, no preemption needed
     fcfs = admission.decide(snapshot(q), AdmissionState(), 10.0, cfg.model_copy(update={"policy": "fcfs"}))
     assert len(fcfs.dispatch) == 4  # no reservation in the fcfs baseline
+
+
+def test_arrival_may_act_only_when_it_could_dispatch_or_preempt():
+    cfg = make_config(max_inflight_per_replica=2)
+    full = [running("b0", cls=2, replica="r0"), running("b1", cls=2, replica="r0")]
+    reps = [ReplicaCapacity("r0")]
+    # A batch arrival to a full replica running batch work: nothing to dispatch or preempt.
+    assert not admission.arrival_may_act(snapshot([], full, reps), queued("b2", cls=2), cfg)
+    # A premium arrival can preempt batch work; with preemption off it cannot.
+    assert admission.arrival_may_act(snapshot([], full, reps), queued("p0", cls=0), cfg)
+    assert not admission.arrival_may_act(snapshot([], full, reps), queued("p0", cls=0), make_config(max_inflight_per_replica=2, preemption=False))
+    # Room on the replica: any arrival may be dispatched.
+    assert admission.arrival_may_act(snapshot([], full[:1], reps), queued("b2", cls=2), cfg)
+
+
+def test_grouped_dispatch_keeps_class_order_vtc_and_preemption_over_a_long_queue():
+    # 600 queued batch requests of three tenants and one premium: one free slot goes to the
+    # premium; the next rounds alternate batch tenants by VTC, oldest first within a tenant.
+    q = [queued(f"b{t}-{i}", cls=2, tenant=f"t{t}", at=i * 3 + t) for i in range(200) for t in range(3)]
+    q.append(queued("p", cls=0, at=1000))
+    order = drain(q, make_config(), rounds=4)
+    assert order == ["p", "b0-0", "b1-0", "b2-0"]

@@ -93,3 +93,29 @@ async def test_disabled_scheduler_passes_through():
     s = sched(FakePool(replicas=()), enabled=False)
     slot = await s.acquire("a", "t", 1, 1.0, 5, 5)
     assert slot.replica_hint is None and s.running() == []
+
+
+async def test_arrivals_that_cannot_run_or_preempt_skip_the_policy_round():
+    s = FleetScheduler(make_config(tick_s=60.0, max_inflight_per_replica=1), FakePool())
+    rounds = 0
+    pump = s.pump
+
+    def counting_pump():
+        nonlocal rounds
+        rounds += 1
+        return pump()
+
+    s.pump = counting_pump
+    await s.acquire("b0", "t", 2, 1.0, 5, 5)  # room: a round, dispatched
+    assert rounds == 1
+    waiters = [asyncio.create_task(s.acquire(f"b{i}", "t", 2, 1.0, 5, 5)) for i in range(1, 6)]
+    await wait_until(lambda: s.queue_depths() == {2: 5})
+    assert rounds == 1  # the flood's arrivals found no room and nothing to preempt
+    premium = asyncio.create_task(s.acquire("p", "t", 0, 1.0, 5, 5))  # may preempt b0: a round
+    await wait_until(lambda: rounds == 2)
+    s.release("b0", 5)  # a release always runs a round: the premium (or a waiter) gets the slot
+    assert rounds == 3
+    assert (await asyncio.wait_for(premium, 2)).request_id == "p"
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)

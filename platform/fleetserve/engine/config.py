@@ -53,6 +53,15 @@ class EngineConfig(BaseModel):
             "classes skip at most one step per such arrival."
         ),
     )
+    max_consecutive_isolated_steps: int = Field(
+        2,
+        ge=1,
+        description=(
+            "With isolate_priority_prefill: at most this many isolated steps in a row, so lower classes keep at "
+            "least one step in every max+1 whatever the arrival rate of higher ones. 1 makes a higher-class request "
+            "that arrives during another's isolated step share a batch-wide step; 2 gives it a step of its own too."
+        ),
+    )
     interleave_priority_prefill: bool = Field(
         True,
         description=(

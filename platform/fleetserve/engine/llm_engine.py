@@ -89,6 +89,7 @@ class LLMEngine:
             max_num_batched_tokens=config.max_num_batched_tokens,
             preemption_mode=config.preemption_mode,
             isolate_priority_prefill=config.isolate_priority_prefill,
+            max_consecutive_isolated=config.max_consecutive_isolated_steps,
             side_prefill=config.interleave_priority_prefill and bool(getattr(self.runner, "supports_between_layers", False)),
         )
         self.sampler = Sampler(config.seed)

@@ -17,8 +17,9 @@ Each step the scheduler hands out a token budget (``max_num_batched_tokens``) an
 With ``isolate_priority_prefill``, when a waiting request of class p can start and some
 running request is of a worse class, the step runs class p and better only (their running
 requests, then p's waiting ones): the new request's first token costs a small step instead
-of a batch-wide one. Never two such steps in a row, so worse classes keep at least every
-other step whatever the arrival rate of better ones.
+of a batch-wide one. At most ``max_consecutive_isolated`` such steps in a row (default 2: a
+second arrival during the first's isolated step gets one too), so worse classes keep at
+least one step in every ``max_consecutive_isolated + 1`` whatever the arrival rate of better ones.
 
 ``schedule_side_prefill`` starts such a request in the middle of a step instead: the engine
 pauses the step's forward pass between two layers and runs a step holding only the new
@@ -88,6 +89,7 @@ class Scheduler:
         watermark_blocks: Optional[int] = None,
         isolate_priority_prefill: bool = False,
         side_prefill: bool = False,
+        max_consecutive_isolated: int = 1,
     ):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
@@ -97,7 +99,8 @@ class Scheduler:
         self.num_isolated_steps = 0
         self.side_prefill = side_prefill
         self.num_side_prefills = 0
-        self._last_isolated = False
+        self.max_consecutive_isolated = max(1, max_consecutive_isolated)
+        self._isolated_run = 0  # isolated steps since the last normal one
         # Blocks kept free when admitting new work while others run, so running decodes
         # do not immediately preempt what was just admitted.
         self.watermark_blocks = (
@@ -179,15 +182,15 @@ class Scheduler:
         self._pending_swap_out, self._pending_preempted = [], []
         self._preempt_for_priority(out)
         isolate = self._isolation_class()
-        self._last_isolated = False
         if isolate is not None:
             budget, _ = self._schedule_running(out, self.max_num_batched_tokens, max_priority=isolate)
             budget = self._schedule_waiting(out, budget, only_priority=isolate)
             if out.items:  # else nothing could run after all: a normal step instead
                 self.num_isolated_steps += 1
-                self._last_isolated = True
+                self._isolated_run += 1
                 out.num_batched_tokens = self.max_num_batched_tokens - budget
                 return out
+        self._isolated_run = 0
         budget, deferred = self._schedule_running(out, self.max_num_batched_tokens)
         budget = self._schedule_waiting(out, budget)
         budget = self._schedule_deferred(out, budget, deferred)
@@ -321,7 +324,7 @@ class Scheduler:
 
     def _isolation_class(self) -> Optional[int]:
         """The class of a step of its own for the waiting head, or None for a normal step."""
-        if not self.isolate_priority_prefill or self._last_isolated:
+        if not self.isolate_priority_prefill or self._isolated_run >= self.max_consecutive_isolated:
             return None
         return self._priority_head_class()
 

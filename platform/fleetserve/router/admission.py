@@ -44,9 +44,10 @@ STATUS_RATE_LIMITED = 429
 STATUS_UNAVAILABLE = 503
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QueuedRequest:
-    """A request waiting in the fleet queue."""
+    """A request waiting in the fleet queue. Compared by identity (each is one request):
+    ``list.remove`` on a queue of thousands then never calls a field-wise ``__eq__``."""
 
     request_id: str
     tenant_id: str
@@ -202,7 +203,10 @@ def decide_enqueue(
 ) -> EnqueueDecision:
     """Accept ``request`` into the queue, possibly displacing lower-class requests."""
     cls = request.priority_class
-    same_class = sum(1 for q in snapshot.queued if q.priority_class == cls or config.policy == "fcfs")
+    if config.policy == "fcfs":
+        same_class = len(snapshot.queued)
+    else:
+        same_class = [q.priority_class for q in snapshot.queued].count(cls)
     if same_class >= config.max_queue_per_class:
         return EnqueueDecision(False, _reject(snapshot, config, request, "class queue full"), ())
     if len(snapshot.queued) < config.max_queue_total:
@@ -227,28 +231,56 @@ def decide(
     snapshot: AdmissionSnapshot, state: AdmissionState, now: float, config: FleetSchedulingConfig
 ) -> AdmissionDecision:
     """One round of the policy: expire, dispatch, then preempt. Returns the new state."""
-    shed = [
-        Shed(q.request_id, STATUS_UNAVAILABLE, retry_after(snapshot, config, q.priority_class), "queue timeout")
-        for q in snapshot.queued
-        if now >= q.deadline
-    ]
-    expired = {s.request_id for s in shed}
-    queued = [q for q in snapshot.queued if q.request_id not in expired]
+    shed: list[Shed] = []
+    queued: list[QueuedRequest] = []
+    for q in snapshot.queued:
+        if now >= q.deadline:
+            shed.append(Shed(q.request_id, STATUS_UNAVAILABLE, retry_after(snapshot, config, q.priority_class), "queue timeout"))
+        else:
+            queued.append(q)
     free = free_slots(snapshot, config)
     dispatch: list[Dispatch] = []
-    while queued:
-        fits = {c for c in {q.priority_class for q in queued} if _replica_for(free, config, c) is not None}
-        if not fits:
-            break
-        chosen, state = _choose(queued, fits, state, now, config)
-        queued.remove(chosen)
-        replica = _replica_for(free, config, chosen.priority_class)
-        assert replica is not None
-        free[replica] -= 1
-        dispatch.append(Dispatch(chosen.request_id, replica))
+    if config.policy == "fcfs":
+        while queued:
+            if not any(_replica_for(free, config, c) is not None for c in {q.priority_class for q in queued}):
+                break
+            chosen = queued.pop(0)
+            replica = _replica_for(free, config, chosen.priority_class)
+            assert replica is not None
+            free[replica] -= 1
+            dispatch.append(Dispatch(chosen.request_id, replica))
+    else:
+        # Per class, in arrival order: each dispatch then costs O(classes + its class's
+        # queue), not several passes over the whole queue (a flood may hold thousands).
+        by_class: dict[int, list[QueuedRequest]] = {}
+        for q in queued:
+            by_class.setdefault(q.priority_class, []).append(q)
+        while by_class:
+            fits = {c for c in by_class if _replica_for(free, config, c) is not None}
+            if not fits:
+                break
+            chosen, state = _choose(by_class, fits, state, now, config)
+            replica = _replica_for(free, config, chosen.priority_class)
+            assert replica is not None
+            free[replica] -= 1
+            dispatch.append(Dispatch(chosen.request_id, replica))
+        if dispatch:
+            queued = [q for qs in by_class.values() for q in qs]
     preempt, state = _preemptions(snapshot, queued, state, now, config)
     dispatch.extend(Dispatch(waiter, p.replica_id) for waiter, p in preempt if p.by_engine)
     return AdmissionDecision(tuple(dispatch), tuple(shed), tuple(p for _, p in preempt), state)
+
+
+def arrival_may_act(snapshot: AdmissionSnapshot, request: QueuedRequest, config: FleetSchedulingConfig) -> bool:
+    """Whether a round of ``decide`` right after ``request`` is queued could do anything the
+    previous round did not: dispatch it (a replica has room for its class) or preempt for
+    it (a running request of a worse class). False lets the executor skip that round; its
+    periodic rounds still expire deadlines and notice new replica room."""
+    if _replica_for(free_slots(snapshot, config), config, request.priority_class) is not None:
+        return True
+    if config.policy == "fcfs" or not config.preemption:
+        return False
+    return any(not r.preempted and r.priority_class > request.priority_class for r in snapshot.running)
 
 
 def _accepting(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig) -> set[str]:
@@ -267,26 +299,26 @@ def _replica_for(free: dict[str, int], config: FleetSchedulingConfig, priority_c
 
 
 def _choose(
-    queued: list[QueuedRequest], fits: set[int], state: AdmissionState, now: float, config: FleetSchedulingConfig
+    by_class: dict[int, list[QueuedRequest]], fits: set[int], state: AdmissionState, now: float,
+    config: FleetSchedulingConfig,
 ) -> tuple[QueuedRequest, AdmissionState]:
-    """The next request among classes in ``fits``; updates VTC and starvation counters."""
-    if config.policy == "fcfs":
-        return queued[0], state
-    cls = _choose_class([q for q in queued if q.priority_class in fits], state, now, config)
-    in_class = [q for q in queued if q.priority_class == cls]
+    """Take the next request among classes in ``fits`` out of ``by_class`` (per class, in
+    arrival order); updates VTC and starvation counters."""
+    cls = _choose_class({c: by_class[c][0] for c in fits}, state, now, config)
+    in_class = by_class[cls]
     vtc = state.vtc.get(cls, VtcState())
-    tenant = fair_share.pick(vtc, (q.tenant_id for q in in_class))
+    tenant = fair_share.pick(vtc, {q.tenant_id for q in in_class})
     chosen = next(q for q in in_class if q.tenant_id == tenant)
+    in_class.remove(chosen)
+    if not in_class:
+        del by_class[cls]
     vtc = fair_share.charge(vtc, tenant, chosen.prompt_tokens, chosen.weight, served=True)
-    waiting_classes = {q.priority_class for q in queued if q is not chosen}
-    skipped = {c: state.skipped.get(c, 0) + 1 for c in waiting_classes if c != cls}
+    skipped = {c: state.skipped.get(c, 0) + 1 for c in by_class if c != cls}
     return chosen, replace(state, vtc={**state.vtc, cls: vtc}, skipped=skipped)
 
 
-def _choose_class(queued: list[QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig) -> int:
-    heads: dict[int, QueuedRequest] = {}
-    for q in queued:  # arrival order, so the first seen per class is its oldest
-        heads.setdefault(q.priority_class, q)
+def _choose_class(heads: dict[int, QueuedRequest], state: AdmissionState, now: float, config: FleetSchedulingConfig) -> int:
+    """``heads``: class -> its oldest queued request, for the classes that may dispatch now."""
     top = min(heads)
     starved = []
     for cls, head in heads.items():

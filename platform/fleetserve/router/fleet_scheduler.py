@@ -9,7 +9,8 @@ Lifecycle of one request: ``await acquire(...)`` waits in the queue and returns 
 :class:`Slot` (or raises RateLimitError / ServiceUnavailableError when shed);
 ``bind(request_id, replica)`` optionally reports where it actually runs; ``release(...)``
 exactly once when it ends. The policy runs on every event (arrival, release, preemption
-done) and, while anything is queued, every ``tick_s`` from one ticker task, so deadlines
+done; an arrival only when it could be dispatched or preempt) and, while anything is queued,
+every ``tick_s`` from one ticker task, so deadlines
 and replica-stat changes are noticed. (One ticker, not one poll per waiter: with hundreds
 of queued requests per-waiter polling would cost O(queue^2) CPU per tick.)
 """
@@ -159,7 +160,10 @@ class FleetScheduler:
         self._queued.append(req)
         self._futures[request_id] = fut
         self._weights[request_id] = weight
-        self.pump()
+        if admission.arrival_may_act(snap, req, self.config):
+            self.pump()
+        # else: the last round left nothing dispatchable and this request can neither run
+        # nor preempt now; a flood's arrivals then cost no round over its whole backlog.
         self._ensure_ticker()
         try:
             return await fut

@@ -50,6 +50,14 @@ class DecoderLayer(nn.Module):
         x = x + self.attn(self.norm_attn(x), rot, kv_cache, meta)
         return x + self.mlp(self.norm_mlp(x))
 
+    def attention_half(self, x, rot, kv_cache, meta):
+        """``forward`` is ``mlp_half(attention_half(x, ...))``; the engine may run another
+        forward pass in between (the attention has written this step's K/V already)."""
+        return x + self.attn(self.norm_attn(x), rot, kv_cache, meta)
+
+    def mlp_half(self, x):
+        return x + self.mlp(self.norm_mlp(x))
+
 
 class LlamaForCausalLM(nn.Module):
     """Decoder stack plus LM head. ``forward`` returns final hidden states ``[T, hidden]``;
@@ -75,13 +83,20 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """``token_ids [T]``, per-token complex rotations ``rot [T, 1, head_dim // 2]``,
         ``kv_caches [layers, 2, kv_heads, num_blocks, block_size, head_dim]``.
-        ``between_layers`` is called after every layer but the last (the engine may run
-        another, smaller forward pass there: layers keep no state between calls)."""
+        ``between_layers`` is called after every layer's attention and after every layer
+        but the last (the engine may run another, smaller forward pass there: layers keep
+        no state between calls)."""
         x = self.embed(token_ids)
+        if between_layers is None:
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                x = layer(x, rot, kv_cache, meta)
+            return x
         last = len(self.layers) - 1
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
-            x = layer(x, rot, kv_cache, meta)
-            if between_layers is not None and i < last:
+            x = layer.attention_half(x, rot, kv_cache, meta)
+            between_layers()  # also between a layer's attention and its MLP: half the wait
+            x = layer.mlp_half(x)
+            if i < last:
                 between_layers()
         return x
 
