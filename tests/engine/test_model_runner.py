@@ -267,3 +267,12 @@ def test_a_pass_paused_between_layers_for_another_pass(path_name, pause_at, use_
     assert_close(out[0], refs["a"][30])
     assert_close(out[1], refs["c"][70])
     assert_close(out[2], refs["d"][12])
+
+
+def test_a_pass_offers_a_pause_after_each_attention_and_between_layers(tiny_llama_path):
+    # The engine's side prefill waits for the next pause point of the running pass: one
+    # after every layer's attention and one between every two layers (2L - 1 in all).
+    runner = make_runner(tiny_llama_path)
+    calls = []
+    runner.execute(ModelInput([SeqBatchItem(seq(5, 7), 0, list(range(0, 4)))]), between_layers=lambda: calls.append(1))
+    assert len(calls) == 2 * len(runner.model.layers) - 1
