@@ -178,10 +178,31 @@ def test_step_thread_policy_auto_is_normal_on_cuda():
         EngineConfig(model="m", step_thread_policy="realtime")
 
 
+def record_delivering_threads(eng) -> list[tuple[int, set[str]]]:
+    """Spy on ``eng._deliver``: (native id of the delivering thread, request ids) per call."""
+    import threading
+
+    seen: list[tuple[int, set[str]]] = []
+    deliver = eng._deliver
+
+    def spy(outputs):
+        seen.append((threading.get_native_id(), {o.request_id for o in outputs}))
+        deliver(outputs)
+
+    eng._deliver = spy
+    return seen
+
+
+def first_delivery_thread(seen: list[tuple[int, set[str]]], request_id: str) -> int:
+    return next(tid for tid, ids in seen if request_id in ids)
+
+
 async def test_isolated_priority_prefill_runs_on_the_normal_priority_lane(runner):
     # Batch-class streams keep the SCHED_IDLE step thread busy; a premium arrival's isolated
-    # prefill step is handed to the lane thread, which keeps the normal policy.
+    # prefill step is handed to the lane thread, which keeps the normal policy, and its first
+    # token is delivered from there too (not handed back to the SCHED_IDLE thread to send).
     eng = AsyncEngine(make_config(max_num_batched_tokens=64), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    seen = record_delivering_threads(eng)
     await eng.start()
     try:
         assert eng.step_thread_idle and eng._lane is not None
@@ -193,6 +214,7 @@ async def test_isolated_priority_prefill_runs_on_the_normal_priority_lane(runner
         outs = await asyncio.wait_for(collect(eng, premium), TIMEOUT)
         assert [t for o in outs for t in o.token_ids_delta] == runner.reference([9, 8, 7, 6], 5)
         assert eng._lane.num_runs >= 1 and eng.engine.scheduler.num_isolated_steps >= 1
+        assert first_delivery_thread(seen, premium.request_id) == eng._lane.native_id
         for r, task in zip(batch, batch_runs):  # nothing lost or repeated for the batch streams
             got = await asyncio.wait_for(task, TIMEOUT)
             assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 150)
@@ -225,6 +247,7 @@ async def test_priority_arrival_is_prefilled_between_layers_of_a_running_step():
 
     runner.execute = held_between_layers
     eng = AsyncEngine(make_config(max_num_batched_tokens=64), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    seen = record_delivering_threads(eng)
     await eng.start()
     try:
         batch = [make_generate_request(prompt_token_ids=[i + 1, 2, 3], params=greedy(max_tokens=60), priority=2) for i in range(3)]
@@ -238,6 +261,7 @@ async def test_priority_arrival_is_prefilled_between_layers_of_a_running_step():
         assert [t for o in outs for t in o.token_ids_delta] == runner.reference([9, 8, 7, 6], 5)
         sched = eng.engine.scheduler
         assert sched.num_side_prefills == 1 and sched.num_isolated_steps == 0 and eng._lane.num_runs >= 1
+        assert first_delivery_thread(seen, premium.request_id) == eng._lane.native_id  # sent at normal priority
         for r, task in zip(batch, batch_runs):  # nothing lost or repeated for the batch streams
             got = await asyncio.wait_for(task, TIMEOUT)
             assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 60)

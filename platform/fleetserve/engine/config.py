@@ -91,6 +91,17 @@ class EngineConfig(BaseModel):
         ),
     )
 
+    lift_step_thread_on_arrival: bool = Field(
+        True,
+        description=(
+            "With the step thread under SCHED_IDLE in an engine process: a normal-priority thread waits on "
+            "the process's pipe and lifts the step thread to normal priority when a message arrives, until it "
+            "has read it at its next pause point (at most half a layer), so new requests are taken in without "
+            "waiting for a free core (priority inheritance). Needs CAP_SYS_NICE; without it this is logged once "
+            "and the step thread keeps plain SCHED_IDLE."
+        ),
+    )
+
     @property
     def step_thread_idle(self) -> bool:
         """Whether the step thread should run under SCHED_IDLE (``auto`` resolved)."""
