@@ -167,6 +167,7 @@ class AsyncEngine(EngineFront):
             except Exception as exc:  # noqa: BLE001 - the loop must survive a bad step
                 log.exception("engine step failed; failing the in-flight requests")
                 self._deliver(engine.fail_all(f"{type(exc).__name__}: {exc}"))
+            self._handed_over()
             if not self._has_work():
                 self._notify_idle()
         with self._cond:  # stopped: nobody will run what is still queued
@@ -209,9 +210,11 @@ class AsyncEngine(EngineFront):
         requests that arrived meanwhile and, once per step, run a side prefill for those of
         a better class than some running request (on the normal-priority lane if any)."""
         if self._side_ran:
+            self._handed_over()
             return
         self._poll_inbox()
         if not self._adds:
+            self._handed_over()
             return
         with self._cond:
             adds, self._adds = self._adds, []
@@ -230,8 +233,15 @@ class AsyncEngine(EngineFront):
             with self._cond:
                 self._adds[:0] = [a for a in adds if not a[1].done()]
             return
+        finally:
+            self._handed_over()
         if outputs:
             self._side_ran = True
+
+    def _handed_over(self) -> None:
+        """Called by the step thread at each pause point and after each step, once what had
+        arrived is taken in and, for a higher class, its step has run (the engine process
+        drops its step thread back under SCHED_IDLE here; see step_boost)."""
 
     def _run_and_deliver(self, step: Callable[[], list[RequestOutput]]) -> None:
         """Run ``step`` and deliver its outputs on the calling thread. On the lane, a

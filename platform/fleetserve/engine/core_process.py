@@ -97,6 +97,10 @@ class PipeCore(AsyncEngine):
         with self._pacer_lock:
             return self._pacer.take(request_id, out)
 
+    def _handed_over(self) -> None:
+        if self._booster is not None:
+            self._booster.drained()  # back under SCHED_IDLE if an arrival lifted this thread
+
     def _notify_idle(self) -> None:
         self._flush_held()
         self._send(("idle", self.engine.stats()))
@@ -121,9 +125,6 @@ class PipeCore(AsyncEngine):
                 self._take(self._conn.recv())
         except (EOFError, OSError):  # the replica is gone: nobody to serve
             self._stopping = True
-        finally:
-            if self._booster is not None:
-                self._booster.drained()  # back under SCHED_IDLE if an arrival lifted this thread
 
     def _take(self, msg: tuple) -> None:
         kind = msg[0]

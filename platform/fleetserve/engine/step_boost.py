@@ -8,10 +8,11 @@ flood's HTTP handling. Measured under the overload bench (``perf sched``, 10 s):
 thread waited for a core for more than 4 ms 12 times, up to 6.5 ms.
 
 The doorbell is a normal-priority thread that waits on the pipe. When a message arrives it
-lifts the step thread to SCHED_OTHER; the step thread puts itself back under SCHED_IDLE
-once it has read the pipe (:meth:`StepBooster.drained`), at most half a layer later. So a
-request's arrival costs the flood at most that much compute at normal priority, and the
-request no longer waits for a free core to be taken in.
+lifts the step thread to SCHED_OTHER; the step thread puts itself back under SCHED_IDLE at
+its next pause point, once it has read the pipe and handed a higher-class request's step to
+the normal-priority lane (:meth:`StepBooster.drained`), or after the step it was running
+when nothing could pause. So an arrival costs the flood at most half a layer of compute at
+normal priority, and the request no longer waits for a free core to be taken in.
 
 Lifting another thread out of SCHED_IDLE needs CAP_SYS_NICE (or RLIMIT_NICE). Without it
 the first attempt is refused, logged once, and the doorbell stops: the step thread keeps
@@ -58,7 +59,8 @@ class StepBooster:
         self._thread.start()
 
     def drained(self) -> None:
-        """The step thread has read every message queued so far: back under SCHED_IDLE."""
+        """Called by the step thread once it has taken in every message queued so far (and
+        handed on what must run at normal priority): back under SCHED_IDLE if lifted."""
         if not self._lifted:  # unlocked read: a lift that lands just after is undone at the next call
             return
         self._lower_self()
