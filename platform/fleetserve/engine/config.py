@@ -96,7 +96,8 @@ class EngineConfig(BaseModel):
         description=(
             "With the step thread under SCHED_IDLE in an engine process: a normal-priority thread waits on "
             "the process's pipe and lifts the step thread to normal priority when a message arrives, until it "
-            "has read it at its next pause point (at most half a layer), so new requests are taken in without "
+            "has taken it in and handed a higher-class request's step to the lane (at its next pause point, at "
+            "most half a layer, or after the step it runs), so new requests are taken in without "
             "waiting for a free core (priority inheritance). Needs CAP_SYS_NICE; without it this is logged once "
             "and the step thread keeps plain SCHED_IDLE."
         ),

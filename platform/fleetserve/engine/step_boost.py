@@ -25,7 +25,7 @@ import logging
 import os
 import select
 import threading
-from typing import Callable, Optional
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ class StepBooster:
         self._lift = lift
         self._lower_self = lower_self
         self._cond = threading.Condition()
-        self._lifted = False  # the step thread runs at normal priority until it has read the pipe
+        self._lifted = False  # the step thread runs at normal priority until it calls drained()
         self._closed = False
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the doorbell's poll
         self.enabled = True  # False once the OS refused to lift the step thread
         self.num_lifts = 0
-        self._thread: Optional[threading.Thread] = threading.Thread(
+        self._thread = threading.Thread(
             target=self._serve, name="fleetserve-engine-doorbell", daemon=True)
         self._thread.start()
 
@@ -76,8 +76,7 @@ class StepBooster:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
-        if self._thread is not None:
-            self._thread.join(5)
+        self._thread.join(5)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
