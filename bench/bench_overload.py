@@ -6,7 +6,12 @@ the flood's responses in the load generator's event loop never delay a premium t
 ``--shared-client`` sends them from the flood's loop as before):
 
 1. Capacity: completed requests/s of a closed loop that keeps the replica full (every slot).
-2. Unloaded premium TTFT: sequential premium requests (p50/p99).
+2. Unloaded premium TTFT, two baselines:
+   - sequential: premium requests one at a time (p50/p99);
+   - alone at its rate: the premium part of the overload schedule (same Poisson arrivals,
+     same count, same p99 estimator as under load), sent with no flood. This is the like-for-
+     like counterfactual: premium's own traffic, overlapping streams included, minus the
+     budget flood. Both ratios are reported (``p99/seq`` and ``p99/alone``).
 3. For each mode, an open-loop Poisson load at ``--overload`` x capacity for ``--seconds``;
    ``--premium-frac`` of requests from one premium tenant, the rest from three batch
    tenants (the flood). Modes (same build, config only):
@@ -21,6 +26,9 @@ the flood's responses in the load generator's event loop never delay a premium t
    - ``fleetserve-serve-handle`` (not run by default): ``fleetserve`` with the ingress reaching
      the replica through Serve DeploymentHandle calls instead of the replica link
      (``server.replica_transport: serve``);
+   - ``fleetserve-class-side`` (not run by default): ``fleetserve`` with the between-layers
+     prefill for strictly higher classes only (``interleave_same_class_max_priority: null``): a
+     premium arrival waits for a running step of other premium decodes;
    - ``fleetserve-engine-thread`` (not run by default): ``fleetserve`` with the engine's step
      loop in a thread of the replica instead of its own process (``engine_process: false``);
    - ``engine-priority``: fleet queue off, engine priority by tier only;
@@ -58,7 +66,7 @@ PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
 MODES = ("fleetserve", "fleetserve-serve-handle", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-normal-step",
-         "fleetserve-engine-thread", "engine-priority", "fcfs")
+         "fleetserve-class-side", "fleetserve-engine-thread", "engine-priority", "fcfs")
 DEFAULT_MODES = ("fleetserve", "fleetserve-per-token", "engine-priority", "fcfs")
 
 
@@ -94,7 +102,9 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
                 {"engine_process": False} if mode == "fleetserve-engine-thread" else {}) | (
                 # Ablation: the engine's CPU policy and isolated priority prefill off.
                 {"step_thread_policy": "normal", "isolate_priority_prefill": False} if mode == "fleetserve-plain-engine" else {}) | (
-                {"step_thread_policy": "normal"} if mode == "fleetserve-normal-step" else {}),
+                {"step_thread_policy": "normal"} if mode == "fleetserve-normal-step" else {}) | (
+                # Ablation: side prefill for strictly better classes only (not premium among premium).
+                {"interleave_same_class_max_priority": None} if mode == "fleetserve-class-side" else {}),
             "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * inflight + 16,
         } | ({"stream_interval_s": 0.0} if mode == "fleetserve-per-token" else {})],
         "tenants": {"tiers": tiers, "tenants": tenants, "scheduling": scheduling},
@@ -293,7 +303,7 @@ async def premium_client_main(spec: dict) -> list[dict]:
 
 
 async def overload(http, url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int,
-                   separate: bool) -> dict:
+                   separate: bool, dump: str | None = None) -> dict:
     """Summary of the phase, with ``wall_s``: from its first arrival until its last response."""
     schedule = arrivals(rate, seconds, premium_frac, seed)
     if not separate:
@@ -305,7 +315,28 @@ async def overload(http, url: str, rate: float, seconds: float, premium_frac: fl
                                                      start_at=start_at))
         results = await send_at(http, url, [x for x in schedule if x[1] != PREMIUM_KEY], start_at, max_tokens)
         results += await premium
+    if dump:
+        Path(dump).write_text(json.dumps([[r.cls, r.start, r.ttft, r.status, r.done] for r in results]))
     return summarize(results) | {"wall_s": round(time.time() - start_at, 1)}
+
+
+async def premium_alone(url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int,
+                        separate: bool) -> dict:
+    """TTFT of the premium part of the overload schedule, sent with no flood: the premium tenant's
+    own load (its streams overlap) without the budget tenants. The same requests, the same count
+    and the same p99 estimator as under overload, so the ratio isolates what the flood costs."""
+    schedule = [x for x in arrivals(rate, seconds, premium_frac, seed) if x[1] == PREMIUM_KEY]
+    start_at = time.time() + (3.0 if separate else 0.0)
+    if separate:
+        rs = await premium_client(url, max_tokens, schedule=schedule, start_at=start_at)
+    else:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            rs = await send_at(http, url, schedule, start_at, max_tokens)
+    ttfts = [r.ttft for r in rs if r.done and r.ttft is not None]
+    return {"p50_s": pct(ttfts, 0.5), "p90_s": pct(ttfts, 0.9), "p99_s": pct(ttfts, 0.99), "n": len(ttfts),
+            "sent": len(rs), "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None}
 
 
 def summarize(results: list[Result]) -> dict:
@@ -383,11 +414,18 @@ async def run(args) -> dict:
                         "chunk_gap_p99_s": pct([g for r in solo for g in r.gaps], 0.99),
                     }
                     print(f"capacity {cap:.1f} req/s; unloaded premium TTFT p50 {pct(base, .5):.4f}s p99 {pct(base, .99):.4f}s", flush=True)
+                    if args.alone_baseline:
+                        alone = await premium_alone(url, args.overload * cap, args.seconds, args.premium_frac,
+                                                    args.max_tokens, args.seed, not args.shared_client)
+                        results["unloaded_premium_alone_ttft"] = alone
+                        print(f"premium alone at its overload rate: TTFT p50 {alone['p50_s']:.4f}s p99 {alone['p99_s']:.4f}s "
+                              f"(n={alone['n']})", flush=True)
                 rate = args.overload * results["capacity_rps"]
                 metrics_url = f"http://127.0.0.1:{http_port}/metrics"
                 before = await scrape_fleet_metrics(http, metrics_url)
+                dump = f"{args.dump_requests}.{mode}.json" if args.dump_requests else None
                 results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed,
-                                               not args.shared_client)
+                                               not args.shared_client, dump)
                 results[mode]["fleet_metrics"] = phase_metrics(await scrape_fleet_metrics(http, metrics_url), before)
                 results[mode]["offered_rps"] = round(rate, 2)
                 for cls in ("premium", "batch"):  # served throughput over the phase and its drain
@@ -401,9 +439,13 @@ async def run(args) -> dict:
 
 def print_table(r: dict) -> None:
     base = r["unloaded_premium_ttft"]["p99_s"]
+    alone = (r.get("unloaded_premium_alone_ttft") or {}).get("p99_s")
     print(f"\ncapacity {r['capacity_rps']} req/s; unloaded premium TTFT p50 {r['unloaded_premium_ttft']['p50_s']:.4f}s "
           f"p99 {base:.4f}s; offered {r['config']['overload']}x capacity, premium {r['config']['premium_frac']:.0%}")
-    head = ("mode", "prem p50", "prem p99", "p99/unloaded", "prem e2e p99", "prem gap p99", "prem done", "batch done",
+    if alone:
+        a = r["unloaded_premium_alone_ttft"]
+        print(f"premium alone at its overload rate (no flood): TTFT p50 {a['p50_s']:.4f}s p99 {alone:.4f}s (n={a['n']})")
+    head = ("mode", "prem p50", "prem p99", "p99/seq", "p99/alone", "prem e2e p99", "prem gap p99", "prem done", "batch done",
             "batch tok share", "batch tok/s", "shed 429", "shed 503")
     rows = [head]
     for mode in r["config"]["modes"]:
@@ -412,6 +454,7 @@ def print_table(r: dict) -> None:
         fmt = lambda x: "-" if x is None else f"{x:.3f}s"  # noqa: E731
         rows.append((mode, fmt(p["ttft_p50_s"]), fmt(p["ttft_p99_s"]),
                      "-" if p["ttft_p99_s"] is None else f"{p['ttft_p99_s'] / base:.1f}x",
+                     "-" if p["ttft_p99_s"] is None or not alone else f"{p['ttft_p99_s'] / alone:.1f}x",
                      fmt(p["e2e_p99_s"]), fmt(p["chunk_gap_p99_s"]),
                      f"{p['completion_rate']:.0%}", f"{b['completion_rate']:.0%}", f"{b['token_share']:.0%}", f"{b['tokens_per_s']:.0f}",
                      str(p["shed_429"] + b["shed_429"]), str(p["shed_503"] + b["shed_503"])))
@@ -435,6 +478,9 @@ def main() -> int:
     p.add_argument("--inflight", type=int, default=16, help="Engine max_num_seqs = fleet max_inflight_per_replica.")
     p.add_argument("--capacity-seconds", type=float, default=8.0, help="Duration of the capacity measurement.")
     p.add_argument("--unloaded-requests", type=int, default=100, help="Sequential premium requests for the unloaded baseline (100: a p99 that is not just the maximum).")
+    p.add_argument("--alone-baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help=("Also measure premium alone at its overload rate (the premium part of the schedule, no flood; "
+                         "adds --seconds to the run): the like-for-like unloaded baseline."))
     p.add_argument("--request-timeout", type=float, default=300.0, help="Client timeout per request.")
     p.add_argument("--batch-slot-share", type=float, default=None,
                    help=("fleetserve mode: override tenants.scheduling.class_slot_share of the batch class (trunk "
@@ -462,6 +508,8 @@ def main() -> int:
     p.add_argument("--max-queue-total", type=int, default=4096,
                    help="tenants.scheduling.max_queue_total (the platform's default is 512).")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dump-requests", default=None, metavar="PREFIX",
+                   help="Write each overload request's [class, start (monotonic s), ttft, status, done] to PREFIX.<mode>.json.")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     args = p.parse_args()
     results = asyncio.run(run(args))

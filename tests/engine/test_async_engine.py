@@ -270,6 +270,63 @@ async def test_priority_arrival_is_prefilled_between_layers_of_a_running_step():
         await eng.shutdown()
 
 
+@pytest.mark.parametrize("cap", [1, 2])
+async def test_arrivals_during_one_step_get_side_prefills_up_to_the_cap(cap):
+    # Three premium requests arrive while one batch step's pass is paused, one before each of
+    # three pause points: the first ``cap`` are prefilled in that pass, the rest after it.
+    # Every stream gets exactly its tokens.
+    import threading
+
+    runner = make_runner(block_size=4, vocab_size=128, layered=True)
+    execute = runner.execute
+    armed = threading.Event()
+    holding = [threading.Event() for _ in range(3)]
+    arrived = [threading.Event() for _ in range(3)]
+
+    def held_between_layers(model_input, between_layers=None):
+        def pause():
+            if between_layers is None:
+                return
+            if armed.is_set() and not holding[0].is_set():
+                for k in range(3):  # three pause points of this one pass
+                    holding[k].set()
+                    arrived[k].wait(TIMEOUT)
+                    between_layers()
+                return
+            between_layers()
+
+        return execute(model_input, between_layers=pause)
+
+    runner.execute = held_between_layers
+    eng = AsyncEngine(make_config(max_num_batched_tokens=64, max_side_prefills_per_step=cap),
+                      runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
+    await eng.start()
+    try:
+        batch = [make_generate_request(prompt_token_ids=[i + 1, 2, 3], params=greedy(max_tokens=40), priority=2) for i in range(3)]
+        batch_runs = [asyncio.create_task(collect(eng, r)) for r in batch]
+        await asyncio.wait_for(wait_running(eng, 3), TIMEOUT)
+        armed.set()
+        premium, runs = [], []
+        for k in range(3):
+            await asyncio.wait_for(asyncio.to_thread(holding[k].wait), TIMEOUT)
+            r = make_generate_request(prompt_token_ids=[9, 8, 7, 6 - k], params=greedy(max_tokens=4), priority=0)
+            premium.append(r)
+            runs.append(asyncio.create_task(collect(eng, r)))
+            while not eng._adds:  # queued for the step thread
+                await asyncio.sleep(0.001)
+            arrived[k].set()
+        for r, task in zip(premium, runs):
+            got = await asyncio.wait_for(task, TIMEOUT)
+            assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 4)
+        assert eng.engine.scheduler.num_side_prefills == cap
+        for r, task in zip(batch, batch_runs):
+            got = await asyncio.wait_for(task, TIMEOUT)
+            assert [t for o in got for t in o.token_ids_delta] == runner.reference(r.prompt_token_ids, 40)
+        assert eng.engine.kv.num_used_blocks == 0
+    finally:
+        await eng.shutdown()
+
+
 def slow_steps(runner, seconds: float) -> None:
     """Every forward pass of the fake runner takes at least ``seconds``."""
     import time

@@ -363,6 +363,43 @@ def test_side_prefill_starts_a_better_class_while_a_step_is_paused():
     assert_all_free(sched)
 
 
+def test_same_class_side_prefill_up_to_a_class_when_nothing_better_runs():
+    # Premium (0) decodes only: a premium arrival is prefilled on the side; a standard (1)
+    # arrival is not (above the setting), nor is anything while a better class runs.
+    sched = make_scheduler(side_prefill=True, max_num_batched_tokens=64, same_class_side_prefill_max=0)
+    running = [make_request(list(range(i, i + 4)), max_tokens=20, priority=0) for i in range(2)]
+    for r in running:
+        sched.add(r)
+    step(sched)
+    paused = sched.schedule()
+    std = make_request([9, 9, 9], max_tokens=2, priority=1)
+    sched.add(std)
+    assert sched.schedule_side_prefill().is_empty
+    arrival = make_request(list(range(40, 46)), max_tokens=3, priority=0)
+    sched.add(arrival)
+    side = sched.schedule_side_prefill()
+    assert [(i.request.request_id, i.start_pos, i.num_new_tokens) for i in side.items] == [(arrival.request_id, 0, 6)]
+    finish_step(sched, side, token=3)
+    finish_step(sched, paused)
+    assert arrival.output_token_ids == [3] and all(r.output_token_ids == [7, 7] for r in running)
+    # Off (the scheduler's default): same class waits for the next step, as before.
+    sched = make_scheduler(side_prefill=True, max_num_batched_tokens=64)
+    sched.add(make_request([1, 2, 3], max_tokens=30, priority=0))
+    step(sched)
+    sched.add(make_request([4, 5], max_tokens=2, priority=0))
+    assert sched.schedule_side_prefill().is_empty
+    # A better class running: a class-1 arrival gets no side step even with the setting at 1.
+    sched = make_scheduler(side_prefill=True, max_num_batched_tokens=64, same_class_side_prefill_max=1)
+    sched.add(make_request([1, 2, 3], max_tokens=30, priority=0))
+    sched.add(make_request([1, 2, 4], max_tokens=30, priority=1))
+    step(sched)
+    sched.add(make_request([4, 5], max_tokens=2, priority=1))
+    assert sched.schedule_side_prefill().is_empty
+    while sched.has_unfinished():
+        step(sched)
+    assert_all_free(sched)
+
+
 def test_side_prefill_never_preempts_and_skips_resumed_requests():
     # No room: a side prefill never evicts anyone (the paused step's requests hold their blocks).
     sched = make_scheduler(make_kv(num_blocks=4), side_prefill=True, max_num_batched_tokens=64)

@@ -10,7 +10,7 @@ per-request asyncio queues. When there is nothing to do the thread waits on a co
 New requests are queued apart from other commands: besides between steps, the step thread
 also adds them between two layers of a running forward pass, and when one of them is of a
 strictly better class than some running request, runs its prefill there as a step of its
-own (``LLMEngine.side_step``, at most one per step) before the pass resumes. Its first token
+own (``LLMEngine.side_step``, at most ``max_side_prefills_per_step`` per step) before the pass resumes. Its first token
 then waits for one layer of the batch's step instead of all of it.
 
 On CPU the step thread runs under SCHED_IDLE (``EngineConfig.step_thread_policy``): model
@@ -84,7 +84,7 @@ class AsyncEngine(EngineFront):
         self._cond = threading.Condition()
         self._commands: deque[tuple[Callable, concurrent.futures.Future]] = deque()
         self._adds: list[tuple[GenerateRequest, concurrent.futures.Future]] = []  # new requests
-        self._side_ran = False  # a side step ran in the current step's forward pass
+        self._side_runs = 0  # side steps run in the current step's forward pass
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_error: Optional[BaseException] = None
@@ -156,7 +156,7 @@ class AsyncEngine(EngineFront):
             if not self._has_work():
                 self._notify_idle()
                 continue
-            self._side_ran = False
+            self._side_runs = 0
             hook = self._between_layers if engine.supports_side_steps else None
             try:
                 if self.step_thread_idle and self._lane is not None and engine.scheduler.next_step_isolated():
@@ -207,9 +207,10 @@ class AsyncEngine(EngineFront):
 
     def _between_layers(self) -> None:
         """Called by the step thread between layers of a step's forward pass: add the
-        requests that arrived meanwhile and, once per step, run a side prefill for those of
-        a better class than some running request (on the normal-priority lane if any)."""
-        if self._side_ran:
+        requests that arrived meanwhile and, up to ``max_side_prefills_per_step`` times per step,
+        run a side prefill for those of a better class than some running request (on the
+        normal-priority lane if any)."""
+        if self._side_runs >= self.config.max_side_prefills_per_step:
             self._handed_over()
             return
         self._poll_inbox()
@@ -236,7 +237,7 @@ class AsyncEngine(EngineFront):
         finally:
             self._handed_over()
         if outputs:
-            self._side_ran = True
+            self._side_runs += 1
 
     def _handed_over(self) -> None:
         """Called by the step thread at each pause point and after each step, once what had

@@ -68,7 +68,26 @@ class EngineConfig(BaseModel):
             "A new request of a strictly higher priority class than some running request does not wait for the "
             "running step to end: the step's forward pass pauses "
             "between two layers, the new request's prefill runs as a step of its own, and the pass resumes "
-            "(native runner only; at most one such prefill per step; it never preempts anyone)."
+            "(native runner only; at most max_side_prefills_per_step such prefills per step; it never preempts anyone)."
+        ),
+    )
+    max_side_prefills_per_step: int = Field(
+        2,
+        ge=1,
+        description=(
+            "With interleave_priority_prefill: at most this many between-layers prefills while one step's forward "
+            "pass runs, which bounds how long they delay that step. 1 makes a second arrival during the same step "
+            "(two premium requests a few ms apart) wait for the step to end; 2 starts it at the next pause point."
+        ),
+    )
+    interleave_same_class_max_priority: Optional[int] = Field(
+        0,
+        ge=0,
+        description=(
+            "With interleave_priority_prefill: a new request of this priority class or better also gets that "
+            "between-layers prefill when nothing running is of a better class than its own, so a premium arrival "
+            "(class 0 in the default tiers) does not wait for a step of other premium requests' decodes either. "
+            "Those decodes' next token waits one prefill (hidden by stream pacing). None: strictly higher classes only."
         ),
     )
     engine_process: bool = Field(

@@ -91,6 +91,7 @@ class LLMEngine:
             isolate_priority_prefill=config.isolate_priority_prefill,
             max_consecutive_isolated=config.max_consecutive_isolated_steps,
             side_prefill=config.interleave_priority_prefill and bool(getattr(self.runner, "supports_between_layers", False)),
+            same_class_side_prefill_max=config.interleave_same_class_max_priority,
         )
         self.sampler = Sampler(config.seed)
         self.eos_token_ids = self._eos_token_ids()

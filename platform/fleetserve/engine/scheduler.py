@@ -26,6 +26,10 @@ pauses the step's forward pass between two layers and runs a step holding only t
 requests' prefill (fresh WAITING requests of that one class, admitted without preempting
 anyone), so the first token does not wait for the rest of the step either. Nothing of the
 paused step is touched: its requests keep their blocks, and only free blocks are allocated.
+With ``same_class_side_prefill_max`` (a class number), a fresh request of that class or
+better also gets a side prefill when nothing running is of a better class than its own: a
+premium arrival then does not wait for a step of other premium requests' decodes either
+(under premium's own load that wait, not the flood, is most of its TTFT tail).
 
 Every request keeps its output tokens across preemption: with ``recompute`` its prompt and
 generated tokens are prefilled again; with ``swap`` its blocks go to host memory and back.
@@ -90,6 +94,7 @@ class Scheduler:
         isolate_priority_prefill: bool = False,
         side_prefill: bool = False,
         max_consecutive_isolated: int = 1,
+        same_class_side_prefill_max: Optional[int] = None,
     ):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
@@ -99,6 +104,7 @@ class Scheduler:
         self.num_isolated_steps = 0
         self.side_prefill = side_prefill
         self.num_side_prefills = 0
+        self.same_class_side_prefill_max = same_class_side_prefill_max
         self.max_consecutive_isolated = max(1, max_consecutive_isolated)
         self._isolated_run = 0  # isolated steps since the last normal one
         # Blocks kept free when admitting new work while others run, so running decodes
@@ -201,7 +207,7 @@ class Scheduler:
         """A prefill-only step to run while another step's forward pass is paused (see the
         module docstring); empty when no waiting request qualifies or none fits."""
         out = SchedulerOutput()
-        priority = self._priority_head_class() if self.side_prefill else None
+        priority = self._side_prefill_class() if self.side_prefill else None
         if priority is None:
             return out
         budget = self._schedule_waiting(out, self.max_num_batched_tokens, only_priority=priority, fresh_only=True)
@@ -337,6 +343,22 @@ class Scheduler:
         if head.status is not RequestStatus.WAITING or head.num_preemptions:
             return None  # a resumed request: no first token to hurry
         if max(r.priority for r in self.running) <= head.priority or not self._could_start(head):
+            return None
+        return head.priority
+
+    def _side_prefill_class(self) -> Optional[int]:
+        """The class of a side prefill: the waiting head's when it is of a strictly better class
+        than some running request, or (``same_class_side_prefill_max``) of a class up to that
+        one and nothing running is better; else None."""
+        priority = self._priority_head_class()
+        if priority is not None or self.same_class_side_prefill_max is None or not self.waiting or not self.running:
+            return priority
+        head = self.waiting[0]
+        if head.priority > self.same_class_side_prefill_max:
+            return None
+        if head.status is not RequestStatus.WAITING or head.num_preemptions:
+            return None  # a resumed request: no first token to hurry
+        if min(r.priority for r in self.running) < head.priority or not self._could_start(head):
             return None
         return head.priority
 
