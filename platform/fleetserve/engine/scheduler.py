@@ -207,7 +207,7 @@ class Scheduler:
         """A prefill-only step to run while another step's forward pass is paused (see the
         module docstring); empty when no waiting request qualifies or none fits."""
         out = SchedulerOutput()
-        priority = self._side_prefill_class() if self.side_prefill else None
+        priority = self._priority_head_class(self.same_class_side_prefill_max) if self.side_prefill else None
         if priority is None:
             return out
         budget = self._schedule_waiting(out, self.max_num_batched_tokens, only_priority=priority, fresh_only=True)
@@ -334,31 +334,19 @@ class Scheduler:
             return None
         return self._priority_head_class()
 
-    def _priority_head_class(self) -> Optional[int]:
-        """The waiting head's class when it is a fresh request of a strictly better class
-        than some running request and could start without evicting anyone; else None."""
+    def _priority_head_class(self, same_class_up_to: Optional[int] = None) -> Optional[int]:
+        """The waiting head's class when it is a fresh request that could start without evicting
+        anyone and is of a strictly better class than some running request or, with
+        ``same_class_up_to``, of a class up to that one that no running request beats; else None."""
         if not self.waiting or not self.running:
             return None
         head = self.waiting[0]
         if head.status is not RequestStatus.WAITING or head.num_preemptions:
             return None  # a resumed request: no first token to hurry
-        if max(r.priority for r in self.running) <= head.priority or not self._could_start(head):
-            return None
-        return head.priority
-
-    def _side_prefill_class(self) -> Optional[int]:
-        """The class of a side prefill: the waiting head's when it is of a strictly better class
-        than some running request, or (``same_class_side_prefill_max``) of a class up to that
-        one and nothing running is better; else None."""
-        priority = self._priority_head_class()
-        if priority is not None or self.same_class_side_prefill_max is None or not self.waiting or not self.running:
-            return priority
-        head = self.waiting[0]
-        if head.priority > self.same_class_side_prefill_max:
-            return None
-        if head.status is not RequestStatus.WAITING or head.num_preemptions:
-            return None  # a resumed request: no first token to hurry
-        if min(r.priority for r in self.running) < head.priority or not self._could_start(head):
+        running = [r.priority for r in self.running]
+        better_than_some = max(running) > head.priority
+        top_class = same_class_up_to is not None and head.priority <= same_class_up_to and min(running) >= head.priority
+        if not (better_than_some or top_class) or not self._could_start(head):
             return None
         return head.priority
 
