@@ -321,7 +321,7 @@ async def overload(http, url: str, rate: float, seconds: float, premium_frac: fl
 
 
 async def premium_alone(url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int,
-                        separate: bool) -> dict:
+                        separate: bool, dump: str | None = None) -> dict:
     """TTFT of the premium part of the overload schedule, sent with no flood: the premium tenant's
     own load (its streams overlap) without the budget tenants. The same requests, the same count
     and the same p99 estimator as under overload, so the ratio isolates what the flood costs."""
@@ -334,6 +334,8 @@ async def premium_alone(url: str, rate: float, seconds: float, premium_frac: flo
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             rs = await send_at(http, url, schedule, start_at, max_tokens)
+    if dump:
+        Path(dump).write_text(json.dumps([[r.cls, r.start, r.ttft, r.status, r.done] for r in rs]))
     ttfts = [r.ttft for r in rs if r.done and r.ttft is not None]
     return {"p50_s": pct(ttfts, 0.5), "p90_s": pct(ttfts, 0.9), "p99_s": pct(ttfts, 0.99), "n": len(ttfts),
             "sent": len(rs), "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None}
@@ -416,7 +418,8 @@ async def run(args) -> dict:
                     print(f"capacity {cap:.1f} req/s; unloaded premium TTFT p50 {pct(base, .5):.4f}s p99 {pct(base, .99):.4f}s", flush=True)
                     if args.alone_baseline:
                         alone = await premium_alone(url, args.overload * cap, args.seconds, args.premium_frac,
-                                                    args.max_tokens, args.seed, not args.shared_client)
+                                                    args.max_tokens, args.seed, not args.shared_client,
+                                                    f"{args.dump_requests}.alone.json" if args.dump_requests else None)
                         results["unloaded_premium_alone_ttft"] = alone
                         print(f"premium alone at its overload rate: TTFT p50 {alone['p50_s']:.4f}s p99 {alone['p99_s']:.4f}s "
                               f"(n={alone['n']})", flush=True)
@@ -509,7 +512,8 @@ def main() -> int:
                    help="tenants.scheduling.max_queue_total (the platform's default is 512).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dump-requests", default=None, metavar="PREFIX",
-                   help="Write each overload request's [class, start (monotonic s), ttft, status, done] to PREFIX.<mode>.json.")
+                   help=("Write each overload request's [class, start (monotonic s), ttft, status, done] to PREFIX.<mode>.json, "
+                         "and the premium-alone phase's to PREFIX.alone.json (same schedule: pair them by order)."))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
     args = p.parse_args()
     results = asyncio.run(run(args))
