@@ -315,12 +315,17 @@ async def overload(http, url: str, rate: float, seconds: float, premium_frac: fl
                                                      start_at=start_at))
         results = await send_at(http, url, [x for x in schedule if x[1] != PREMIUM_KEY], start_at, max_tokens)
         results += await premium
-    if dump:
-        Path(dump).write_text(json.dumps([[r.cls, r.start, r.ttft, r.status, r.done] for r in results]))
+    write_dump(dump, results)
     return summarize(results) | {"wall_s": round(time.time() - start_at, 1)}
 
 
-async def premium_alone(url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int,
+def write_dump(path: str | None, results: list[Result]) -> None:
+    """``--dump-requests``: each request's [class, start (monotonic s), ttft, status, done]."""
+    if path:
+        Path(path).write_text(json.dumps([[r.cls, r.start, r.ttft, r.status, r.done] for r in results]))
+
+
+async def premium_alone(http, url: str, rate: float, seconds: float, premium_frac: float, max_tokens: int, seed: int,
                         separate: bool, dump: str | None = None) -> dict:
     """TTFT of the premium part of the overload schedule, sent with no flood: the premium tenant's
     own load (its streams overlap) without the budget tenants. The same requests, the same count
@@ -330,12 +335,8 @@ async def premium_alone(url: str, rate: float, seconds: float, premium_frac: flo
     if separate:
         rs = await premium_client(url, max_tokens, schedule=schedule, start_at=start_at)
     else:
-        import aiohttp
-
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            rs = await send_at(http, url, schedule, start_at, max_tokens)
-    if dump:
-        Path(dump).write_text(json.dumps([[r.cls, r.start, r.ttft, r.status, r.done] for r in rs]))
+        rs = await send_at(http, url, schedule, start_at, max_tokens)
+    write_dump(dump, rs)
     ttfts = [r.ttft for r in rs if r.done and r.ttft is not None]
     return {"p50_s": pct(ttfts, 0.5), "p90_s": pct(ttfts, 0.9), "p99_s": pct(ttfts, 0.99), "n": len(ttfts),
             "sent": len(rs), "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None}
@@ -417,7 +418,7 @@ async def run(args) -> dict:
                     }
                     print(f"capacity {cap:.1f} req/s; unloaded premium TTFT p50 {pct(base, .5):.4f}s p99 {pct(base, .99):.4f}s", flush=True)
                     if args.alone_baseline:
-                        alone = await premium_alone(url, args.overload * cap, args.seconds, args.premium_frac,
+                        alone = await premium_alone(http, url, args.overload * cap, args.seconds, args.premium_frac,
                                                     args.max_tokens, args.seed, not args.shared_client,
                                                     f"{args.dump_requests}.alone.json" if args.dump_requests else None)
                         results["unloaded_premium_alone_ttft"] = alone

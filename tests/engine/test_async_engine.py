@@ -37,6 +37,12 @@ async def wait_running(engine, n: int) -> None:
         await asyncio.sleep(0.001)
 
 
+async def wait_queued(engine) -> None:
+    """Until a new request waits in the step thread's inbox (bound it with wait_for)."""
+    while not engine._adds:
+        await asyncio.sleep(0.001)
+
+
 async def test_requests_queued_when_the_engine_stops_fail_with_503(runner):
     eng = AsyncEngine(make_config(), runner_factory=lambda cfg: runner, tokenizer=make_byte_tokenizer())
     await eng.start()
@@ -312,8 +318,7 @@ async def test_arrivals_during_one_step_get_side_prefills_up_to_the_cap(cap):
             r = make_generate_request(prompt_token_ids=[9, 8, 7, 6 - k], params=greedy(max_tokens=4), priority=0)
             premium.append(r)
             runs.append(asyncio.create_task(collect(eng, r)))
-            while not eng._adds:  # queued for the step thread
-                await asyncio.sleep(0.001)
+            await asyncio.wait_for(wait_queued(eng), TIMEOUT)
             arrived[k].set()
         for r, task in zip(premium, runs):
             got = await asyncio.wait_for(task, TIMEOUT)

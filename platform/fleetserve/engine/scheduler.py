@@ -343,10 +343,12 @@ class Scheduler:
         head = self.waiting[0]
         if head.status is not RequestStatus.WAITING or head.num_preemptions:
             return None  # a resumed request: no first token to hurry
-        running = [r.priority for r in self.running]
-        better_than_some = max(running) > head.priority
-        top_class = same_class_up_to is not None and head.priority <= same_class_up_to and min(running) >= head.priority
-        if not (better_than_some or top_class) or not self._could_start(head):
+        if max(r.priority for r in self.running) <= head.priority:  # nothing running is worse
+            if same_class_up_to is None or head.priority > same_class_up_to:
+                return None
+            if min(r.priority for r in self.running) < head.priority:
+                return None  # a better class runs
+        if not self._could_start(head):
             return None
         return head.priority
 
