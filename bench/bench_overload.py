@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _results import write_results  # noqa: E402  (bench/ is this script's directory: first on sys.path)
+from _stats import pct, ratio_interval  # noqa: E402
 
 MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
@@ -209,13 +210,6 @@ def phase_metrics(after: dict, before: dict) -> dict:
     return out
 
 
-def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
 def direct_ingress_url(app_name: str) -> str | None:
     """The completions URL of the ingress replica's own HTTP server (Serve direct ingress:
     what an external load balancer would target), or None when direct ingress is off."""
@@ -339,7 +333,7 @@ async def premium_alone(http, url: str, rate: float, seconds: float, premium_fra
     write_dump(dump, rs)
     ttfts = [r.ttft for r in rs if r.done and r.ttft is not None]
     return {"p50_s": pct(ttfts, 0.5), "p90_s": pct(ttfts, 0.9), "p99_s": pct(ttfts, 0.99), "n": len(ttfts),
-            "sent": len(rs), "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None}
+            "samples_s": [round(t, 5) for t in ttfts], "sent": len(rs), "completion_rate": round(sum(r.done for r in rs) / len(rs), 4) if rs else None}
 
 
 def summarize(results: list[Result]) -> dict:
@@ -359,6 +353,7 @@ def summarize(results: list[Result]) -> dict:
             "ttft_p95_s": pct(ttfts, 0.95),
             "ttft_p99_s": pct(ttfts, 0.99),
             "ttft_mean_s": round(statistics.fmean(ttfts), 4) if ttfts else None,
+            "ttft_samples_s": [round(t, 5) for t in ttfts],
             "e2e_p50_s": pct(e2e, 0.5),
             "e2e_p99_s": pct(e2e, 0.99),
             "chunk_gap_p50_s": pct(gaps, 0.5),
@@ -411,7 +406,8 @@ async def run(args) -> dict:
                     solo = await unloaded(http, url, args.unloaded_requests, args.max_tokens, not args.shared_client)
                     base = [r.ttft for r in solo if r.ttft is not None]
                     results["capacity_rps"] = round(cap, 2)
-                    results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base)}
+                    results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base),
+                                                        "samples_s": [round(t, 5) for t in base]}
                     results["unloaded_premium_stream"] = {  # the first mode's streaming, alone on the fleet
                         "e2e_p99_s": pct([r.e2e for r in solo if r.e2e is not None], 0.99),
                         "chunk_gap_p99_s": pct([g for r in solo for g in r.gaps], 0.99),
@@ -434,11 +430,33 @@ async def run(args) -> dict:
                 results[mode]["offered_rps"] = round(rate, 2)
                 for cls in ("premium", "batch"):  # served throughput over the phase and its drain
                     results[mode][cls]["tokens_per_s"] = round(results[mode][cls]["tokens"] / results[mode]["wall_s"], 1)
-                print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+                add_ratio_intervals(results, mode)
+                print(f"{mode}: {json.dumps(without_samples(results[mode]))}", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
     return results
+
+
+def without_samples(d):
+    """``d`` without its raw ``*samples_s`` lists (for the progress log; the JSON keeps them)."""
+    if isinstance(d, dict):
+        return {k: without_samples(v) for k, v in d.items() if not k.endswith("samples_s")}
+    return d
+
+
+def add_ratio_intervals(results: dict, mode: str) -> None:
+    """Premium p99 under load over each baseline's p99, with a bootstrap interval and the
+    fraction of resamples within the issue's 2x target (bench/_stats.py)."""
+    loaded = results[mode]["premium"]["ttft_samples_s"]
+    out = {"seq": ratio_interval(loaded, results["unloaded_premium_ttft"]["samples_s"])}
+    if results.get("unloaded_premium_alone_ttft"):
+        out["alone"] = ratio_interval(loaded, results["unloaded_premium_alone_ttft"]["samples_s"])
+    results[mode]["p99_ratio"] = out
+
+
+def fmt_interval(iv: dict | None) -> str:
+    return "-" if not iv else f"{iv['lo']:.2f}-{iv['hi']:.2f} ({iv['p_at_most_target']:.0%})"
 
 
 def print_table(r: dict) -> None:
@@ -449,7 +467,7 @@ def print_table(r: dict) -> None:
     if alone:
         a = r["unloaded_premium_alone_ttft"]
         print(f"premium alone at its overload rate (no flood): TTFT p50 {a['p50_s']:.4f}s p99 {alone:.4f}s (n={a['n']})")
-    head = ("mode", "prem p50", "prem p99", "p99/seq", "p99/alone", "prem e2e p99", "prem gap p99", "prem done", "batch done",
+    head = ("mode", "prem p50", "prem p99", "p99/seq", "95% CI (P<=2x)", "p99/alone", "95% CI (P<=2x)", "prem e2e p99", "prem gap p99", "prem done", "batch done",
             "batch tok share", "batch tok/s", "shed 429", "shed 503")
     rows = [head]
     for mode in r["config"]["modes"]:
@@ -457,8 +475,10 @@ def print_table(r: dict) -> None:
         p, b = m["premium"], m["batch"]
         fmt = lambda x: "-" if x is None else f"{x:.3f}s"  # noqa: E731
         rows.append((mode, fmt(p["ttft_p50_s"]), fmt(p["ttft_p99_s"]),
-                     "-" if p["ttft_p99_s"] is None else f"{p['ttft_p99_s'] / base:.1f}x",
-                     "-" if p["ttft_p99_s"] is None or not alone else f"{p['ttft_p99_s'] / alone:.1f}x",
+                     "-" if p["ttft_p99_s"] is None else f"{p['ttft_p99_s'] / base:.2f}x",
+                     fmt_interval(m.get("p99_ratio", {}).get("seq")),
+                     "-" if p["ttft_p99_s"] is None or not alone else f"{p['ttft_p99_s'] / alone:.2f}x",
+                     fmt_interval(m.get("p99_ratio", {}).get("alone")),
                      fmt(p["e2e_p99_s"]), fmt(p["chunk_gap_p99_s"]),
                      f"{p['completion_rate']:.0%}", f"{b['completion_rate']:.0%}", f"{b['token_share']:.0%}", f"{b['tokens_per_s']:.0f}",
                      str(p["shed_429"] + b["shed_429"]), str(p["shed_503"] + b["shed_503"])))
