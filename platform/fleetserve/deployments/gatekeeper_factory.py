@@ -23,9 +23,19 @@ def tenants_config(cfg: FleetConfig):
     return tcfg
 
 
-def build_gatekeeper(cfg: FleetConfig, pool: Optional[object] = None, metrics_registry: Optional[object] = None) -> Gatekeeper:
+def build_gatekeeper(cfg: FleetConfig, pool: Optional[object] = None, metrics_registry: Optional[object] = None,
+                     handles: Optional[dict] = None, deployment_names: Optional[dict] = None) -> Gatekeeper:
     """``metrics_registry``: the ingress's Prometheus registry, so /metrics also shows the
-    per-tenant metering and fleet-queue series."""
+    per-tenant metering and fleet-queue series. With ``deployment_names`` (and the model
+    ``handles``, for preemption calls), ``tenants.scheduling.scope`` is honoured: 'cluster'
+    (or 'auto' with several ingress replicas) shares one queue actor between them."""
     from fleetserve.tenants.gatekeeper import TenantGatekeeper
 
-    return TenantGatekeeper(tenants_config(cfg), pool=pool, metrics_registry=metrics_registry)
+    tcfg = tenants_config(cfg)
+    factory = None
+    if deployment_names:
+        from fleetserve.router.cluster_queue import cluster_scheduler_factory, resolve_scope
+
+        if resolve_scope(tcfg.scheduling, cfg.server.ingress_replicas) == "cluster":
+            factory = cluster_scheduler_factory(cfg.server.app_name, tcfg.scheduling, deployment_names, handles)
+    return TenantGatekeeper(tcfg, pool=pool, metrics_registry=metrics_registry, scheduler_factory=factory)

@@ -36,7 +36,8 @@ class Ingress:
         # stats board, preemption through the handles.
         pools = board_pools(deployment_names, handles)
         metrics = FleetMetrics()  # shared with the gatekeeper: one /metrics for both
-        gatekeeper = build_gatekeeper(self._cfg, pool=pools, metrics_registry=metrics.registry)
+        gatekeeper = build_gatekeeper(self._cfg, pool=pools, metrics_registry=metrics.registry, handles=handles,
+                                      deployment_names=deployment_names)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates

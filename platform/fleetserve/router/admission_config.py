@@ -72,6 +72,19 @@ class FleetSchedulingConfig(BaseModel):
     retry_after_min_s: float = Field(1.0, gt=0, description="Smallest Retry-After returned when shedding.")
     retry_after_max_s: float = Field(60.0, gt=0, description="Largest Retry-After returned when shedding.")
     tick_s: float = Field(0.05, gt=0, description="How often waiters re-run the policy (deadlines, replica stats changes).")
+    scope: Literal["auto", "ingress", "cluster"] = Field(
+        "auto",
+        description=(
+            "Where the queue lives. 'ingress': in each ingress replica (one ingress replica: already the whole fleet's "
+            "queue, with no extra hop). 'cluster': one queue actor per application shared by every ingress replica "
+            "(router/cluster_queue.py): slots, priorities, fair share and bounds hold across them, at the cost of one "
+            "actor call per request to be admitted and one to release. 'auto': 'cluster' when server.ingress_replicas "
+            "> 1, else 'ingress'."
+        ),
+    )
+    push_interval_s: float = Field(
+        0.5, gt=0, description="scope 'cluster': how often an ingress sends the replica stats it sees to the queue actor."
+    )
 
     def slot_cap(self, priority_class: int) -> int:
         """Busy slots on a replica above which a request of this class is not dispatched there."""

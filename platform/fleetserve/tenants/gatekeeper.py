@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.errors import (
@@ -49,7 +49,11 @@ class TenantGatekeeper:
         pool: Union[ReplicaPool, Mapping[str, ReplicaPool], None] = None,
         clock: Optional[Clock] = None,
         metrics_registry=None,
+        scheduler_factory: Optional[Callable[[str, ReplicaPool, object], object]] = None,
     ) -> None:
+        """``scheduler_factory(model, pool, observer)``: builds a model's admission queue
+        (default: a :class:`FleetScheduler` in this process; the ingress passes one for
+        ``scope: cluster``, see ``router/cluster_queue.py``)."""
         self.config = config
         self._clock = clock or SystemClock()
         if store is None:
@@ -63,6 +67,7 @@ class TenantGatekeeper:
         # ``pool`` is one ReplicaPool for every model, or a mapping model -> pool.
         self._pool = pool
         self._schedulers: dict[str, FleetScheduler] = {}
+        self._scheduler_factory = scheduler_factory
         self._started = False
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -168,7 +173,10 @@ class TenantGatekeeper:
         key = model if isinstance(self._pool, Mapping) else ""
         if key not in self._schedulers:
             observer = self.metering.metrics.scheduler_observer(key or "*")  # "*": one pool shared by all models
-            self._schedulers[key] = FleetScheduler(self.config.scheduling, pool, self._clock, observer)
+            if self._scheduler_factory is not None:
+                self._schedulers[key] = self._scheduler_factory(model, pool, observer)
+            else:
+                self._schedulers[key] = FleetScheduler(self.config.scheduling, pool, self._clock, observer)
         return self._schedulers[key]
 
     # ---- usage (scoped) -----------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""The shared fleet queue (``scope: cluster``): several ingress clients, one queue actor.
+
+The actor class runs in this process here, reached through :class:`InProcessActor` (each
+``method.remote(...)`` becomes a task or a finished future, as Ray's returns are awaitable);
+tests/router/test_cluster_queue_e2e.py runs it as a real Ray actor behind two ingress replicas.
+"""
+
+import asyncio
+
+import pytest
+
+from fleetserve.errors import RateLimitError, ServiceUnavailableError
+from fleetserve.router.admission_config import FleetSchedulingConfig
+from fleetserve.router.cluster_queue import ClusterFleetScheduler, FleetQueueActor, resolve_scope
+from fleetserve.router.fleet_scheduler import FleetScheduler
+from fleetserve.router.stats_board import ReplicaStatsBoard
+from tests.router.factories import make_config
+from tests.router.test_fleet_scheduler import FakePool, wait_until
+
+DEP = "model-m"
+
+
+class InProcessActor:
+    """``actor.method.remote(*args)`` on a local object; records every call."""
+
+    def __init__(self, obj):
+        self._obj = obj
+        self.calls = []
+
+    def __getattr__(self, name):
+        fn = getattr(self._obj, name)
+        outer = self
+
+        class _Method:
+            @staticmethod
+            def remote(*args):
+                outer.calls.append(name)
+                if asyncio.iscoroutinefunction(fn):
+                    return asyncio.ensure_future(fn(*args))
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_result(fn(*args))
+                return fut
+
+        return _Method
+
+
+class RecordingObserver:
+    def __init__(self):
+        self.dispatched_calls, self.shed_calls, self.preempted_calls = [], [], []
+
+    def dispatched(self, priority_class, waited_s):
+        self.dispatched_calls.append((priority_class, waited_s))
+
+    def shed(self, priority_class, status):
+        self.shed_calls.append((priority_class, status))
+
+    def preempted(self, priority_class):
+        self.preempted_calls.append(priority_class)
+
+
+def setup(n_clients=2, replicas=("r0",), **cfg):
+    """One actor over a board with ``replicas``; ``n_clients`` ingress-side schedulers."""
+    config = make_config(tick_s=0.01, **cfg)
+    board = ReplicaStatsBoard()
+    board.publish(DEP, {r: {"num_running": 0, "num_waiting": 0} for r in replicas})
+    actor = InProcessActor(FleetQueueActor(config.model_dump(mode="json"), {"m": DEP}, None, board))
+    clients = []
+    for _ in range(n_clients):
+        obs = RecordingObserver()
+        local = FleetScheduler(config, FakePool(replicas), observer=obs)
+        clients.append(ClusterFleetScheduler("m", lambda: actor, local, obs, board=ReplicaStatsBoard(), deployments=[DEP]))
+    return actor, clients
+
+
+def stats(actor):
+    return actor._obj.stats()["m"]
+
+
+async def test_slots_are_counted_across_ingress_clients():
+    actor, (a, b) = setup(max_inflight_per_replica=2)
+    await a.acquire("a1", "t", 1, 1.0, 5, 5)
+    await b.acquire("b1", "t", 1, 1.0, 5, 5)
+    waiting = asyncio.create_task(a.acquire("a2", "t", 1, 1.0, 5, 5))
+    await wait_until(lambda: stats(actor)["queued"] == {1: 1})
+    assert not waiting.done()  # a local queue on ingress a would have seen only one running request
+    b.release("b1", 5)  # a slot freed by the *other* ingress lets it through
+    slot = await asyncio.wait_for(waiting, 2)
+    assert slot.request_id == "a2" and stats(actor)["running"] == 2 and stats(actor)["dispatched"] == 3
+
+
+async def test_strict_priority_holds_across_ingress_clients():
+    actor, (a, b) = setup(max_inflight_per_replica=1, preemption=False)
+    await a.acquire("run", "bulk", 2, 1.0, 5, 5)
+    batch = asyncio.create_task(a.acquire("batch", "bulk", 2, 1.0, 5, 5))
+    await wait_until(lambda: stats(actor)["queued"] == {2: 1})
+    premium = asyncio.create_task(b.acquire("prem", "vip", 0, 1.0, 5, 5))
+    await wait_until(lambda: stats(actor)["queued"] == {0: 1, 2: 1})
+    a.release("run", 5)
+    await asyncio.wait_for(premium, 2)
+    assert not batch.done()  # the earlier batch request on the other ingress still waits
+    b.release("prem", 5)
+    await asyncio.wait_for(batch, 2)
+
+
+async def test_shed_verdicts_become_typed_errors_with_retry_after_and_are_observed():
+    actor, (a, b) = setup(max_inflight_per_replica=1, max_queue_per_class=1, preemption=False)
+    await a.acquire("run", "t", 2, 1.0, 5, 5)
+    queued = asyncio.create_task(a.acquire("q", "t", 2, 1.0, 5, 5))
+    await wait_until(lambda: stats(actor)["queued"] == {2: 1})
+    with pytest.raises(RateLimitError) as err:  # the class queue is full fleet-wide, whichever ingress asks
+        await b.acquire("over", "t", 2, 1.0, 5, 5)
+    assert err.value.retry_after_s is not None and err.value.retry_after_s > 0
+    assert b._observer.shed_calls == [(2, 429)]
+    queued.cancel()
+
+
+async def test_deadline_shed_is_a_503():
+    actor, (a,) = setup(n_clients=1, max_inflight_per_replica=1, queue_timeout_s={2: 0.05}, preemption=False)
+    await a.acquire("run", "t", 2, 1.0, 5, 5)
+    with pytest.raises(ServiceUnavailableError):
+        await asyncio.wait_for(a.acquire("late", "t", 2, 1.0, 5, 5), 2)
+
+
+async def test_a_cancelled_waiter_leaves_the_shared_queue():
+    actor, (a, b) = setup(max_inflight_per_replica=1)
+    await a.acquire("run", "t", 1, 1.0, 5, 5)
+    waiter = asyncio.create_task(b.acquire("gone", "t", 1, 1.0, 5, 5))
+    await wait_until(lambda: stats(actor)["queued"] == {1: 1})
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await wait_until(lambda: stats(actor)["queued"] == {})
+    a.release("run", 5)
+    await wait_until(lambda: stats(actor)["running"] == 0)
+
+
+async def test_dispatch_is_observed_on_the_ingress_with_its_wait():
+    actor, (a,) = setup(n_clients=1)
+    await a.acquire("x", "t", 0, 1.0, 5, 5)
+    assert [c for c, _ in a._observer.dispatched_calls] == [0]
+
+
+async def test_pushed_replica_stats_reach_the_actor_pool():
+    actor, (a,) = setup(n_clients=1, replicas=("r0",), max_inflight_per_replica=1)
+    a._board.publish(DEP, {"r0": {}, "r1": {}})  # this ingress's router now sees a second replica
+    await a.acquire("x", "t", 1, 1.0, 5, 5)  # first call pushes the board
+    y = await asyncio.wait_for(a.acquire("y", "t", 1, 1.0, 5, 5), 2)  # room on r1
+    assert y.replica_hint == "r1"
+    a._board.publish(DEP, {})  # an empty push never erases known replicas
+    a._last_push = float("-inf")
+    z = asyncio.create_task(a.acquire("z", "t", 1, 1.0, 5, 5))
+    await wait_until(lambda: stats(actor)["queued"] == {1: 1})
+    a.release("x", 1)
+    await asyncio.wait_for(z, 2)
+
+
+class DeadActor:
+    def __getattr__(self, name):
+        class _M:
+            @staticmethod
+            def remote(*args):
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_exception(RuntimeError("actor died"))
+                return fut
+
+        return _M
+
+
+async def test_unreachable_actor_falls_back_to_the_local_queue_after_one_retry():
+    made = []
+    config = make_config(tick_s=0.01, max_inflight_per_replica=1)
+    local = FleetScheduler(config, FakePool())
+
+    def factory():
+        made.append(1)
+        return DeadActor()
+
+    c = ClusterFleetScheduler("m", factory, local, board=ReplicaStatsBoard(), deployments=[DEP])
+    slot = await c.acquire("a", "t", 1, 1.0, 5, 5)
+    assert slot.request_id == "a" and len(made) == 2 and c.fallbacks == 1
+    assert [r.request_id for r in local.running()] == ["a"]
+    c.release("a", 3)  # released where it was admitted
+    assert local.running() == []
+
+
+def test_scope_auto_is_cluster_only_with_several_ingress_replicas():
+    assert resolve_scope(FleetSchedulingConfig(), 1) == "ingress"
+    assert resolve_scope(FleetSchedulingConfig(), 2) == "cluster"
+    assert resolve_scope(FleetSchedulingConfig(scope="ingress"), 3) == "ingress"
+    assert resolve_scope(FleetSchedulingConfig(scope="cluster"), 1) == "cluster"
