@@ -31,25 +31,11 @@ LONG_TOKENS = 600
 def two_ingress_app(serve_app):
     from ray import serve
 
-    from fleetserve.config import parse_config
     from fleetserve.deployments.app import deploy
     from fleetserve.deployments.direct_ingress import direct_http_urls
-    from fleetserve.tenants.keys import hash_api_key
+    from tests.router.one_slot_app import one_slot_config
 
-    cfg = parse_config({
-        "server": {"host": "127.0.0.1", "port": int(serve_app.base_url.rsplit(":", 1)[1]), "grpc_port": None,
-                   "app_name": APP, "route_prefix": PREFIX, "ingress_replicas": 2},
-        "models": [{
-            "name": serve_app.model, "checkpoint": serve_app.checkpoint,
-            "engine_args": {"num_kv_blocks": 256, "max_num_seqs": 1, "num_threads": 1},
-            "resources": {"num_cpus": 0.5}, "max_ongoing_requests": 16, "drain_timeout_s": 5,
-        }],
-        "tenants": {
-            "tenants": [{"id": "bulk", "tier": "batch", "api_key_hashes": [hash_api_key(BATCH_KEY)]},
-                        {"id": "vip", "tier": "premium", "api_key_hashes": [hash_api_key(PREMIUM_KEY)]}],
-            "scheduling": {"max_inflight_per_replica": 1, "max_waiting_per_replica": 0},
-        },
-    })
+    cfg = one_slot_config(serve_app, APP, PREFIX, BATCH_KEY, PREMIUM_KEY, ingress_replicas=2)
     deploy(cfg, start=False)
     urls: list[str] = []
 
