@@ -83,7 +83,7 @@ class FleetSchedulingConfig(BaseModel):
         ),
     )
     push_interval_s: float = Field(
-        0.5, gt=0, description="scope 'cluster': how often an ingress sends the replica stats it sees to the queue actor."
+        0.5, gt=0, description="scope 'cluster': an ingress sends the replica stats it sees to the queue actor with its admission calls, at most this often."
     )
 
     def slot_cap(self, priority_class: int) -> int:

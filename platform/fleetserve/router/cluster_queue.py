@@ -15,9 +15,11 @@ surface of :class:`FleetScheduler`:
 - ``acquire`` awaits the actor's verdict: a slot, or a shed (429/503 with Retry-After,
   raised here as the same typed errors). A client that goes away while queued removes its
   request from the actor's queue (``abandon``).
-- The actor has no replica router of its own: each ingress pushes the replica stats it sees
-  (its process's stats board) with its calls and every ``push_interval_s``; the actor
-  publishes them on its own board, which its pool reads exactly as the ingress's does.
+- The actor has no replica router of its own: each ingress sends the replica stats it sees
+  (its process's stats board) with its ``acquire`` calls, at most every ``push_interval_s``;
+  the actor publishes them on its own board, which its pool reads exactly as the ingress's
+  does. (No timer: while no request arrives anywhere, the actor keeps the last stats; its
+  slot accounting is its own and does not go stale.)
 - The actor is named per application and created by whichever ingress replica asks first
   (``get_if_exists``); it lives as long as that replica. When it is gone, callers create a
   new one and retry once; if that fails too, this ingress falls back to its own local
