@@ -64,17 +64,16 @@ class FleetQueueActor:
         self._board = board or process_board()
         pools = board_pools(self._deployments, handles, self._board)
         self._schedulers = {m: FleetScheduler(self._config, pools[m]) for m in self._deployments}
-        self._pushed_at: dict[str, float] = {}
+        self._known: set[str] = set()  # deployments some push has filled
 
     def push(self, rows: Mapping[str, Mapping[str, dict]]) -> None:
         """``{deployment: {replica_id: stats}}`` as an ingress's stats board holds them. The
-        freshest push wins; an empty one (an ingress whose router has not seen the replicas
+        latest push wins; an empty one (an ingress whose router has not seen the replicas
         yet) does not replace known rows."""
-        now = time.monotonic()
         for dep, replicas in rows.items():
-            if replicas or dep not in self._pushed_at:
+            if replicas or dep not in self._known:
                 self._board.publish(dep, dict(replicas))
-                self._pushed_at[dep] = now
+                self._known.add(dep)
         for s in self._schedulers.values():
             if s.queue_depths():
                 s.pump()  # new capacity may let waiters through
@@ -237,9 +236,3 @@ class ClusterFleetScheduler:
         except Exception as e:  # noqa: BLE001
             log.warning("fleet queue %s not delivered (%s)", method, type(e).__name__)
             self._actor = None
-
-    def queue_depths(self) -> dict[int, int]:
-        return self._local.queue_depths()
-
-    def running(self) -> list:
-        return self._local.running()
