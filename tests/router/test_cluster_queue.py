@@ -102,6 +102,19 @@ async def test_strict_priority_holds_across_ingress_clients():
     await asyncio.wait_for(batch, 2)
 
 
+async def test_preemptions_in_the_actor_are_observed_once_on_the_ingress_that_gets_the_verdict():
+    actor, (a, b) = setup(max_inflight_per_replica=1, preempt_via="engine")
+    await a.acquire("batch", "bulk", 2, 1.0, 5, 5)
+    slot = await asyncio.wait_for(b.acquire("prem", "vip", 0, 1.0, 5, 5), 2)  # takes the batch request's slot
+    assert slot.request_id == "prem" and stats(actor)["preempted"] == 1
+    assert b._observer.preempted_calls == [2]  # the preempted request's class, for fleet_preemptions_total
+    a.release("batch", 5)
+    b.release("prem", 5)
+    await a.acquire("next", "bulk", 2, 1.0, 5, 5)  # the next verdict, to the other ingress
+    assert a._observer.preempted_calls == []  # not exported twice: the verdict that carried it took it
+    assert b._observer.preempted_calls == [2]
+
+
 async def test_shed_verdicts_become_typed_errors_with_retry_after_and_are_observed():
     actor, (a, b) = setup(max_inflight_per_replica=1, max_queue_per_class=1, preemption=False)
     await a.acquire("run", "t", 2, 1.0, 5, 5)

@@ -63,6 +63,16 @@ def queue_stats(model: str) -> dict:
     return ray.get(actor.stats.remote(), timeout=30)[model]
 
 
+def preemptions(urls: list[str]) -> float:
+    """``fleetserve_fleet_preemptions_total`` summed over the ingress replicas' own /metrics."""
+    total = 0.0
+    for base in urls:
+        text = httpx.get(base + "/metrics", timeout=30).text
+        total += sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                     if line.startswith("fleetserve_fleet_preemptions_total{"))
+    return total
+
+
 class Stream(threading.Thread):
     """A streamed completion; records when its first chunk and its end arrived."""
 
@@ -95,7 +105,8 @@ class Stream(threading.Thread):
 
 def test_two_ingress_replicas_share_one_queue_with_strict_priority(two_ingress_app):
     (ingress0, ingress1), model = two_ingress_app
-    before = queue_stats(model)["dispatched"]
+    before = queue_stats(model)
+    exported_before = preemptions([ingress0, ingress1])
 
     long_batch = Stream(ingress0, BATCH_KEY, model, LONG_TOKENS)
     long_batch.start()
@@ -120,4 +131,8 @@ def test_two_ingress_replicas_share_one_queue_with_strict_priority(two_ingress_a
     # Every release reaches the shared queue (sent when the ingress closes the stream, just after [DONE]).
     wait_for(lambda: queue_stats(model)["running"] == 0, 15, "the shared queue to see every release")
     stats = queue_stats(model)
-    assert stats["queued"] == {} and stats["dispatched"] - before == 3
+    assert stats["queued"] == {} and stats["dispatched"] - before["dispatched"] == 3
+    # The premium request took the batch stream's slot by preemption in the actor; the ingress
+    # that got its verdict exported it, once.
+    preempted = stats["preempted"] - before["preempted"]
+    assert preempted >= 1 and preemptions([ingress0, ingress1]) - exported_before == preempted

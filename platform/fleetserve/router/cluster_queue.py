@@ -63,7 +63,8 @@ class FleetQueueActor:
         self._deployments = dict(deployment_names)
         self._board = board or process_board()
         pools = board_pools(self._deployments, handles, self._board)
-        self._schedulers = {m: FleetScheduler(self._config, pools[m]) for m in self._deployments}
+        self._events = _PendingPreemptions()
+        self._schedulers = {m: FleetScheduler(self._config, pools[m], observer=self._events) for m in self._deployments}
         self._known: set[str] = set()  # deployments some push has filled
 
     def push(self, rows: Mapping[str, Mapping[str, dict]]) -> None:
@@ -80,16 +81,22 @@ class FleetQueueActor:
 
     async def acquire(self, model: str, request_id: str, tenant_id: str, priority_class: int, weight: float,
                       prompt_tokens: int, max_tokens: int, rows: Optional[Mapping[str, Mapping[str, dict]]] = None) -> tuple:
-        """("slot", replica_hint, queued_s) or ("shed", status, message, retry_after_s)."""
+        """("slot", replica_hint, queued_s, preempted) or ("shed", status, message, retry_after_s, preempted).
+
+        ``preempted`` (``{priority_class: n}``) holds the preemptions the actor made since any
+        ingress last took them, so each is exported exactly once, by the ingress that gets this
+        verdict (the fleet-wide counter is the sum over ingress replicas). A verdict whose
+        caller was cancelled on the way back is dropped with them: the counter may then miss a
+        preemption, never count one twice."""
         if rows:
             self.push(rows)
         try:
             slot = await self._schedulers[model].acquire(request_id, tenant_id, priority_class, weight, prompt_tokens, max_tokens)
         except RateLimitError as e:
-            return ("shed", 429, str(e), e.retry_after_s)
+            return ("shed", 429, str(e), e.retry_after_s, self._events.take())
         except ServiceUnavailableError as e:
-            return ("shed", 503, str(e), e.retry_after_s)
-        return ("slot", slot.replica_hint, slot.queued_s)
+            return ("shed", 503, str(e), e.retry_after_s, self._events.take())
+        return ("slot", slot.replica_hint, slot.queued_s, self._events.take())
 
     def release(self, model: str, request_id: str, output_tokens: int) -> None:
         self._schedulers[model].release(request_id, output_tokens)
@@ -105,6 +112,27 @@ class FleetQueueActor:
             c = s.counters
             out[m] = {"queued": s.queue_depths(), "running": len(s.running()), "dispatched": c.dispatched,
                       "shed_429": c.shed_429, "shed_503": c.shed_503, "preempted": c.preempted}
+        return out
+
+
+class _PendingPreemptions:
+    """The actor's scheduler observer: preemptions by class, until an ingress takes them.
+    Dispatches and sheds are observed by the ingress that gets the verdict."""
+
+    def __init__(self) -> None:
+        self._by_class: dict[int, int] = {}
+
+    def dispatched(self, priority_class: int, waited_s: float) -> None:
+        pass
+
+    def shed(self, priority_class: int, status: int) -> None:
+        pass
+
+    def preempted(self, priority_class: int) -> None:
+        self._by_class[priority_class] = self._by_class.get(priority_class, 0) + 1
+
+    def take(self) -> dict[int, int]:
+        out, self._by_class = self._by_class, {}
         return out
 
 
@@ -211,15 +239,23 @@ class ClusterFleetScheduler:
                                              timeout_s)
             self._local_ids.add(request_id)
             return slot
+        self._observe_preemptions(verdict[-1])
         if verdict[0] == "shed":
-            _, status, message, retry_after = verdict
+            _, status, message, retry_after, _ = verdict
             if self._observer is not None:
                 self._observer.shed(priority_class, status)
             raise (RateLimitError if status == 429 else ServiceUnavailableError)(message, retry_after_s=retry_after)
-        _, hint, queued_s = verdict
+        _, hint, queued_s, _ = verdict
         if self._observer is not None:
             self._observer.dispatched(priority_class, queued_s)
         return Slot(request_id, hint, queued_s)
+
+    def _observe_preemptions(self, by_class: Mapping[int, int]) -> None:
+        if self._observer is None:
+            return
+        for priority_class, n in by_class.items():
+            for _ in range(n):
+                self._observer.preempted(int(priority_class))
 
     def release(self, request_id: str, output_tokens: int) -> None:
         if request_id in self._local_ids:
