@@ -11,7 +11,13 @@ import pytest
 
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
 from fleetserve.router.admission_config import FleetSchedulingConfig
-from fleetserve.router.cluster_queue import ClusterFleetScheduler, FleetQueueActor, resolve_scope
+from fleetserve.router.cluster_queue import (
+    ClusterFleetScheduler,
+    FleetQueueActor,
+    idle_exit_due,
+    queue_config_key,
+    resolve_scope,
+)
 from fleetserve.router.fleet_scheduler import FleetScheduler
 from fleetserve.router.stats_board import ReplicaStatsBoard
 from tests.router.factories import make_config
@@ -60,6 +66,7 @@ class RecordingObserver:
 
 def setup(n_clients=2, replicas=("r0",), **cfg):
     """One actor over a board with ``replicas``; ``n_clients`` ingress-side schedulers."""
+    cfg.setdefault("queue_actor_idle_exit_s", None)  # no idle watch task outliving the test (tested on its own below)
     config = make_config(tick_s=0.01, **cfg)
     board = ReplicaStatsBoard()
     board.publish(DEP, {r: {"num_running": 0, "num_waiting": 0} for r in replicas})
@@ -201,3 +208,46 @@ def test_scope_auto_is_cluster_only_with_several_ingress_replicas():
     assert resolve_scope(FleetSchedulingConfig(), 2) == "cluster"
     assert resolve_scope(FleetSchedulingConfig(scope="ingress"), 3) == "ingress"
     assert resolve_scope(FleetSchedulingConfig(scope="cluster"), 1) == "cluster"
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_idle_exit_only_with_nothing_queued_or_admitted_after_the_idle_time():
+    assert idle_exit_due(now=700, last_call_at=100, queued=0, admitted=0, idle_exit_s=600)
+    assert not idle_exit_due(now=699, last_call_at=100, queued=0, admitted=0, idle_exit_s=600)
+    assert not idle_exit_due(now=10_000, last_call_at=100, queued=1, admitted=0, idle_exit_s=600)
+    assert not idle_exit_due(now=10_000, last_call_at=100, queued=0, admitted=1, idle_exit_s=600)  # a long stream
+    assert not idle_exit_due(now=10_000, last_call_at=100, queued=0, admitted=0, idle_exit_s=None)
+
+
+async def test_the_actor_exits_when_idle_but_not_while_a_request_it_admitted_runs():
+    clock, exits = FakeClock(), []
+    config = make_config(tick_s=0.01, queue_actor_idle_exit_s=0.04)  # the watch polls every 10 ms (real time)
+    board = ReplicaStatsBoard()
+    board.publish(DEP, {"r0": {}})
+    obj = FleetQueueActor(config.model_dump(mode="json"), {"m": DEP}, None, board, clock=clock, exit_fn=lambda: exits.append(1))
+    actor = InProcessActor(obj)
+    client = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(config, FakePool()), board=ReplicaStatsBoard(),
+                                   deployments=[DEP])
+    await client.acquire("long", "t", 1, 1.0, 5, 5)
+    clock.now += 3600  # an hour-long stream: no call meanwhile
+    await asyncio.sleep(0.05)
+    assert exits == []  # it still counts a slot; exiting would forget it
+    client.release("long", 5)  # a call: the idle time starts again
+    await asyncio.sleep(0.05)
+    assert exits == []
+    clock.now += 0.05
+    await wait_until(lambda: exits == [1])
+
+
+def test_the_actor_name_key_follows_the_scheduling_config_and_models():
+    base = make_config()
+    assert queue_config_key(base, {"m": DEP}) == queue_config_key(make_config(), {"m": DEP})
+    assert queue_config_key(base, {"m": DEP}) != queue_config_key(make_config(max_inflight_per_replica=3), {"m": DEP})
+    assert queue_config_key(base, {"m": DEP}) != queue_config_key(base, {"m": DEP, "n": "model-n"})

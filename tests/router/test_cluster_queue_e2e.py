@@ -46,6 +46,9 @@ def two_ingress_app(serve_app):
     wait_for(both_ready, 180, "both ingress replicas of the two-ingress app")
     yield urls, serve_app.model
     serve.delete(APP)
+    from fleetserve.router.cluster_queue import kill_queue_actors
+
+    kill_queue_actors(APP)  # detached: it would otherwise idle on in the session's cluster until its idle exit
 
 
 def complete(base: str, key: str, model: str, max_tokens: int) -> httpx.Response:
@@ -57,9 +60,10 @@ def complete(base: str, key: str, model: str, max_tokens: int) -> httpx.Response
 def queue_stats(model: str) -> dict:
     import ray
 
-    from fleetserve.router.cluster_queue import QUEUE_NAMESPACE, queue_actor_name
+    from fleetserve.router.cluster_queue import QUEUE_NAMESPACE, queue_actor_names
 
-    actor = ray.get_actor(queue_actor_name(APP), namespace=QUEUE_NAMESPACE)
+    (name,) = queue_actor_names(APP)  # one config, one actor, whichever ingress made it
+    actor = ray.get_actor(name, namespace=QUEUE_NAMESPACE)
     return ray.get(actor.stats.remote(), timeout=30)[model]
 
 

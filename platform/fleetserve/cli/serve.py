@@ -155,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
         elif not args.detach:
             serve.delete(cfg.server.app_name)
+            from fleetserve.router.cluster_queue import kill_queue_actors
+
+            kill_queue_actors(cfg.server.app_name)  # the shared fleet queue (scope cluster) is detached
 
 
 def _apply_demo(cfg):

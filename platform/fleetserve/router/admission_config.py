@@ -85,6 +85,15 @@ class FleetSchedulingConfig(BaseModel):
     push_interval_s: float = Field(
         0.5, gt=0, description="scope 'cluster': an ingress sends the replica stats it sees to the queue actor with its admission calls, at most this often."
     )
+    queue_actor_idle_exit_s: Optional[float] = Field(
+        600.0, gt=0,
+        description=(
+            "scope 'cluster': the queue actor is detached (it outlives the ingress replica that created it, so scaling "
+            "the ingress down or replacing that replica loses no queue state) and exits by itself after this long with "
+            "no call from any ingress and nothing queued or admitted (an application deleted or redeployed with another "
+            "config leaves no actor behind). None: it stays until the Ray cluster ends."
+        ),
+    )
 
     def slot_cap(self, priority_class: int) -> int:
         """Busy slots on a replica above which a request of this class is not dispatched there."""

@@ -20,17 +20,25 @@ surface of :class:`FleetScheduler`:
   the actor publishes them on its own board, which its pool reads exactly as the ingress's
   does. (No timer: while no request arrives anywhere, the actor keeps the last stats; its
   slot accounting is its own and does not go stale.)
-- The actor is named per application and created by whichever ingress replica asks first
-  (``get_if_exists``); it lives as long as that replica. When it is gone, callers create a
-  new one and retry once; if that fails too, this ingress falls back to its own local
-  queue (logged), so a lost actor never fails requests. A new actor does not know the
-  requests the old one admitted: until they finish, replicas may get more than
-  ``max_inflight_per_replica`` (each engine's own queue and priority scheduling still hold).
+- The actor is named per application and scheduling config (a hash of the ``scheduling``
+  section and the model deployments, so a redeploy with another config gets a fresh actor
+  rather than the old one's settings) and created by whichever ingress replica asks first
+  (``get_if_exists``). It is detached: scaling the ingress down or replacing the replica
+  that created it loses no queue state. It exits by itself after
+  ``queue_actor_idle_exit_s`` with no call and nothing queued or admitted, which is how a
+  deleted application's or an old config's actor goes away. When it is gone anyway (its
+  node lost), callers create a new one and retry once; if that fails too, this ingress
+  falls back to its own local queue (logged), so a lost actor never fails requests. A new
+  actor does not know the requests the old one admitted: until they finish, replicas may
+  get more than ``max_inflight_per_replica`` (each engine's own queue and priority
+  scheduling still hold).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from typing import Any, Callable, Mapping, Optional
@@ -45,8 +53,30 @@ log = logging.getLogger(__name__)
 QUEUE_NAMESPACE = "fleetserve"
 
 
-def queue_actor_name(app_name: str) -> str:
-    return f"fleetserve-fleet-queue:{app_name}"
+QUEUE_ACTOR_PREFIX = "fleetserve-fleet-queue:"
+
+
+def queue_config_key(config: FleetSchedulingConfig, deployment_names: Mapping[str, str]) -> str:
+    """Short hash of what the actor is built from: ingress replicas with the same config share it."""
+    blob = json.dumps({"scheduling": config.model_dump(mode="json"), "deployments": dict(sorted(deployment_names.items()))},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def queue_actor_name(app_name: str, config_key: str) -> str:
+    return f"{QUEUE_ACTOR_PREFIX}{app_name}:{config_key}"
+
+
+def idle_exit_due(now: float, last_call_at: float, queued: int, admitted: int, idle_exit_s: Optional[float]) -> bool:
+    """Whether the queue actor should exit: nothing waits or runs through it, and no ingress
+    has called for ``idle_exit_s`` (None: never)."""
+    return idle_exit_s is not None and queued == 0 and admitted == 0 and now - last_call_at >= idle_exit_s
+
+
+def _exit_this_actor() -> None:
+    import ray
+
+    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
 
 class FleetQueueActor:
@@ -56,7 +86,8 @@ class FleetQueueActor:
     are returned as tuples, not raised, so the caller rebuilds the exact typed error."""
 
     def __init__(self, config: dict, deployment_names: Mapping[str, str], handles: Optional[Mapping[str, Any]] = None,
-                 board: Optional[ReplicaStatsBoard] = None) -> None:
+                 board: Optional[ReplicaStatsBoard] = None, clock: Callable[[], float] = time.monotonic,
+                 exit_fn: Callable[[], None] = _exit_this_actor) -> None:
         from fleetserve.router.board_pool import board_pools
 
         self._config = FleetSchedulingConfig.model_validate(config)
@@ -66,11 +97,36 @@ class FleetQueueActor:
         self._events = _PendingPreemptions()
         self._schedulers = {m: FleetScheduler(self._config, pools[m], observer=self._events) for m in self._deployments}
         self._known: set[str] = set()  # deployments some push has filled
+        self._clock = clock
+        self._exit_fn = exit_fn
+        self._last_call_at = clock()
+        self._watch: Optional[asyncio.Task] = None
+
+    def _touch(self) -> None:
+        """Every call: note it, and make sure the idle watch runs (it needs the actor's loop)."""
+        self._last_call_at = self._clock()
+        if self._watch is None and self._config.queue_actor_idle_exit_s is not None:
+            try:
+                self._watch = asyncio.get_running_loop().create_task(self._watch_idle())
+            except RuntimeError:  # no loop in this call's thread: the next async call starts it
+                pass
+
+    async def _watch_idle(self) -> None:
+        idle_exit_s = self._config.queue_actor_idle_exit_s
+        while True:
+            await asyncio.sleep(min(60.0, idle_exit_s / 4))
+            queued = sum(sum(s.queue_depths().values()) for s in self._schedulers.values())
+            admitted = sum(len(s.running()) for s in self._schedulers.values())
+            if idle_exit_due(self._clock(), self._last_call_at, queued, admitted, idle_exit_s):
+                log.info("fleet queue actor idle for %.0f s with nothing queued or admitted: exiting", idle_exit_s)
+                self._exit_fn()
+                return
 
     def push(self, rows: Mapping[str, Mapping[str, dict]]) -> None:
         """``{deployment: {replica_id: stats}}`` as an ingress's stats board holds them. The
         latest push wins; an empty one (an ingress whose router has not seen the replicas
         yet) does not replace known rows."""
+        self._touch()
         for dep, replicas in rows.items():
             if replicas or dep not in self._known:
                 self._board.publish(dep, dict(replicas))
@@ -88,6 +144,7 @@ class FleetQueueActor:
         verdict (the fleet-wide counter is the sum over ingress replicas). A verdict whose
         caller was cancelled on the way back is dropped with them: the counter may then miss a
         preemption, never count one twice."""
+        self._touch()
         if rows:
             self.push(rows)
         try:
@@ -99,10 +156,12 @@ class FleetQueueActor:
         return ("slot", slot.replica_hint, slot.queued_s, self._events.take())
 
     def release(self, model: str, request_id: str, output_tokens: int) -> None:
+        self._touch()
         self._schedulers[model].release(request_id, output_tokens)
 
     def abandon(self, model: str, request_id: str) -> None:
         """The waiter went away before its verdict (its ingress cancelled the call)."""
+        self._touch()
         self._schedulers[model].release(request_id, 0)
 
     def stats(self) -> dict:
@@ -148,10 +207,12 @@ def cluster_scheduler_factory(app_name: str, config: FleetSchedulingConfig, depl
     """``TenantGatekeeper(scheduler_factory=...)`` for ``scope: cluster``: each model's queue is
     the application's shared actor, with a local :class:`FleetScheduler` as the fallback."""
 
+    key = queue_config_key(config, deployment_names)
+
     def make(model: str, pool, observer) -> ClusterFleetScheduler:
         local = FleetScheduler(config, pool, observer=observer)
         return ClusterFleetScheduler(
-            model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles), local, observer,
+            model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles, key), local, observer,
             deployments=[deployment_names[model]] if model in deployment_names else list(deployment_names.values()),
             push_interval_s=config.push_interval_s)
 
@@ -159,17 +220,39 @@ def cluster_scheduler_factory(app_name: str, config: FleetSchedulingConfig, depl
 
 
 def get_or_create_queue_actor(app_name: str, config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
-                              handles: Optional[Mapping[str, Any]] = None):
-    """The application's queue actor, created here if no ingress replica has yet."""
+                              handles: Optional[Mapping[str, Any]] = None, key: Optional[str] = None):
+    """The application's queue actor for this config, created here (detached) if no ingress replica has yet."""
     import ray
 
     # Every queued request is one pending call: allow them all (plus releases and pushes).
     concurrency = len(deployment_names) * (config.max_queue_total + 1000) + 1000
     cls = ray.remote(FleetQueueActor)
     return cls.options(
-        name=queue_actor_name(app_name), namespace=QUEUE_NAMESPACE, get_if_exists=True, num_cpus=0,
-        max_concurrency=concurrency, max_restarts=0,
+        name=queue_actor_name(app_name, key or queue_config_key(config, deployment_names)), namespace=QUEUE_NAMESPACE,
+        get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=concurrency, max_restarts=0,
     ).remote(config.model_dump(mode="json"), dict(deployment_names), dict(handles or {}))
+
+
+def queue_actor_names(app_name: str) -> list[str]:
+    """Names of the application's queue actors (one per config it ran with and still idling)."""
+    import ray
+
+    prefix = f"{QUEUE_ACTOR_PREFIX}{app_name}:"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == QUEUE_NAMESPACE and a["name"].startswith(prefix))
+
+
+def kill_queue_actors(app_name: str) -> int:
+    """Remove the application's queue actors (after its deletion); returns how many."""
+    import ray
+
+    names = queue_actor_names(app_name)
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=QUEUE_NAMESPACE), no_restart=True)
+        except ValueError:  # exited meanwhile
+            pass
+    return len(names)
 
 
 class ClusterFleetScheduler:
