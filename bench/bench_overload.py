@@ -408,10 +408,11 @@ async def run(args) -> dict:
                     results.setdefault("urls", {})[mode] = url
                     await wait_ready(http, url)
                 if i == 0:
-                    cap = await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens)
+                    # Rounded once: the alone phase and every overload phase derive the same schedule from it.
+                    cap = round(await capacity(http, url, args.inflight, args.capacity_seconds, args.max_tokens), 2)
                     solo = await unloaded(http, url, args.unloaded_requests, args.max_tokens, not args.shared_client)
                     base = [r.ttft for r in solo if r.ttft is not None]
-                    results["capacity_rps"] = round(cap, 2)
+                    results["capacity_rps"] = cap
                     results["unloaded_premium_ttft"] = {"p50_s": pct(base, 0.5), "p99_s": pct(base, 0.99), "n": len(base),
                                                         "samples_s": [round(t, 5) for t in base]}
                     results["unloaded_premium_stream"] = {  # the first mode's streaming, alone on the fleet
