@@ -237,13 +237,12 @@ async def test_the_actor_exits_when_idle_but_not_while_a_request_it_admitted_run
                                    deployments=[DEP])
     await client.acquire("long", "t", 1, 1.0, 5, 5)
     clock.now += 3600  # an hour-long stream: no call meanwhile
-    await asyncio.sleep(0.05)
-    assert exits == []  # it still counts a slot; exiting would forget it
+    assert not obj.idle_exit_due_now()  # it still counts a slot; exiting would forget it
     client.release("long", 5)  # a call: the idle time starts again
-    await asyncio.sleep(0.05)
-    assert exits == []
+    assert not obj.idle_exit_due_now()
     clock.now += 0.05
-    await wait_until(lambda: exits == [1])
+    assert obj.idle_exit_due_now()
+    await wait_until(lambda: exits == [1])  # the watch task (started by the first call) acts on it
 
 
 def test_the_actor_name_key_follows_the_scheduling_config_and_models():

@@ -111,13 +111,17 @@ class FleetQueueActor:
             except RuntimeError:  # no loop in this call's thread: the next async call starts it
                 pass
 
+    def idle_exit_due_now(self) -> bool:
+        """The idle rule (:func:`idle_exit_due`) applied to this actor's queues, now."""
+        queued = sum(sum(s.queue_depths().values()) for s in self._schedulers.values())
+        admitted = sum(len(s.running()) for s in self._schedulers.values())
+        return idle_exit_due(self._clock(), self._last_call_at, queued, admitted, self._config.queue_actor_idle_exit_s)
+
     async def _watch_idle(self) -> None:
         idle_exit_s = self._config.queue_actor_idle_exit_s
         while True:
             await asyncio.sleep(min(60.0, idle_exit_s / 4))
-            queued = sum(sum(s.queue_depths().values()) for s in self._schedulers.values())
-            admitted = sum(len(s.running()) for s in self._schedulers.values())
-            if idle_exit_due(self._clock(), self._last_call_at, queued, admitted, idle_exit_s):
+            if self.idle_exit_due_now():
                 log.info("fleet queue actor idle for %.0f s with nothing queued or admitted: exiting", idle_exit_s)
                 self._exit_fn()
                 return
@@ -127,6 +131,9 @@ class FleetQueueActor:
         latest push wins; an empty one (an ingress whose router has not seen the replicas
         yet) does not replace known rows."""
         self._touch()
+        self._publish(rows)
+
+    def _publish(self, rows: Mapping[str, Mapping[str, dict]]) -> None:
         for dep, replicas in rows.items():
             if replicas or dep not in self._known:
                 self._board.publish(dep, dict(replicas))
@@ -146,7 +153,7 @@ class FleetQueueActor:
         preemption, never count one twice."""
         self._touch()
         if rows:
-            self.push(rows)
+            self._publish(rows)
         try:
             slot = await self._schedulers[model].acquire(request_id, tenant_id, priority_class, weight, prompt_tokens, max_tokens)
         except RateLimitError as e:
