@@ -98,7 +98,7 @@ def make_workload(seed: int, n: int, vocab_size: int, quick: bool) -> Workload:
 
 
 def ensure_checkpoint(cache_dir: Path, preset: str) -> Path:
-    from fleetserve.engine.tiny import make_tiny_checkpoint
+    from fleetserve.engine.model.tiny import make_tiny_checkpoint
 
     path = cache_dir / f"llama-{preset}"
     if not (path / "model.safetensors").is_file():

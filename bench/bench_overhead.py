@@ -151,8 +151,8 @@ async def run(args) -> dict:
     from fleetserve.api.grpc import inference_pb2_grpc as pbg
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT, ensure_tiny_checkpoint
     from fleetserve.config import parse_config
-    from fleetserve.deployments.app import deploy, model_handle
-    from fleetserve.engine.async_engine import AsyncEngine
+    from fleetserve.application.build import deploy, model_handle
+    from fleetserve.engine.process.async_engine import AsyncEngine
     from fleetserve.tenants.keys import hash_api_key
     from tests.fixtures.ray_serve import free_port
 

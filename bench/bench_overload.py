@@ -379,7 +379,7 @@ async def run(args) -> dict:
     from ray import serve
 
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT, ensure_tiny_checkpoint
-    from fleetserve.deployments.app import deploy
+    from fleetserve.application.build import deploy
     from tests.fixtures.ray_serve import free_port
 
     ensure_tiny_checkpoint(DEFAULT_CHECKPOINT)

@@ -4,8 +4,8 @@ import pytest
 
 from fleetserve.config import ModelConfig
 from fleetserve.deployments.engine_factory import build_engine
-from fleetserve.engine.async_engine import AsyncEngine
-from fleetserve.engine.process_engine import ProcessEngine
+from fleetserve.engine.process.async_engine import AsyncEngine
+from fleetserve.engine.process.process_engine import ProcessEngine
 
 
 @pytest.mark.parametrize("engine_args, expected", [

@@ -6,12 +6,12 @@ import itertools
 from typing import Optional
 
 from fleetserve.engine.config import EngineConfig
-from fleetserve.engine.kv_cache_manager import KVCacheManager
-from fleetserve.engine.llm_engine import LLMEngine
+from fleetserve.engine.core.kv_cache_manager import KVCacheManager
+from fleetserve.engine.core.llm_engine import LLMEngine
 from fleetserve.engine.protocol import GenerateRequest
-from fleetserve.engine.request import Request
+from fleetserve.engine.core.request import Request
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.engine.scheduler import Scheduler
+from fleetserve.engine.core.scheduler import Scheduler
 from fleetserve.engine.tokenizer import Tokenizer
 from tests.engine.fake_runner import FakeRunner
 

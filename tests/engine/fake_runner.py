@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from fleetserve.engine.runner_types import ModelInput
+from fleetserve.engine.core.runner_types import ModelInput
 
 _MOD = (1 << 61) - 1
 

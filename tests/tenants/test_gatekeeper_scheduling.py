@@ -6,9 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleetserve.errors import RateLimitError
-from fleetserve.router.admission import ReplicaCapacity
-from fleetserve.router.admission_config import FleetSchedulingConfig
-from fleetserve.router.board_pool import UNKNOWN_REPLICA, BoardReplicaPool, board_pools
+from fleetserve.admission.policy import ReplicaCapacity
+from fleetserve.admission.config import FleetSchedulingConfig
+from fleetserve.admission.board_pool import UNKNOWN_REPLICA, BoardReplicaPool, board_pools
 from fleetserve.router.stats_board import ReplicaStatsBoard
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
 from tests.tenants.factories import make_config, make_spec

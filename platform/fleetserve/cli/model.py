@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from fleetserve.engine.tiny import count_parameters, make_tiny_checkpoint
+    from fleetserve.engine.model.tiny import count_parameters, make_tiny_checkpoint
 
     path = make_tiny_checkpoint(args.dir, preset=args.preset, arch=args.arch, num_kv_heads=args.num_kv_heads)
     print(f"wrote {args.arch} {args.preset} checkpoint ({count_parameters(path):,} parameters) to {path}")

@@ -87,7 +87,7 @@ def ensure_tiny_checkpoint(path: Path) -> bool:
     """Make the tiny checkpoint if missing; True when it was made now."""
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return False
-    from fleetserve.engine.tiny import make_tiny_checkpoint
+    from fleetserve.engine.model.tiny import make_tiny_checkpoint
 
     make_tiny_checkpoint(path, preset="tiny", arch="llama")
     return True
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from fleetserve.deployments.app import deploy
+    from fleetserve.application.build import deploy
 
     embedded = args.address is None
     progress.phase("starting Ray" if embedded else f"connecting to Ray at {args.address}")
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
         elif not args.detach:
             serve.delete(cfg.server.app_name)
-            from fleetserve.router.cluster_queue import kill_queue_actors
+            from fleetserve.admission.cluster_queue import kill_queue_actors
 
             kill_queue_actors(cfg.server.app_name)  # the shared fleet queue (scope cluster) is detached
 

@@ -14,14 +14,14 @@ def build_engine(model: ModelConfig) -> EngineProtocol:
     if model.engine == "native":
         config = model.native_engine_config()
         if config.engine_process:
-            from fleetserve.engine.process_engine import ProcessEngine
+            from fleetserve.engine.process.process_engine import ProcessEngine
 
             return ProcessEngine(config)
-        from fleetserve.engine.async_engine import AsyncEngine
+        from fleetserve.engine.process.async_engine import AsyncEngine
 
         return AsyncEngine(config)
     if model.engine == "vllm":
-        from fleetserve.engine.vllm_backend import VllmEngine
+        from fleetserve.engine.vllm.backend import VllmEngine
 
         args = dict(model.engine_args)
         tp = args.pop("tensor_parallel_size", 1)

@@ -15,7 +15,7 @@ import tempfile
 from typing import Callable, Literal, Mapping, MutableMapping, Optional
 
 from fleetserve.config import ServerConfig
-from fleetserve.deployments.process_tuning import GEN2_THRESHOLD_ENV
+from fleetserve.engine.runtime.heap_freeze import GEN2_THRESHOLD_ENV
 from fleetserve.errors import ConfigError
 
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"

@@ -17,7 +17,7 @@
   (:mod:`fleetserve.deployments.replica_link`); its address goes out in the routing stats
   (``"link"``), which is how the ingress finds it.
 
-The class is plain; :mod:`fleetserve.deployments.app` applies ``serve.deployment`` with
+The class is plain; :mod:`fleetserve.application.build` applies ``serve.deployment`` with
 resources and limits from the config, and tests may construct it with any engine.
 """
 
@@ -29,9 +29,9 @@ from dataclasses import replace
 from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.config import ModelConfig
-from fleetserve.deployments.process_tuning import freeze_startup_heap
+from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
-from fleetserve.engine.coalesce import paced_generate
+from fleetserve.engine.process.coalesce import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Union
 
 from fleetserve.engine.config import EngineConfig
-from fleetserve.engine.llm_engine import LLMEngine
+from fleetserve.engine.core.llm_engine import LLMEngine
 from fleetserve.engine.protocol import GenerateRequest, TokenLogprob
-from fleetserve.engine.runner_types import ModelRunnerProtocol
+from fleetserve.engine.core.runner_types import ModelRunnerProtocol
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.errors import InvalidRequestError

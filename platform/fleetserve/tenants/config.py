@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleetserve.router.admission_config import FleetSchedulingConfig
+from fleetserve.admission.config import FleetSchedulingConfig
 
 DEFAULT_TIERS = {"premium": 0, "standard": 1, "batch": 2}
 

@@ -24,7 +24,7 @@ from fleetserve.errors import (
     RateLimitError,
     ServiceUnavailableError,
 )
-from fleetserve.router.fleet_scheduler import FleetScheduler, ReplicaPool
+from fleetserve.admission.scheduler import FleetScheduler, ReplicaPool
 from fleetserve.tenants.config import TenantsConfig, TenantSpec
 from fleetserve.tenants.context import Admission, TenantContext
 from fleetserve.tenants.keys import hash_api_key, strip_bearer
@@ -53,7 +53,7 @@ class TenantGatekeeper:
     ) -> None:
         """``scheduler_factory(model, pool, observer)``: builds a model's admission queue
         (default: a :class:`FleetScheduler` in this process; the ingress passes one for
-        ``scope: cluster``, see ``router/cluster_queue.py``)."""
+        ``scope: cluster``, see ``admission/cluster_queue.py``)."""
         self.config = config
         self._clock = clock or SystemClock()
         if store is None:

@@ -48,7 +48,7 @@ class TenantMetrics:
         )
 
 
-        # Fleet admission queue (router/fleet_scheduler.py), per model and priority class.
+        # Fleet admission queue (admission/scheduler.py), per model and priority class.
         self.queue_wait = Histogram(
             "fleetserve_fleet_queue_wait_seconds", "Time a request waited in the fleet admission queue.",
             [MODEL, "priority_class"], buckets=QUEUE_WAIT_BUCKETS, registry=registry,

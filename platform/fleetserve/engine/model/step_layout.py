@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from fleetserve.engine.model.attention import AttentionMetadata, DecodeGroup, PrefillMeta
-from fleetserve.engine.runner_types import SeqBatchItem
+from fleetserve.engine.core.runner_types import SeqBatchItem
 from fleetserve.errors import EngineError
 
 # A new decode group starts when a context is this much shorter than the group's longest

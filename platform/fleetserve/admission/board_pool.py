@@ -1,0 +1,91 @@
+"""A :class:`ReplicaPool` over the per-process replica stats board (``router/stats_board.py``).
+
+The serving layer's replica router publishes every replica's latest stats (waiting,
+running, KV usage, health, draining) to a board in the ingress process; the fleet
+scheduler reads capacity from it without any extra RPC.
+
+Preemption needs a way to reach the replica that runs a request; it is injected
+(``preempt``). Without one, ``preempt`` answers False and the scheduler falls back to
+strict priority at dispatch plus the engines' own priority scheduling.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Mapping, Optional
+
+from fleetserve.admission.policy import ReplicaCapacity
+from fleetserve.router.stats_board import ReplicaStatsBoard, process_board
+
+PreemptFn = Callable[[Optional[str], str], Awaitable[bool]]
+
+# Until the router has seen the deployment once, capacity is unknown; one unloaded pseudo
+# replica lets the first requests through (Serve's router still places them) instead of
+# queueing them until their deadline.
+UNKNOWN_REPLICA = "unknown"
+
+
+class BoardReplicaPool:
+    """Capacity of one deployment's replicas, as last published on the stats board."""
+
+    def __init__(self, deployment: str, board: Optional[ReplicaStatsBoard] = None, preempt: Optional[PreemptFn] = None) -> None:
+        self._deployment = deployment
+        self._board = board or process_board()
+        self._preempt = preempt
+
+    def capacity_snapshot(self) -> tuple[ReplicaCapacity, ...]:
+        rows = self._board.replicas(self._deployment)
+        if rows is None:
+            return (ReplicaCapacity(UNKNOWN_REPLICA),)
+        out = []
+        for e in rows:
+            s = e.stats
+            out.append(ReplicaCapacity(
+                replica_id=e.replica,
+                num_running=int(s.get("num_running", 0)),
+                num_waiting=int(s.get("num_waiting", 0)),
+                kv_usage=float(s.get("kv_usage", 0.0)),
+                healthy=bool(s.get("healthy", True)),
+                accepting=not bool(s.get("draining", False)),
+            ))
+        return tuple(out)
+
+    async def preempt(self, replica_id: Optional[str], request_id: str) -> bool:
+        if self._preempt is None:
+            return False
+        return await self._preempt(replica_id, request_id)
+
+
+def handle_preempt(handle, deployment: str, board: Optional[ReplicaStatsBoard] = None) -> PreemptFn:
+    """Preempt through a Serve DeploymentHandle of ``ModelReplica``.
+
+    Serve's router places requests itself, so the scheduler's replica hint may be wrong:
+    the call goes to every replica on the board (pinned with ``target_replica``, which the
+    replica router honours) and succeeds if any of them held the job. Preemptions are rare
+    and replicas few, so the fan-out is cheap.
+    """
+    board = board or process_board()
+
+    async def preempt(replica_id: Optional[str], request_id: str) -> bool:
+        rows = board.replicas(deployment) or []
+        targets = [e.replica for e in rows] or [None]
+        if replica_id in targets:  # try the likely replica first
+            targets.remove(replica_id)
+            targets.insert(0, replica_id)
+        for target in targets:
+            kwargs = {"target_replica": target} if target is not None else {}
+            if await handle.preempt_job.remote(request_id, **kwargs):
+                return True
+        return False
+
+    return preempt
+
+
+def board_pools(
+    deployment_names: Mapping[str, str], handles: Optional[Mapping[str, object]] = None, board: Optional[ReplicaStatsBoard] = None
+) -> dict[str, BoardReplicaPool]:
+    """Model name -> pool, for ``TenantGatekeeper(pool=...)``; with ``handles``, preemption works too."""
+    handles = handles or {}
+    return {
+        model: BoardReplicaPool(dep, board, handle_preempt(handles[model], dep, board) if model in handles else None)
+        for model, dep in deployment_names.items()
+    }

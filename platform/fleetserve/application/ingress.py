@@ -1,0 +1,64 @@
+"""The ingress deployment: REST (FastAPI via ``@serve.ingress``) and gRPC in one class.
+
+Serve's HTTP proxy hands HTTP requests to the FastAPI app built in
+``__serve_build_asgi_app__``; Serve's gRPC proxy calls the methods named after the RPCs
+(``Generate``, ``GenerateStream``, ``ListModels``). Both drive the same
+:class:`fleetserve.api.service.InferenceService`, so semantics, auth and errors match.
+"""
+
+from __future__ import annotations
+
+from fleetserve.api.rest import build_rest_app
+from fleetserve.api.service import InferenceService, ModelSpec
+from fleetserve.config import FleetConfig
+from fleetserve.application.wiring import build_gatekeeper
+from fleetserve.deployments.handle_client import HandleModelClient
+from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
+from fleetserve.metrics.registry import FleetMetrics
+from fleetserve.admission.board_pool import board_pools
+
+
+class Ingress:
+    def __init__(self, config: dict, handles: dict, deployment_names: dict[str, str]):
+        self._cfg = FleetConfig.model_validate(config)
+        specs = [
+            ModelSpec(m.name, m.checkpoint, m.version, m.routing.prefix_affinity_blocks, m.routing.block_size)
+            for m in self._cfg.models
+        ]
+        link = None
+        if self._cfg.server.replica_transport == "direct":
+            from fleetserve.deployments.replica_link import ReplicaLinkClient, cluster_secret
+
+            link = ReplicaLinkClient(cluster_secret())
+        slack = {m.name: m.routing.even_load_slack for m in self._cfg.models}
+        client = HandleModelClient(handles, deployment_names, link=link, slack=slack)
+        # Fleet admission queue per model (tenants.scheduling): capacity from the replica
+        # stats board, preemption through the handles.
+        pools = board_pools(deployment_names, handles)
+        metrics = FleetMetrics()  # shared with the gatekeeper: one /metrics for both
+        gatekeeper = build_gatekeeper(self._cfg, pool=pools, metrics_registry=metrics.registry, handles=handles,
+                                      deployment_names=deployment_names)
+        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics)
+        self._grpc = None
+        freeze_startup_heap()  # GC pauses under load scan only what serving allocates
+
+    def __serve_build_asgi_app__(self):
+        return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes)
+
+    def _grpc_servicer(self):
+        if self._grpc is None:
+            from fleetserve.api.grpc.servicer import InferenceServicer
+
+            self._grpc = InferenceServicer(self.service)
+        return self._grpc
+
+    # gRPC methods: Serve's gRPC proxy routes by method name and passes ``grpc_context``.
+    async def Generate(self, request, grpc_context=None):
+        return await self._grpc_servicer().Generate(request, grpc_context)
+
+    async def GenerateStream(self, request, grpc_context=None):
+        async for item in self._grpc_servicer().GenerateStream(request, grpc_context):
+            yield item
+
+    async def ListModels(self, request, grpc_context=None):
+        return await self._grpc_servicer().ListModels(request, grpc_context)

@@ -1,0 +1,1 @@
+"""fleetserve.engine.process"""

@@ -1,0 +1,22 @@
+"""Serve options derived from the fleet config (no Ray needed)."""
+
+from fleetserve.config import parse_config
+from fleetserve.application.build import INGRESS_MAX_ONGOING, ingress_max_ongoing
+
+
+def make_cfg(scheduling: dict, max_replicas: int = 1):
+    return parse_config({
+        "models": [{"name": "m", "checkpoint": "/nonexistent", "replicas": {"num": 1, "max": max_replicas}}],
+        "tenants": {"scheduling": scheduling},
+    })
+
+
+def test_ingress_accepts_more_than_the_fleet_can_hold():
+    # Requests past Serve's cap wait there in arrival order, before any tenant is known, so
+    # the fleet's queue (which sheds the lowest class first) must fill before the cap does.
+    cfg = make_cfg({"max_queue_total": 4096, "max_queue_per_class": 2048, "max_inflight_per_replica": 16}, max_replicas=3)
+    assert ingress_max_ongoing(cfg) > 4096 + 3 * 16
+
+
+def test_ingress_cap_has_a_floor_for_small_queues():
+    assert ingress_max_ongoing(make_cfg({"max_queue_total": 8})) == INGRESS_MAX_ONGOING
