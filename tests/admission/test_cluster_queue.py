@@ -19,7 +19,7 @@ from fleetserve.admission.cluster_queue import (
     resolve_scope,
 )
 from fleetserve.admission.scheduler import FleetScheduler
-from fleetserve.router.stats_board import ReplicaStatsBoard
+from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats
 from tests.admission.factories import make_config
 from tests.admission.test_scheduler import FakePool, wait_until
 
@@ -69,7 +69,7 @@ def setup(n_clients=2, replicas=("r0",), **cfg):
     cfg.setdefault("queue_actor_idle_exit_s", None)  # no idle watch task outliving the test (tested on its own below)
     config = make_config(tick_s=0.01, **cfg)
     board = ReplicaStatsBoard()
-    board.publish(DEP, {r: {"num_running": 0, "num_waiting": 0} for r in replicas})
+    board.publish(DEP, from_routing_stats({r: {"num_running": 0, "num_waiting": 0} for r in replicas}))
     actor = InProcessActor(FleetQueueActor(config.model_dump(mode="json"), {"m": DEP}, None, board))
     clients = []
     for _ in range(n_clients):
@@ -162,11 +162,11 @@ async def test_dispatch_is_observed_on_the_ingress_with_its_wait():
 
 async def test_pushed_replica_stats_reach_the_actor_pool():
     actor, (a,) = setup(n_clients=1, replicas=("r0",), max_inflight_per_replica=1)
-    a._board.publish(DEP, {"r0": {}, "r1": {}})  # this ingress's router now sees a second replica
+    a._board.publish(DEP, from_routing_stats({"r0": {}, "r1": {}}))  # this ingress's router now sees a second replica
     await a.acquire("x", "t", 1, 1.0, 5, 5)  # first call pushes the board
     y = await asyncio.wait_for(a.acquire("y", "t", 1, 1.0, 5, 5), 2)  # room on r1
     assert y.replica_hint == "r1"
-    a._board.publish(DEP, {})  # an empty push never erases known replicas
+    a._board.publish(DEP, from_routing_stats({}))  # an empty push never erases known replicas
     a._last_push = float("-inf")
     z = asyncio.create_task(a.acquire("z", "t", 1, 1.0, 5, 5))
     await wait_until(lambda: stats(actor)["queued"] == {1: 1})
@@ -230,7 +230,7 @@ async def test_the_actor_exits_when_idle_but_not_while_a_request_it_admitted_run
     clock, exits = FakeClock(), []
     config = make_config(tick_s=0.01, queue_actor_idle_exit_s=0.04)  # the watch polls every 10 ms (real time)
     board = ReplicaStatsBoard()
-    board.publish(DEP, {"r0": {}})
+    board.publish(DEP, from_routing_stats({"r0": {}}))
     obj = FleetQueueActor(config.model_dump(mode="json"), {"m": DEP}, None, board, clock=clock, exit_fn=lambda: exits.append(1))
     actor = InProcessActor(obj)
     client = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(config, FakePool()), board=ReplicaStatsBoard(),

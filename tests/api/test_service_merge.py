@@ -5,7 +5,7 @@ from contextlib import aclosing
 
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.engine.protocol import RequestOutput
-from fleetserve.tenants.context import Admission
+from fleetserve.tenants.context import QuotaTicket
 from tests.api.test_chunk_format import make_job
 
 
@@ -15,15 +15,12 @@ class ScriptedClient:
     def __init__(self, scripts: dict[int, list[RequestOutput]]):
         self.scripts = scripts
 
-    async def generate(self, model, request, prefix_key=None):
+    async def generate(self, request, route):
         for out in self.scripts[int(request.request_id.rsplit("-", 1)[1])]:
             yield out
 
     async def model_info(self, model):
         raise NotImplementedError
-
-    def replica_status(self):
-        return []
 
 
 class OpenGatekeeper:
@@ -31,10 +28,13 @@ class OpenGatekeeper:
 
     completed = 0
 
-    async def admit(self, ctx, model, request_id, prompt_tokens, max_tokens):
-        return Admission(ctx, model, request_id, 0, 0.0)
+    async def reserve_quota(self, ctx, model, request_id, prompt_tokens, max_tokens):
+        return QuotaTicket(ctx, model, request_id, lease=None, reserved_at=0.0)
 
-    async def complete(self, admission, prompt_tokens, completion_tokens, outcome):
+    async def release_unserved(self, ticket, shed):
+        raise AssertionError("nothing is shed here")
+
+    async def complete(self, ticket, prompt_tokens, completion_tokens, outcome):
         self.completed += 1
 
 
@@ -69,7 +69,7 @@ class EndlessClient(ScriptedClient):
     def __init__(self):
         self.closed: list[str] = []
 
-    async def generate(self, model, request, prefix_key=None):
+    async def generate(self, request, route):
         try:
             i = 0
             while True:

@@ -1,5 +1,6 @@
-"""HandleModelClient's choice between replica links and the Serve handle (pure asyncio: a
-real link server on loopback, a stand-in handle recording what reached it)."""
+"""Replica links or the Serve handle: the router's choice (ReplicaChooser) carried out by the
+stream stage (HandleModelClient). Pure asyncio: a real link server on loopback, a stand-in
+handle recording what reached it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_link import ReplicaLinkClient, ReplicaLinkServer
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.router.stats_board import ReplicaStatsBoard
+from fleetserve.router.chooser import ReplicaChooser
+from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats
 
 SECRET = os.urandom(32)
 DEP = "model-m"
@@ -52,29 +54,40 @@ def closed_port_address() -> str:
     return f"127.0.0.1:{port}"
 
 
-async def text(client, rid: str) -> str:
-    return "".join([o.text_delta async for o in client.generate("m", req(rid))])
+class Routed:
+    """The choose-replica and stream stages together, as the ingress runs them."""
+
+    def __init__(self, handle, board, link, rng=None):
+        self.client = HandleModelClient({"m": handle}, link=link)
+        self.chooser = ReplicaChooser({"m": DEP}, self.client, board=board, rng=rng)
+
+    def generate(self, rid: str):
+        return self.client.generate(req(rid), self.chooser.choose("m", None))
+
+
+async def text(routed: Routed, rid: str) -> str:
+    return "".join([o.text_delta async for o in routed.generate(rid)])
 
 
 async def test_link_used_when_advertised_handle_otherwise():
     server = ReplicaLinkServer(lambda r: two_tokens(r, "link"), SECRET)
     address = await server.start()
     board, handle = ReplicaStatsBoard(), RecordingHandle()
-    client = HandleModelClient({"m": handle}, {"m": DEP}, board=board, link=ReplicaLinkClient(SECRET), rng=random.Random(0))
+    client = Routed(handle, board, ReplicaLinkClient(SECRET), rng=random.Random(0))
     try:
-        board.publish(DEP, {"r1": {"num_running": 0}})  # no link advertised (transport "serve")
+        board.publish(DEP, from_routing_stats({"r1": {"num_running": 0}}))  # no link advertised (transport "serve")
         assert await text(client, "a") == "handlehandle" and handle.calls == ["a"]
 
-        board.publish(DEP, {"r1": {"num_running": 0, "link": address}})
+        board.publish(DEP, from_routing_stats({"r1": {"num_running": 0, "link": address}}))
         assert await text(client, "b") == "linklink" and handle.calls == ["a"]
-        row = client.replica_status()[0]
+        row = client.chooser.replica_status()[0]
         assert row.link and row.link_streams == 1
 
         # A dead link next to a live one: the live one serves; both dead: the handle does.
-        board.publish(DEP, {"r0": {"num_running": 0, "link": closed_port_address()}, "r1": {"num_running": 5, "link": address}})
+        board.publish(DEP, from_routing_stats({"r0": {"num_running": 0, "link": closed_port_address()}, "r1": {"num_running": 5, "link": address}}))
         for i in range(6):
             assert await text(client, f"c{i}") == "linklink"
-        board.publish(DEP, {"r0": {"num_running": 0, "link": closed_port_address()}})
+        board.publish(DEP, from_routing_stats({"r0": {"num_running": 0, "link": closed_port_address()}}))
         assert await text(client, "d") == "handlehandle" and handle.calls == ["a", "d"]
     finally:
         await server.close()
@@ -85,10 +98,10 @@ async def test_load_counts_this_processes_open_streams():
     servers = [ReplicaLinkServer(lambda r, t=t: two_tokens(r, t), SECRET) for t in ("A", "B")]
     addrs = [await s.start() for s in servers]
     board = ReplicaStatsBoard()
-    board.publish(DEP, {"A": {"link": addrs[0]}, "B": {"link": addrs[1]}})
-    client = HandleModelClient({"m": RecordingHandle()}, {"m": DEP}, board=board, link=ReplicaLinkClient(SECRET), rng=random.Random(1))
+    board.publish(DEP, from_routing_stats({"A": {"link": addrs[0]}, "B": {"link": addrs[1]}}))
+    client = Routed(RecordingHandle(), board, ReplicaLinkClient(SECRET), rng=random.Random(1))
     try:
-        held = client.generate("m", req("held"))
+        held = client.generate("held")
         first = (await held.__anext__()).text_delta
         other = "B" if first == "A" else "A"
         for i in range(4):
@@ -113,15 +126,15 @@ async def test_a_draining_replica_refusing_over_its_link_falls_back_to_the_handl
     servers = [ReplicaLinkServer(draining, SECRET), ReplicaLinkServer(dies_after_one, SECRET)]
     addrs = [await s.start() for s in servers]
     board, handle = ReplicaStatsBoard(), RecordingHandle()
-    client = HandleModelClient({"m": handle}, {"m": DEP}, board=board, link=ReplicaLinkClient(SECRET))
+    client = Routed(handle, board, ReplicaLinkClient(SECRET))
     try:
-        board.publish(DEP, {"r": {"link": addrs[0]}})
+        board.publish(DEP, from_routing_stats({"r": {"link": addrs[0]}}))
         assert await text(client, "a") == "handlehandle" and handle.calls == ["a"]
         # After an output has gone out, the error is the caller's: no retry, no duplicate.
-        board.publish(DEP, {"r": {"link": addrs[1]}})
+        board.publish(DEP, from_routing_stats({"r": {"link": addrs[1]}}))
         got = []
         try:
-            async for o in client.generate("m", req("b")):
+            async for o in client.generate("b"):
                 got.append(o.text_delta)
         except ServiceUnavailableError:
             pass

@@ -71,13 +71,13 @@ async def test_size_limits_and_rate_limit_are_rejected_and_metered():
     gk = make_gatekeeper()
     ctx = await gk.authenticate("fs-acme")
     with pytest.raises(InvalidRequestError):
-        await gk.admit(ctx, "tiny", "r0", 10, 51)
+        await gk.reserve_quota(ctx, "tiny", "r0", 10, 51)
     with pytest.raises(ContextLengthError):
-        await gk.admit(ctx, "tiny", "r0", 60, 50)
-    a1 = await gk.admit(ctx, "tiny", "r1", 10, 20)
-    await gk.admit(ctx, "tiny", "r2", 10, 20)
+        await gk.reserve_quota(ctx, "tiny", "r0", 60, 50)
+    a1 = await gk.reserve_quota(ctx, "tiny", "r1", 10, 20)
+    await gk.reserve_quota(ctx, "tiny", "r2", 10, 20)
     with pytest.raises(RateLimitError) as e:
-        await gk.admit(ctx, "tiny", "r3", 10, 20)
+        await gk.reserve_quota(ctx, "tiny", "r3", 10, 20)
     assert e.value.retry_after_s > 0
     await gk.complete(a1, 10, 7, "ok")
     await gk.complete(a1, 10, 7, "ok")  # idempotent
@@ -89,7 +89,7 @@ async def test_a_tenant_reads_only_its_own_usage():
     gk = make_gatekeeper()
     for key, rid in (("fs-acme", "a"), ("fs-globex", "g")):
         ctx = await gk.authenticate(key)
-        await gk.complete(await gk.admit(ctx, "tiny", rid, 1, 1), 1, 1, "ok")
+        await gk.complete(await gk.reserve_quota(ctx, "tiny", rid, 1, 1), 1, 1, "ok")
     assert set(await gk.usage("fs-acme")) == {"acme"}
     with pytest.raises(PermissionDeniedError):
         await gk.usage("fs-acme", "globex")
@@ -114,9 +114,9 @@ async def test_prometheus_series_carry_the_tenant_label():
     gk = TenantGatekeeper(make_config(make_spec(id="acme", key="fs-acme", quotas={"max_tokens_per_request": 5})),
                           metrics_registry=reg)
     ctx = await gk.authenticate("fs-acme")
-    await gk.complete(await gk.admit(ctx, "tiny", "r1", 3, 4), 3, 2, "ok")
+    await gk.complete(await gk.reserve_quota(ctx, "tiny", "r1", 3, 4), 3, 2, "ok")
     with pytest.raises(InvalidRequestError):
-        await gk.admit(ctx, "tiny", "r2", 3, 6)
+        await gk.reserve_quota(ctx, "tiny", "r2", 3, 6)
     get = reg.get_sample_value
     assert get("fleetserve_tenant_requests_total", {"tenant": "acme", "model": "tiny", "outcome": "ok"}) == 1
     assert get("fleetserve_tenant_completion_tokens_total", {"tenant": "acme", "model": "tiny"}) == 2

@@ -19,7 +19,7 @@ def replicas(redis_url, n=2, **cfg):
 
 async def admit(gk, rid, prompt=10, max_tokens=10):
     ctx = await gk.authenticate("fs-acme")
-    return await gk.admit(ctx, "tiny", rid, prompt, max_tokens)
+    return await gk.reserve_quota(ctx, "tiny", rid, prompt, max_tokens)
 
 
 async def test_two_replicas_enforce_one_shared_quota(redis_url):

@@ -36,18 +36,11 @@ class BoardReplicaPool:
         rows = self._board.replicas(self._deployment)
         if rows is None:
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
-        out = []
-        for e in rows:
-            s = e.stats
-            out.append(ReplicaCapacity(
-                replica_id=e.replica,
-                num_running=int(s.get("num_running", 0)),
-                num_waiting=int(s.get("num_waiting", 0)),
-                kv_usage=float(s.get("kv_usage", 0.0)),
-                healthy=bool(s.get("healthy", True)),
-                accepting=not bool(s.get("draining", False)),
-            ))
-        return tuple(out)
+        return tuple(
+            ReplicaCapacity(replica_id=e.replica, num_running=e.stats.num_running, num_waiting=e.stats.num_waiting,
+                            kv_usage=e.stats.kv_usage, healthy=e.stats.healthy, accepting=not e.stats.draining)
+            for e in rows
+        )
 
     async def preempt(self, replica_id: Optional[str], request_id: str) -> bool:
         if self._preempt is None:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Optional
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
 from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.scheduler import FleetScheduler, SchedulerObserver, Slot
-from fleetserve.router.stats_board import ReplicaStatsBoard, process_board
+from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats, process_board, to_routing_stats
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class FleetQueueActor:
     def _publish(self, rows: Mapping[str, Mapping[str, dict]]) -> None:
         for dep, replicas in rows.items():
             if replicas or dep not in self._known:
-                self._board.publish(dep, dict(replicas))
+                self._board.publish(dep, from_routing_stats(replicas))
                 self._known.add(dep)
         for s in self._schedulers.values():
             if s.queue_depths():
@@ -298,7 +298,7 @@ class ClusterFleetScheduler:
         for dep in self._deployments:
             entries = self._board.replicas(dep)
             if entries is not None:
-                out[dep] = {e.replica: e.stats for e in entries}
+                out[dep] = to_routing_stats(entries)
         return out
 
     async def acquire(self, request_id: str, tenant_id: str, priority_class: int, weight: float, prompt_tokens: int,

@@ -62,7 +62,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
         return data
 
     async def authenticate(request: Request):
-        return await service.gatekeeper.authenticate(bearer_key(request.headers.get("authorization")))
+        return await service.authenticate(bearer_key(request.headers.get("authorization")))
 
     def parse(model_cls, data: dict):
         try:
@@ -79,7 +79,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
         versions = {n: service.spec(n).version for n in service.model_names()}
         service.metrics.set_replica_stats(
             (r.model, versions.get(r.model, ""), r.replica, r.num_waiting, r.num_running, r.kv_usage)
-            for r in service.client.replica_status()
+            for r in service.replica_status()
         )
         body, ctype = service.metrics.render()
         return Response(body, media_type=ctype)
@@ -91,7 +91,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
         for name in service.model_names():
             if ctx.allowed_models is not None and name not in ctx.allowed_models:
                 continue
-            served = service._served.get(name)
+            served = service.loaded(name)
             cards.append(M.ModelCard(id=name, created=served.created if served else 0,
                                      max_model_len=served.info.max_model_len if served else None))
         return M.ModelList(data=cards)
@@ -114,8 +114,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
             data = parse_json(body)
             model = data.get("model") if isinstance(data.get("model"), str) else ""
             req = parse(model_cls, data)
-            service.spec(req.model)
-            service.gatekeeper.authorize_model(ctx, req.model)
+            service.authorize(ctx, req.model)
             job = await make_job(service, ctx, req)
         except FleetserveError as exc:
             service.record_rejection(ctx, model, exc)
@@ -146,7 +145,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     @app.get("/admin/status", summary="Models, replicas, queue depth and KV usage (admin key).")
     async def admin_status(request: Request) -> dict:
         await service.gatekeeper.authenticate_admin(bearer_key(request.headers.get("authorization")))
-        rows = service.client.replica_status()
+        rows = service.replica_status()
         models = []
         for name in service.model_names():
             spec = service.spec(name)

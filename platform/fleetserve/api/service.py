@@ -1,9 +1,25 @@
-"""The transport-independent core of the ingress, shared by REST and gRPC.
+"""The request path of the ingress, as named stages in one order (shared by REST and gRPC).
 
-One API request becomes a :class:`Job`: tokenized prompts, validated sampling params and
-the caller's tenant. :meth:`InferenceService.run` admits it through the Gatekeeper, fans it
-out as one engine request per (prompt, choice) -- choice ``i`` uses ``seed + i`` -- merges
-the streams, records metrics and calls ``Gatekeeper.complete`` exactly once.
+=================  ============  ===================================================
+stage              owner         in -> out
+=================  ============  ===================================================
+1. authenticate    tenants       API key -> :class:`TenantContext` (the edges call it
+                                 before parsing the body, then ``authorize``)
+2. quota           tenants       :class:`Job` -> :class:`QuotaTicket`
+3. choose version  canary        :class:`Job` -> :class:`Job` on one model version
+                                 (a pass-through until rollouts land)
+4. admission       admission     :class:`AdmissionRequest` -> :class:`Admitted` or None
+                                 (fleet queue: classes, fair share, shedding, preemption)
+5. choose replica  router        (model, prefix key) -> :class:`Route`, per engine request
+6. stream          deployments   (:class:`GenerateRequest`, :class:`Route`) -> outputs
+7. account         tenants       tokens and outcome -> quotas settled, usage metered;
+                                 the admission slot released, metrics observed
+=================  ============  ===================================================
+
+:meth:`InferenceService.run` is that list; each stage is a method below calling into the
+package that owns it. A request with several prompts or ``n > 1`` fans out at stages 5-6
+as one engine request per (prompt, choice) -- choice ``i`` uses ``seed + i`` -- merged by
+:mod:`fleetserve.api.fanout`.
 """
 
 from __future__ import annotations
@@ -12,19 +28,26 @@ import asyncio
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Optional
 
-from fleetserve.api.model_client import ModelClient
+from fleetserve.admission.queues import AdmissionQueues, AdmissionRequest, Admitted
+from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
+from fleetserve.api.request_metrics import ChoiceTiming, observe_request
 from fleetserve.clock import Clock, SystemClock
-from fleetserve.engine.process.coalesce import merge_outputs
+from fleetserve.deployments.model_client import ModelClient, Route
+from fleetserve.deployments.replica_stats import ReplicaStatus
 from fleetserve.engine.protocol import FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.errors import ContextLengthError, EngineError, FleetserveError, InvalidRequestError, ModelNotFoundError
+from fleetserve.errors import (ContextLengthError, EngineError, FleetserveError, InvalidRequestError,
+                               ModelNotFoundError, RateLimitError, ServiceUnavailableError)
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
-from fleetserve.tenants.context import Gatekeeper, TenantContext
+from fleetserve.router.chooser import HandleRoutes, RouteChooser
+from fleetserve.tenants.context import Gatekeeper, QuotaTicket, TenantContext
+
+__all__ = ["ChoiceEvent", "InferenceService", "Job", "ModelSpec", "ServedModel"]
 
 OUTCOME_OK, OUTCOME_ERROR, OUTCOME_ABORTED = "ok", "error", "aborted"
 
@@ -50,7 +73,7 @@ class ServedModel:
 
 @dataclass
 class Job:
-    """One admitted-to-be API request, ready to fan out."""
+    """One API request, tokenized and validated, ready to run through the stages."""
 
     request_id: str
     model: ServedModel
@@ -69,29 +92,29 @@ class Job:
     def num_choices(self) -> int:
         return len(self.prompts) * self.n
 
-
-@dataclass
-class ChoiceEvent:
-    """An incremental output of choice ``index`` (= prompt_index * n + i)."""
-
-    index: int
-    output: RequestOutput
+    @property
+    def labels(self) -> dict:
+        spec = self.model.spec
+        return dict(tenant=self.ctx.tenant_id, model=spec.name, version=spec.version)
 
 
 class InferenceService:
     def __init__(self, specs: list[ModelSpec], client: ModelClient, gatekeeper: Gatekeeper,
-                 metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None):
+                 metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
+                 admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None):
+        """``admission``: the fleet admission queues (None: admit at once); ``router``: the
+        replica choice (None: every request through the Serve handle)."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
+        self.admission = admission
+        self.router = router or HandleRoutes()
         self.metrics = metrics or FleetMetrics()
         self._clock = clock or SystemClock()
         self._served: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
-    @property
-    def client(self) -> ModelClient:
-        return self._client
+    # ----- models ----------------------------------------------------------------------
 
     def model_names(self) -> list[str]:
         return list(self._specs)
@@ -102,6 +125,10 @@ class InferenceService:
         except KeyError:
             raise ModelNotFoundError(f"The model `{name}` does not exist.", field="model") from None
 
+    def loaded(self, name: str) -> Optional[ServedModel]:
+        """The model if a request has loaded it already (``/v1/models`` shows its limits)."""
+        return self._served.get(name)
+
     async def served(self, name: str) -> ServedModel:
         """The model with its tokenizer and limits (asks a replica once, then cached)."""
         if name in self._served:
@@ -109,12 +136,26 @@ class InferenceService:
         spec = self.spec(name)
         async with self._loading.setdefault(name, asyncio.Lock()):
             if name not in self._served:
+                self.router.check(name)
                 info = await self._client.model_info(name)
                 renderer = await asyncio.to_thread(PromptRenderer.from_checkpoint, spec.checkpoint)
                 self._served[name] = ServedModel(spec, info, renderer, int(time.time()))
         return self._served[name]
 
-    # ----- building jobs -------------------------------------------------------------
+    def replica_status(self) -> list[ReplicaStatus]:
+        return self.router.replica_status()
+
+    # ----- stage 1: authenticate (the edges call these before parsing the body) -----------
+
+    async def authenticate(self, api_key: Optional[str]) -> TenantContext:
+        return await self.gatekeeper.authenticate(api_key)
+
+    def authorize(self, ctx: TenantContext, model: str) -> None:
+        """404 for an unknown model, 403 for one this tenant may not use."""
+        self.spec(model)
+        self.gatekeeper.authorize_model(ctx, model)
+
+    # ----- building jobs -----------------------------------------------------------------
 
     def build_job(self, ctx: TenantContext, model: ServedModel, prompts: list[list[int]], *, n: int,
                   max_tokens: Optional[int], sampling: dict, prompt_field: str = "prompt") -> Job:
@@ -139,124 +180,108 @@ class InferenceService:
         params = SamplingParams(n=1, max_tokens=max_tokens, **sampling)
         return Job(uuid.uuid4().hex, model, ctx, prompts, params, n, self._clock.now())
 
-    # ----- running jobs --------------------------------------------------------------
+    # ----- the request path --------------------------------------------------------------
 
     async def run(self, job: Job) -> AsyncIterator[ChoiceEvent]:
-        """Admit, fan out, merge. Consumers must ``aclose()`` it (use contextlib.aclosing)."""
-        spec = job.model.spec
-        labels = dict(tenant=job.ctx.tenant_id, model=spec.name, version=spec.version)
-        max_total = job.params.max_tokens * job.num_choices
-        admission = await self.gatekeeper.admit(job.ctx, spec.name, job.request_id, job.prompt_tokens, max_total)
-        in_flight = self.metrics.get(N.IN_FLIGHT).labels(spec.name, spec.version)
+        """Stages 2-7 for one job. Consumers must ``aclose()`` it (use contextlib.aclosing)."""
+        ticket = await self.reserve_quota(job)  # 2
+        job = self.choose_version(job)  # 3
+        admitted = await self.admit(job, ticket)  # 4
+        timing = ChoiceTiming(job.num_choices)
+        outcome, status = OUTCOME_ERROR, "500"
+        in_flight = self.metrics.get(N.IN_FLIGHT).labels(job.model.spec.name, job.model.spec.version)
         in_flight.inc()
-        completion_tokens, outcome, status = 0, OUTCOME_ERROR, "500"
-        timing = _ChoiceTiming(job.num_choices)
-        merged = self._merged(job)
+        events: Optional[AsyncIterator[ChoiceEvent]] = None
         try:
-            async for ev in merged:
-                if ev.output.finish_reason == FINISH_ERROR:
-                    raise EngineError(ev.output.error or "the engine failed on this request")
-                n_new = len(ev.output.token_ids_delta)
-                if n_new:
-                    completion_tokens += n_new
-                    timing.on_tokens(ev.index, n_new, self._clock.now())
+            events = self.stream(job)  # 5 + 6 (stage 5 may answer 503: no replica ready)
+            async for ev in events:
+                self._check_output(ev.output)
+                if ev.output.token_ids_delta:
+                    timing.on_tokens(ev.index, len(ev.output.token_ids_delta), self._clock.now())
                 yield ev
             outcome, status = OUTCOME_OK, "200"
         except (asyncio.CancelledError, GeneratorExit):
             outcome, status = OUTCOME_ABORTED, "499"
             raise
         except FleetserveError as exc:
-            from fleetserve.api.errors import mapping_for
-
-            status = str(mapping_for(exc).http_status)
+            status = _http_status(exc)
             raise
         finally:
-            await merged.aclose()  # at once, not when the GC finds it: it cancels the replica's work
+            if events is not None:
+                await events.aclose()  # at once, not when the GC finds it: it cancels the replica's work
             in_flight.dec()
-            self._observe(job, labels, timing, status, completion_tokens)
-            await asyncio.shield(self.gatekeeper.complete(admission, job.prompt_tokens, completion_tokens, outcome))
+            await asyncio.shield(self.account(job, ticket, admitted, timing, outcome, status))  # 7
+
+    async def reserve_quota(self, job: Job) -> QuotaTicket:
+        """Stage 2: the tenant's quotas and size limits (raises 429/400)."""
+        max_total = job.params.max_tokens * job.num_choices
+        return await self.gatekeeper.reserve_quota(job.ctx, job.model.spec.name, job.request_id, job.prompt_tokens,
+                                                   max_total)
+
+    def choose_version(self, job: Job) -> Job:
+        """Stage 3: the model version that serves this job. One version per model until
+        rollouts land (issue: versions and canary), so the job is returned unchanged."""
+        return job
+
+    async def admit(self, job: Job, ticket: QuotaTicket) -> Optional[Admitted]:
+        """Stage 4: wait for a slot in the model's fleet queue. A shed or abandoned request
+        gives back what stage 2 reserved."""
+        if self.admission is None:
+            return None
+        request = AdmissionRequest(job.model.spec.name, job.request_id, job.ctx.tenant_id, job.ctx.priority,
+                                   job.ctx.weight, job.prompt_tokens, job.params.max_tokens * job.num_choices)
+        try:
+            return await self.admission.admit(request)
+        except (RateLimitError, ServiceUnavailableError):
+            await self.gatekeeper.release_unserved(ticket, shed=True)
+            raise
+        except BaseException:
+            await asyncio.shield(self.gatekeeper.release_unserved(ticket, shed=False))  # client left while queued
+            raise
+
+    def stream(self, job: Job) -> AsyncIterator[ChoiceEvent]:
+        """Stages 5 and 6 for every (prompt, choice): a route from the router, then the
+        client streams it; the streams are merged into one."""
+        streams = []
+        for p_index, prompt in enumerate(job.prompts):
+            route = self.route(job, prompt)
+            for i in range(job.n):
+                index = p_index * job.n + i
+                streams.append((index, self._client.generate(self._engine_request(job, prompt, index, i), route)))
+        return merge_streams(streams)
+
+    def route(self, job: Job, prompt: list[int]) -> Route:
+        """Stage 5: where one prompt's engine requests go."""
+        return self.router.choose(job.model.spec.name, self.prefix_key(job.model.spec, job.ctx, prompt))
+
+    async def account(self, job: Job, ticket: QuotaTicket, admitted: Optional[Admitted], timing: ChoiceTiming,
+                      outcome: str, status: str) -> None:
+        """Stage 7: release the admission slot, observe metrics, settle quotas and metering."""
+        if admitted is not None:
+            self.admission.release(admitted, timing.completion_tokens)
+        observe_request(self.metrics, job.labels, job.arrival, self._clock.now(), timing, status, job.prompt_tokens)
+        await self.gatekeeper.complete(ticket, job.prompt_tokens, timing.completion_tokens, outcome)
 
     def record_rejection(self, ctx: Optional[TenantContext], model: str, exc: BaseException) -> None:
         """Count a request refused before it ran (auth, validation, quota)."""
-        from fleetserve.api.errors import as_fleetserve_error, mapping_for
+        from fleetserve.api.errors import as_fleetserve_error
 
-        status = str(mapping_for(as_fleetserve_error(exc)).http_status)
+        status = _http_status(as_fleetserve_error(exc))
         version = self._specs[model].version if model in self._specs else ""
         tenant = ctx.tenant_id if ctx else ""
         self.metrics.observe_request(tenant=tenant, model=model if model in self._specs else "", version=version,
                                      status=status, prompt_tokens=0, completion_tokens=0)
 
-    def _observe(self, job: Job, labels: dict, timing: "_ChoiceTiming", status: str, completion_tokens: int) -> None:
-        m = self.metrics
-        m.observe_request(status=status, prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens, **labels)
-        now = self._clock.now()
-        if timing.first is not None:
-            m.observe_latency(N.TTFT, timing.first - job.arrival, **labels)
-            m.observe_latency(N.E2E, now - job.arrival, **labels)
-        for tpot in timing.tpots():
-            m.observe_latency(N.TPOT, tpot, **labels)
+    # ----- helpers -------------------------------------------------------------------------
 
-    async def _merged(self, job: Job) -> AsyncIterator[ChoiceEvent]:
-        if len(job.prompts) == 1 and job.n == 1:  # one stream: no pump task and queue in between
-            prompt = job.prompts[0]
-            stream = self._client.generate(job.model.spec.name, self._engine_request(job, prompt, 0, 0),
-                                           self.prefix_key(job.model.spec, job.ctx, prompt))
-            try:
-                async for out in stream:
-                    yield ChoiceEvent(0, out)
-            finally:
-                await stream.aclose()  # a consumer that left early cancels the request now
-            return
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        async def pump(index: int, req: GenerateRequest, prefix_key: Optional[str]) -> None:
-            try:
-                async for out in self._client.generate(job.model.spec.name, req, prefix_key):
-                    await queue.put(ChoiceEvent(index, out))
-                await queue.put(done)
-            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-                await queue.put(exc)
-
-        tasks = []
-        for p_index, prompt in enumerate(job.prompts):
-            key = self.prefix_key(job.model.spec, job.ctx, prompt)
-            for i in range(job.n):
-                index = p_index * job.n + i
-                req = self._engine_request(job, prompt, index, i)
-                tasks.append(asyncio.create_task(pump(index, req, key)))
-        remaining = len(tasks)
-        try:
-            while remaining:
-                # Take everything that arrived while the consumer was busy and send it as
-                # one event per choice: each SSE event then carries all tokens ready now.
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                pending: dict[int, list[RequestOutput]] = {}
-                error: Optional[BaseException] = None
-                for item in items:
-                    if item is done:
-                        remaining -= 1
-                    elif isinstance(item, BaseException):
-                        error = item
-                        break
-                    else:
-                        pending.setdefault(item.index, []).append(item.output)
-                for index, outs in pending.items():
-                    yield ChoiceEvent(index, merge_outputs(outs))
-                if error is not None:
-                    raise error
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    @staticmethod
+    def _check_output(out: RequestOutput) -> None:
+        if out.finish_reason == FINISH_ERROR:
+            raise EngineError(out.error or "the engine failed on this request")
 
     def _engine_request(self, job: Job, prompt: list[int], index: int, choice: int) -> GenerateRequest:
         params = job.params
         if params.seed is not None and choice:
-            from dataclasses import replace
-
             params = replace(params, seed=params.seed + choice)
         return GenerateRequest(
             request_id=f"{job.request_id}-{index}",
@@ -282,26 +307,7 @@ class InferenceService:
         return h.hexdigest()
 
 
-class _ChoiceTiming:
-    """First/last token times and token counts per choice (for TTFT and TPOT)."""
+def _http_status(exc: FleetserveError) -> str:
+    from fleetserve.api.errors import mapping_for  # errors imports this module's types
 
-    def __init__(self, n: int):
-        self.first: Optional[float] = None
-        self._first = [None] * n
-        self._last = [None] * n
-        self._count = [0] * n
-
-    def on_tokens(self, index: int, n_new: int, now: float) -> None:
-        if self._first[index] is None:
-            self._first[index] = now
-            if self.first is None:
-                self.first = now
-        self._last[index] = now
-        self._count[index] += n_new
-
-    def tpots(self) -> list[float]:
-        out = []
-        for f, l, c in zip(self._first, self._last, self._count):
-            if f is not None and c > 1:
-                out.append((l - f) / (c - 1))
-        return out
+    return str(mapping_for(exc).http_status)

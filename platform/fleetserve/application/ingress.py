@@ -11,11 +11,11 @@ from __future__ import annotations
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
-from fleetserve.application.wiring import build_gatekeeper
+from fleetserve.application.wiring import build_admission, build_gatekeeper
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.metrics.registry import FleetMetrics
-from fleetserve.admission.board_pool import board_pools
+from fleetserve.router.chooser import ReplicaChooser
 
 
 class Ingress:
@@ -30,15 +30,13 @@ class Ingress:
             from fleetserve.deployments.replica_link import ReplicaLinkClient, cluster_secret
 
             link = ReplicaLinkClient(cluster_secret())
+        client = HandleModelClient(handles, link=link)
         slack = {m.name: m.routing.even_load_slack for m in self._cfg.models}
-        client = HandleModelClient(handles, deployment_names, link=link, slack=slack)
-        # Fleet admission queue per model (tenants.scheduling): capacity from the replica
-        # stats board, preemption through the handles.
-        pools = board_pools(deployment_names, handles)
+        router = ReplicaChooser(deployment_names, client, slack=slack)
         metrics = FleetMetrics()  # shared with the gatekeeper: one /metrics for both
-        gatekeeper = build_gatekeeper(self._cfg, pool=pools, metrics_registry=metrics.registry, handles=handles,
-                                      deployment_names=deployment_names)
-        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics)
+        gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
+        admission = build_admission(self._cfg, gatekeeper, deployment_names, handles)
+        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 

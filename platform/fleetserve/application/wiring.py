@@ -1,41 +1,46 @@
-"""The Gatekeeper the ingress injects into its InferenceService, built from the config.
+"""Assembling the ingress's request-path objects from the config.
 
-The tenants subpackage owns auth, quotas and admission; this only assembles its config:
-the ``tenants`` section plus ``server.admin_key`` (hashed here, never stored in plaintext
-by the gatekeeper).
+- :func:`tenants_config`: the ``tenants`` section plus ``server.admin_key`` (hashed here,
+  never stored in plaintext by the gatekeeper);
+- :func:`build_gatekeeper`: the tenants' stages (authenticate, quota, account);
+- :func:`build_admission`: the fleet admission queues, with ``tenants.scheduling.scope``
+  honoured: 'cluster' (or 'auto' with several ingress replicas) shares one queue actor
+  between the ingress replicas.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
+from fleetserve.admission.board_pool import board_pools
+from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
+from fleetserve.admission.queues import AdmissionQueues
 from fleetserve.config import FleetConfig
-from fleetserve.tenants.context import Gatekeeper
+from fleetserve.tenants.config import TenantsConfig
+from fleetserve.tenants.gatekeeper import TenantGatekeeper
+from fleetserve.tenants.keys import hash_api_key
 
 
-def tenants_config(cfg: FleetConfig):
-    from fleetserve.tenants.config import TenantsConfig
-    from fleetserve.tenants.keys import hash_api_key
-
+def tenants_config(cfg: FleetConfig) -> TenantsConfig:
     tcfg = cfg.tenants if cfg.tenants is not None else TenantsConfig()
     if cfg.server.admin_key and tcfg.admin_key_hash is None:
         tcfg = tcfg.model_copy(update={"admin_key_hash": hash_api_key(cfg.server.admin_key)})
     return tcfg
 
 
-def build_gatekeeper(cfg: FleetConfig, pool: Optional[object] = None, metrics_registry: Optional[object] = None,
-                     handles: Optional[dict] = None, deployment_names: Optional[dict] = None) -> Gatekeeper:
+def build_gatekeeper(cfg: FleetConfig, metrics_registry: Optional[object] = None) -> TenantGatekeeper:
     """``metrics_registry``: the ingress's Prometheus registry, so /metrics also shows the
-    per-tenant metering and fleet-queue series. With ``deployment_names`` (and the model
-    ``handles``, for preemption calls), ``tenants.scheduling.scope`` is honoured: 'cluster'
-    (or 'auto' with several ingress replicas) shares one queue actor between them."""
-    from fleetserve.tenants.gatekeeper import TenantGatekeeper
+    per-tenant metering and fleet-queue series."""
+    return TenantGatekeeper(tenants_config(cfg), metrics_registry=metrics_registry)
 
-    tcfg = tenants_config(cfg)
+
+def build_admission(cfg: FleetConfig, gatekeeper: TenantGatekeeper, deployment_names: Mapping[str, str],
+                    handles: Optional[Mapping[str, object]] = None) -> AdmissionQueues:
+    """Fleet admission queue per model: capacity from the replica stats board, preemption
+    through the model ``handles``."""
+    sched = tenants_config(cfg).scheduling
     factory = None
-    if deployment_names:
-        from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
-
-        if resolve_scope(tcfg.scheduling, cfg.server.ingress_replicas) == "cluster":
-            factory = cluster_scheduler_factory(cfg.server.app_name, tcfg.scheduling, deployment_names, handles)
-    return TenantGatekeeper(tcfg, pool=pool, metrics_registry=metrics_registry, scheduler_factory=factory)
+    if resolve_scope(sched, cfg.server.ingress_replicas) == "cluster":
+        factory = cluster_scheduler_factory(cfg.server.app_name, sched, deployment_names, handles)
+    return AdmissionQueues(sched, board_pools(deployment_names, handles),
+                           observer_for=gatekeeper.metering.metrics.scheduler_observer, scheduler_factory=factory)

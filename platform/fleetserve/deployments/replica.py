@@ -10,7 +10,8 @@
 - ``check_health`` is Serve's health probe, delegated to the engine loop: a dead or wedged
   loop marks the replica unhealthy and Serve replaces it.
 - ``record_routing_stats`` is pushed by Serve to every router of this deployment; the
-  :mod:`fleetserve.router.replica_router` routes on it.
+  :mod:`fleetserve.router.replica_router` routes on it. It is :class:`ReplicaStats` as a
+  dict: the one place the replica side converts it.
 - ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once, in-flight
   requests get ``drain_timeout_s`` to finish.
 - With ``link=True`` the same ``generate`` is also served over the replica link
@@ -31,6 +32,7 @@ from typing import AsyncIterator, Callable, Optional
 from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
+from fleetserve.deployments.replica_stats import ReplicaStats
 from fleetserve.engine.process.coalesce import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
@@ -84,7 +86,7 @@ class ModelReplica:
         return self._engine.model_info()
 
     async def stats(self) -> dict:
-        return self._stats_dict()
+        return self.replica_stats().to_dict()
 
     async def preempt(self, request_id: str) -> bool:
         return await self._engine.preempt(request_id)
@@ -103,21 +105,21 @@ class ModelReplica:
         await self._engine.check_health()
 
     def record_routing_stats(self) -> dict:
-        return self._stats_dict()
+        return self.replica_stats().to_dict()
 
-    def _stats_dict(self) -> dict:
+    def replica_stats(self) -> ReplicaStats:
         s = self._engine.stats()
-        return {
-            "replica": self._replica_id,
-            "num_waiting": s.num_waiting,
-            "num_running": s.num_running,
-            "kv_usage": s.kv_usage,
-            "healthy": s.healthy,
-            "draining": self._draining or s.draining,
-            "in_flight": self._in_flight,
-            "link": self._link.address if self._link is not None else None,
-            "ts": time.time(),
-        }
+        return ReplicaStats(
+            replica=self._replica_id,
+            num_waiting=s.num_waiting,
+            num_running=s.num_running,
+            kv_usage=s.kv_usage,
+            healthy=s.healthy,
+            draining=self._draining or s.draining,
+            in_flight=self._in_flight,
+            link=self._link.address if self._link is not None else None,
+            ts=time.time(),
+        )
 
     def record_autoscaling_stats(self) -> dict:
         """Requests in flight here through any transport: Serve counts only its handle calls."""

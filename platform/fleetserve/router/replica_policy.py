@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
+
+from fleetserve.deployments.replica_stats import ReplicaStats
 
 # A replica whose KV pool is nearly full will preempt or queue new work.
 KV_PRESSURE_THRESHOLD = 0.9
@@ -32,15 +34,15 @@ class ReplicaLoad:
     accepting: bool = True
 
     @classmethod
-    def from_stats(cls, replica_id: str, stats: dict, ongoing: Optional[int] = None) -> "ReplicaLoad":
-        """From a replica's routing stats (``ModelReplica.record_routing_stats``)."""
+    def from_stats(cls, stats: ReplicaStats, ongoing: Optional[int] = None) -> "ReplicaLoad":
+        """From a replica's last reported stats plus the caller's live count."""
         return cls(
-            replica_id=replica_id,
-            num_waiting=int(stats.get("num_waiting", 0)),
-            num_running=int(stats.get("num_running", 0)),
-            kv_usage=float(stats.get("kv_usage", 0.0)),
+            replica_id=stats.replica,
+            num_waiting=stats.num_waiting,
+            num_running=stats.num_running,
+            kv_usage=stats.kv_usage,
             ongoing=ongoing,
-            accepting=not stats.get("draining", False) and stats.get("healthy", True),
+            accepting=stats.accepting,
         )
 
 
@@ -75,3 +77,11 @@ def choose(loads: Sequence[ReplicaLoad], prefix_key: Optional[str], rng: random.
         if load_score(home) <= load_score(ranked[0]) + slack:
             return [home.replica_id] + [r.replica_id for r in ranked if r.replica_id != home.replica_id]
     return [r.replica_id for r in ranked]
+
+
+def rank(stats: Sequence[ReplicaStats], ongoing: Mapping[str, Optional[int]], prefix_key: Optional[str],
+         rng: random.Random, slack: float = 2) -> list[str]:
+    """The one replica choice of the platform, used by Serve's router and by the ingress's
+    link routing alike: :func:`choose` over ``stats`` with the caller's live in-flight
+    counts (``ongoing``: replica id -> count, None or absent when unknown)."""
+    return choose([ReplicaLoad.from_stats(s, ongoing.get(s.replica)) for s in stats], prefix_key, rng, slack)

@@ -1,9 +1,9 @@
 """A Ray Serve ``RequestRouter`` choosing model replicas on live engine stats.
 
-Serve calls :meth:`FleetReplicaRouter.choose_replicas` for each request; we build a
-:class:`ReplicaLoad` per candidate from the stats the replica last pushed
-(``record_routing_stats``: waiting, running, KV usage) plus Serve's live in-flight count,
-and let the pure :func:`fleetserve.router.replica_policy.choose` rank them. Each returned
+Serve calls :meth:`FleetReplicaRouter.choose_replicas` for each request; the stats each
+candidate last pushed (``record_routing_stats``, converted to :class:`ReplicaStats` here, at
+the Serve boundary) plus Serve's live in-flight count go to
+:func:`fleetserve.router.replica_policy.rank`, the same ranking the ingress's link routing uses. Each returned
 rank holds ONE replica so Serve tries them in our order (within a rank Serve would re-sort by
 its own queue length). The ingress passes the prefix-affinity key as the ``prefix_key``
 keyword argument of ``ModelReplica.generate``.
@@ -18,8 +18,9 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from fleetserve.router.replica_policy import ReplicaLoad, choose
-from fleetserve.router.stats_board import process_board
+from fleetserve.deployments.replica_stats import ReplicaStats
+from fleetserve.router.replica_policy import rank
+from fleetserve.router.stats_board import from_routing_stats, process_board
 
 PREFIX_KEY_KWARG = "prefix_key"
 TARGET_REPLICA_KWARG = "target_replica"  # pins a call to one replica (ModelReplica.preempt_job)
@@ -47,18 +48,18 @@ class FleetReplicaRouter(FIFOMixin, RequestRouter):
         target = pending_request.kwargs.get(TARGET_REPLICA_KWARG) if pending_request is not None else None
         if target in by_id:  # a call meant for one replica (fleet preemption)
             return [[by_id[target]]]
-        loads = [self._load(r) for r in candidate_replicas]
+        stats = [ReplicaStats.from_dict(rid, r.routing_stats) for rid, r in by_id.items()]
+        ongoing = {rid: self._ongoing(r) for rid, r in by_id.items()}
         key = pending_request.kwargs.get(PREFIX_KEY_KWARG) if pending_request is not None else None
-        order = choose(loads, key, self._rng, self._slack)
+        order = rank(stats, ongoing, key, self._rng, self._slack)
         self._publish()
         return [[by_id[rid]] for rid in order]
 
-    def _load(self, r: RunningReplica) -> ReplicaLoad:
-        ongoing = self._replica_queue_len_cache.get(r.replica_id) if self._use_replica_queue_len_cache else None
-        return ReplicaLoad.from_stats(r.replica_id.unique_id, r.routing_stats or {}, ongoing)
+    def _ongoing(self, r: RunningReplica):
+        return self._replica_queue_len_cache.get(r.replica_id) if self._use_replica_queue_len_cache else None
 
     def _publish(self) -> None:
         process_board().publish(
             self._deployment_id.name,
-            {rid.unique_id: dict(r.routing_stats or {}) for rid, r in self._replicas.items()},
+            from_routing_stats({rid.unique_id: r.routing_stats for rid, r in self._replicas.items()}),
         )

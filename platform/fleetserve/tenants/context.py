@@ -1,21 +1,28 @@
-"""What the API edge needs from multi-tenancy: the contract between ingress and tenants.
+"""What the request path needs from multi-tenancy: the contract between ingress and tenants.
 
-The ingress (REST and gRPC) calls, for every request, in order:
+Three stages of :class:`fleetserve.api.service.InferenceService` are the tenants'. For every
+request, in order:
 
-1. ``authenticate(api_key)`` -> :class:`TenantContext` (raises AuthenticationError);
-2. ``authorize_model(ctx, model)`` (raises PermissionDeniedError);
-3. ``admit(ctx, model, prompt_tokens, max_tokens)`` -> :class:`Admission` (raises
-   RateLimitError / ServiceUnavailableError; may wait in the fleet admission queue);
-4. ``complete(admission, prompt_tokens, completion_tokens, outcome)`` exactly once when the
-   request ends (reconciles token quotas against actual usage, records metering).
+1. authenticate: ``authenticate(api_key)`` -> :class:`TenantContext` (AuthenticationError),
+   then ``authorize_model(ctx, model)`` (PermissionDeniedError);
+2. quota: ``reserve_quota(ctx, model, request_id, prompt_tokens, max_tokens)`` ->
+   :class:`QuotaTicket` (RateLimitError, or a 400 for sizes over the tenant's limits);
+3. account: ``complete(ticket, prompt_tokens, completion_tokens, outcome)`` exactly once when
+   the request ends (reconciles token quotas against actual usage, records metering); or,
+   for a request that never ran because the admission stage shed it or its client left
+   while queued, ``release_unserved(ticket, shed)``.
 
-Admin endpoints call ``authenticate_admin(api_key)``.
+The admission queue itself (classes, fair share, shedding, preemption) is not the tenants':
+it is :mod:`fleetserve.admission`. Admin endpoints call ``authenticate_admin(api_key)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol
+
+if TYPE_CHECKING:  # quota imports redis; the contract stays light
+    from fleetserve.tenants.quota import QuotaLease
 
 
 @dataclass(frozen=True)
@@ -34,19 +41,23 @@ class TenantContext:
 
 
 @dataclass
-class Admission:
-    """A ticket for one admitted request; pass it back to ``complete``."""
+class QuotaTicket:
+    """What the quota stage charged for one request; hand it back exactly once."""
 
     ctx: TenantContext
     model: str
     request_id: str
-    charged_tokens: int
-    admitted_at: float
-    extra: dict = field(default_factory=dict)
+    lease: QuotaLease
+    reserved_at: float
+    settled: bool = False  # set by complete / release_unserved (they are idempotent)
+
+    @property
+    def charged_tokens(self) -> int:
+        return self.lease.charged_tokens
 
 
 class Gatekeeper(Protocol):
-    """Auth, quotas, fleet admission and metering for the ingress."""
+    """Auth, quotas and metering for the ingress."""
 
     async def authenticate(self, api_key: Optional[str]) -> TenantContext: ...
 
@@ -54,6 +65,9 @@ class Gatekeeper(Protocol):
 
     def authorize_model(self, ctx: TenantContext, model: str) -> None: ...
 
-    async def admit(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int, max_tokens: int) -> Admission: ...
+    async def reserve_quota(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int,
+                            max_tokens: int) -> QuotaTicket: ...
 
-    async def complete(self, admission: Admission, prompt_tokens: int, completion_tokens: int, outcome: str) -> None: ...
+    async def release_unserved(self, ticket: QuotaTicket, shed: bool) -> None: ...
+
+    async def complete(self, ticket: QuotaTicket, prompt_tokens: int, completion_tokens: int, outcome: str) -> None: ...

@@ -1,4 +1,4 @@
-"""The real :class:`fleetserve.tenants.context.Gatekeeper`: registry + quotas + fleet admission + metering.
+"""The real :class:`fleetserve.tenants.context.Gatekeeper`: registry + quotas + metering.
 
 One instance per ingress replica. With Redis configured, all instances share the
 registry, quotas and usage. Isolation rules enforced here:
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import Callable, Mapping, Optional, Union
+from typing import Optional
 
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.errors import (
@@ -21,12 +21,10 @@ from fleetserve.errors import (
     FleetserveError,
     InvalidRequestError,
     PermissionDeniedError,
-    RateLimitError,
     ServiceUnavailableError,
 )
-from fleetserve.admission.scheduler import FleetScheduler, ReplicaPool
 from fleetserve.tenants.config import TenantsConfig, TenantSpec
-from fleetserve.tenants.context import Admission, TenantContext
+from fleetserve.tenants.context import QuotaTicket, TenantContext
 from fleetserve.tenants.keys import hash_api_key, strip_bearer
 from fleetserve.tenants.metering import Metering
 from fleetserve.tenants.quota import QuotaLease, QuotaManager
@@ -40,20 +38,15 @@ OUTCOME_OK = "ok"
 
 
 class TenantGatekeeper:
-    """Auth, quotas, fleet admission and metering behind the ingress."""
+    """Auth, quotas and metering behind the ingress."""
 
     def __init__(
         self,
         config: TenantsConfig,
         store: Optional[TenantStore] = None,
-        pool: Union[ReplicaPool, Mapping[str, ReplicaPool], None] = None,
         clock: Optional[Clock] = None,
         metrics_registry=None,
-        scheduler_factory: Optional[Callable[[str, ReplicaPool, object], object]] = None,
     ) -> None:
-        """``scheduler_factory(model, pool, observer)``: builds a model's admission queue
-        (default: a :class:`FleetScheduler` in this process; the ingress passes one for
-        ``scope: cluster``, see ``admission/cluster_queue.py``)."""
         self.config = config
         self._clock = clock or SystemClock()
         if store is None:
@@ -63,11 +56,6 @@ class TenantGatekeeper:
         redis_client = store.client if isinstance(store, RedisStore) else None
         self.quotas = QuotaManager(config, redis_client, self._clock)
         self.metering = Metering(store, metrics_registry) if metrics_registry is not None else Metering(store)
-        # One admission queue per model: models have separate replicas, hence separate capacity.
-        # ``pool`` is one ReplicaPool for every model, or a mapping model -> pool.
-        self._pool = pool
-        self._schedulers: dict[str, FleetScheduler] = {}
-        self._scheduler_factory = scheduler_factory
         self._started = False
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -123,7 +111,8 @@ class TenantGatekeeper:
             self.metering.note_rejection(ctx.tenant_id, model, PermissionDeniedError.code)
             raise PermissionDeniedError(f"tenant {ctx.tenant_id!r} may not use model {model!r}", field="model")
 
-    async def admit(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int, max_tokens: int) -> Admission:
+    async def reserve_quota(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int,
+                            max_tokens: int) -> QuotaTicket:
         try:
             self._check_sizes(ctx, prompt_tokens, max_tokens)
             spec = self._current_spec(ctx)
@@ -131,53 +120,34 @@ class TenantGatekeeper:
         except FleetserveError as e:
             await self.metering.record_rejection(ctx.tenant_id, model, e.code)
             raise
-        admission = Admission(ctx, model, request_id, lease.charged_tokens, self._clock.now(), {"lease": lease})
-        scheduler = self.scheduler_for(model)
-        if scheduler is not None:
-            try:
-                slot = await scheduler.acquire(request_id, ctx.tenant_id, ctx.priority, ctx.weight, prompt_tokens, max_tokens)
-            except (RateLimitError, ServiceUnavailableError) as e:
-                await self.quotas.release(lease, spec.quotas, 0)
-                await self.metering.record_rejection(ctx.tenant_id, model, "shed")
-                raise e
-            except BaseException:
-                await self.quotas.release(lease, spec.quotas, 0)  # client went away while queued
-                raise
-            admission.extra["slot"] = slot
-            admission.extra["scheduler"] = scheduler
-        return admission
+        return QuotaTicket(ctx, model, request_id, lease, self._clock.now())
 
-    async def complete(self, admission: Admission, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-        if admission.extra.get("completed"):
-            return  # exactly-once even if the ingress calls twice on an error path
-        admission.extra["completed"] = True
-        ctx = admission.ctx
-        if "scheduler" in admission.extra:
-            admission.extra["scheduler"].release(admission.request_id, completion_tokens)
-        lease: QuotaLease = admission.extra["lease"]
-        try:
-            quotas = self.registry.get(ctx.tenant_id).quotas
-        except FleetserveError:
-            quotas = None  # tenant removed meanwhile: nothing to refund against
+    async def release_unserved(self, ticket: QuotaTicket, shed: bool) -> None:
+        """The request never ran: the admission stage shed it (metered as a rejection) or its
+        client left while it was queued. Nothing it reserved stays charged."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        quotas = self._quotas_of(ticket.ctx.tenant_id)
         if quotas is not None:
-            await self.quotas.release(lease, quotas, prompt_tokens + completion_tokens)
-        await self.metering.record_completion(ctx.tenant_id, admission.model, prompt_tokens, completion_tokens, outcome)
+            await self.quotas.release(ticket.lease, quotas, 0)
+        if shed:
+            await self.metering.record_rejection(ticket.ctx.tenant_id, ticket.model, "shed")
 
-    def scheduler_for(self, model: str) -> Optional[FleetScheduler]:
-        """The fleet admission queue of ``model``; None when scheduling is off or no pool is known."""
-        if self._pool is None or not self.config.scheduling.enabled:
-            return None
-        pool = self._pool.get(model) if isinstance(self._pool, Mapping) else self._pool
-        if pool is None:
-            return None
-        key = model if isinstance(self._pool, Mapping) else ""
-        if key not in self._schedulers:
-            observer = self.metering.metrics.scheduler_observer(key or "*")  # "*": one pool shared by all models
-            if self._scheduler_factory is not None:
-                self._schedulers[key] = self._scheduler_factory(model, pool, observer)
-            else:
-                self._schedulers[key] = FleetScheduler(self.config.scheduling, pool, self._clock, observer)
-        return self._schedulers[key]
+    async def complete(self, ticket: QuotaTicket, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
+        if ticket.settled:
+            return  # exactly-once even if the ingress calls twice on an error path
+        ticket.settled = True
+        quotas = self._quotas_of(ticket.ctx.tenant_id)
+        if quotas is not None:
+            await self.quotas.release(ticket.lease, quotas, prompt_tokens + completion_tokens)
+        await self.metering.record_completion(ticket.ctx.tenant_id, ticket.model, prompt_tokens, completion_tokens, outcome)
+
+    def _quotas_of(self, tenant_id: str):
+        try:
+            return self.registry.get(tenant_id).quotas
+        except FleetserveError:
+            return None  # tenant removed meanwhile: nothing to refund against
 
     # ---- usage (scoped) -----------------------------------------------------------------
 
@@ -235,8 +205,8 @@ def cache_salt_for(tenant_id: str) -> str:
     return "t-" + hashlib.sha256(f"fleetserve-cache-salt:{tenant_id}".encode()).hexdigest()[:16]
 
 
-async def build_gatekeeper(config: TenantsConfig, pool: Optional[ReplicaPool] = None, clock: Optional[Clock] = None) -> TenantGatekeeper:
+async def build_gatekeeper(config: TenantsConfig, clock: Optional[Clock] = None) -> TenantGatekeeper:
     """Construct and start a gatekeeper for one ingress replica."""
-    gk = TenantGatekeeper(config, pool=pool, clock=clock)
+    gk = TenantGatekeeper(config, clock=clock)
     await gk.start()
     return gk

@@ -73,14 +73,14 @@ class InferenceServicer:
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         try:
-            ctx = await self._service.gatekeeper.authenticate(_bearer(context))
+            ctx = await self._service.authenticate(_bearer(context))
         except BaseException as exc:  # noqa: BLE001
             self._fail(context, exc)
         cards = []
         for name in self._service.model_names():
             if ctx.allowed_models is not None and name not in ctx.allowed_models:
                 continue
-            served = self._service._served.get(name)
+            served = self._service.loaded(name)
             cards.append(pb.ModelCard(id=name, max_model_len=served.info.max_model_len if served else 0))
         return pb.ListModelsResponse(models=cards)
 
@@ -89,14 +89,13 @@ class InferenceServicer:
     async def _job(self, request: pb.GenerateRequest, context) -> Job:
         ctx = None
         try:
-            ctx = await self._service.gatekeeper.authenticate(_bearer(context))
+            ctx = await self._service.authenticate(_bearer(context))
             kind, data = _as_dict(request)
             try:
                 req = (M.ChatCompletionRequest if kind == "chat" else M.CompletionRequest).model_validate(data)
             except ValidationError as exc:
                 raise validation_error(exc.errors()) from None
-            self._service.spec(req.model)
-            self._service.gatekeeper.authorize_model(ctx, req.model)
+            self._service.authorize(ctx, req.model)
             if kind == "chat":
                 return await F.chat_job(self._service, ctx, req)
             return await F.completion_job(self._service, ctx, req)

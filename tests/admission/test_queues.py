@@ -1,16 +1,22 @@
-"""Gatekeeper + fleet admission queue: priority across tenants, shedding releases the quota."""
+"""The quota and admission stages together (tenants' gatekeeper + the fleet admission queues,
+run by InferenceService's stage methods): priority across tenants, shedding releases the quota."""
 
 import asyncio
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fleetserve.admission.queues import AdmissionQueues
+from fleetserve.api.request_metrics import ChoiceTiming
+from fleetserve.api.service import InferenceService, ModelSpec
+from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import RateLimitError
 from fleetserve.admission.policy import ReplicaCapacity
 from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.board_pool import UNKNOWN_REPLICA, BoardReplicaPool, board_pools
-from fleetserve.router.stats_board import ReplicaStatsBoard
+from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
+from tests.api.test_chunk_format import make_job
 from tests.tenants.factories import make_config, make_spec
 
 
@@ -22,14 +28,43 @@ class OneSlotPool:
         return False
 
 
-def gatekeeper(**sched):
+class Stages:
+    """Stages 2, 4 and 7 of the request path on a real gatekeeper and real admission queues."""
+
+    def __init__(self, gk: TenantGatekeeper, queues: AdmissionQueues):
+        self.gk, self.queues = gk, queues
+        self.service = InferenceService([ModelSpec("tiny", "/x")], client=None, gatekeeper=gk, admission=queues)
+
+    async def authenticate(self, key):
+        return await self.gk.authenticate(key)
+
+    async def admit(self, ctx, model, request_id, prompt_tokens, max_tokens):
+        job = make_job(request_id=request_id, ctx=ctx, prompts=[[1] * prompt_tokens], n=1,
+                       params=SamplingParams(max_tokens=max_tokens))
+        job.model = type(job.model)(ModelSpec(model, "/x"), job.model.info, None, 0)
+        ticket = await self.service.reserve_quota(job)
+        return job, ticket, await self.service.admit(job, ticket)
+
+    async def complete(self, admitted, prompt_tokens, completion_tokens, outcome):
+        job, ticket, slot = admitted
+        timing = ChoiceTiming(1)
+        timing.on_tokens(0, completion_tokens, 0.0)
+        await self.service.account(job, ticket, slot, timing, outcome, "200")
+
+    def scheduler_for(self, model):
+        return self.queues.scheduler_for(model)
+
+
+def gatekeeper(registry=None, **sched):
     cfg = make_config(
         make_spec(id="prem", key="fs-prem", tier="premium"),
         make_spec(id="bulk", key="fs-bulk", tier="batch", quotas={"max_concurrent": 3}),
         scheduling=FleetSchedulingConfig(max_inflight_per_replica=1, tick_s=0.01, starvation_every_k=None,
                                          starvation_max_wait_s=None, **sched),
     )
-    return TenantGatekeeper(cfg, pool={"tiny": OneSlotPool()}, metrics_registry=CollectorRegistry())
+    gk = TenantGatekeeper(cfg, metrics_registry=registry or CollectorRegistry())
+    return Stages(gk, AdmissionQueues(cfg.scheduling, {"tiny": OneSlotPool()},
+                                      observer_for=gk.metering.metrics.scheduler_observer))
 
 
 async def test_premium_overtakes_queued_batch_and_shed_requests_free_their_quota():
@@ -52,9 +87,9 @@ async def test_premium_overtakes_queued_batch_and_shed_requests_free_their_quota
     b = await asyncio.wait_for(queued_bulk, 2)
     await gk.complete(b, 5, 5, "ok")
     # The shed request released its concurrency slot: 3 more batch requests fit the quota of 3.
-    leases = [await gk.quotas.acquire("bulk", gk.registry.get("bulk").quotas, f"x{i}", 1) for i in range(3)]
+    leases = [await gk.gk.quotas.acquire("bulk", gk.gk.registry.get("bulk").quotas, f"x{i}", 1) for i in range(3)]
     assert len(leases) == 3
-    usage = await gk.usage("fs-admin-test", "bulk")
+    usage = await gk.gk.usage("fs-admin-test", "bulk")
     assert usage["bulk"]["tiny"]["rejected"] == 1 and usage["bulk"]["tiny"]["requests"] == 2
 
 
@@ -67,7 +102,7 @@ async def test_board_pool_reads_published_stats():
     board = ReplicaStatsBoard()
     pool = board_pools({"tiny": "TinyDeployment"}, board=board)["tiny"]
     assert [r.replica_id for r in pool.capacity_snapshot()] == [UNKNOWN_REPLICA]
-    board.publish("TinyDeployment", {"a": {"num_running": 3, "num_waiting": 1, "kv_usage": 0.5, "draining": True}, "b": {}})
+    board.publish("TinyDeployment", from_routing_stats({"a": {"num_running": 3, "num_waiting": 1, "kv_usage": 0.5, "draining": True}, "b": {}}))
     caps = {r.replica_id: r for r in pool.capacity_snapshot()}
     assert caps["a"] == ReplicaCapacity("a", 3, 1, 0.5, True, accepting=False) and caps["b"] == ReplicaCapacity("b")
     assert await BoardReplicaPool("x", board).preempt("a", "r") is False
@@ -90,7 +125,7 @@ class FakeReplicaHandle:
 
 async def test_handle_preempt_tries_the_hint_first_then_every_replica():
     board = ReplicaStatsBoard()
-    board.publish("D", {"a": {}, "b": {}, "c": {}})
+    board.publish("D", from_routing_stats({"a": {}, "b": {}, "c": {}}))
     handle = FakeReplicaHandle()
     pool = board_pools({"tiny": "D"}, {"tiny": handle}, board)["tiny"]
     assert await pool.preempt("c", "j1") is True
@@ -101,9 +136,7 @@ async def test_handle_preempt_tries_the_hint_first_then_every_replica():
 
 async def test_fleet_metrics_are_exported():
     reg = CollectorRegistry()
-    cfg = make_config(make_spec(id="prem", key="fs-prem", tier="premium"),
-                      scheduling=FleetSchedulingConfig(max_inflight_per_replica=1, tick_s=0.01))
-    gk = TenantGatekeeper(cfg, pool={"tiny": OneSlotPool()}, metrics_registry=reg)
+    gk = gatekeeper(registry=reg)
     ctx = await gk.authenticate("fs-prem")
     await gk.complete(await gk.admit(ctx, "tiny", "a", 1, 1), 1, 1, "ok")
     assert reg.get_sample_value("fleetserve_fleet_queue_wait_seconds_count", {"model": "tiny", "priority_class": "0"}) == 1

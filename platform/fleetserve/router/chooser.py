@@ -1,0 +1,105 @@
+"""The "choose replica" stage: which replica of a model should serve one engine request.
+
+:class:`ReplicaChooser` reads the replica stats board of this process (published by the Serve
+routers of the model deployments, :mod:`fleetserve.router.replica_router`) and ranks the
+replicas that advertise a replica link with :func:`fleetserve.router.replica_policy.rank`,
+the same ranking Serve's router applies to handle calls, counting the streams this process
+already holds open on each (``ongoing``, kept by the stream stage). The result is a
+:class:`Route` for the stream stage. It also answers what the ingress shows of replicas
+(``/admin/status``, ``/metrics``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, Mapping, Optional, Protocol
+
+from fleetserve.deployments.model_client import LinkTarget, Route
+from fleetserve.deployments.replica_stats import ReplicaStatus
+from fleetserve.errors import ModelNotFoundError, ServiceUnavailableError
+from fleetserve.router.replica_policy import rank
+from fleetserve.router.stats_board import ReplicaStatsBoard, process_board
+
+
+class StreamCounts(Protocol):
+    """What the stream stage knows of this process's own streams, per replica id."""
+
+    ongoing: Mapping[str, int]  # open now
+    link_streams: Mapping[str, int]  # sent over the replica's link so far
+
+    @property
+    def links_enabled(self) -> bool: ...
+
+
+class RouteChooser(Protocol):
+    """The "choose replica" stage as the request path sees it."""
+
+    def check(self, model: str) -> None: ...
+
+    def choose(self, model: str, prefix_key: Optional[str]) -> Route: ...
+
+    def replica_status(self) -> list[ReplicaStatus]: ...
+
+
+class HandleRoutes:
+    """No link routing: every request goes through the Serve handle, whose router ranks the
+    replicas (and tests whose client needs no route)."""
+
+    def check(self, model: str) -> None:
+        return None
+
+    def choose(self, model: str, prefix_key: Optional[str]) -> Route:
+        return Route(model, prefix_key)
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        return []
+
+
+class ReplicaChooser:
+    def __init__(self, deployment_names: Mapping[str, str], counts: StreamCounts,
+                 board: Optional[ReplicaStatsBoard] = None, slack: Optional[Mapping[str, float]] = None,
+                 rng: Optional[random.Random] = None, wall_clock: Callable[[], float] = time.time):
+        """``deployment_names``: model name -> Serve deployment name (key of the stats board);
+        ``slack``: model name -> the routing's ``even_load_slack``; ``wall_clock`` dates the
+        stats' age (replicas stamp them with ``time.time()``)."""
+        self._deployments = dict(deployment_names)
+        self._counts = counts
+        self._board = board or process_board()
+        self._slack = dict(slack or {})
+        self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+
+    def check(self, model: str) -> None:
+        """404 for a model this application does not serve, 503 when Serve knows no live replica."""
+        if model not in self._deployments:
+            raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
+        rows = self._board.replicas(self._deployments[model])
+        # None: the router has not reported yet (first request); [] : Serve knows no live replica.
+        if rows is not None and not rows:
+            raise ServiceUnavailableError(f"no replica of `{model}` is ready", retry_after_s=2.0)
+
+    def choose(self, model: str, prefix_key: Optional[str]) -> Route:
+        self.check(model)
+        if not self._counts.links_enabled:
+            return Route(model, prefix_key)
+        stats = [e.stats for e in self._board.replicas(self._deployments[model]) or [] if e.stats.link]
+        if not stats:
+            return Route(model, prefix_key)
+        address = {s.replica: s.link for s in stats}
+        order = rank(stats, self._counts.ongoing, prefix_key, self._rng, self._slack.get(model, 2))
+        return Route(model, prefix_key, tuple(LinkTarget(rid, address[rid]) for rid in order))
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        now = self._wall_clock()
+        out = []
+        for model, dep in self._deployments.items():
+            for e in self._board.replicas(dep) or []:
+                s = e.stats
+                out.append(ReplicaStatus(
+                    model=model, replica=e.replica, num_waiting=s.num_waiting, num_running=s.num_running,
+                    kv_usage=s.kv_usage, healthy=s.healthy, draining=s.draining,
+                    age_s=None if s.ts is None else max(0.0, now - s.ts),
+                    link=s.link is not None, link_streams=self._counts.link_streams.get(e.replica, 0),
+                ))
+        return out
