@@ -12,7 +12,8 @@ import importlib
 import json
 import logging
 from contextlib import aclosing
-from typing import AsyncIterator, Optional
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,36 +41,16 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve") -> FastAPI:
     app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
+    _add_ops_routes(app, service)
+    _add_inference_routes(app, service, max_body_bytes)
+    admin = _admin_router(service)
+    if admin is not None:
+        app.include_router(admin)
+    _add_status_route(app, service)
+    return app
 
-    async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > max_body_bytes:
-                raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
-        return bytes(body)
 
-    def parse_json(body: bytes) -> dict:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequestError("request body must be a JSON object")
-        return data
-
-    async def authenticate(request: Request):
-        return await service.authenticate(bearer_key(request.headers.get("authorization")))
-
-    def parse(model_cls, data: dict):
-        try:
-            return model_cls.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc.errors()) from None
-
+def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
     @app.get("/health", summary="Liveness of the ingress.")
     async def health() -> dict:
         return {"status": "ok", "models": service.model_names()}
@@ -84,9 +65,11 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
         body, ctype = service.metrics.render()
         return Response(body, media_type=ctype)
 
+
+def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_bytes: int) -> None:
     @app.get("/v1/models", response_model=M.ModelList, summary="Models this key may use.")
     async def list_models(request: Request) -> M.ModelList:
-        ctx = await authenticate(request)
+        ctx = await _authenticate(service, request)
         cards = []
         for name in service.model_names():
             if ctx.allowed_models is not None and name not in ctx.allowed_models:
@@ -98,50 +81,95 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
 
     @app.post("/v1/completions", response_model=M.CompletionResponse, summary="Text completion (OpenAI).")
     async def completions(request: Request):
-        return await _generate(request, M.CompletionRequest, F.completion_job, F.completion_response, F.CompletionChunker,
-                               want_logprobs=lambda r: r.logprobs is not None)
+        return await _generate(service, request, max_body_bytes, _Endpoint(
+            M.CompletionRequest, F.completion_job, F.completion_response, F.CompletionChunker,
+            want_logprobs=lambda r: r.logprobs is not None))
 
     @app.post("/v1/chat/completions", response_model=M.ChatCompletionResponse, summary="Chat completion (OpenAI).")
     async def chat_completions(request: Request):
-        return await _generate(request, M.ChatCompletionRequest, F.chat_job, F.chat_response, F.ChatChunker,
-                               want_logprobs=lambda r: r.logprobs)
+        return await _generate(service, request, max_body_bytes, _Endpoint(
+            M.ChatCompletionRequest, F.chat_job, F.chat_response, F.ChatChunker, want_logprobs=lambda r: r.logprobs))
 
-    async def _generate(request: Request, model_cls, make_job, make_response, chunker_cls, want_logprobs):
-        ctx, model = None, ""
-        try:
-            body = await read_body(request)
-            ctx = await authenticate(request)
-            data = parse_json(body)
-            model = data.get("model") if isinstance(data.get("model"), str) else ""
-            req = parse(model_cls, data)
-            service.authorize(ctx, req.model)
-            job = await make_job(service, ctx, req)
-        except FleetserveError as exc:
-            service.record_rejection(ctx, model, exc)
-            raise
-        lp = bool(want_logprobs(req))
-        events = service.run(job)
-        if not req.stream:
-            async with aclosing(events):
-                choices = await F.collect(events, job.num_choices)
-            return JSONResponse(make_response(job, choices, lp).model_dump(mode="json"))
-        # Wait for the first event before answering, so errors raised before generation
-        # starts (admission, engine-side validation) still get their real status code.
-        try:
-            first = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await events.aclose()
-            raise
-        chunker = chunker_cls(job, lp, req.include_usage)
-        return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    admin = _admin_router(service)
-    if admin is not None:
-        app.include_router(admin)
+@dataclass(frozen=True)
+class _Endpoint:
+    """What differs between the completion and chat endpoints."""
 
+    model_cls: type
+    make_job: Callable
+    make_response: Callable
+    chunker_cls: type
+    want_logprobs: Callable
+
+
+async def _generate(service: InferenceService, request: Request, max_body_bytes: int, ep: _Endpoint):
+    """Body -> key -> JSON -> schema -> model and permission -> job; then run it."""
+    ctx, model = None, ""
+    try:
+        body = await _read_body(request, max_body_bytes)
+        ctx = await _authenticate(service, request)
+        data = _parse_json(body)
+        model = data.get("model") if isinstance(data.get("model"), str) else ""
+        req = _parse(ep.model_cls, data)
+        service.authorize(ctx, req.model)
+        job = await ep.make_job(service, ctx, req)
+    except FleetserveError as exc:
+        service.record_rejection(ctx, model, exc)
+        raise
+    lp = bool(ep.want_logprobs(req))
+    events = service.run(job)
+    if not req.stream:
+        async with aclosing(events):
+            choices = await F.collect(events, job.num_choices)
+        return JSONResponse(ep.make_response(job, choices, lp).model_dump(mode="json"))
+    # Wait for the first event before answering, so errors raised before generation
+    # starts (admission, engine-side validation) still get their real status code.
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await events.aclose()
+        raise
+    chunker = ep.chunker_cls(job, lp, req.include_usage)
+    return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _read_body(request: Request, max_body_bytes: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > max_body_bytes:
+            raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
+    return bytes(body)
+
+
+def _parse_json(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    return data
+
+
+def _parse(model_cls, data: dict):
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+
+
+async def _authenticate(service: InferenceService, request: Request):
+    return await service.authenticate(bearer_key(request.headers.get("authorization")))
+
+
+def _add_status_route(app: FastAPI, service: InferenceService) -> None:
     @app.get("/admin/status", summary="Models, replicas, queue depth and KV usage (admin key).")
     async def admin_status(request: Request) -> dict:
         await service.gatekeeper.authenticate_admin(bearer_key(request.headers.get("authorization")))
@@ -161,8 +189,6 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
                 ],
             })
         return {"models": models}
-
-    return app
 
 
 async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent], chunker) -> AsyncIterator[bytes]:
