@@ -53,6 +53,7 @@ def test_defaults_and_round_trip(tmp_path):
         ({"models": []}, "models"),
         ({"models": [{"name": "a", "checkpoint": "/x"}, {"name": "a", "checkpoint": "/y"}]}, "<root>"),
         ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"enabled": True}}, "canary.enabled"),
+        ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"steps": [10, 50]}}, "canary"),
     ],
 )
 def test_errors_name_the_field(data, field):
@@ -60,6 +61,13 @@ def test_errors_name_the_field(data, field):
         parse_config(data)
     assert ei.value.field == field
     assert field in str(ei.value)
+
+
+def test_the_reserved_canary_section_says_it_is_reserved():
+    for section in ({"enabled": True}, {"steps": [10, 50]}):
+        with pytest.raises(ConfigError, match="reserved in this build"):
+            parse_config({"models": [{"name": "m", "checkpoint": "/x"}], "canary": section})
+    assert parse_config({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"enabled": False}}).canary.enabled is False
 
 
 def test_unreadable_and_invalid_yaml(tmp_path):

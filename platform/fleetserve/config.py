@@ -1,8 +1,8 @@
 """Top-level configuration schema: one pydantic model written as YAML.
 
-Sections: ``server`` (ports, keys), ``models`` (one entry per served model), and the
-``tenants``, ``canary`` and ``autoscaler`` sections owned by their subpackages (a section
-whose subpackage is not part of this build is reserved: it only accepts ``enabled``).
+Sections: ``server`` (ports, keys), ``models`` (one entry per served model), ``tenants`` and
+``autoscaler`` (schemas owned by their subpackages), and ``canary``, reserved until its
+subpackage ships (it only accepts ``enabled: false``).
 
 ``load_config(path)`` / ``parse_config(data)`` raise :class:`fleetserve.errors.ConfigError`
 whose ``field`` is the dotted path of the first offending field (``models.0.replicas.max``).
@@ -17,52 +17,41 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.errors import ConfigError
+from fleetserve.tenants.config import TenantsConfig
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
-class ReservedSection(BaseModel):
-    """Placeholder for a section whose subpackage is not part of this build."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="Reserved; must stay false until the feature ships.")
-
-    @field_validator("enabled")
-    @classmethod
-    def _must_be_off(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("this section is reserved in this build and cannot be enabled")
-        return v
-
-
-def _optional_section(module: str, attr: str) -> type[BaseModel]:
-    """The subpackage's own schema when it exists, else :class:`ReservedSection`."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return ReservedSection
-
-
-TenantsSection = _optional_section("fleetserve.tenants.config", "TenantsConfig")
-AutoscalerSection = _optional_section("fleetserve.autoscaler.config", "AutoscalerConfig")
-
-
 class CanaryConfig(BaseModel):
-    """Canary rollouts (reserved: the canary subpackage ships later)."""
+    """Canary rollouts, reserved until the canary subpackage ships (it then owns this schema).
+
+    Reserving the key now means a config written for a later build fails here with a
+    message saying the section is reserved, instead of as an unknown top-level key.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="Reserved; canary rollouts are not part of this build.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_enabled(cls, data: Any) -> Any:
+        extra = sorted(set(data) - {"enabled"}) if isinstance(data, dict) else []
+        if extra:
+            raise ValueError(f"the canary section is reserved in this build and accepts only 'enabled: false' "
+                             f"(got {', '.join(map(str, extra))})")
+        return data
+
     @field_validator("enabled")
     @classmethod
     def _must_be_off(cls, v: bool) -> bool:
         if v:
-            raise ValueError("canary rollouts are reserved in this build and cannot be enabled")
+            raise ValueError(
+                "canary rollouts are reserved in this build and cannot be enabled yet; "
+                "omit the canary section or set enabled: false"
+            )
         return v
 
 
@@ -279,9 +268,9 @@ class FleetConfig(BaseModel):
 
     server: ServerConfig = Field(default_factory=ServerConfig, description="Listeners and keys.")
     models: list[ModelConfig] = Field(min_length=1, description="Served models (at least one).")
-    tenants: Optional[TenantsSection] = Field(None, description="Multi-tenancy (fleetserve.tenants.config).")  # type: ignore[valid-type]
+    tenants: Optional[TenantsConfig] = Field(None, description="Multi-tenancy (fleetserve.tenants.config).")
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary rollouts (reserved).")
-    autoscaler: Optional[AutoscalerSection] = Field(None, description="Autoscaler (fleetserve.autoscaler.config).")  # type: ignore[valid-type]
+    autoscaler: Optional[AutoscalerConfig] = Field(None, description="Autoscaler (fleetserve.autoscaler.config).")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "FleetConfig":

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from fleetserve.clock import FakeClock
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
 from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.cluster_queue import (
@@ -19,6 +20,7 @@ from fleetserve.admission.cluster_queue import (
     resolve_scope,
 )
 from fleetserve.admission.scheduler import FleetScheduler
+from fleetserve.deployments.replica_stats import ReplicaStats
 from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats
 from tests.admission.factories import make_config
 from tests.admission.test_scheduler import FakePool, wait_until
@@ -203,19 +205,33 @@ async def test_unreachable_actor_falls_back_to_the_local_queue_after_one_retry()
     assert local.running() == []
 
 
+async def test_replica_stats_ride_along_at_most_once_per_push_interval():
+    clock, pushed = FakeClock(), []
+    board = ReplicaStatsBoard()
+    board.publish(DEP, from_routing_stats({"r0": {"num_running": 1}}))
+    row = {DEP: {"r0": ReplicaStats("r0", num_running=1).to_dict()}}
+
+    class RowsActor:
+        async def acquire(self, model, request_id, tenant_id, priority_class, weight, prompt_tokens, max_tokens, rows):
+            pushed.append(rows)
+            return ("slot", "r0", 0.0, {})
+
+    actor = InProcessActor(RowsActor())
+    c = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(make_config(), FakePool()), board=board,
+                              deployments=[DEP], push_interval_s=0.5, clock=clock)
+    await c.acquire("a", "t", 1, 1.0, 5, 5)
+    clock.advance(0.4)
+    await c.acquire("b", "t", 1, 1.0, 5, 5)
+    clock.advance(0.1)
+    await c.acquire("c", "t", 1, 1.0, 5, 5)
+    assert pushed == [row, None, row]
+
+
 def test_scope_auto_is_cluster_only_with_several_ingress_replicas():
     assert resolve_scope(FleetSchedulingConfig(), 1) == "ingress"
     assert resolve_scope(FleetSchedulingConfig(), 2) == "cluster"
     assert resolve_scope(FleetSchedulingConfig(scope="ingress"), 3) == "ingress"
     assert resolve_scope(FleetSchedulingConfig(scope="cluster"), 1) == "cluster"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_idle_exit_only_with_nothing_queued_or_admitted_after_the_idle_time():
@@ -227,7 +243,7 @@ def test_idle_exit_only_with_nothing_queued_or_admitted_after_the_idle_time():
 
 
 async def test_the_actor_exits_when_idle_but_not_while_a_request_it_admitted_runs():
-    clock, exits = FakeClock(), []
+    clock, exits = FakeClock(1000.0), []
     config = make_config(tick_s=0.01, queue_actor_idle_exit_s=0.04)  # the watch polls every 10 ms (real time)
     board = ReplicaStatsBoard()
     board.publish(DEP, from_routing_stats({"r0": {}}))
@@ -236,11 +252,11 @@ async def test_the_actor_exits_when_idle_but_not_while_a_request_it_admitted_run
     client = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(config, FakePool()), board=ReplicaStatsBoard(),
                                    deployments=[DEP])
     await client.acquire("long", "t", 1, 1.0, 5, 5)
-    clock.now += 3600  # an hour-long stream: no call meanwhile
+    clock.advance(3600)  # an hour-long stream: no call meanwhile
     assert not obj.idle_exit_due_now()  # it still counts a slot; exiting would forget it
     client.release("long", 5)  # a call: the idle time starts again
     assert not obj.idle_exit_due_now()
-    clock.now += 0.05
+    clock.advance(0.05)
     assert obj.idle_exit_due_now()
     await wait_until(lambda: exits == [1])  # the watch task (started by the first call) acts on it
 

@@ -74,3 +74,25 @@ async def test_two_replicas_see_each_others_changes_through_redis(redis_url):
     c = TenantRegistry(cfg, RedisStore.from_url(redis_url), clock)
     await c.start()
     assert c.find_by_key(key).id == "late"
+
+
+async def test_fallback_tenants_record_no_store_version_and_the_store_wins_once_it_answers():
+    clock = FakeClock()
+    store = MemoryStore()
+    await store.put_tenant(make_spec(id="stored", key="fs-stored"))
+    reg = TenantRegistry(make_config(registry_refresh_s=1.0), store, clock)
+    reg.load_fallback({"yaml": make_spec(id="yaml", key="fs-yaml")})
+    assert reg.version is None and reg.find_by_key("fs-yaml").id == "yaml"
+    clock.advance(1.0)
+    await reg.refresh_if_due()  # any version the store reports is newer than none
+    assert reg.version == 1 and reg.find_by_key("fs-stored").id == "stored" and reg.find_by_key("fs-yaml") is None
+
+
+async def test_fallback_tenants_are_written_back_to_an_empty_store():
+    clock = FakeClock()
+    store = MemoryStore()
+    reg = TenantRegistry(make_config(registry_refresh_s=1.0), store, clock)
+    reg.load_fallback({"yaml": make_spec(id="yaml", key="fs-yaml")})
+    clock.advance(1.0)
+    await reg.refresh_if_due()  # version 0 with tenants in hand: the store lost them, restore
+    assert await store.version() == 1 and "yaml" in await store.load_tenants()

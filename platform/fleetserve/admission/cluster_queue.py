@@ -40,9 +40,9 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 from typing import Any, Callable, Mapping, Optional
 
+from fleetserve.clock import Clock, SystemClock
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
 from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.scheduler import FleetScheduler, SchedulerObserver, Slot
@@ -86,7 +86,7 @@ class FleetQueueActor:
     are returned as tuples, not raised, so the caller rebuilds the exact typed error."""
 
     def __init__(self, config: dict, deployment_names: Mapping[str, str], handles: Optional[Mapping[str, Any]] = None,
-                 board: Optional[ReplicaStatsBoard] = None, clock: Callable[[], float] = time.monotonic,
+                 board: Optional[ReplicaStatsBoard] = None, clock: Optional[Clock] = None,
                  exit_fn: Callable[[], None] = _exit_this_actor) -> None:
         from fleetserve.admission.board_pool import board_pools
 
@@ -94,17 +94,18 @@ class FleetQueueActor:
         self._deployments = dict(deployment_names)
         self._board = board or process_board()
         pools = board_pools(self._deployments, handles, self._board)
+        self._clock = clock or SystemClock()
         self._events = _PendingPreemptions()
-        self._schedulers = {m: FleetScheduler(self._config, pools[m], observer=self._events) for m in self._deployments}
+        self._schedulers = {m: FleetScheduler(self._config, pools[m], self._clock, observer=self._events)
+                            for m in self._deployments}
         self._known: set[str] = set()  # deployments some push has filled
-        self._clock = clock
         self._exit_fn = exit_fn
-        self._last_call_at = clock()
+        self._last_call_at = self._clock.now()
         self._watch: Optional[asyncio.Task] = None
 
     def _touch(self) -> None:
         """Every call: note it, and make sure the idle watch runs (it needs the actor's loop)."""
-        self._last_call_at = self._clock()
+        self._last_call_at = self._clock.now()
         if self._watch is None and self._config.queue_actor_idle_exit_s is not None:
             try:
                 self._watch = asyncio.get_running_loop().create_task(self._watch_idle())
@@ -115,7 +116,7 @@ class FleetQueueActor:
         """The idle rule (:func:`idle_exit_due`) applied to this actor's queues, now."""
         queued = sum(sum(s.queue_depths().values()) for s in self._schedulers.values())
         admitted = sum(len(s.running()) for s in self._schedulers.values())
-        return idle_exit_due(self._clock(), self._last_call_at, queued, admitted, self._config.queue_actor_idle_exit_s)
+        return idle_exit_due(self._clock.now(), self._last_call_at, queued, admitted, self._config.queue_actor_idle_exit_s)
 
     async def _watch_idle(self) -> None:
         idle_exit_s = self._config.queue_actor_idle_exit_s
@@ -210,18 +211,18 @@ def resolve_scope(config: FleetSchedulingConfig, ingress_replicas: int) -> str:
 
 
 def cluster_scheduler_factory(app_name: str, config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
-                              handles: Optional[Mapping[str, Any]] = None):
+                              handles: Optional[Mapping[str, Any]] = None, clock: Optional[Clock] = None):
     """``TenantGatekeeper(scheduler_factory=...)`` for ``scope: cluster``: each model's queue is
     the application's shared actor, with a local :class:`FleetScheduler` as the fallback."""
 
     key = queue_config_key(config, deployment_names)
 
     def make(model: str, pool, observer) -> ClusterFleetScheduler:
-        local = FleetScheduler(config, pool, observer=observer)
+        local = FleetScheduler(config, pool, clock, observer=observer)
         return ClusterFleetScheduler(
             model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles, key), local, observer,
             deployments=[deployment_names[model]] if model in deployment_names else list(deployment_names.values()),
-            push_interval_s=config.push_interval_s)
+            push_interval_s=config.push_interval_s, clock=clock)
 
     return make
 
@@ -270,7 +271,8 @@ class ClusterFleetScheduler:
 
     def __init__(self, model: str, actor_factory: Callable[[], Any], local: FleetScheduler,
                  observer: Optional[SchedulerObserver] = None, board: Optional[ReplicaStatsBoard] = None,
-                 deployments: Optional[list[str]] = None, push_interval_s: float = 0.5) -> None:
+                 deployments: Optional[list[str]] = None, push_interval_s: float = 0.5,
+                 clock: Optional[Clock] = None) -> None:
         self.model = model
         self.config = local.config
         self._factory = actor_factory
@@ -280,6 +282,7 @@ class ClusterFleetScheduler:
         self._board = board or process_board()
         self._deployments = list(deployments or [])
         self._push_interval_s = push_interval_s
+        self._clock = clock or SystemClock()
         self._last_push = float("-inf")
         self._local_ids: set[str] = set()  # admitted by the local fallback: released there
         self.fallbacks = 0
@@ -290,7 +293,7 @@ class ClusterFleetScheduler:
         return self._actor
 
     def _rows(self, force: bool = False) -> Optional[dict]:
-        now = time.monotonic()
+        now = self._clock.now()
         if not force and now - self._last_push < self._push_interval_s:
             return None
         self._last_push = now

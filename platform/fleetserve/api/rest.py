@@ -8,7 +8,6 @@ context check (400) -> admission (429/503) -> generation. Every error leaves thr
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from contextlib import aclosing
@@ -26,6 +25,7 @@ from fleetserve.api import openai_models as M
 from fleetserve.api.errors import error_body, http_error, validation_error
 from fleetserve.api.service import ChoiceEvent, InferenceService
 from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
+from fleetserve.tenants.admin_routes import build_admin_router
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     _install_error_handlers(app)
     _add_ops_routes(app, service)
     _add_inference_routes(app, service, max_body_bytes)
-    admin = _admin_router(service)
-    if admin is not None:
-        app.include_router(admin)
+    app.include_router(build_admin_router(service.gatekeeper))
     _add_status_route(app, service)
     return app
 
@@ -212,15 +210,6 @@ async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent],
             _, body, _ = http_error(exc)
             yield f"data: {json.dumps(body)}\n\n".encode()
         yield b"data: [DONE]\n\n"
-
-
-def _admin_router(service: InferenceService):
-    """The tenants subpackage's admin routes, when that subpackage is part of this build."""
-    try:
-        mod = importlib.import_module("fleetserve.tenants.admin_routes")
-    except ImportError:
-        return None
-    return mod.build_admin_router(service.gatekeeper)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

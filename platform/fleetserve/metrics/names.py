@@ -1,7 +1,11 @@
 """Every metric fleetserve exports, declared once: name, kind, help text and labels.
 
-Label names are fixed here (``tenant``, ``model``, ``version``, ``replica``) so a dashboard
-or an alert never has to guess which component spelled a label which way.
+Label names are fixed here (``tenant``, ``model``, ``version``, ``replica``, ...) so a
+dashboard or an alert never has to guess which component spelled a label which way.
+Components build their series from these specs (:func:`fleetserve.metrics.registry.build_metric`)
+and never spell a metric name or a label themselves.
+
+Counter names end in ``_total``, as exported; prometheus_client would append it anyway.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ MODEL = "model"
 VERSION = "version"
 REPLICA = "replica"
 STATUS = "status"
+OUTCOME = "outcome"
+REASON = "reason"
+PRIORITY_CLASS = "priority_class"
 
 # Latency buckets (seconds): fine below 100 ms where TTFT/TPOT live, coarse up to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class MetricSpec:
     labels: tuple[str, ...]
     buckets: Optional[tuple[float, ...]] = None
 
+
+# ---- ingress (fleetserve.metrics.registry.FleetMetrics) -------------------------------------
 
 REQUESTS = MetricSpec("fleetserve_requests_total", "counter", "API requests by outcome (HTTP-style status).", (TENANT, MODEL, VERSION, STATUS))
 PROMPT_TOKENS = MetricSpec("fleetserve_prompt_tokens_total", "counter", "Prompt tokens processed.", (TENANT, MODEL, VERSION))
@@ -40,4 +50,24 @@ QUEUE_DEPTH = MetricSpec("fleetserve_replica_queue_depth", "gauge", "Requests wa
 RUNNING = MetricSpec("fleetserve_replica_running_requests", "gauge", "Requests running in a replica's engine.", (MODEL, VERSION, REPLICA))
 KV_USAGE = MetricSpec("fleetserve_replica_kv_usage_ratio", "gauge", "Fraction of a replica's KV blocks in use.", (MODEL, VERSION, REPLICA))
 
-ALL = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE)
+INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE)
+
+# ---- tenant metering (fleetserve.tenants.metering) -------------------------------------------
+
+TENANT_REQUESTS = MetricSpec("fleetserve_tenant_requests_total", "counter", "Requests that finished, per tenant/model/outcome.", (TENANT, MODEL, OUTCOME))
+TENANT_PROMPT_TOKENS = MetricSpec("fleetserve_tenant_prompt_tokens_total", "counter", "Prompt tokens processed, per tenant/model.", (TENANT, MODEL))
+TENANT_COMPLETION_TOKENS = MetricSpec("fleetserve_tenant_completion_tokens_total", "counter", "Completion tokens generated, per tenant/model.", (TENANT, MODEL))
+TENANT_REJECTED = MetricSpec("fleetserve_tenant_rejected_total", "counter", "Requests rejected (quota, size limits, shedding), per tenant/model/reason.", (TENANT, MODEL, REASON))
+
+# ---- fleet admission queue (fleetserve.admission.scheduler, observed by tenants.metering) ----
+
+FLEET_QUEUE_WAIT = MetricSpec("fleetserve_fleet_queue_wait_seconds", "histogram", "Time a request waited in the fleet admission queue.", (MODEL, PRIORITY_CLASS), QUEUE_WAIT_BUCKETS)
+FLEET_SHED = MetricSpec("fleetserve_fleet_shed_total", "counter", "Requests shed by the fleet admission queue (429 queue full, 503 displaced/deadline).", (MODEL, PRIORITY_CLASS, STATUS))
+FLEET_PREEMPTIONS = MetricSpec("fleetserve_fleet_preemptions_total", "counter", "Running requests preempted for a higher class.", (MODEL, PRIORITY_CLASS))
+
+TENANT_METERING = (TENANT_REQUESTS, TENANT_PROMPT_TOKENS, TENANT_COMPLETION_TOKENS, TENANT_REJECTED,
+                   FLEET_QUEUE_WAIT, FLEET_SHED, FLEET_PREEMPTIONS)
+
+ALL = INGRESS + TENANT_METERING
+"""Every metric fleetserve exports. The ingress and the tenant metering register theirs in
+one Prometheus registry (one /metrics), so no two specs may share a name."""

@@ -1,5 +1,8 @@
 """Prometheus objects for the specs in :mod:`fleetserve.metrics.names`.
 
+:class:`FleetMetrics` holds the ingress's series (``names.INGRESS``); other components
+(tenant metering) build theirs with :func:`build_metric` in the same registry.
+
 Each :class:`FleetMetrics` owns its own ``CollectorRegistry`` (not the process-global
 one) so two ingress apps built in one process, as tests do, never collide.
 """
@@ -16,7 +19,7 @@ from fleetserve.metrics import names as N
 class FleetMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._m = {spec.name: _build(spec, self.registry) for spec in N.ALL}
+        self._m = {spec.name: build_metric(spec, self.registry) for spec in N.INGRESS}
 
     def get(self, spec: N.MetricSpec):
         return self._m[spec.name]
@@ -46,7 +49,8 @@ class FleetMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _build(spec: N.MetricSpec, registry: CollectorRegistry):
+def build_metric(spec: N.MetricSpec, registry: CollectorRegistry):
+    """The Prometheus collector for ``spec``, registered in ``registry``."""
     if spec.kind == "counter":
         return Counter(spec.name, spec.help, spec.labels, registry=registry)
     if spec.kind == "gauge":

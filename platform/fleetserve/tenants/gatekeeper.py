@@ -73,7 +73,7 @@ class TenantGatekeeper:
             fallback = MemoryStore()
             for s in self.registry.initial_tenants():
                 await fallback.put_tenant(s)
-            self.registry._set(await fallback.load_tenants(), -1)  # -1: any real version triggers a reload
+            self.registry.load_fallback(await fallback.load_tenants())
         self._started = True
 
     async def close(self) -> None:

@@ -12,10 +12,11 @@ import logging
 from collections import defaultdict
 from typing import Optional
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from fleetserve.errors import ServiceUnavailableError
-from fleetserve.metrics.names import MODEL, TENANT
+from fleetserve.metrics import names as N
+from fleetserve.metrics.registry import build_metric
 from fleetserve.tenants.store import STORE_ERRORS, TenantStore, Usage
 
 log = logging.getLogger(__name__)
@@ -29,44 +30,20 @@ USAGE_FIELDS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, REJECTED)
 
 
 class TenantMetrics:
-    """Prometheus series of tenant metering (label names shared with fleetserve.metrics.names)."""
+    """Prometheus series of tenant metering and the fleet admission queue (specs in fleetserve.metrics.names)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "fleetserve_tenant_requests", "Requests that finished, per tenant/model/outcome.",
-            [TENANT, MODEL, "outcome"], registry=registry,
-        )
-        self.prompt_tokens = Counter(
-            "fleetserve_tenant_prompt_tokens", "Prompt tokens processed, per tenant/model.", [TENANT, MODEL], registry=registry
-        )
-        self.completion_tokens = Counter(
-            "fleetserve_tenant_completion_tokens", "Completion tokens generated, per tenant/model.", [TENANT, MODEL], registry=registry
-        )
-        self.rejected = Counter(
-            "fleetserve_tenant_rejected", "Requests rejected (quota, size limits, shedding), per tenant/model/reason.",
-            [TENANT, MODEL, "reason"], registry=registry,
-        )
-
-
+        self.requests = build_metric(N.TENANT_REQUESTS, registry)
+        self.prompt_tokens = build_metric(N.TENANT_PROMPT_TOKENS, registry)
+        self.completion_tokens = build_metric(N.TENANT_COMPLETION_TOKENS, registry)
+        self.rejected = build_metric(N.TENANT_REJECTED, registry)
         # Fleet admission queue (admission/scheduler.py), per model and priority class.
-        self.queue_wait = Histogram(
-            "fleetserve_fleet_queue_wait_seconds", "Time a request waited in the fleet admission queue.",
-            [MODEL, "priority_class"], buckets=QUEUE_WAIT_BUCKETS, registry=registry,
-        )
-        self.shed = Counter(
-            "fleetserve_fleet_shed", "Requests shed by the fleet admission queue (429 queue full, 503 displaced/deadline).",
-            [MODEL, "priority_class", "status"], registry=registry,
-        )
-        self.preemptions = Counter(
-            "fleetserve_fleet_preemptions", "Running requests preempted for a higher class.", [MODEL, "priority_class"],
-            registry=registry,
-        )
+        self.queue_wait = build_metric(N.FLEET_QUEUE_WAIT, registry)
+        self.shed = build_metric(N.FLEET_SHED, registry)
+        self.preemptions = build_metric(N.FLEET_PREEMPTIONS, registry)
 
     def scheduler_observer(self, model: str) -> "SchedulerMetrics":
         return SchedulerMetrics(self, model)
-
-
-QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class SchedulerMetrics:

@@ -85,12 +85,20 @@ class TenantRegistry:
                 await self._store.put_tenant(s)
         await self._reload()
 
+    def load_fallback(self, tenants: dict[str, TenantSpec]) -> None:
+        """Serve ``tenants`` while the store is unreachable (``fail_open`` at startup).
+
+        No store version is known, so the first version the store reports (once it is
+        back) triggers a reload, or a restore of these tenants if the store is empty.
+        """
+        self._set(tenants, None)
+
     async def _reload(self) -> None:
         version = await self._store.version()
         tenants = await self._store.load_tenants()
         self._set(tenants, version)
 
-    def _set(self, tenants: dict[str, TenantSpec], version: int) -> None:
+    def _set(self, tenants: dict[str, TenantSpec], version: Optional[int]) -> None:
         by_hash = {h: t.id for t in tenants.values() for h in t.api_key_hashes}
         self._tenants, self._by_hash, self._version = tenants, by_hash, version
         self._last_check = self._clock.now()
