@@ -6,6 +6,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.queues import AdmissionQueues
 from fleetserve.api.request_metrics import ChoiceTiming
 from fleetserve.api.service import InferenceService, ModelSpec
@@ -62,9 +63,10 @@ def gatekeeper(registry=None, **sched):
         scheduling=FleetSchedulingConfig(max_inflight_per_replica=1, tick_s=0.01, starvation_every_k=None,
                                          starvation_max_wait_s=None, **sched),
     )
-    gk = TenantGatekeeper(cfg, metrics_registry=registry or CollectorRegistry())
+    registry = registry or CollectorRegistry()
+    gk = TenantGatekeeper(cfg, metrics_registry=registry)
     return Stages(gk, AdmissionQueues(cfg.scheduling, {"tiny": OneSlotPool()},
-                                      observer_for=gk.metering.metrics.scheduler_observer))
+                                      observer_for=admission_metrics(registry).observer))
 
 
 async def test_premium_overtakes_queued_batch_and_shed_requests_free_their_quota():

@@ -2,6 +2,7 @@
 
 from prometheus_client import CollectorRegistry
 
+from fleetserve.admission.metrics import admission_metrics
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.tenants.metering import tenant_metrics
@@ -17,10 +18,11 @@ def test_spec_names_are_unique_and_counters_end_in_total():
 def test_the_ingress_registry_exports_exactly_the_declared_metrics_with_their_labels():
     fm = FleetMetrics(CollectorRegistry())
     tm = tenant_metrics(fm.registry)  # the gatekeeper's series share the ingress's registry
+    am = admission_metrics(fm.registry)  # so do the admission queues
     collectors = {spec: fm.get(spec) for spec in N.INGRESS}
     collectors.update({N.TENANT_REQUESTS: tm.requests, N.TENANT_PROMPT_TOKENS: tm.prompt_tokens,
                        N.TENANT_COMPLETION_TOKENS: tm.completion_tokens, N.TENANT_REJECTED: tm.rejected,
-                       N.FLEET_QUEUE_WAIT: tm.queue_wait, N.FLEET_SHED: tm.shed, N.FLEET_PREEMPTIONS: tm.preemptions})
+                       N.FLEET_QUEUE_WAIT: am.queue_wait, N.FLEET_SHED: am.shed, N.FLEET_PREEMPTIONS: am.preemptions})
     assert set(collectors) == set(N.ALL)
     for spec, c in collectors.items():
         c.labels(**{label: "x" for label in spec.labels})  # raises on any other label set

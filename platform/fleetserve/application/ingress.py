@@ -33,9 +33,9 @@ class Ingress:
         client = HandleModelClient(handles, link=link)
         slack = {m.name: m.routing.even_load_slack for m in self._cfg.models}
         router = ReplicaChooser(deployment_names, client, slack=slack)
-        metrics = FleetMetrics()  # shared with the gatekeeper: one /metrics for both
+        metrics = FleetMetrics()  # shared with the gatekeeper and the admission queues: one /metrics
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
-        admission = build_admission(self._cfg, gatekeeper, deployment_names, handles)
+        admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates

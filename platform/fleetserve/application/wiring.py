@@ -13,6 +13,9 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from fleetserve.admission.board_pool import board_pools
+from prometheus_client import CollectorRegistry
+
+from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
 from fleetserve.admission.queues import AdmissionQueues
 from fleetserve.config import FleetConfig
@@ -34,13 +37,13 @@ def build_gatekeeper(cfg: FleetConfig, metrics_registry: Optional[object] = None
     return TenantGatekeeper(tenants_config(cfg), metrics_registry=metrics_registry)
 
 
-def build_admission(cfg: FleetConfig, gatekeeper: TenantGatekeeper, deployment_names: Mapping[str, str],
+def build_admission(cfg: FleetConfig, metrics_registry: CollectorRegistry, deployment_names: Mapping[str, str],
                     handles: Optional[Mapping[str, object]] = None) -> AdmissionQueues:
     """Fleet admission queue per model: capacity from the replica stats board, preemption
-    through the model ``handles``."""
+    through the model ``handles``, metrics in ``metrics_registry``."""
     sched = tenants_config(cfg).scheduling
     factory = None
     if resolve_scope(sched, cfg.server.ingress_replicas) == "cluster":
         factory = cluster_scheduler_factory(cfg.server.app_name, sched, deployment_names, handles)
     return AdmissionQueues(sched, board_pools(deployment_names, handles),
-                           observer_for=gatekeeper.metering.metrics.scheduler_observer, scheduler_factory=factory)
+                           observer_for=admission_metrics(metrics_registry).observer, scheduler_factory=factory)

@@ -30,36 +30,13 @@ USAGE_FIELDS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, REJECTED)
 
 
 class TenantMetrics:
-    """Prometheus series of tenant metering and the fleet admission queue (specs in fleetserve.metrics.names)."""
+    """Prometheus series of tenant metering (specs in fleetserve.metrics.names)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = build_metric(N.TENANT_REQUESTS, registry)
         self.prompt_tokens = build_metric(N.TENANT_PROMPT_TOKENS, registry)
         self.completion_tokens = build_metric(N.TENANT_COMPLETION_TOKENS, registry)
         self.rejected = build_metric(N.TENANT_REJECTED, registry)
-        # Fleet admission queue (admission/scheduler.py), per model and priority class.
-        self.queue_wait = build_metric(N.FLEET_QUEUE_WAIT, registry)
-        self.shed = build_metric(N.FLEET_SHED, registry)
-        self.preemptions = build_metric(N.FLEET_PREEMPTIONS, registry)
-
-    def scheduler_observer(self, model: str) -> "SchedulerMetrics":
-        return SchedulerMetrics(self, model)
-
-
-class SchedulerMetrics:
-    """A FleetScheduler observer writing the fleet series of one model."""
-
-    def __init__(self, m: TenantMetrics, model: str) -> None:
-        self._m, self._model = m, model
-
-    def dispatched(self, priority_class: int, waited_s: float) -> None:
-        self._m.queue_wait.labels(self._model, str(priority_class)).observe(waited_s)
-
-    def shed(self, priority_class: int, status: int) -> None:
-        self._m.shed.labels(self._model, str(priority_class), str(status)).inc()
-
-    def preempted(self, priority_class: int) -> None:
-        self._m.preemptions.labels(self._model, str(priority_class)).inc()
 
 
 _METRICS: dict[int, TenantMetrics] = {}
