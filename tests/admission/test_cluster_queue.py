@@ -15,6 +15,7 @@ from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.cluster_queue import (
     ClusterFleetScheduler,
     FleetQueueActor,
+    SlotVerdict,
     idle_exit_due,
     queue_config_key,
     resolve_scope,
@@ -140,7 +141,7 @@ async def test_deadline_shed_is_a_503():
     actor, (a,) = setup(n_clients=1, max_inflight_per_replica=1, queue_timeout_s={2: 0.05}, preemption=False)
     await a.acquire("run", "t", 2, 1.0, 5, 5)
     with pytest.raises(ServiceUnavailableError):
-        await asyncio.wait_for(a.acquire("late", "t", 2, 1.0, 5, 5), 2)
+        await asyncio.wait_for(a.acquire("late", "t", 2, 1.0, 5, 5), 10)
 
 
 async def test_a_cancelled_waiter_leaves_the_shared_queue():
@@ -214,7 +215,7 @@ async def test_replica_stats_ride_along_at_most_once_per_push_interval():
     class RowsActor:
         async def acquire(self, model, request_id, tenant_id, priority_class, weight, prompt_tokens, max_tokens, rows):
             pushed.append(rows)
-            return ("slot", "r0", 0.0, {})
+            return SlotVerdict("r0", 0.0, {})
 
     actor = InProcessActor(RowsActor())
     c = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(make_config(), FakePool()), board=board,

@@ -40,7 +40,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from typing import Any, Callable, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Union
 
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
@@ -77,6 +78,25 @@ def _exit_this_actor() -> None:
     import ray
 
     ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+
+@dataclass(frozen=True)
+class SlotVerdict:
+    """The actor admitted the request. ``preempted``: see :meth:`FleetQueueActor.acquire`."""
+
+    replica_hint: Optional[str]
+    queued_s: float
+    preempted: Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class ShedVerdict:
+    """The actor shed the request: 429 (a class queue is full) or 503 (its deadline passed)."""
+
+    status: int
+    message: str
+    retry_after_s: Optional[float]
+    preempted: Mapping[int, int]
 
 
 class FleetQueueActor:
@@ -144,8 +164,9 @@ class FleetQueueActor:
                 s.pump()  # new capacity may let waiters through
 
     async def acquire(self, model: str, request_id: str, tenant_id: str, priority_class: int, weight: float,
-                      prompt_tokens: int, max_tokens: int, rows: Optional[Mapping[str, Mapping[str, dict]]] = None) -> tuple:
-        """("slot", replica_hint, queued_s, preempted) or ("shed", status, message, retry_after_s, preempted).
+                      prompt_tokens: int, max_tokens: int, rows: Optional[Mapping[str, Mapping[str, dict]]] = None
+                      ) -> Union["SlotVerdict", "ShedVerdict"]:
+        """A slot or a shed for one request.
 
         ``preempted`` (``{priority_class: n}``) holds the preemptions the actor made since any
         ingress last took them, so each is exported exactly once, by the ingress that gets this
@@ -158,10 +179,10 @@ class FleetQueueActor:
         try:
             slot = await self._schedulers[model].acquire(request_id, tenant_id, priority_class, weight, prompt_tokens, max_tokens)
         except RateLimitError as e:
-            return ("shed", 429, str(e), e.retry_after_s, self._events.take())
+            return ShedVerdict(429, str(e), e.retry_after_s, self._events.take())
         except ServiceUnavailableError as e:
-            return ("shed", 503, str(e), e.retry_after_s, self._events.take())
-        return ("slot", slot.replica_hint, slot.queued_s, self._events.take())
+            return ShedVerdict(503, str(e), e.retry_after_s, self._events.take())
+        return SlotVerdict(slot.replica_hint, slot.queued_s, self._events.take())
 
     def release(self, model: str, request_id: str, output_tokens: int) -> None:
         self._touch()
@@ -332,16 +353,15 @@ class ClusterFleetScheduler:
                                              timeout_s)
             self._local_ids.add(request_id)
             return slot
-        self._observe_preemptions(verdict[-1])
-        if verdict[0] == "shed":
-            _, status, message, retry_after, _ = verdict
+        self._observe_preemptions(verdict.preempted)
+        if isinstance(verdict, ShedVerdict):
             if self._observer is not None:
-                self._observer.shed(priority_class, status)
-            raise (RateLimitError if status == 429 else ServiceUnavailableError)(message, retry_after_s=retry_after)
-        _, hint, queued_s, _ = verdict
+                self._observer.shed(priority_class, verdict.status)
+            error = RateLimitError if verdict.status == 429 else ServiceUnavailableError
+            raise error(verdict.message, retry_after_s=verdict.retry_after_s)
         if self._observer is not None:
-            self._observer.dispatched(priority_class, queued_s)
-        return Slot(request_id, hint, queued_s)
+            self._observer.dispatched(priority_class, verdict.queued_s)
+        return Slot(request_id, verdict.replica_hint, verdict.queued_s)
 
     def _observe_preemptions(self, by_class: Mapping[int, int]) -> None:
         if self._observer is None:

@@ -7,6 +7,8 @@ ingress hands each model's executor. Names and labels are declared in
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import CollectorRegistry
 
 from fleetserve.metrics import names as N
@@ -39,12 +41,14 @@ class QueueObserver:
         self._m.preemptions.labels(self._model, str(priority_class)).inc()
 
 
-_METRICS: dict[int, AdmissionMetrics] = {}
+# Keyed by the registry itself, weakly: an id() key could be reused by a new registry
+# once the old one is collected, handing it series registered elsewhere.
+_METRICS: "weakref.WeakKeyDictionary[CollectorRegistry, AdmissionMetrics]" = weakref.WeakKeyDictionary()
 
 
 def admission_metrics(registry: CollectorRegistry) -> AdmissionMetrics:
     """One set of series per Prometheus registry (registering twice would raise)."""
-    m = _METRICS.get(id(registry))
+    m = _METRICS.get(registry)
     if m is None:
-        m = _METRICS[id(registry)] = AdmissionMetrics(registry)
+        m = _METRICS[registry] = AdmissionMetrics(registry)
     return m

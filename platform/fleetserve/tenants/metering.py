@@ -8,6 +8,8 @@ memory and flushed with the next successful write, so usage is not lost to an ou
 
 from __future__ import annotations
 
+import weakref
+
 import logging
 from collections import defaultdict
 from typing import Optional
@@ -39,14 +41,16 @@ class TenantMetrics:
         self.rejected = build_metric(N.TENANT_REJECTED, registry)
 
 
-_METRICS: dict[int, TenantMetrics] = {}
+# Keyed by the registry itself, weakly: an id() key could be reused by a new registry
+# once the old one is collected, handing it series registered elsewhere.
+_METRICS: "weakref.WeakKeyDictionary[CollectorRegistry, TenantMetrics]" = weakref.WeakKeyDictionary()
 
 
 def tenant_metrics(registry: CollectorRegistry = REGISTRY) -> TenantMetrics:
     """One set of series per Prometheus registry (registering twice would raise)."""
-    m = _METRICS.get(id(registry))
+    m = _METRICS.get(registry)
     if m is None:
-        m = _METRICS[id(registry)] = TenantMetrics(registry)
+        m = _METRICS[registry] = TenantMetrics(registry)
     return m
 
 
