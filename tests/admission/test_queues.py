@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry
 from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.queues import AdmissionQueues
 from fleetserve.api.request_metrics import ChoiceTiming
-from fleetserve.api.service import InferenceService, ModelSpec
+from fleetserve.api.service import InferenceService, ModelSpec, ServedModel
+from fleetserve.engine.protocol import ModelInfo
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import RateLimitError
 from fleetserve.admission.policy import ReplicaCapacity
@@ -40,9 +41,9 @@ class Stages:
         return await self.gk.authenticate(key)
 
     async def admit(self, ctx, model, request_id, prompt_tokens, max_tokens):
+        info = ModelInfo(name=model, max_model_len=64, vocab_size=100, eos_token_ids=[0])
         job = make_job(request_id=request_id, ctx=ctx, prompts=[[1] * prompt_tokens], n=1,
-                       params=SamplingParams(max_tokens=max_tokens))
-        job.model = type(job.model)(ModelSpec(model, "/x"), job.model.info, None, 0)
+                       params=SamplingParams(max_tokens=max_tokens), model=ServedModel(ModelSpec(model, "/x"), info, None, 0))
         ticket = await self.service.reserve_quota(job)
         return job, ticket, await self.service.admit(job, ticket)
 
