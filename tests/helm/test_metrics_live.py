@@ -28,7 +28,6 @@ def test_live_metrics_cover_dashboard_and_rules(serve_app, helm):
     missing = referenced_metrics(helm) - exported_names(text)
     assert not missing, f"not on a live /metrics: {sorted(missing)}"
     # The traffic above shows up as samples too (names alone would not prove the wiring).
-    assert f'fleetserve_time_to_first_token_seconds_bucket{{le="1.0",model="{serve_app.model}"' in text.replace(
-        'tenant="test",', "")
+    assert f'fleetserve_time_to_first_token_seconds_bucket{{le="1.0",model="{serve_app.model}",tenant="test"' in text
     assert 'fleetserve_tenant_rejected_total{model="%s",reason="permission_denied",tenant="other"}' % serve_app.model in text
     assert f'fleetserve_replica_kv_usage_ratio{{model="{serve_app.model}"' in text
