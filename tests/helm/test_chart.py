@@ -279,3 +279,30 @@ def test_notes_explain_first_request(helm, tmp_path):
     assert "kubectl -n llm get secret fs-fleetserve-admin -o jsonpath='{.data.admin-key}' | base64 -d" in text
     assert "port-forward svc/fs-fleetserve 8000:8000" in text
     assert "curl -s $FLEETSERVE_URL/v1/chat/completions" in text and '"model":"qwen2.5-1.5b-instruct"' in text
+
+
+def test_model_download_init_containers(helm):
+    spec = render(helm, "default").one("RayService")["spec"]["rayClusterConfig"]
+    head_init = spec["headGroupSpec"]["template"]["spec"]["initContainers"][0]
+    worker_init = spec["workerGroupSpecs"][0]["template"]["spec"]["initContainers"][0]
+    assert head_init["command"] == ["python", "-m", "fleetserve.kube.fetch_models", "--dest", "/models", "--tokenizer-only",
+                                    "Qwen/Qwen2.5-1.5B-Instruct"]
+    assert worker_init["command"] == ["python", "-m", "fleetserve.kube.fetch_models", "--dest", "/models",
+                                      "Qwen/Qwen2.5-1.5B-Instruct"]
+    from fleetserve.kube.fetch_models import main  # the module the init container runs
+
+    assert callable(main)
+    cpu = render(helm, "cpu-demo").one("RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert "initContainers" not in cpu and all(v["name"] != "models" for v in cpu["volumes"])
+
+
+def test_model_paths_are_checked(helm, tmp_path):
+    hub_id = tmp_path / "hub-id.yaml"
+    hub_id.write_text(yaml.safe_dump({"fleet": {"models": [{"name": "m", "checkpoint": "Qwen/Qwen2.5-1.5B-Instruct"}]}}))
+    proc = run([helm, "template", "x", CHART, "-f", hub_id])
+    assert proc.returncode != 0 and "fleet.models.0.checkpoint" in proc.stderr and "tokenizer.json" in proc.stderr
+    # A download no model uses: the default list left behind by an overlay that changed the models.
+    unused = tmp_path / "unused.yaml"
+    unused.write_text(yaml.safe_dump({"fleet": {"models": [{"name": "m", "checkpoint": "/models/other"}]}}))
+    proc = run([helm, "template", "x", CHART, "-f", unused])
+    assert proc.returncode != 0 and "no fleet.models[].checkpoint is /models/Qwen2.5-1.5B-Instruct" in proc.stderr

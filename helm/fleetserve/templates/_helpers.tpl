@@ -105,7 +105,7 @@ proxy "auto" means haproxy here: the image's ray[serve] bundles the binary on Li
   mountPath: /etc/fleetserve/tenant-keys
   readOnly: true
 {{- end }}
-{{- if .Values.modelStorage.persistentVolumeClaim }}
+{{- if or .Values.modelStorage.persistentVolumeClaim .Values.modelStorage.huggingFace }}
 - name: models
   mountPath: {{ .Values.modelStorage.mountPath }}
   readOnly: true
@@ -124,7 +124,10 @@ proxy "auto" means haproxy here: the image's ray[serve] bundles the binary on Li
 - name: models
   persistentVolumeClaim:
     claimName: {{ .Values.modelStorage.persistentVolumeClaim }}
-    readOnly: true
+    readOnly: {{ empty .Values.modelStorage.huggingFace }}
+{{- else if .Values.modelStorage.huggingFace }}
+- name: models
+  emptyDir: {}
 {{- end }}
 {{- end -}}
 

@@ -22,6 +22,27 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with $root.Values.modelStorage.huggingFace }}
+initContainers:
+  # The ingress (head) reads only the tokenizer; model replicas (workers) need the weights.
+  - name: fetch-models
+    image: {{ include "fleetserve.image" $root }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    command: ["python", "-m", "fleetserve.kube.fetch_models", "--dest", {{ $root.Values.modelStorage.mountPath | quote }}
+              {{- if and $.head (or $root.Values.workerGroups.onDemand.enabled $root.Values.workerGroups.spot.enabled) }}, "--tokenizer-only"{{ end }}
+              {{- range . }}, {{ . | quote }}{{ end }}]
+    {{- with $root.Values.modelStorage.hfTokenSecret }}
+    env:
+      - name: HF_TOKEN
+        valueFrom:
+          secretKeyRef: {name: {{ . }}, key: HF_TOKEN}
+    {{- end }}
+    securityContext:
+      {{- include "fleetserve.securityContext" $root | nindent 6 }}
+    volumeMounts:
+      - name: models
+        mountPath: {{ $root.Values.modelStorage.mountPath }}
+{{- end }}
 containers:
   - name: {{ ternary "ray-head" "ray-worker" .head }}
     image: {{ include "fleetserve.image" $root }}

@@ -162,8 +162,18 @@ class SpotWatcherValues(_Values):
 
 
 class ModelStorageValues(_Values):
-    persistentVolumeClaim: str = Field("", description="PVC with checkpoints, mounted read-only on every Ray pod; empty: none.")
-    mountPath: str = Field("/models", description="Where the PVC is mounted (point models[].checkpoint below it).")
+    persistentVolumeClaim: str = Field(
+        "", description="PVC with checkpoints, mounted on every Ray pod; empty: an emptyDir (filled by huggingFace)."
+    )
+    mountPath: str = Field("/models", description="Where the model volume is mounted (point models[].checkpoint below it).")
+    huggingFace: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hugging Face repositories an init container downloads into <mountPath>/<repo name> on every Ray pod "
+            "(the head fetches only the tokenizer files its ingress reads). The PVC, if set, must then be writable."
+        ),
+    )
+    hfTokenSecret: str = Field("", description="Secret with key HF_TOKEN for gated repositories; empty: anonymous.")
 
 
 class ChartValues(_Values):
