@@ -89,12 +89,15 @@ class WorkerGroupsValues(_Values):
     )
 
 
+class PersistenceValues(_Values):
+    enabled: bool = Field(False, description="Keep Redis data on a volume claim (append-only file); off: an emptyDir.")
+    size: str = Field("1Gi", description="Size of the claim.")
+    storageClass: str = Field("", description="storageClassName of the claim; empty: the cluster default.")
+
+
 class RedisInternal(_Values):
     image: str = Field("redis:7.4.2-alpine", description="Redis image (pinned).")
-    persistence: K8sObject = Field(
-        default_factory=lambda: {"enabled": False, "size": "1Gi", "storageClass": ""},
-        description="enabled / size / storageClass of the StatefulSet's volume claim; off: an emptyDir.",
-    )
+    persistence: PersistenceValues = Field(default_factory=PersistenceValues, description="The StatefulSet's volume.")
     resources: K8sObject = Field(default_factory=dict, description="Container resources.")
 
 
@@ -141,6 +144,11 @@ class MetricsValues(_Values):
     sloTarget: float = Field(0.99, gt=0, lt=1, description="Share of requests that must meet the TTFT objective.")
     errorRateThreshold: float = Field(0.05, gt=0, lt=1, description="Alert when this share of requests ends in a 5xx.")
     queueDepthThreshold: int = Field(20, ge=1, description="Queue depth alert: waiting requests per model that, still growing, page.")
+
+
+class PdbValues(_Values):
+    enabled: bool = Field(True, description="Create a PodDisruptionBudget for the on-demand GPU workers.")
+    maxUnavailable: int = Field(1, ge=1, description="On-demand workers a voluntary disruption may take at once.")
 
 
 class NetworkPolicyValues(_Values):
@@ -191,10 +199,7 @@ class ChartValues(_Values):
     service: ServiceValues = Field(default_factory=ServiceValues, description="Service in front of the Serve proxies.")
     ingress: IngressValues = Field(default_factory=IngressValues, description="Optional Ingress for REST and gRPC.")
     metrics: MetricsValues = Field(default_factory=MetricsValues, description="ServiceMonitor, alerts and dashboard.")
-    podDisruptionBudget: K8sObject = Field(
-        default_factory=lambda: {"enabled": True, "maxUnavailable": 1},
-        description="enabled / maxUnavailable for the worker pods.",
-    )
+    podDisruptionBudget: "PdbValues" = Field(default_factory=lambda: PdbValues(), description="PodDisruptionBudget.")
     networkPolicy: NetworkPolicyValues = Field(default_factory=NetworkPolicyValues, description="NetworkPolicy.")
     spotWatcher: SpotWatcherValues = Field(default_factory=SpotWatcherValues, description="Node termination watcher.")
     modelStorage: ModelStorageValues = Field(default_factory=ModelStorageValues, description="Checkpoint volume.")
