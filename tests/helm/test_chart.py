@@ -233,9 +233,10 @@ def test_network_policy_guards_the_ray_pods(rendered):
             continue
         by_ports[frozenset(p["port"] for p in rule["ports"])] = rule.get("from")
     serving = {8000, 9000} if any(9000 in ports for ports in by_ports) else {8000}
-    assert set(by_ports) == {frozenset(serving), frozenset({8265, 52365}), frozenset({8080, 8000})}
+    monitoring = frozenset({8080, 30000, 8000})
+    assert set(by_ports) == {frozenset(serving), frozenset({8265, 52365}), monitoring}
     assert by_ports[frozenset({8265, 52365})][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kuberay-system"}
-    assert by_ports[frozenset({8080, 8000})][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert by_ports[monitoring][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
 
 
 def test_spot_watcher_rbac_is_minimal(helm):
@@ -252,14 +253,48 @@ def test_spot_watcher_rbac_is_minimal(helm):
     build_parser().parse_args(c["command"][1:] + c["args"])  # the CLI accepts what the chart passes
 
 
-def test_service_monitor_scrapes_every_pod(helm):
-    r = render(helm, "default")
+def test_service_monitor_scrapes_every_pod_and_ingress(helm):
+    r = render(helm, "multi-node-spot")
     sm = r.one("ServiceMonitor")
-    metrics_svc = next(s for s in r.of_kind("Service") if s["metadata"]["name"].endswith("-metrics"))
-    assert metrics_svc["spec"]["clusterIP"] == "None"  # headless: one target per pod, not one behind a VIP
-    assert sm["spec"]["selector"]["matchLabels"].items() <= metrics_svc["metadata"]["labels"].items()
-    ports = {p["name"] for p in metrics_svc["spec"]["ports"]}
-    assert {e["port"] for e in sm["spec"]["endpoints"]} == ports == {"http", "ray-metrics"}
+    services = {s["metadata"]["name"]: s for s in r.of_kind("Service")}
+    ray_metrics, ingress_metrics = services["fs-fleetserve-metrics"], services["fs-fleetserve-ingress-metrics"]
+    for svc in (ray_metrics, ingress_metrics):
+        assert svc["spec"]["clusterIP"] == "None"  # headless: one target per pod, not one behind a VIP
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert {e["port"] for e in sm["spec"]["endpoints"]} == {"ray-metrics", "ingress"}
+    assert [p["name"] for p in ray_metrics["spec"]["ports"]] == ["ray-metrics"]
+    # fleetserve's /metrics is read from each ingress replica's own port, on the pods that may host one.
+    assert ingress_metrics["spec"]["ports"] == [{"name": "ingress", "port": 30000, "targetPort": 30000}]
+    assert ingress_metrics["spec"]["selector"]["fleetserve.io/capacity-type"] == "on_demand"
+    spec = r.one("RayService")["spec"]["rayClusterConfig"]
+    for group, hosts_ingress in ((spec["headGroupSpec"], True), *((g, g["groupName"] == "on-demand-gpu") for g in spec["workerGroupSpecs"])):
+        ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
+        assert ("direct-ingress" in ports) == hosts_ingress and ports.get("direct-ingress", 30000) == 30000
+
+
+def test_ingress_placement_matches_the_scrape(rendered):
+    """One ingress per pod (so it owns the first direct-ingress port), on on-demand capacity only."""
+    from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT
+    from ray.serve.schema import ServeDeploySchema
+
+    from fleetserve.deployments.app import INGRESS_DEPLOYMENT
+
+    serve = serve_config(rendered)
+    ServeDeploySchema.model_validate(serve)  # what Ray Serve 2.60 accepts as a config file
+    (ingress,) = serve["applications"][0]["deployments"]
+    assert ingress["name"] == INGRESS_DEPLOYMENT and ingress["max_replicas_per_node"] == 1
+    assert ingress["ray_actor_options"] == {"num_cpus": 0, "label_selector": {"fleetserve.io/capacity-type": "on_demand"}}
+    spec = rendered.one("RayService")["spec"]["rayClusterConfig"]
+    assert spec["headGroupSpec"]["labels"] == {"fleetserve.io/capacity-type": "on_demand"}
+    assert RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT == 30000
+
+
+def test_more_ingress_replicas_than_on_demand_pods_is_refused(helm):
+    proc = run([helm, "template", "x", CHART, "--set", "fleet.server.ingress_replicas=3"])
+    assert proc.returncode != 0 and "fleet.server.ingress_replicas (3) exceeds" in proc.stderr
+    ok = run([helm, "template", "x", CHART, "--set", "fleet.server.ingress_replicas=3", "--set", "workerGroups.onDemand.minReplicas=2",
+              "--set", "workerGroups.onDemand.maxReplicas=2"])
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_notes_explain_first_request(helm, tmp_path):

@@ -62,6 +62,9 @@ containers:
       - {name: grpc, containerPort: {{ $server.grpc_port }}}
       {{- end }}
       - {name: ray-metrics, containerPort: 8080}
+      {{- if and $server.serve_throughput_optimized (or .head (eq .capacity "on_demand")) }}
+      - {name: direct-ingress, containerPort: 30000}
+      {{- end }}
     {{- if not .head }}
     lifecycle:
       preStop:
