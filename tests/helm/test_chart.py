@@ -210,7 +210,9 @@ def test_image_tag_follows_app_version(helm):
 def test_redis_modes(helm):
     internal = render(helm, "default")
     sts = internal.one("StatefulSet")
-    assert "$REDIS_PASSWORD" in sts["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    script = sts["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert script.splitlines()[0] == "exec redis-server - <<EOF" and "requirepass $REDIS_PASSWORD" in script
+    assert 'save ""' in script  # no persistence: no snapshots either
     env = {e["name"]: e for e in ray_containers(internal)[0]["env"]}
     assert env["FLEETSERVE_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@fs-fleetserve-redis:6379/0"
     persistent = render(helm, "gpu-vllm").one("StatefulSet")
