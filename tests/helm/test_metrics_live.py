@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helm.test_observability import exported_names, referenced_metrics
+from tests.helm.metric_refs import exported_names, referenced_metrics
 
 pytestmark = pytest.mark.ray
 
