@@ -343,3 +343,17 @@ def test_model_paths_are_checked(helm, tmp_path):
     unused.write_text(yaml.safe_dump({"fleet": {"models": [{"name": "m", "checkpoint": "/models/other"}]}}))
     proc = run([helm, "template", "x", CHART, "-f", unused])
     assert proc.returncode != 0 and "no fleet.models[].checkpoint is /models/Qwen2.5-1.5B-Instruct" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["default", "multi-node-spot"])
+def test_serve_app_builds_from_rendered_config(helm, name):
+    """The import path builds the Serve application from the rendered args (binding needs no Ray cluster)."""
+    from ray.serve import Application
+
+    from fleetserve.kube import serve_app
+
+    app_cfg = serve_config(render(helm, name))["applications"][0]
+    module, _, attr = app_cfg["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), attr)
+    app = builder(app_cfg["args"], environ={serve_app.ADMIN_KEY_ENV: "fs-admin-" + "a" * 30})
+    assert isinstance(app, Application)
