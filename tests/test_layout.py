@@ -1,7 +1,7 @@
 """The package's shape, checked: the request path reads top-down, files and functions stay small.
 
 Layers, top to bottom (a module may import from its own layer or any layer below):
-cli > application (the Serve app's composition root) > api > admission, router, tenants,
+cli, kube (the Kubernetes entry points) > application (the Serve app's composition root) > api > admission, router, tenants,
 canary, autoscaler > deployments > engine > metrics, config > errors, clock. A package's
 ``config`` module is a pure schema that the top-level ``fleetserve.config`` aggregates, so
 any module may import it.
@@ -14,7 +14,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "platform" / "fleetserve"
 LAYER = {
-    "cli": 7, "__main__": 7, "application": 6, "api": 5,
+    "cli": 7, "__main__": 7, "kube": 7, "application": 6, "api": 5,
     "admission": 4, "router": 4, "tenants": 4, "canary": 4, "autoscaler": 4,
     "deployments": 3, "engine": 2, "metrics": 1, "config": 1, "errors": 0, "clock": 0,
 }

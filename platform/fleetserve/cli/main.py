@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "fleetserve.cli.tenants",
     "fleetserve.cli.usage",
     "fleetserve.cli.simulate",
+    "fleetserve.cli.watch_nodes",
 )
 
 
