@@ -129,10 +129,10 @@ async def test_wrong_secret_is_refused_before_any_request():
         # A raw client that skips the handshake and sends a request frame gets nothing run.
         host, _, port = address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        from fleetserve.deployments.replica_link import _frame
+        from fleetserve.deployments.link_messages import Generate, frame
 
         await reader.readexactly(32)
-        writer.write(b"\0" * 32 + _frame(("gen", 1, req("evil", 3))))
+        writer.write(b"\0" * 32 + frame(Generate(1, req("evil", 3))))
         assert await reader.read() == b""  # closed on the wrong answer
         writer.close()
         assert gen.started == []

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Optional
 from fleetserve.api.model_client import ModelClient
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.clock import Clock, SystemClock
-from fleetserve.engine.process.coalesce import merge_outputs
+from fleetserve.engine.process.pacing import merge_outputs
 from fleetserve.engine.protocol import FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import ContextLengthError, EngineError, FleetserveError, InvalidRequestError, ModelNotFoundError

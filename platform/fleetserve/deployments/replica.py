@@ -31,7 +31,7 @@ from typing import AsyncIterator, Callable, Optional
 from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
-from fleetserve.engine.process.coalesce import paced_generate
+from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 
