@@ -29,8 +29,8 @@ from fleetserve.engine.process.async_engine import AsyncEngine
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.process.pacing import OutputPacer
 from fleetserve.engine.protocol import EngineStats, RequestOutput
-from fleetserve.engine.runtime.step_boost import StepBooster
-from fleetserve.engine.runtime.step_lane import PriorityLane
+from fleetserve.engine.runtime.thread_priority import ArrivalLift
+from fleetserve.engine.runtime.priority_lane import PriorityLane
 from fleetserve.errors import portable
 
 log = logging.getLogger("fleetserve.engine.process.core_process")
@@ -50,7 +50,7 @@ class PipeCore(AsyncEngine):
         self._pacer = OutputPacer(time.monotonic)
         self._pacer_lock = threading.Lock()
         self._last_sent = 0.0  # when the parent last got stats with an "out" message
-        self._booster: Optional[StepBooster] = None  # lifts the SCHED_IDLE step thread on arrivals
+        self._booster: Optional[ArrivalLift] = None  # lifts the SCHED_IDLE step thread on arrivals
 
     def serve(self) -> None:
         """Load the model, say hello, run the step loop until told to stop or orphaned."""
@@ -60,7 +60,7 @@ class PipeCore(AsyncEngine):
         if self.config.step_thread_idle and self.config.isolate_priority_prefill:
             self._lane = PriorityLane(init=self._bind_thread)  # before _run: keeps the normal policy
         if self.config.step_thread_idle and self.config.lift_step_thread_on_arrival:
-            self._booster = StepBooster(self._conn.fileno(), threading.get_native_id())  # also before _run
+            self._booster = ArrivalLift(self._conn.fileno(), threading.get_native_id())  # also before _run
         try:
             self._run()  # this thread becomes the step thread (SCHED_IDLE on CPU)
         finally:
