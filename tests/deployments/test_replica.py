@@ -100,8 +100,11 @@ async def test_replica_paces_engines_that_stream_per_step(tiny_llama_path):
 
     from fleetserve.deployments.engine_factory import build_engine
 
+    from fleetserve.engine.protocol import EngineCapabilities
+
     class PerStepEngine:
-        paces_streams = False
+        def capabilities(self):
+            return EngineCapabilities(paces_streams=False)
 
         def __init__(self, inner):
             self._inner = inner

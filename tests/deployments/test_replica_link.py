@@ -1,14 +1,22 @@
-"""The replica link (ingress <-> replica streams over TCP on loopback): order, multiplexing,
-cancellation, errors, lost connections and authentication; then a real ModelReplica behind it."""
+"""The replica link (ingress <-> replica streams over TCP on loopback): its typed frames,
+order, multiplexing, cancellation, errors, lost connections, bad frames and authentication;
+then a real ModelReplica behind it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 
 import pytest
 
-from fleetserve.deployments.replica_link import ReplicaLinkClient, ReplicaLinkServer
+from fleetserve.deployments import link_messages as lm
+from fleetserve.deployments.replica_link import (
+    ReplicaLinkClient,
+    ReplicaLinkServer,
+    _client_handshake,
+    _server_handshake,
+)
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import ServiceUnavailableError
@@ -129,16 +137,121 @@ async def test_wrong_secret_is_refused_before_any_request():
         # A raw client that skips the handshake and sends a request frame gets nothing run.
         host, _, port = address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        from fleetserve.deployments.replica_link import _frame
+        from fleetserve.deployments.link_messages import Generate, frame
 
         await reader.readexactly(32)
-        writer.write(b"\0" * 32 + _frame(("gen", 1, req("evil", 3))))
+        writer.write(b"\0" * 32 + frame(Generate(1, req("evil", 3))))
         assert await reader.read() == b""  # closed on the wrong answer
         writer.close()
         assert gen.started == []
     finally:
         await intruder.close()
         await server.close()
+
+
+LINK_EXAMPLES = [
+    lm.Generate(3, req("g", 4)),
+    lm.Cancel(3),
+    lm.Output(3, RequestOutput("g", "ab", [1, 2], finished=True, finish_reason="length")),
+    lm.End(3),
+    lm.StreamError(3, ServiceUnavailableError("draining", retry_after_s=1.0)),
+]
+
+
+def test_link_messages_cover_every_type():
+    assert {type(msg) for msg in LINK_EXAMPLES} == set(lm._CODEC.message_types)
+
+
+@pytest.mark.parametrize("msg", LINK_EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_link_message_round_trip(msg):
+    data = lm.frame(msg)
+    (size,) = lm.LENGTH.unpack(data[:lm.LENGTH.size])
+    body = data[lm.LENGTH.size:]
+    assert size == len(body) and body[0] == lm.LINK_VERSION
+    back = lm.decode(body)
+    if isinstance(msg, lm.StreamError):  # exceptions compare by identity: check type and text
+        assert type(back.error) is ServiceUnavailableError and str(back.error) == "draining"
+        assert back.sid == msg.sid
+    else:
+        assert back == msg
+
+
+@pytest.mark.parametrize("body, match", [
+    (bytes((lm.LINK_VERSION + 1, 1)) + pickle.dumps((1, None)), "version"),
+    (bytes((lm.LINK_VERSION, 99)) + pickle.dumps((1,)), "unknown message type 99"),
+    (lm.encode(lm.Cancel(12345))[:-2], "malformed Cancel"),
+    (b"\x01", "truncated"),
+    (bytes((lm.LINK_VERSION, 2)) + b"\xffgarbage", "malformed Cancel"),
+])
+def test_link_rejects_bad_frames(body, match):
+    with pytest.raises(lm.FrameError, match=match):
+        lm.decode(body)
+
+
+async def _raw_client(address: str):
+    """A raw, authenticated connection to the server (no _Link reading it)."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await _client_handshake(reader, writer, SECRET)
+    return reader, writer
+
+
+@pytest.mark.parametrize("bad", [
+    bytes((lm.LINK_VERSION + 1, 1)) + pickle.dumps((1, None)),  # wrong version
+    bytes((lm.LINK_VERSION, 77)) + pickle.dumps((1,)),  # unknown type
+    bytes((lm.LINK_VERSION, 1)) + b"garbage",  # not a pickle
+    lm.encode(lm.End(1)),  # a valid message, but not one an ingress may send
+], ids=["version", "unknown", "garbage", "wrong-direction"])
+async def test_server_closes_only_the_connection_that_sent_a_bad_frame(served, bad):
+    gen, _, client, address = served
+    link = await client.link(address)
+    stream = client.generate(link, req("survivor", 200))
+    first = await stream.__anext__()
+    reader, writer = await _raw_client(address)
+    writer.write(lm.frame(lm.Generate(1, req("before-bad", 5))) + lm.LENGTH.pack(len(bad)) + bad)
+    leftover = await asyncio.wait_for(reader.read(), 10)  # read until the server closes
+    assert reader.at_eof()
+    writer.close()
+    assert leftover == b"" or leftover[lm.LENGTH.size] == lm.LINK_VERSION  # at most some whole frames
+    # The other connection's stream and new streams keep working.
+    rest = [o async for o in stream]
+    assert [t for o in [first, *rest] for t in o.token_ids_delta] == list(range(200))
+    outs = await collect(client, link, req("after", 3))
+    assert outs[-1].finished and not link.closed
+
+
+async def test_server_closes_a_connection_that_announces_an_oversized_frame(served):
+    _, _, _, address = served
+    reader, writer = await _raw_client(address)
+    writer.write(lm.LENGTH.pack(lm.MAX_FRAME_BYTES + 1))
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
+async def test_client_link_closes_on_a_bad_frame_and_fails_its_streams():
+    """A replica that answers with a frame of another version: the ingress drops that link,
+    its streams fail as lost, and the next request opens a fresh link."""
+
+    async def bad_replica(reader, writer):
+        await _server_handshake(reader, writer, SECRET)
+        await reader.readexactly(lm.LENGTH.size)  # the Generate frame's length, then its body
+        body = bytes((lm.LINK_VERSION + 1, 16)) + pickle.dumps((1, RequestOutput("x")))
+        writer.write(lm.LENGTH.pack(len(body)) + body)
+        await reader.read()  # until the ingress closes
+        writer.close()
+
+    server = await asyncio.start_server(bad_replica, "127.0.0.1", 0)
+    address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    client = ReplicaLinkClient(SECRET)
+    try:
+        link = await client.link(address)
+        with pytest.raises(ServiceUnavailableError, match="lost the connection"):
+            await collect(client, link, req("x", 3))
+        assert link.closed
+        assert await client.link(address) is not link
+    finally:
+        await client.close()
+        server.close()
 
 
 async def test_a_real_replica_streams_over_its_link(tiny_llama_path, monkeypatch):

@@ -127,10 +127,10 @@ async def test_greedy_stream_matches_hf_and_counts_usage(engine, hf_greedy, toke
 
 @pytest.mark.parametrize("interval", [0.05, 30.0])
 async def test_paced_stream_is_exact_and_never_holds_the_last_token(engine, hf_greedy, interval):
-    # The replica's path (coalesce.paced_generate): the native engine paces itself, vLLM's
-    # per-step stream is paced by coalesce.paced. A 30 s interval: the first output, then the
+    # The replica's path (pacing.paced_generate): the native engine paces itself, vLLM's
+    # per-step stream is paced by pacing.paced. A 30 s interval: the first output, then the
     # final one when the request finishes, not when the interval ends.
-    from fleetserve.engine.process.coalesce import paced_generate
+    from fleetserve.engine.process.pacing import paced_generate
 
     loop = asyncio.get_running_loop()
     t0 = loop.time()

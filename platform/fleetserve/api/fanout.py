@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
-from fleetserve.engine.process.coalesce import merge_outputs
+from fleetserve.engine.process.pacing import merge_outputs
 from fleetserve.engine.protocol import RequestOutput
 
 

@@ -3,10 +3,10 @@
 - ``generate`` is an async generator, so results stream back through the DeploymentHandle
   (``handle.options(stream=True)``); a cancelled call (client gone) aborts the engine request.
   Each item carries everything the engine had produced for the request when this generator
-  asked for it (``engine.coalesce``; vLLM's output collector does the same), so a lagging
+  asked for it (``engine.process.pacing``; vLLM's output collector does the same), so a lagging
   replica loop sends one Ray object per pull rather than one per token. Streams are paced
   at ``stream_interval_s`` (the model's floor or the request's class, whichever is larger):
-  by the engine itself when it ``paces_streams`` (native), else by ``coalesce.paced`` here.
+  by the engine itself when its ``capabilities().paces_streams`` (native), else by ``pacing.paced`` here.
 - ``check_health`` is Serve's health probe, delegated to the engine loop: a dead or wedged
   loop marks the replica unhealthy and Serve replaces it.
 - ``record_routing_stats`` is pushed by Serve to every router of this deployment; the
@@ -33,7 +33,7 @@ from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
 from fleetserve.deployments.replica_stats import ReplicaStats
-from fleetserve.engine.process.coalesce import paced_generate
+from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 

@@ -9,9 +9,11 @@ connection per (ingress process, replica), multiplexed by stream id. Replica cho
 stats, preemption and scaling stay with Serve: the replica advertises its address in its
 routing stats, and the ingress falls back to the handle when a replica has none.
 
-Wire format: 4-byte big-endian length, then a pickled tuple.
-- client -> server: ``("gen", sid, GenerateRequest)``, ``("cancel", sid)``
-- server -> client: ``("out", sid, RequestOutput)``, ``("err", sid, exception)``, ``("end", sid)``
+Wire format: typed, versioned frames (:mod:`fleetserve.deployments.link_messages`).
+- client -> server: ``Generate(sid, GenerateRequest)``, ``Cancel(sid)``
+- server -> client: ``Output(sid, RequestOutput)``, ``StreamError(sid, exception)``, ``End(sid)``
+A frame that does not decode (wrong version, unknown type, garbage) closes that connection
+only, with a log line; the other connections go on.
 
 Pickle runs code, so the link is authenticated before the first frame: each side proves it
 holds the cluster's link secret with an HMAC-SHA256 over the other's random nonce, compared
@@ -28,23 +30,31 @@ import hmac
 import itertools
 import logging
 import os
-import pickle
-import struct
 from typing import AsyncIterator, Callable, Optional
 
+from fleetserve.deployments.link_messages import (
+    LENGTH,
+    MAX_FRAME_BYTES,
+    Cancel,
+    End,
+    FrameError,
+    Generate,
+    Output,
+    StreamError,
+    decode,
+    frame,
+)
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
 from fleetserve.errors import ServiceUnavailableError, portable
 
 log = logging.getLogger(__name__)
 
 NONCE_BYTES = 32
-MAX_FRAME_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 5.0
 HIGH_WATER_BYTES = 1 << 20  # buffered output beyond which a stream waits for the socket
 SECRET_KV_KEY = b"fleetserve:replica-link-secret"
 SECRET_KV_NAMESPACE = "fleetserve"
 
-_HEADER = struct.Struct("!I")
 _MAC_BYTES = hashlib.sha256().digest_size
 
 GenerateFn = Callable[[GenerateRequest], AsyncIterator[RequestOutput]]
@@ -89,16 +99,12 @@ async def _client_handshake(reader: asyncio.StreamReader, writer: asyncio.Stream
         raise ConnectionError("replica link: peer failed authentication")
 
 
-def _frame(msg: tuple) -> bytes:
-    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> tuple:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+async def _read_message(reader: asyncio.StreamReader):
+    """The next message; FrameError when the frame does not decode."""
+    (size,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
     if size > MAX_FRAME_BYTES:
-        raise ConnectionError(f"replica link: frame of {size} bytes")
-    return pickle.loads(await reader.readexactly(size))
+        raise FrameError(f"replica link: frame of {size} bytes (limit {MAX_FRAME_BYTES})")
+    return decode(await reader.readexactly(size))
 
 
 class ReplicaLinkServer:
@@ -131,22 +137,14 @@ class ReplicaLinkServer:
         streams: dict[int, asyncio.Task] = {}
         try:
             await asyncio.wait_for(_server_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
-            while True:
-                msg = await _read_frame(reader)
-                if msg[0] == "gen":
-                    _, sid, request = msg
-                    t = asyncio.create_task(self._stream(sid, request, writer))
-                    streams[sid] = t
-                    t.add_done_callback(lambda _t, sid=sid: streams.pop(sid, None))
-                elif msg[0] == "cancel":
-                    t = streams.get(msg[1])
-                    if t is not None:
-                        t.cancel()
+            await self._serve_requests(reader, writer, streams)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.TimeoutError):
             pass  # the ingress went away (or failed authentication): its streams end below
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - a malformed frame ends this connection only
+        except FrameError as exc:  # a bad frame ends this connection only
+            log.warning("replica link: closing a connection that sent a bad frame: %s", exc)
+        except Exception:  # noqa: BLE001 - anything else ends this connection only
             log.exception("replica link: connection dropped")
         finally:
             for t in list(streams.values()):
@@ -155,24 +153,42 @@ class ReplicaLinkServer:
             writer.close()
             self._conns.discard(task)
 
+    async def _serve_requests(self, reader, writer, streams: dict[int, asyncio.Task]) -> None:
+        """Start a stream per Generate, cancel one per Cancel, until the connection ends."""
+        while True:
+            msg = await _read_message(reader)
+            if type(msg) is Generate:
+                t = asyncio.create_task(self._stream(msg.sid, msg.request, writer))
+                streams[msg.sid] = t
+                t.add_done_callback(lambda _t, sid=msg.sid: streams.pop(sid, None))
+            elif type(msg) is Cancel:
+                t = streams.get(msg.sid)
+                if t is not None:
+                    t.cancel()
+            else:
+                raise FrameError(f"replica link: {type(msg).__name__} is not a request message")
+
     async def _stream(self, sid: int, request: GenerateRequest, writer: asyncio.StreamWriter) -> None:
         stream = self._generate(request)
         try:
             async for out in stream:
                 if writer.is_closing():
                     return  # the ingress is gone: closing the stream aborts the request
-                writer.write(_frame(("out", sid, out)))
+                writer.write(frame(Output(sid, out)))
                 if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
                     await writer.drain()
             if not writer.is_closing():
-                writer.write(_frame(("end", sid)))
+                writer.write(frame(End(sid)))
         except asyncio.CancelledError:
             raise  # cancelled by the ingress or the connection
         except Exception as exc:  # noqa: BLE001 - handed to the ingress, raised there
             if not writer.is_closing():
-                writer.write(_frame(("err", sid, portable(exc))))
+                writer.write(frame(StreamError(sid, portable(exc))))
         finally:
             await stream.aclose()  # an unfinished stream aborts its engine request
+
+
+_LOST = object()  # queued for every open stream when the link drops
 
 
 class _Link:
@@ -191,32 +207,36 @@ class _Link:
         sid = next(self._ids)
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[sid] = queue
-        self._writer.write(_frame(("gen", sid, request)))
+        self._writer.write(frame(Generate(sid, request)))
         return sid, queue
 
     def finish(self, sid: int, cancel: bool) -> None:
         self._streams.pop(sid, None)
         if cancel and not self.closed:
-            self._writer.write(_frame(("cancel", sid)))
+            self._writer.write(frame(Cancel(sid)))
 
     async def _read_loop(self) -> None:
         try:
             while True:
-                msg = await _read_frame(self._reader)
-                queue = self._streams.get(msg[1])
+                msg = await _read_message(self._reader)
+                if type(msg) not in (Output, End, StreamError):
+                    raise FrameError(f"replica link: {type(msg).__name__} is not a stream message")
+                queue = self._streams.get(msg.sid)
                 if queue is not None:  # else: a stream the ingress already let go of
                     queue.put_nowait(msg)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - a malformed frame ends the link; streams fail below
+        except FrameError as exc:  # a bad frame ends this link; its streams fail below
+            log.warning("replica link to %s: closing after a bad frame: %s", self.address, exc)
+        except Exception:  # noqa: BLE001 - anything else ends the link; streams fail below
             log.exception("replica link to %s dropped", self.address)
         finally:
             self.closed = True
             self._writer.close()
             for queue in self._streams.values():
-                queue.put_nowait(("lost", None))
+                queue.put_nowait(_LOST)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -261,22 +281,19 @@ class ReplicaLinkClient:
         finished = False
         try:
             while True:
-                kind, _, *payload = await queue.get()
-                if kind == "out":
-                    out = payload[0]
-                    finished = out.finished
-                    yield out
+                msg = await queue.get()
+                if type(msg) is Output:
+                    finished = msg.output.finished
+                    yield msg.output
                     if finished:
                         return
-                elif kind == "end":
-                    finished = True
+                    continue
+                finished = True
+                if type(msg) is End:
                     return
-                elif kind == "err":
-                    finished = True
-                    raise payload[0]
-                else:  # "lost"
-                    finished = True
-                    raise ServiceUnavailableError(f"lost the connection to replica {link.address}", retry_after_s=1.0)
+                if type(msg) is StreamError:
+                    raise msg.error
+                raise ServiceUnavailableError(f"lost the connection to replica {link.address}", retry_after_s=1.0)
         finally:
             link.finish(sid, cancel=not finished)
 

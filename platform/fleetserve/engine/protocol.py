@@ -41,8 +41,8 @@ class GenerateRequest:
     arrival_time: Optional[float] = None
     # Stream pacing: after the first output, at most one merged output per this many seconds
     # (the final output is never held back). Coarse streams cost the serving path far less
-    # CPU per token. An engine whose ``paces_streams`` is true applies it itself; for the
-    # others the replica sleeps between pulls. The platform sets it per model and class.
+    # CPU per token. An engine whose ``capabilities().paces_streams`` is true applies it
+    # itself; the others are paced by the replica (``engine.process.pacing.paced``). The platform sets it per model and class.
     stream_interval_s: float = 0.0
 
 
@@ -124,6 +124,21 @@ class ModelInfo:
     has_chat_template: bool = True
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine does beyond the protocol's minimum: declared by the engine
+    (``capabilities()``), so callers never probe for attributes."""
+
+    # Honours GenerateRequest.stream_interval_s itself (the final output at once); when
+    # False the replica paces the engine's per-step stream.
+    paces_streams: bool = False
+    # preempt() can evict a running request; when False it always returns False.
+    supports_preempt: bool = False
+    # sleep()/wake_up() release and restore device memory; when False they raise
+    # NotSupportedError.
+    supports_sleep: bool = False
+
+
 @runtime_checkable
 class EngineProtocol(Protocol):
     """Async engine contract shared by the native engine and the vLLM backend.
@@ -137,9 +152,11 @@ class EngineProtocol(Protocol):
     - ``sleep``/``wake_up`` release and restore device memory (warm pools). A sleeping
       engine rejects new requests with ServiceUnavailableError.
     - ``drain`` stops admission and waits up to ``timeout_s`` for in-flight requests.
-    - An engine that sets the attribute ``paces_streams = True`` honours
-      ``GenerateRequest.stream_interval_s`` itself, handing out the final output at once.
+    - ``capabilities`` declares what the engine supports beyond that minimum
+      (:class:`EngineCapabilities`: whether it paces streams itself, can preempt, can sleep).
     """
+
+    def capabilities(self) -> EngineCapabilities: ...
 
     async def start(self) -> None: ...
 

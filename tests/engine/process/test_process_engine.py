@@ -128,7 +128,7 @@ async def test_a_child_that_cannot_load_the_model_fails_start_with_its_error(tmp
 
 
 async def test_child_paced_stream_keeps_every_token_through_preempt_and_abort(engine, tiny_llama_path):
-    # The child holds outputs back for a stream's interval (output_pacer). Preempting a
+    # The child holds outputs back for a stream's interval (pacing.OutputPacer). Preempting a
     # paced request and then aborting it must still hand over every token it made, in order.
     expected = await reference_tokens(tiny_llama_path)
 

@@ -90,7 +90,7 @@ class LLMEngine:
             preemption_mode=config.preemption_mode,
             isolate_priority_prefill=config.isolate_priority_prefill,
             max_consecutive_isolated=config.max_consecutive_isolated_steps,
-            side_prefill=config.interleave_priority_prefill and bool(getattr(self.runner, "supports_between_layers", False)),
+            side_prefill=config.interleave_priority_prefill and self.runner.supports_between_layers,
             same_class_side_prefill_max=config.interleave_same_class_max_priority,
         )
         self.sampler = Sampler(config.seed)
@@ -103,7 +103,7 @@ class LLMEngine:
         self.last_scheduler_output: Optional[SchedulerOutput] = None
 
     def _eos_token_ids(self) -> list[int]:
-        ids = list(getattr(self.runner, "eos_token_ids", None) or [])
+        ids = list(self.runner.eos_token_ids)
         if not ids and self.tokenizer is not None:
             ids = list(self.tokenizer.eos_token_ids)
         return ids

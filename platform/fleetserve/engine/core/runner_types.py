@@ -37,11 +37,19 @@ class ModelInput:
 
 
 class ModelRunnerProtocol(Protocol):
-    """Owns the model weights and the paged K/V tensors of one replica."""
+    """Owns the model weights and the paged K/V tensors of one replica.
+
+    Besides its shapes, a runner declares two capabilities the engine reads directly:
+    ``supports_between_layers`` (``execute`` takes a ``between_layers`` callback, which
+    enables side prefills) and ``eos_token_ids`` (the checkpoint's EOS ids; empty: the
+    engine falls back to the tokenizer's).
+    """
 
     block_size: int
     max_model_len: int
     vocab_size: int
+    supports_between_layers: bool
+    eos_token_ids: list[int]
 
     def kv_bytes_per_block(self) -> int:
         """Bytes of K+V (all layers) one block of ``block_size`` tokens takes on the device."""
@@ -53,7 +61,7 @@ class ModelRunnerProtocol(Protocol):
         """Run one forward pass; return float32 logits ``[k, vocab]`` for the k items with
         ``needs_logits`` in their order.
 
-        A runner whose class sets ``supports_between_layers = True`` also takes
+        A runner with ``supports_between_layers`` true also takes
         ``between_layers=fn``: ``fn()`` is called between layers of the pass and may run
         ``execute`` for other sequences (disjoint blocks) before the pass goes on."""
 

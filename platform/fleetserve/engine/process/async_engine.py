@@ -39,7 +39,7 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.process.front import EngineFront
 from fleetserve.engine.core.llm_engine import LLMEngine, RunnerFactory, default_runner_factory
 from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo, RequestOutput
-from fleetserve.engine.runtime.step_lane import PriorityLane
+from fleetserve.engine.runtime.priority_lane import PriorityLane
 from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
 from fleetserve.errors import EngineError, InvalidRequestError, ServiceUnavailableError
 
@@ -242,7 +242,7 @@ class AsyncEngine(EngineFront):
     def _handed_over(self) -> None:
         """Called by the step thread at each pause point and after each step, once what had
         arrived is taken in and, for a higher class, its step has run (the engine process
-        drops its step thread back under SCHED_IDLE here; see step_boost)."""
+        drops its step thread back under SCHED_IDLE here; see runtime.thread_priority)."""
 
     def _run_and_deliver(self, step: Callable[[], list[RequestOutput]]) -> None:
         """Run ``step`` and deliver its outputs on the calling thread. On the lane, a

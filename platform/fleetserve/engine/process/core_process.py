@@ -1,17 +1,14 @@
 """The native engine's step loop in a child process of the replica (``python -m`` this module).
 
 :class:`fleetserve.engine.process.process_engine.ProcessEngine` starts it and talks to it over one
-socket pair (``multiprocessing.connection`` framing, pickled tuples). The child's main
+socket pair (``multiprocessing.connection`` framing around the typed, versioned messages of
+:mod:`fleetserve.engine.process.messages`, which lists them). The child's main
 thread *is* the step thread: it reads its pipe between steps and, for new requests, between
 the layers of a running forward pass, so no thread of this process waits for the GIL to take
 a request in, and no thread of the replica ever waits for the model's.
 
-Messages, parent -> child: ``("add", GenerateRequest)``, ``("op", call_id, name, args)``
-(``call_id`` None: no reply wanted), ``("stop",)``.
-Child -> parent: ``("hello", ModelInfo, EngineStats)`` once the model is loaded,
-``("out", [RequestOutput], EngineStats)`` per step, ``("added", request_id, error)``,
-``("reply", call_id, value, error)``, ``("idle", EngineStats)``, ``("fatal", message)``.
-The first message from the parent is the :class:`EngineConfig` as a dict.
+A frame that does not decode (wrong version, unknown type, garbage) is logged and ends the
+step loop as the parent's going away does: the pipe can no longer be trusted.
 """
 
 from __future__ import annotations
@@ -27,12 +24,13 @@ from multiprocessing.connection import Connection
 from typing import Optional
 
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
+from fleetserve.engine.process import messages as m
 from fleetserve.engine.process.async_engine import AsyncEngine
 from fleetserve.engine.config import EngineConfig
-from fleetserve.engine.process.output_pacer import OutputPacer
+from fleetserve.engine.process.pacing import OutputPacer
 from fleetserve.engine.protocol import EngineStats, RequestOutput
-from fleetserve.engine.runtime.step_boost import StepBooster
-from fleetserve.engine.runtime.step_lane import PriorityLane
+from fleetserve.engine.runtime.thread_priority import ArrivalLift
+from fleetserve.engine.runtime.priority_lane import PriorityLane
 from fleetserve.errors import portable
 
 log = logging.getLogger("fleetserve.engine.process.core_process")
@@ -47,22 +45,22 @@ class PipeCore(AsyncEngine):
         super().__init__(config)
         self._conn = conn
         self._send_lock = threading.Lock()  # the lane thread sends too (side steps' replies)
-        # Streams are paced here, before the pipe (see output_pacer); the lane thread tracks
+        # Streams are paced here, before the pipe (see pacing.OutputPacer); the lane thread tracks
         # the requests it adds, so the pacer has a lock of its own.
         self._pacer = OutputPacer(time.monotonic)
         self._pacer_lock = threading.Lock()
         self._last_sent = 0.0  # when the parent last got stats with an "out" message
-        self._booster: Optional[StepBooster] = None  # lifts the SCHED_IDLE step thread on arrivals
+        self._booster: Optional[ArrivalLift] = None  # lifts the SCHED_IDLE step thread on arrivals
 
     def serve(self) -> None:
         """Load the model, say hello, run the step loop until told to stop or orphaned."""
         self._ensure_engine()
         freeze_startup_heap()  # torch and the model: ~380k objects a full collection would walk (~190 ms)
-        self._send(("hello", self.model_info(), self.engine.stats()))
+        self._send(m.Hello(self.model_info(), self.engine.stats()))
         if self.config.step_thread_idle and self.config.isolate_priority_prefill:
             self._lane = PriorityLane(init=self._bind_thread)  # before _run: keeps the normal policy
         if self.config.step_thread_idle and self.config.lift_step_thread_on_arrival:
-            self._booster = StepBooster(self._conn.fileno(), threading.get_native_id())  # also before _run
+            self._booster = ArrivalLift(self._conn.fileno(), threading.get_native_id())  # also before _run
         try:
             self._run()  # this thread becomes the step thread (SCHED_IDLE on CPU)
         finally:
@@ -90,7 +88,7 @@ class PipeCore(AsyncEngine):
         # STATS_EVERY_S even while every stream waits out its interval.
         if ready or now - self._last_sent >= STATS_EVERY_S:
             self._last_sent = now
-            self._send(("out", ready, self.engine.stats()))
+            self._send(m.Outputs(ready, self.engine.stats()))
 
     def _op_abort(self, request_id: str) -> Optional[RequestOutput]:
         out = super()._op_abort(request_id)
@@ -103,14 +101,14 @@ class PipeCore(AsyncEngine):
 
     def _notify_idle(self) -> None:
         self._flush_held()
-        self._send(("idle", self.engine.stats()))
+        self._send(m.Idle(self.engine.stats()))
 
     def _flush_held(self) -> None:
         """Send every output the pacer holds (before this process waits for work)."""
         with self._pacer_lock:
             held = self._pacer.flush_all()
         if held:
-            self._send(("out", held, self.engine.stats()))
+            self._send(m.Outputs(held, self.engine.stats()))
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
@@ -122,42 +120,45 @@ class PipeCore(AsyncEngine):
             if block:
                 self._conn.poll(None)
             while self._conn.poll(0):
-                self._take(self._conn.recv())
+                self._take(m.decode(self._conn.recv_bytes()))
         except (EOFError, OSError):  # the replica is gone: nobody to serve
             self._stopping = True
+        except m.FrameError as exc:  # the pipe can no longer be trusted: stop serving it
+            log.error("engine process: bad frame from the replica, stopping: %s", exc)
+            self._stopping = True
 
-    def _take(self, msg: tuple) -> None:
-        kind = msg[0]
+    def _take(self, msg) -> None:
+        kind = type(msg)
         future: concurrent.futures.Future = concurrent.futures.Future()
-        if kind == "add":
-            request = msg[1]
+        if kind is m.Add:
+            request = msg.request
             future.add_done_callback(partial(self._answer_add, request.request_id, request.stream_interval_s))
             self._adds.append((request, future))
-        elif kind == "op":
-            _, call_id, name, args = msg
-            if call_id is not None:
-                future.add_done_callback(partial(self._answer_op, call_id))
-            self._commands.append((partial(self._op, name, *args), future))
-        elif kind == "stop":
+        elif kind is m.Op:
+            if msg.call_id is not None:
+                future.add_done_callback(partial(self._answer_op, msg.call_id))
+            self._commands.append((partial(self._op, msg.name, *msg.args), future))
+        elif kind is m.Stop:
             self._stopping = True
         else:
-            log.error("engine process: unknown message %r ignored", kind)
+            raise m.FrameError(f"engine pipe: {kind.__name__} is not a message for the engine process")
 
     def _answer_add(self, request_id: str, interval_s: float, future: concurrent.futures.Future) -> None:
         exc = future.exception()
         if exc is None:  # before the request's first step: it runs on this thread or after it
             with self._pacer_lock:
                 self._pacer.track(request_id, interval_s)
-        self._send(("added", request_id, portable(exc)))
+        self._send(m.Added(request_id, portable(exc)))
 
     def _answer_op(self, call_id: int, future: concurrent.futures.Future) -> None:
         exc = future.exception()
-        self._send(("reply", call_id, None if exc else future.result(), portable(exc)))
+        self._send(m.Reply(call_id, None if exc else future.result(), portable(exc)))
 
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg) -> None:
+        data = m.encode(msg)  # outside the lock: the lane thread may be sending too
         try:
             with self._send_lock:
-                self._conn.send(msg)
+                self._conn.send_bytes(data)
         except OSError:  # the replica is gone
             self._stopping = True
 
@@ -166,14 +167,16 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     conn = Connection(int(argv[0]))
     try:
-        config = EngineConfig.model_validate(conn.recv())
-        PipeCore(config, conn).serve()
+        first = m.decode(conn.recv_bytes())
+        if type(first) is not m.Configure:
+            raise m.FrameError(f"engine pipe: expected Configure first, got {type(first).__name__}")
+        PipeCore(EngineConfig.model_validate(first.config), conn).serve()
     except (EOFError, KeyboardInterrupt):
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the replica, which fails its health check
         log.exception("engine process failed")
         try:
-            conn.send(("fatal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"))
+            conn.send_bytes(m.encode(m.Fatal(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")))
         except OSError:
             pass
         return 1

@@ -28,10 +28,14 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from fleetserve.engine.process.coalesce import drain_merged
-from fleetserve.engine.protocol import GenerateRequest, RequestOutput
+from fleetserve.engine.process.pacing import drain_merged
+from fleetserve.engine.protocol import EngineCapabilities, GenerateRequest, RequestOutput
 from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.errors import InvalidRequestError, ServiceUnavailableError
+
+
+# Both transports pace streams (stream_interval_s), preempt and sleep.
+NATIVE_CAPABILITIES = EngineCapabilities(paces_streams=True, supports_preempt=True, supports_sleep=True)
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -42,8 +46,6 @@ def _resolve(future: asyncio.Future) -> None:
 class EngineFront:
     """Streams, pacing and control calls of the native engine (see the module docstring)."""
 
-    paces_streams = True  # honours GenerateRequest.stream_interval_s
-
     def __init__(self) -> None:
         self._streams: dict[str, asyncio.Queue] = {}  # touched on the event loop only
         self._finished: set[str] = set()  # streams whose final output is queued (event loop only)
@@ -52,6 +54,9 @@ class EngineFront:
         self._stopping = False
         self._sleeping = False
         self._draining = False
+
+    def capabilities(self) -> EngineCapabilities:
+        return NATIVE_CAPABILITIES
 
     # ---------------------------------------------------------------- transport (subclass)
     async def start(self) -> None:

@@ -11,6 +11,8 @@ Apart, the replica's loop only moves messages: one pipe message per engine step 
 every stream's outputs, and the child's step thread reads new requests itself.
 
 The replica's event loop reads the child's socket with ``add_reader`` (no reader thread).
+The messages are typed, versioned frames (:mod:`fleetserve.engine.process.messages`); a
+frame that does not decode ends the pipe like the child's death does, with a log line.
 If the child dies, every open stream ends with an error, pending calls fail with
 ServiceUnavailableError, and ``check_health`` raises so Serve replaces the replica.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.process import messages as m
 from fleetserve.engine.process.front import EngineFront
 from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo
 from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
@@ -84,36 +87,36 @@ class ProcessEngine(EngineFront):
             theirs.close()
         self._conn = Connection(ours.detach())
         try:
-            self._conn.send(self.config.model_dump(mode="json"))
+            self._conn.send_bytes(m.encode(m.Configure(self.config.model_dump(mode="json"))))
             hello = await asyncio.to_thread(self._await_hello)
-        except (EngineError, OSError, EOFError) as exc:
+        except (EngineError, m.FrameError, OSError, EOFError) as exc:
             self._dead = str(exc)
             self._conn.close()
             self._conn = None
             raise EngineError(self._dead) from exc
-        self._info, self._stats = hello[1], hello[2]
+        self._info, self._stats = hello.info, hello.stats
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model)
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
         log.info("engine process %d ready (%s)", self._proc.pid, self._info.name)
 
-    def _await_hello(self) -> tuple:
+    def _await_hello(self) -> m.Hello:
         waited = 0.0
         while not self._conn.poll(1.0):
             waited += 1.0
             if self._proc.poll() is not None or waited > self.start_timeout_s:
                 self._proc.kill()
                 raise EngineError(f"engine process did not start (exit code {self._proc.poll()})")
-        msg = self._conn.recv()
-        if msg[0] != "hello":
+        msg = m.decode(self._conn.recv_bytes())
+        if type(msg) is not m.Hello:
             self._proc.wait(30)
-            raise EngineError(f"engine process failed to start: {msg[1] if len(msg) > 1 else msg}")
+            raise EngineError(f"engine process failed to start: {msg.message if type(msg) is m.Fatal else msg}")
         return msg
 
     async def shutdown(self) -> None:
         self._stopping = True
         if self._proc is not None:
             try:
-                self._send(("stop",))
+                self._send(m.Stop())
             except ServiceUnavailableError:
                 pass  # already gone
             try:
@@ -128,28 +131,33 @@ class ProcessEngine(EngineFront):
     def _on_readable(self) -> None:
         try:
             while self._conn.poll():
-                self._handle(self._conn.recv())
+                self._handle(m.decode(self._conn.recv_bytes()))
         except (EOFError, OSError):
             code = self._proc.poll() if self._proc is not None else None
             why = "engine shut down" if self._stopping else f"engine process exited (code {code})"
             self._gone(self._dead or why)
+        except m.FrameError as exc:  # the pipe is no longer trustworthy: end it (the child exits on EOF)
+            log.error("engine process %s sent a bad frame; closing its pipe: %s", self.pid, exc)
+            self._gone(f"engine process sent a bad frame: {exc}")
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "out":
-            self._stats = msg[2]
-            self.outputs_received += len(msg[1])
-            self._dispatch(msg[1])
-        elif kind == "added":
-            self._settle(self._adding.pop(msg[1], None), None, msg[2])
-        elif kind == "reply":
-            self._settle(self._calls.pop(msg[1], None), msg[2], msg[3])
-        elif kind == "idle":
-            self._stats = msg[1]
+    def _handle(self, msg) -> None:
+        kind = type(msg)
+        if kind is m.Outputs:
+            self._stats = msg.stats
+            self.outputs_received += len(msg.outputs)
+            self._dispatch(msg.outputs)
+        elif kind is m.Added:
+            self._settle(self._adding.pop(msg.request_id, None), None, msg.error)
+        elif kind is m.Reply:
+            self._settle(self._calls.pop(msg.call_id, None), msg.value, msg.error)
+        elif kind is m.Idle:
+            self._stats = msg.stats
             self._wake_idle_waiters()
-        elif kind == "fatal":
-            self._dead = f"engine process failed: {msg[1]}"
+        elif kind is m.Fatal:
+            self._dead = f"engine process failed: {msg.message}"
             log.error(self._dead)
+        else:
+            raise m.FrameError(f"engine pipe: {kind.__name__} is not a message from the engine process")
 
     @staticmethod
     def _settle(future: Optional[asyncio.Future], value, error: Optional[BaseException]) -> None:
@@ -177,11 +185,11 @@ class ProcessEngine(EngineFront):
         self._end_streams(why)
         self._wake_idle_waiters()
 
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg) -> None:
         if self._conn is None:
             raise ServiceUnavailableError(self._dead or "engine process is not running")
         try:
-            self._conn.send(msg)
+            self._conn.send_bytes(m.encode(msg))
         except OSError as exc:
             self._gone(f"engine process unreachable: {exc}")
             raise ServiceUnavailableError(self._dead) from exc
@@ -194,7 +202,7 @@ class ProcessEngine(EngineFront):
         future = self._loop.create_future()
         self._adding[request.request_id] = future
         try:
-            self._send(("add", request))
+            self._send(m.Add(request))
         except ServiceUnavailableError:
             self._adding.pop(request.request_id, None)
             raise
@@ -205,7 +213,7 @@ class ProcessEngine(EngineFront):
         future = self._loop.create_future()
         self._calls[call_id] = future
         try:
-            self._send(("op", call_id, name, args))
+            self._send(m.Op(call_id, name, args))
         except ServiceUnavailableError:
             self._calls.pop(call_id, None)
             raise
@@ -214,7 +222,7 @@ class ProcessEngine(EngineFront):
     def _abort_soon(self, request_id: str) -> None:
         if self._running():
             try:
-                self._send(("op", None, "abort", (request_id,)))
+                self._send(m.Op(None, "abort", (request_id,)))
             except ServiceUnavailableError:
                 pass
 

@@ -1,4 +1,6 @@
-"""Ask Linux to back a large host tensor with transparent huge pages (2 MiB).
+"""Memory tuning for the CPU K/V pool: transparent huge pages (2 MiB); measured ~8% faster decode-attention block reads.
+
+Ask Linux to back a large host tensor with transparent huge pages.
 
 Decode attention reads K/V in 4 KiB runs scattered over the whole pool, so with 4 KiB
 pages nearly every block costs a TLB miss; with 2 MiB pages the CPU kernel read the same

@@ -21,7 +21,7 @@ import logging
 import os
 from typing import Any, AsyncIterator, Optional
 
-from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import EngineCapabilities, EngineStats, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.engine.validation import validate_request
 from fleetserve.engine.vllm.convert import (
@@ -96,6 +96,16 @@ class VllmEngine:
             engine_args=engine_args,
             tensor_parallel_size=tensor_parallel_size,
             served_model_name=served_model_name,
+        )
+
+    def capabilities(self) -> EngineCapabilities:
+        """vLLM streams one output per step (the replica paces it) and cannot preempt one
+        request; sleep mode only when ``engine_args.enable_sleep_mode`` asks for it (vLLM
+        itself supports it on CUDA/ROCm/XPU devices only)."""
+        return EngineCapabilities(
+            paces_streams=False,
+            supports_preempt=False,
+            supports_sleep=bool(self.engine_args.get("enable_sleep_mode", False)),
         )
 
     # ---------------------------------------------------------------- lifecycle

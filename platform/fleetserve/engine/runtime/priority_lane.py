@@ -1,4 +1,4 @@
-"""A normal-priority thread that runs chosen engine steps for the SCHED_IDLE step thread.
+"""Thread-priority tuning on small CPU nodes: first-token steps skip the SCHED_IDLE thread (measured: it waited up to 7.5 ms).
 
 On CPU the step thread runs under SCHED_IDLE, so the request path sharing its cores preempts
 model compute. A step that starts a higher-class request (an isolated prefill: its first
@@ -6,6 +6,11 @@ token) is on that request's critical path, though; the step thread hands exactly
 to this lane, whose thread keeps the normal policy (a thread cannot leave SCHED_IDLE without
 privileges, so the policy is chosen by which thread runs the step). One step at a time; the
 step thread blocks until it is done, so the engine is still driven by one thread at a time.
+
+Measured under the overload bench (docs/benchmarks.md, "Two priority inversions"): a
+first token made here and handed back to the SCHED_IDLE thread to send waited p99 5.5 ms,
+max 7.5 ms, so the lane sends it itself. Turning SCHED_IDLE off instead
+(``fleetserve-normal-step``) gave no premium gain (p99 ratio 3.1x vs 2.1x, 2.9x vs 2.9x).
 """
 
 from __future__ import annotations

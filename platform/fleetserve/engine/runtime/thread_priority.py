@@ -1,16 +1,17 @@
-"""Priority inheritance for the SCHED_IDLE step thread of the engine process.
+"""Thread-priority tuning on small CPU nodes: lift the SCHED_IDLE step thread while a request waits (measured waits up to 6.5 ms).
 
-The step thread takes new requests in at its pause points: between steps, and after each
-layer's attention and MLP (``core_process``). Under SCHED_IDLE it only runs on a core that
-no other thread wants, so while both cores of a small node run the request path it does
-not reach its next pause point, and a premium request waits in the pipe behind the
-flood's HTTP handling. Measured under the overload bench (``perf sched``, 10 s): the step
-thread waited for a core for more than 4 ms 12 times, up to 6.5 ms.
+Priority inheritance for the SCHED_IDLE step thread of the engine process. The step thread
+takes new requests in at its pause points: between steps, and after each layer's attention
+and MLP (``core_process``). Under SCHED_IDLE it only runs on a core that no other thread
+wants, so while both cores of a small node run the request path it does not reach its next
+pause point, and a premium request waits in the pipe behind the flood's HTTP handling.
+Measured under the overload bench (``perf sched``, 10 s; docs/benchmarks.md, "Two priority
+inversions"): the step thread waited for a core for more than 4 ms 12 times, up to 6.5 ms.
 
 The doorbell is a normal-priority thread that waits on the pipe. When a message arrives it
 lifts the step thread to SCHED_OTHER; the step thread puts itself back under SCHED_IDLE at
 its next pause point, once it has read the pipe and handed a higher-class request's step to
-the normal-priority lane (:meth:`StepBooster.drained`), or after the step it was running
+the normal-priority lane (:meth:`ArrivalLift.drained`), or after the step it was running
 when nothing could pause. So an arrival costs the flood at most half a layer of compute at
 normal priority, and the request no longer waits for a free core to be taken in.
 
@@ -38,7 +39,7 @@ def _lower_self() -> None:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # always allowed: a lower priority
 
 
-class StepBooster:
+class ArrivalLift:
     """Lifts thread ``step_tid`` to normal priority whenever ``fd`` becomes readable, until
     that thread calls :meth:`drained`. Start it from a normal-priority thread."""
 

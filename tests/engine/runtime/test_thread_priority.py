@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fleetserve.engine.runtime.step_boost import StepBooster
+from fleetserve.engine.runtime.thread_priority import ArrivalLift
 
 TIMEOUT = 10.0
 
@@ -37,7 +37,7 @@ class Recorder:
 def test_each_arrival_lifts_once_until_the_step_thread_has_read_the_pipe():
     r, w = os.pipe()
     rec = Recorder()
-    booster = StepBooster(r, 4242, lift=rec.lift, lower_self=rec.lower_self)
+    booster = ArrivalLift(r, 4242, lift=rec.lift, lower_self=rec.lower_self)
     try:
         booster.drained()  # nothing lifted yet: nothing to lower
         assert rec.lowered == 0 and rec.lifts == []
@@ -68,7 +68,7 @@ def test_without_the_privilege_the_doorbell_stops_and_lifts_nothing():
     def refused(tid: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    booster = StepBooster(r, 4242, lift=refused, lower_self=lambda: None)
+    booster = ArrivalLift(r, 4242, lift=refused, lower_self=lambda: None)
     try:
         os.write(w, b"a")
         wait_until(lambda: not booster._thread.is_alive())
@@ -105,7 +105,7 @@ def test_a_real_sched_idle_thread_is_lifted_on_arrival_and_lowers_itself_after_r
     ready, stop = threading.Event(), threading.Event()
     tid: list[int] = []
     policies: list[int] = []
-    booster_box: list[StepBooster] = []
+    booster_box: list[ArrivalLift] = []
 
     def step_thread():
         tid.append(threading.get_native_id())
@@ -123,7 +123,7 @@ def test_a_real_sched_idle_thread_is_lifted_on_arrival_and_lowers_itself_after_r
     t = threading.Thread(target=step_thread)
     t.start()
     ready.wait(TIMEOUT)
-    booster = StepBooster(r, tid[0])  # the real lift: os.sched_setscheduler on that thread
+    booster = ArrivalLift(r, tid[0])  # the real lift: os.sched_setscheduler on that thread
     booster_box.append(booster)
     try:
         os.write(w, b"a")
