@@ -15,7 +15,7 @@ def make_version(version_id: str = "v1", **overrides) -> ModelVersion:
 
 
 def make_config(**overrides) -> CanaryConfig:
-    fields = dict(enabled=True, steps=[1, 5, 25, 50, 100], step_interval_s=60, min_sample_per_step=100,
+    fields = dict(steps=[1, 5, 25, 50, 100], step_interval_s=60, min_sample_per_step=100,
                   warmup_requests=4, load_timeout_s=300, warmup_timeout_s=120, health_check_timeout_s=30)
     fields.update(overrides)
     return CanaryConfig(**fields)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+KNOWN_FEATURES = ("prompt_length", "output_length", "first_token")  # fleetserve.canary.drift's names
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,7 +44,7 @@ class DriftConfig(_Strict):
         0.2, gt=0, description="PSI above which a feature counts as drifted (0.1-0.2 moderate, > 0.2 significant)."
     )
     features: tuple[str, ...] = Field(
-        ("prompt_length", "output_length", "first_token"),
+        KNOWN_FEATURES,
         description="Features compared (histograms over shared bins, see fleetserve.canary.drift).",
     )
 
@@ -50,13 +53,20 @@ class DriftConfig(_Strict):
     def _features(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(v)) != len(v):
             raise ValueError(f"features must not repeat a name, got {list(v)}")
+        unknown = sorted(set(v) - set(KNOWN_FEATURES))
+        if unknown:
+            raise ValueError(f"features must be among {list(KNOWN_FEATURES)}, got unknown {unknown}")
         return v
 
 
 class CanaryConfig(_Strict):
     """Guarded canary rollouts of new model versions (the ``canary`` section)."""
 
-    enabled: bool = Field(False, description="Allow canary rollouts at all; off, every request goes to stable.")
+    enabled: bool = Field(
+        False,
+        description="Allow canary rollouts at all; off, every request goes to stable. Refused while the rollout "
+        "executor, per-version deployments and ingress stage 3 are not wired in (this build has the policy core).",
+    )
     steps: tuple[float, ...] = Field(
         (1.0, 5.0, 25.0, 50.0, 100.0),
         description="Canary traffic percentages, strictly increasing, in (0, 100], ending at 100; the version is "
@@ -82,6 +92,16 @@ class CanaryConfig(_Strict):
         "x-fleetserve-version",
         description="Request header that pins a version (honoured only for admin keys and tenants flagged for it).",
     )
+
+    @field_validator("enabled")
+    @classmethod
+    def _not_wired_yet(cls, v: bool) -> bool:
+        # The schema and the policy are built; nothing serves a canary yet. Accepting true would
+        # leave an operator believing rollouts are guarded. Remove with the executor (issue 22).
+        if v:
+            raise ValueError("enabled: canary rollouts are not wired into serving in this build (the policy core "
+                             "is; per-version deployments and the ingress split are not); set enabled: false")
+        return v
 
     @field_validator("steps")
     @classmethod
