@@ -55,6 +55,10 @@ def test_a_changed_config_or_a_renamed_file_is_a_mismatch(ckpt):
         verify(ckpt, expected, label="m@v1")
     (ckpt / "generation_config.json.bak").rename(ckpt / "generation_config.json")
     verify(ckpt, expected)
+    (ckpt / "model.safetensors").rename(ckpt / "model-00001-of-00001.safetensors")  # same bytes, new name
+    with pytest.raises(ChecksumMismatchError):
+        verify(ckpt, expected)
+    (ckpt / "model-00001-of-00001.safetensors").rename(ckpt / "model.safetensors")
     flip_byte(ckpt / "config.json", offset=2)
     with pytest.raises(ChecksumMismatchError):
         verify(ckpt, expected)
