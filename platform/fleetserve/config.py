@@ -1,8 +1,7 @@
 """Top-level configuration schema: one pydantic model written as YAML.
 
-Sections: ``server`` (ports, keys), ``models`` (one entry per served model), ``tenants`` and
-``autoscaler`` (schemas owned by their subpackages), and ``canary``, reserved until its
-subpackage ships (it only accepts ``enabled: false``).
+Sections: ``server`` (ports, keys), ``models`` (one entry per served model), and ``tenants``,
+``autoscaler`` and ``canary`` (schemas owned by their subpackages).
 
 ``load_config(path)`` / ``parse_config(data)`` raise :class:`fleetserve.errors.ConfigError`
 whose ``field`` is the dotted path of the first offending field (``models.0.replicas.max``).
@@ -18,41 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetserve.autoscaler.config import AutoscalerConfig
+from fleetserve.canary.config import CanaryConfig
 from fleetserve.errors import ConfigError
 from fleetserve.tenants.config import TenantsConfig
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-
-
-class CanaryConfig(BaseModel):
-    """Canary rollouts, reserved until the canary subpackage ships (it then owns this schema).
-
-    Reserving the key now means a config written for a later build fails here with a
-    message saying the section is reserved, instead of as an unknown top-level key.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="Reserved; canary rollouts are not part of this build.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _only_enabled(cls, data: Any) -> Any:
-        extra = sorted(set(data) - {"enabled"}) if isinstance(data, dict) else []
-        if extra:
-            raise ValueError(f"the canary section is reserved in this build and accepts only 'enabled: false' "
-                             f"(got {', '.join(map(str, extra))})")
-        return data
-
-    @field_validator("enabled")
-    @classmethod
-    def _must_be_off(cls, v: bool) -> bool:
-        if v:
-            raise ValueError(
-                "canary rollouts are reserved in this build and cannot be enabled yet; "
-                "omit the canary section or set enabled: false"
-            )
-        return v
 
 
 class ServerConfig(BaseModel):
@@ -269,7 +238,7 @@ class FleetConfig(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig, description="Listeners and keys.")
     models: list[ModelConfig] = Field(min_length=1, description="Served models (at least one).")
     tenants: Optional[TenantsConfig] = Field(None, description="Multi-tenancy (fleetserve.tenants.config).")
-    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary rollouts (reserved).")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary rollouts (fleetserve.canary.config).")
     autoscaler: Optional[AutoscalerConfig] = Field(None, description="Autoscaler (fleetserve.autoscaler.config).")
 
     @model_validator(mode="after")

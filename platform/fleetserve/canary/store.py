@@ -1,0 +1,100 @@
+"""Where the version registry keeps its records: a small async key/value-table protocol,
+in memory or in Redis.
+
+Values are JSON strings; a *table* is a named map of keys to values. Redis layout (prefix
+``fleetserve:canary:`` by default), one hash per table:
+- ``versions:<model>``  version id -> ModelVersion JSON
+- ``weights``           model -> {version id: weight} JSON
+- ``rollouts``          model -> RolloutState JSON (the rollout executor's, for restarts)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import redis.asyncio as aioredis
+
+from fleetserve.tenants.store import make_redis_client
+
+
+class CanaryStore(Protocol):
+    """JSON values in named tables. Methods raise ``fleetserve.tenants.store.STORE_ERRORS``
+    when the backing store is unreachable."""
+
+    async def get(self, table: str, key: str) -> Optional[str]: ...
+
+    async def get_all(self, table: str) -> dict[str, str]: ...
+
+    async def put(self, table: str, key: str, value: str) -> None: ...
+
+    async def put_new(self, table: str, key: str, value: str) -> bool:
+        """Store only if ``key`` is absent; True when stored (one writer wins a race)."""
+        ...
+
+    async def delete(self, table: str, key: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCanaryStore:
+    """Process-local tables (no Redis configured, and tests)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, str]] = {}
+
+    async def get(self, table: str, key: str) -> Optional[str]:
+        return self._tables.get(table, {}).get(key)
+
+    async def get_all(self, table: str) -> dict[str, str]:
+        return dict(self._tables.get(table, {}))
+
+    async def put(self, table: str, key: str, value: str) -> None:
+        self._tables.setdefault(table, {})[key] = value
+
+    async def put_new(self, table: str, key: str, value: str) -> bool:
+        rows = self._tables.setdefault(table, {})
+        if key in rows:
+            return False
+        rows[key] = value
+        return True
+
+    async def delete(self, table: str, key: str) -> bool:
+        return self._tables.get(table, {}).pop(key, None) is not None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisCanaryStore:
+    """Tables as Redis hashes, shared by every ingress replica and the rollout executor."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "fleetserve:canary:") -> None:
+        self._r = client
+        self._p = prefix
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "fleetserve:canary:", timeout_s: float = 0.5) -> "RedisCanaryStore":
+        return cls(make_redis_client(url, timeout_s), prefix)
+
+    def key(self, table: str) -> str:
+        return self._p + table
+
+    async def get(self, table: str, key: str) -> Optional[str]:
+        v = await self._r.hget(self.key(table), key)
+        return v.decode() if v is not None else None
+
+    async def get_all(self, table: str) -> dict[str, str]:
+        raw = await self._r.hgetall(self.key(table))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def put(self, table: str, key: str, value: str) -> None:
+        await self._r.hset(self.key(table), key, value)
+
+    async def put_new(self, table: str, key: str, value: str) -> bool:
+        return bool(await self._r.hsetnx(self.key(table), key, value))
+
+    async def delete(self, table: str, key: str) -> bool:
+        return bool(await self._r.hdel(self.key(table), key))
+
+    async def close(self) -> None:
+        await self._r.aclose()
