@@ -135,3 +135,27 @@ async def test_replica_paces_engines_that_stream_per_step(tiny_llama_path):
     await gen.__anext__()
     await gen.aclose()
     await wait_until(lambda: replica.record_routing_stats()["num_running"] == 0)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
+async def test_admin_drain_stops_admission_lets_in_flight_finish_and_resumes(tiny_llama_path):
+    replica = await make_replica(tiny_llama_path)
+    try:
+        stats = replica.replica_stats()
+        assert stats.node_ip is not None and not stats.draining
+        missed = await replica.set_draining(True, target_replica="another-replica")
+        assert not missed.applied and not replica.replica_stats().draining  # a call for another replica changes nothing
+        inflight = asyncio.create_task(_collect(replica.generate(request("c", 20))))
+        await wait_until(lambda: replica.replica_stats().in_flight == 1)
+        ack = await replica.set_draining(True, target_replica=stats.replica)
+        assert ack.applied and ack.draining and ack.in_flight == 1
+        assert replica.record_routing_stats()["draining"] is True
+        with pytest.raises(ServiceUnavailableError):
+            await replica.generate(request("d", 1)).__anext__()
+        done = await inflight
+        assert done[-1].finish_reason == "length" and sum(len(o.token_ids_delta) for o in done) == 20
+        assert (await replica.set_draining(False)).draining is False
+        outs = [o async for o in replica.generate(request("e", 3))]
+        assert outs[-1].finished
+    finally:
+        await replica.__del__()  # Serve's shutdown hook: nothing is in flight, so it returns at once

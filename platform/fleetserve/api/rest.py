@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
 from fleetserve.api.errors import error_body, http_error, validation_error
+from fleetserve.api.drain_routes import build_drain_router
 from fleetserve.api.service import ChoiceEvent, InferenceService
+from fleetserve.deployments.replica_control import ReplicaControl
 from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
 from fleetserve.tenants.admin_routes import build_admin_router
 
@@ -38,12 +40,16 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
-def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve") -> FastAPI:
+def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
+                   control: Optional[ReplicaControl] = None) -> FastAPI:
+    """``control``: reaches single replicas for the admin drain endpoints (none: not served)."""
     app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
     _add_ops_routes(app, service)
     _add_inference_routes(app, service, max_body_bytes)
     app.include_router(build_admin_router(service.gatekeeper))
+    if control is not None:
+        app.include_router(build_drain_router(service, control))
     _add_status_route(app, service)
     return app
 
@@ -182,7 +188,8 @@ def _add_status_route(app: FastAPI, service: InferenceService) -> None:
                     {"replica": r.replica, "waiting": r.num_waiting, "running": r.num_running,
                      "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
                      "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
-                     "transport": "link" if r.link else "handle", "link_streams": r.link_streams}
+                     "transport": "link" if r.link else "handle", "link_streams": r.link_streams,
+                     "node_id": r.node_id, "node_ip": r.node_ip}
                     for r in reps
                 ],
             })

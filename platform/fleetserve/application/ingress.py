@@ -13,6 +13,7 @@ from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
 from fleetserve.application.wiring import build_admission, build_gatekeeper
 from fleetserve.deployments.handle_client import HandleModelClient
+from fleetserve.deployments.replica_control import HandleReplicaControl
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.router.chooser import ReplicaChooser
@@ -37,11 +38,13 @@ class Ingress:
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router)
+        self._control = HandleReplicaControl(handles)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 
     def __serve_build_asgi_app__(self):
-        return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes)
+        return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes,
+                              control=self._control)
 
     def _grpc_servicer(self):
         if self._grpc is None:

@@ -32,7 +32,7 @@ from typing import AsyncIterator, Callable, Optional
 from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
-from fleetserve.deployments.replica_stats import ReplicaStats
+from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats
 from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
@@ -52,6 +52,7 @@ class ModelReplica:
         self._in_flight = 0
         self._live: set[str] = set()  # engine request ids streaming now (for preempt_job)
         self._replica_id = _replica_id()
+        self._node_id, self._node_ip = _node_id(), _node_ip()
         await self._engine.start()
         self._link: Optional[ReplicaLinkServer] = None
         if link:
@@ -119,7 +120,20 @@ class ModelReplica:
             in_flight=self._in_flight,
             link=self._link.address if self._link is not None else None,
             ts=time.time(),
+            node_id=self._node_id,
+            node_ip=self._node_ip,
         )
+
+    async def set_draining(self, draining: bool, target_replica: Optional[str] = None) -> DrainAck:
+        """Stop (``True``) or resume (``False``) admitting new requests; requests in flight
+        finish. The admin drain path pins the call with ``target_replica`` (read by the
+        replica router); a call that reached another replica changes nothing here."""
+        if target_replica is not None and target_replica != self._replica_id:
+            return DrainAck(self._replica_id, applied=False, draining=self._draining, in_flight=self._in_flight)
+        self._draining = draining
+        logger.info("replica %s %s (%d in flight)", self._replica_id, "draining" if draining else "resumed",
+                    self._in_flight)
+        return DrainAck(self._replica_id, applied=True, draining=draining, in_flight=self._in_flight)
 
     def record_autoscaling_stats(self) -> dict:
         """Requests in flight here through any transport: Serve counts only its handle calls."""
@@ -145,6 +159,15 @@ def _replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # constructed outside Serve (tests)
         return "local"
+
+
+def _node_id() -> Optional[str]:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - no Ray here (tests)
+        return None
 
 
 def _node_ip() -> str:

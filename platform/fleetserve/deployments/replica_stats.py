@@ -27,6 +27,8 @@ class ReplicaStats:
     in_flight: int = 0  # requests streaming from this replica through any transport
     link: Optional[str] = None  # "host:port" of its replica link; None: reached through the handle only
     ts: Optional[float] = None  # wall-clock time the stats were taken (time.time()); None when unknown
+    node_id: Optional[str] = None  # the Ray node it runs on (node drains)
+    node_ip: Optional[str] = None  # that node's IP (a Kubernetes drain names pods by IP)
 
     @property
     def accepting(self) -> bool:
@@ -54,7 +56,13 @@ class ReplicaStats:
             in_flight=int(d.get("in_flight", 0)),
             link=str(link) if link else None,
             ts=None if ts is None else float(ts),
+            node_id=_optional_str(d.get("node_id")),
+            node_ip=_optional_str(d.get("node_ip")),
         )
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    return str(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -71,3 +79,15 @@ class ReplicaStatus:
     age_s: Optional[float] = None  # seconds since the stats were taken; None when unknown
     link: bool = False  # the replica advertises a replica link (server.replica_transport: direct)
     link_streams: int = 0  # requests this ingress process sent over that link
+    node_id: Optional[str] = None
+    node_ip: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DrainAck:
+    """A replica's answer to ``set_draining``: whether the call reached it and what it holds."""
+
+    replica: str
+    applied: bool
+    draining: bool
+    in_flight: int

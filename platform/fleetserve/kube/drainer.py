@@ -7,8 +7,9 @@ implementation, a call to fleetserve's admin API.
      "deadline_s": 120 | null, "pods": [{"name": "...", "ip": "10.0.3.7"}, ...]}
 
 ``node`` is the Kubernetes node name; ``pods`` are the release's Ray pods on it, whose IPs are
-their Ray node IPs, so the server can map them to Ray node ids. The server side of this call
-is built by issue #23; until then the API answers 404 and the watcher logs the failure.
+their Ray node IPs, so the server can map them to Ray node ids. The server side is
+``fleetserve.api.drain_routes``: the replicas on that node stop taking new requests and finish
+the ones they serve (moving them elsewhere before the deadline, migration, is not built yet).
 """
 
 from __future__ import annotations

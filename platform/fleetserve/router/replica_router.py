@@ -18,12 +18,12 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
+from fleetserve.deployments.replica_control import TARGET_REPLICA_KWARG  # pins a call to one replica
 from fleetserve.deployments.replica_stats import ReplicaStats
 from fleetserve.router.replica_policy import rank
 from fleetserve.router.stats_board import from_routing_stats, process_board
 
 PREFIX_KEY_KWARG = "prefix_key"
-TARGET_REPLICA_KWARG = "target_replica"  # pins a call to one replica (ModelReplica.preempt_job)
 
 
 class FleetReplicaRouter(FIFOMixin, RequestRouter):
