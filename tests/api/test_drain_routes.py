@@ -11,6 +11,7 @@ from fleetserve.api.drain_routes import replicas_on_node
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.deployments.replica_stats import DrainAck, ReplicaStatus
+from fleetserve.kube.drainer import DrainRequest, RayPod
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
 from tests.tenants.factories import make_config, make_spec
 
@@ -80,8 +81,8 @@ async def test_drain_and_resume_need_the_admin_key_and_a_known_replica(app):
 
 async def test_node_drain_as_the_spot_watcher_sends_it(app):
     client, control = app
-    body = {"source": "kubernetes", "reason": "aws-spot-interruption", "signals": ["aws-nth"], "deadline_s": 120,
-            "pods": [{"name": "ray-worker-spot-x", "ip": "10.0.0.2"}]}
+    body = DrainRequest(node="ip-10-0-0-2", reason="aws-spot-interruption", signals=("aws-nth",), deadline_s=120,
+                        pods=(RayPod("ray-worker-spot-x", "10.0.0.2"),)).body()  # exactly what the watcher sends
     async with client:
         r = await client.post("/admin/nodes/ip-10-0-0-2/drain", headers=ADMIN, json=body)
         assert r.status_code == 202
