@@ -1,7 +1,8 @@
 """Serve options derived from the fleet config (no Ray needed)."""
 
 from fleetserve.config import parse_config
-from fleetserve.application.build import INGRESS_MAX_ONGOING, ingress_max_ongoing
+from fleetserve.application.build import (INGRESS_MAX_ONGOING, model_options, ingress_graceful_shutdown_s,
+                                          ingress_max_ongoing)
 
 
 def make_cfg(scheduling: dict, max_replicas: int = 1):
@@ -20,3 +21,10 @@ def test_ingress_accepts_more_than_the_fleet_can_hold():
 
 def test_ingress_cap_has_a_floor_for_small_queues():
     assert ingress_max_ongoing(make_cfg({"max_queue_total": 8})) == INGRESS_MAX_ONGOING
+
+
+def test_the_ingress_waits_for_streams_as_long_as_the_slowest_model_drains():
+    cfg = parse_config({"models": [{"name": "a", "checkpoint": "/x", "drain_timeout_s": 30},
+                                   {"name": "b", "checkpoint": "/y", "drain_timeout_s": 90}]})
+    assert ingress_graceful_shutdown_s(cfg) == 95.0 > 20.0  # Serve's default would cut b's streams at 20 s
+    assert ingress_graceful_shutdown_s(cfg) >= max(model_options(m, cfg)["graceful_shutdown_timeout_s"] for m in cfg.models)

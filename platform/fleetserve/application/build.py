@@ -21,7 +21,7 @@ def deployment_name(model: ModelConfig) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_-]", "-", model.name)
 
 
-def _model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
+def model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
     from ray.serve.config import RequestRouterConfig
 
     from fleetserve.router.replica_router import FleetReplicaRouter
@@ -84,6 +84,15 @@ def ingress_max_ongoing(cfg: FleetConfig) -> int:
     return max(INGRESS_MAX_ONGOING, sched.max_queue_total + running + 100)
 
 
+def ingress_graceful_shutdown_s(cfg: FleetConfig) -> float:
+    """How long a stopping ingress replica (scale-down, redeploy) waits for its open requests.
+
+    Serve's default (20 s) would cut streams that the model replica, draining for its
+    ``drain_timeout_s``, would still have finished; the ingress waits at least as long as the
+    slowest model's replicas do."""
+    return max(m.drain_timeout_s for m in cfg.models) + 5.0
+
+
 def build_app(cfg: FleetConfig, engine_factory=None):
     """The bound Serve application (pass to ``serve.run``)."""
     from ray import serve
@@ -93,13 +102,15 @@ def build_app(cfg: FleetConfig, engine_factory=None):
 
     handles, names = {}, {}
     for m in cfg.models:
-        dep = serve.deployment(ModelReplica).options(**_model_options(m, cfg))
+        dep = serve.deployment(ModelReplica).options(**model_options(m, cfg))
         handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct")
         names[m.name] = deployment_name(m)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS_DEPLOYMENT,
         num_replicas=cfg.server.ingress_replicas,
         max_ongoing_requests=ingress_max_ongoing(cfg),
+        graceful_shutdown_timeout_s=ingress_graceful_shutdown_s(cfg),
+        graceful_shutdown_wait_loop_s=0.5,
         ray_actor_options={"num_cpus": 0},
     )
     return ingress.bind(cfg.model_dump(mode="json"), handles, names)
