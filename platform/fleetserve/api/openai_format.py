@@ -92,11 +92,12 @@ class _Choice:
         if out.logprobs_delta:
             self.logprobs.extend(out.logprobs_delta)
         if out.finished:
-            self.finish_reason = _finish(out.finish_reason)
+            self.finish_reason = out.finish_reason
 
 
-def _finish(reason: Optional[str]) -> Optional[str]:
-    return "stop" if reason == "abort" else reason
+# A stream that ended in an error closes each unfinished choice with this finish reason,
+# so a client that only reads chunks never mistakes a truncated answer for a complete one.
+FINISH_ERROR_CHUNK = "error"
 
 
 async def collect(events: AsyncIterator[ChoiceEvent], n: int) -> list[_Choice]:
@@ -152,6 +153,7 @@ class CompletionChunker:
     def __init__(self, job: Job, want_logprobs: bool, include_usage: bool):
         self.job, self.want_logprobs, self.include_usage = job, want_logprobs, include_usage
         self._offsets = [0] * job.num_choices
+        self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
@@ -161,7 +163,9 @@ class CompletionChunker:
         self.completion_tokens += len(out.token_ids_delta)
         if not out.text_delta and not out.finished and not out.logprobs_delta:
             return None
-        finish = _finish(out.finish_reason) if out.finished else None
+        finish = out.finish_reason if out.finished else None
+        if out.finished:
+            self._done.add(ev.index)
         if not self.want_logprobs:
             self._offsets[ev.index] += len(out.text_delta)
             choice = {"index": ev.index, "text": out.text_delta}
@@ -187,6 +191,17 @@ class CompletionChunker:
                                  model=self.job.model.spec.name, choices=[], usage=usage(self.job, self.completion_tokens))
         return c.model_dump_json()
 
+    def error_chunks(self) -> list[str]:
+        """The last chunk of every choice not finished yet, finish_reason ``error``."""
+        chunks = []
+        for i in range(self.job.num_choices):
+            if i not in self._done:
+                c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
+                                         model=self.job.model.spec.name,
+                                         choices=[M.CompletionChoice(index=i, text="", finish_reason=FINISH_ERROR_CHUNK)])
+                chunks.append(c.model_dump_json(exclude_none=not self.include_usage))
+        return chunks
+
 
 class ChatChunker:
     """SSE chunks of a streamed chat completion (fast path without logprobs, as above)."""
@@ -194,6 +209,7 @@ class ChatChunker:
     def __init__(self, job: Job, want_logprobs: bool, include_usage: bool):
         self.job, self.want_logprobs, self.include_usage = job, want_logprobs, include_usage
         self._started = [False] * job.num_choices
+        self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
@@ -216,7 +232,9 @@ class ChatChunker:
             self._started[ev.index] = True
             chunks.append(self._fast(ev.index, "assistant", "", None))
         if out.text_delta or out.finished or out.logprobs_delta:
-            finish = _finish(out.finish_reason) if out.finished else None
+            finish = out.finish_reason if out.finished else None
+            if out.finished:
+                self._done.add(ev.index)
             if not self.want_logprobs:
                 chunks.append(self._fast(ev.index, None, out.text_delta or None, finish))
                 return chunks
@@ -229,3 +247,7 @@ class ChatChunker:
         if not self.include_usage:
             return None
         return self._chunk([], usage(self.job, self.completion_tokens))
+
+    def error_chunks(self) -> list[str]:
+        """The last chunk of every choice not finished yet, finish_reason ``error``."""
+        return [self._fast(i, None, None, FINISH_ERROR_CHUNK) for i in range(self.job.num_choices) if i not in self._done]

@@ -209,6 +209,8 @@ async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent],
         except Exception as exc:  # headers are sent: report in-band, as OpenAI does
             _, body, _ = http_error(exc)
             yield f"data: {json.dumps(body)}\n\n".encode()
+            for c in chunker.error_chunks():  # and never leave a choice looking complete
+                yield f"data: {c}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
 

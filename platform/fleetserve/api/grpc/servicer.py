@@ -44,7 +44,7 @@ class InferenceServicer:
         return pb.GenerateResponse(
             id=job.request_id, model=job.model.spec.name, usage=_usage(job, total),
             choices=[
-                pb.Choice(index=i, text="".join(c.text), finish_reason=F._finish(c.finish_reason) or "",
+                pb.Choice(index=i, text="".join(c.text), finish_reason=c.finish_reason or "",
                           logprobs=self._logprobs(job, c.logprobs))
                 for i, c in enumerate(choices)
             ],
@@ -62,7 +62,7 @@ class InferenceServicer:
                         continue
                     yield pb.GenerateChunk(
                         id=job.request_id, index=ev.index, text=out.text_delta,
-                        finish_reason=(F._finish(out.finish_reason) or "") if out.finished else "",
+                        finish_reason=(out.finish_reason or "") if out.finished else "",
                         logprobs=self._logprobs(job, out.logprobs_delta or []),
                     )
             yield pb.GenerateChunk(id=job.request_id, usage=_usage(job, total))
