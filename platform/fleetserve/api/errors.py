@@ -35,6 +35,7 @@ _MAPPINGS: dict[type, ErrorMapping] = {
     E.PermissionDeniedError: ErrorMapping(403, grpc.StatusCode.PERMISSION_DENIED, "permission_error"),
     E.ModelNotFoundError: ErrorMapping(404, grpc.StatusCode.NOT_FOUND, "invalid_request_error"),
     E.NotFoundError: ErrorMapping(404, grpc.StatusCode.NOT_FOUND, "invalid_request_error"),
+    E.ConflictError: ErrorMapping(409, grpc.StatusCode.ALREADY_EXISTS, "invalid_request_error"),
     E.RateLimitError: ErrorMapping(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limit_error"),
     E.ServiceUnavailableError: ErrorMapping(503, grpc.StatusCode.UNAVAILABLE, "service_unavailable"),
     E.RequestAbortedError: ErrorMapping(499, grpc.StatusCode.CANCELLED, "request_aborted"),
@@ -104,7 +105,7 @@ def validation_error(errors: list[dict]) -> E.InvalidRequestError:
     if not errors:
         return E.InvalidRequestError("invalid request")
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     # Union members add their type name to the path ("prompt.str"); keep only real fields.
     param = ".".join(p for p in loc if not _is_type_tag(p)) or None
     msg = first.get("msg", "invalid value")
@@ -116,4 +117,4 @@ def validation_error(errors: list[dict]) -> E.InvalidRequestError:
 
 
 def _is_type_tag(p: str) -> bool:
-    return p in ("str", "int", "float", "bool", "list", "dict") or p.startswith(("list[", "function-", "union["))
+    return p in ("str", "int", "float", "bool", "list", "dict", "[key]") or p.startswith(("list[", "function-", "union["))

@@ -9,6 +9,7 @@ from fleetserve.api import openai_models as M
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.service import ChoiceEvent, InferenceService, Job
 from fleetserve.engine.protocol import RequestOutput, TokenLogprob
+from fleetserve.errors import InvalidRequestError
 from fleetserve.tenants.context import TenantContext
 
 AnyRequest = Union[M.CompletionRequest, M.ChatCompletionRequest]
@@ -32,14 +33,23 @@ async def completion_job(service: InferenceService, ctx: TenantContext, req: M.C
         prompts = [model.renderer.encode(x) for x in p]
     else:
         prompts = [list(p)]
+        _check_ids(prompts[0], model.info.vocab_size, "prompt")
+    _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
     return service.build_job(ctx, model, prompts, n=req.n, max_tokens=req.max_tokens,
                              sampling=_sampling(req, req.logprobs), prompt_field="prompt")
+
+
+def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
+    """Token ids the model has (an id past the vocabulary would fail inside the engine)."""
+    if any(t >= vocab_size for t in ids):
+        raise InvalidRequestError(f"{field}: token ids must be below the vocabulary size {vocab_size}", field=field)
 
 
 async def chat_job(service: InferenceService, ctx: TenantContext, req: M.ChatCompletionRequest) -> Job:
     model = await service.served(req.model)
     prompt = model.renderer.render_chat([m.as_template_dict() for m in req.messages])
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
     return service.build_job(ctx, model, [prompt], n=req.n, max_tokens=req.effective_max_tokens,
                              sampling=_sampling(req, logprobs), prompt_field="messages")
 

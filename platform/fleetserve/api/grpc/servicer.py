@@ -17,10 +17,11 @@ from pydantic import ValidationError
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
 from fleetserve.api.errors import grpc_error, validation_error
+from fleetserve.api.json_body import check_tree
 from fleetserve.api.grpc import inference_pb2 as pb
 from fleetserve.api.service import InferenceService, Job
 from fleetserve.engine.protocol import TokenLogprob
-from fleetserve.errors import FleetserveError, InvalidRequestError
+from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
 
 _OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "n", "seed", "top_k")
 
@@ -30,8 +31,12 @@ class GrpcStatusRaised(Exception):
 
 
 class InferenceServicer:
-    def __init__(self, service: InferenceService):
+    def __init__(self, service: InferenceService, max_message_bytes: int = 1 << 20):
+        """``max_message_bytes``: the REST body limit, applied to a request message (413's
+        gRPC code). Serve's gRPC proxy takes messages up to ``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE``
+        bytes (an environment variable of the proxy's process; gRPCOptions has no setting)."""
         self._service = service
+        self._max_message_bytes = max_message_bytes
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         try:
@@ -90,7 +95,10 @@ class InferenceServicer:
         ctx = None
         try:
             ctx = await self._service.authenticate(_bearer(context))
+            if request.ByteSize() > self._max_message_bytes:
+                raise PayloadTooLargeError(f"request message exceeds {self._max_message_bytes} bytes")
             kind, data = _as_dict(request)
+            check_tree(data)  # the REST body's checks (protobuf already refuses invalid UTF-8)
             try:
                 req = (M.ChatCompletionRequest if kind == "chat" else M.CompletionRequest).model_validate(data)
             except ValidationError as exc:
