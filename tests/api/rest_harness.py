@@ -44,6 +44,12 @@ class Rest:
                                            {"tenant": "acme", "model": MODEL, "outcome": outcome})
         return v or 0.0
 
+    def requests_with_status(self, status: int) -> float:
+        """The ingress's request counter (``fleetserve_requests_total``) for this status."""
+        v = self.service.metrics.registry.get_sample_value(
+            "fleetserve_requests_total", {"tenant": "acme", "model": MODEL, "version": "v1", "status": str(status)})
+        return v or 0.0
+
 
 def make_rest(client, checkpoint, *, max_body_bytes: int = 1 << 20) -> Rest:
     registry = CollectorRegistry()

@@ -56,6 +56,7 @@ async def test_unfinished_unary_request_is_a_5xx_metered_as_error(tiny_llama_pat
     if status == 503:
         assert r.headers["retry-after"] == "1"
     assert rest.tenant_requests("error") == 1 and rest.tenant_requests("ok") == 0
+    assert rest.requests_with_status(status) == 1 and rest.requests_with_status(200) == 0
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -100,7 +101,7 @@ async def test_a_complete_stream_is_still_ok(tiny_llama_path):
     assert r.status_code == 200 and r.json()["choices"][0] == {"index": 0, "text": "abac", "logprobs": None,
                                                                 "finish_reason": "length"}
     assert '"finish_reason":"length"' in s.text and '"error"' not in s.text
-    assert rest.tenant_requests("ok") == 2
+    assert rest.tenant_requests("ok") == 2 and rest.requests_with_status(200) == 2
 
 
 # ----- a real native engine (in-process AsyncEngine on the tiny checkpoint) -------------------
