@@ -66,7 +66,7 @@ GATE = "gate"  # in a script: wait until the test opens ``ScriptedClient.gate``
 
 class ScriptedClient:
     """Every engine request streams the same script; ``None`` in it ends the stream early,
-    :data:`GATE` waits for ``self.gate`` (open from the start unless ``gated``)."""
+    an exception is raised, :data:`GATE` waits for ``self.gate`` (open unless ``gated``)."""
 
     def __init__(self, script: list, info: ModelInfo = TINY_INFO, gated: bool = False):
         import asyncio
@@ -83,6 +83,8 @@ class ScriptedClient:
             if out is GATE:
                 await self.gate.wait()
                 continue
+            if isinstance(out, BaseException):
+                raise out
             yield out
 
     async def model_info(self, model):

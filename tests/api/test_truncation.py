@@ -34,9 +34,18 @@ FAILED = tokens(2) + [GATE, RequestOutput("r", finished=True, finish_reason="err
 CUT = tokens(3) + [GATE, None]  # the stream just stops: no final output
 COMPLETE = tokens(3) + [RequestOutput("r", "c", [9], finished=True, finish_reason="length", completion_tokens=4)]
 
+
+def _replica_died() -> BaseException:
+    from ray.exceptions import ActorDiedError
+
+    return ActorDiedError()
+
+
+LOST = tokens(2) + [GATE, _replica_died()]  # over the Serve handle: the replica's actor died
+
 # script -> (status of a non-streamed request, what the error says)
 CASES = {"aborted": (ABORTED, 503, "engine shut down"), "failed": (FAILED, 500, "step failed"),
-         "cut": (CUT, 503, "ended before the request finished")}
+         "cut": (CUT, 503, "ended before the request finished"), "lost": (LOST, 503, "replica")}
 
 
 def _assert_openai_error(body: dict, words: str) -> None:

@@ -42,6 +42,8 @@ _MAPPINGS: dict[type, ErrorMapping] = {
     E.ConfigError: ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error"),
     E.EngineError: ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error"),
 }
+# Ray's errors for an actor that died or cannot be reached (matched by name: no Ray import here).
+_REPLICA_LOST = frozenset({"ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError"})
 _INTERNAL = ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error")
 
 
@@ -64,6 +66,8 @@ def as_fleetserve_error(exc: BaseException) -> E.FleetserveError:
     name = type(exc).__name__
     if name in ("BackPressureError", "DeploymentUnavailableError"):
         return E.ServiceUnavailableError(f"no replica is ready: {exc}", retry_after_s=1.0)
+    if name in _REPLICA_LOST:  # the replica died under the request: retryable, and not a bug here
+        return E.ServiceUnavailableError("the replica serving this request was lost", retry_after_s=1.0)
     logger.exception("internal error while serving a request", exc_info=exc)
     return E.EngineError("internal server error")
 

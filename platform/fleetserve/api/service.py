@@ -210,6 +210,10 @@ class InferenceService:
         except FleetserveError as exc:
             status = _http_status(exc)
             raise
+        except Exception as exc:  # a transport's own error (Ray's, a socket's): typed once, here
+            err = _typed(exc)
+            status = _http_status(err)
+            raise err from exc
         finally:
             if events is not None:
                 await events.aclose()  # at once, not when the GC finds it: it cancels the replica's work
@@ -326,6 +330,12 @@ def _check_complete(job: Job, finished: set[int]) -> None:
         missing = sorted(set(range(job.num_choices)) - finished)
         raise ServiceUnavailableError(f"the stream of choice(s) {missing} ended before the request finished",
                                       retry_after_s=1.0)
+
+
+def _typed(exc: BaseException) -> FleetserveError:
+    from fleetserve.api.errors import as_fleetserve_error  # errors imports this module's types
+
+    return as_fleetserve_error(exc)
 
 
 def _http_status(exc: FleetserveError) -> str:
