@@ -63,6 +63,12 @@ class NotFoundError(FleetserveError):
     code = "not_found"
 
 
+class ConflictError(FleetserveError):
+    """The resource already exists, e.g. a tenant id taken (HTTP 409)."""
+
+    code = "conflict"
+
+
 class RateLimitError(FleetserveError):
     """Over quota or shed under overload (HTTP 429 with Retry-After)."""
 

@@ -12,13 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from fleetserve.api.errors import http_error
+from fleetserve.api.json_body import read_model
 from fleetserve.errors import FleetserveError
 from fleetserve.tenants.admin_routes import build_admin_router
 
 
 def admin_app(gatekeeper) -> FastAPI:
     app = FastAPI()
-    app.include_router(build_admin_router(gatekeeper))
+    app.include_router(build_admin_router(gatekeeper, read_model))
 
     @app.exception_handler(FleetserveError)
     async def _err(_req: Request, exc: FleetserveError):

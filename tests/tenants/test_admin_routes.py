@@ -35,7 +35,7 @@ def test_crud_and_rotation(server):
     listed = httpx.get(url + "/admin/tenants", headers=ADMIN).json()["tenants"]
     assert [t["id"] for t in listed] == ["acme", "globex", "new"]
     assert all("api_key_hashes" not in t for t in listed) and key not in r.text.replace(key, "", 1)
-    assert httpx.post(url + "/admin/tenants", headers=ADMIN, json={"id": "new"}).status_code == 400
+    assert httpx.post(url + "/admin/tenants", headers=ADMIN, json={"id": "new"}).status_code == 409
     assert httpx.post(url + "/admin/tenants", headers=ADMIN, json={"id": "x", "tier": "gold"}).status_code == 400
     r = httpx.patch(url + "/admin/tenants/new", headers=ADMIN, json={"quotas": {"tokens_per_min": 99}})
     assert r.json()["tenant"]["quotas"] == {**r.json()["tenant"]["quotas"], "requests_per_min": 5, "tokens_per_min": 99}

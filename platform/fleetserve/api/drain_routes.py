@@ -13,17 +13,16 @@ built yet: a node that disappears before they finish ends them with a 503.
 
 from __future__ import annotations
 
-import json
 from typing import Optional, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from fleetserve.api.errors import validation_error
+from fleetserve.api.json_body import parse_model, parse_object, read_body
 from fleetserve.deployments.replica_control import ReplicaControl
 from fleetserve.deployments.replica_stats import ReplicaStatus
-from fleetserve.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from fleetserve.errors import NotFoundError
 
 MAX_DRAIN_BODY_BYTES = 64 * 1024
 
@@ -91,18 +90,9 @@ def build_drain_router(service, control: ReplicaControl) -> APIRouter:
 
 
 async def _node_body(request: Request) -> NodeDrainBody:
-    body = bytearray()
-    async for part in request.stream():  # bounded while reading, not after
-        body += part
-        if len(body) > MAX_DRAIN_BODY_BYTES:
-            raise PayloadTooLargeError(f"request body exceeds {MAX_DRAIN_BODY_BYTES} bytes")
+    """The optional body: empty is an empty request; anything else goes through the edge's
+    bounded reader (size, depth, valid text, schema: 400/413 naming the field)."""
+    body = await read_body(request, MAX_DRAIN_BODY_BYTES)
     if not body.strip():
         return NodeDrainBody()
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    try:
-        return NodeDrainBody.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc.errors()) from None
+    return parse_model(NodeDrainBody, parse_object(body))

@@ -35,12 +35,15 @@ _MAPPINGS: dict[type, ErrorMapping] = {
     E.PermissionDeniedError: ErrorMapping(403, grpc.StatusCode.PERMISSION_DENIED, "permission_error"),
     E.ModelNotFoundError: ErrorMapping(404, grpc.StatusCode.NOT_FOUND, "invalid_request_error"),
     E.NotFoundError: ErrorMapping(404, grpc.StatusCode.NOT_FOUND, "invalid_request_error"),
+    E.ConflictError: ErrorMapping(409, grpc.StatusCode.ALREADY_EXISTS, "invalid_request_error"),
     E.RateLimitError: ErrorMapping(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limit_error"),
     E.ServiceUnavailableError: ErrorMapping(503, grpc.StatusCode.UNAVAILABLE, "service_unavailable"),
     E.RequestAbortedError: ErrorMapping(499, grpc.StatusCode.CANCELLED, "request_aborted"),
     E.ConfigError: ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error"),
     E.EngineError: ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error"),
 }
+# Ray's errors for an actor that died or cannot be reached (matched by name: no Ray import here).
+_REPLICA_LOST = frozenset({"ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError"})
 _INTERNAL = ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error")
 
 
@@ -63,6 +66,8 @@ def as_fleetserve_error(exc: BaseException) -> E.FleetserveError:
     name = type(exc).__name__
     if name in ("BackPressureError", "DeploymentUnavailableError"):
         return E.ServiceUnavailableError(f"no replica is ready: {exc}", retry_after_s=1.0)
+    if name in _REPLICA_LOST:  # the replica died under the request: retryable, and not a bug here
+        return E.ServiceUnavailableError("the replica serving this request was lost", retry_after_s=1.0)
     logger.exception("internal error while serving a request", exc_info=exc)
     return E.EngineError("internal server error")
 
@@ -104,7 +109,7 @@ def validation_error(errors: list[dict]) -> E.InvalidRequestError:
     if not errors:
         return E.InvalidRequestError("invalid request")
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     # Union members add their type name to the path ("prompt.str"); keep only real fields.
     param = ".".join(p for p in loc if not _is_type_tag(p)) or None
     msg = first.get("msg", "invalid value")
@@ -116,4 +121,4 @@ def validation_error(errors: list[dict]) -> E.InvalidRequestError:
 
 
 def _is_type_tag(p: str) -> bool:
-    return p in ("str", "int", "float", "bool", "list", "dict") or p.startswith(("list[", "function-", "union["))
+    return p in ("str", "int", "float", "bool", "list", "dict", "[key]") or p.startswith(("list[", "function-", "union["))

@@ -9,6 +9,7 @@ from fleetserve.api import openai_models as M
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.service import ChoiceEvent, InferenceService, Job
 from fleetserve.engine.protocol import RequestOutput, TokenLogprob
+from fleetserve.errors import InvalidRequestError
 from fleetserve.tenants.context import TenantContext
 
 AnyRequest = Union[M.CompletionRequest, M.ChatCompletionRequest]
@@ -32,14 +33,23 @@ async def completion_job(service: InferenceService, ctx: TenantContext, req: M.C
         prompts = [model.renderer.encode(x) for x in p]
     else:
         prompts = [list(p)]
+        _check_ids(prompts[0], model.info.vocab_size, "prompt")
+    _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
     return service.build_job(ctx, model, prompts, n=req.n, max_tokens=req.max_tokens,
                              sampling=_sampling(req, req.logprobs), prompt_field="prompt")
+
+
+def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
+    """Token ids the model has (an id past the vocabulary would fail inside the engine)."""
+    if any(t >= vocab_size for t in ids):
+        raise InvalidRequestError(f"{field}: token ids must be below the vocabulary size {vocab_size}", field=field)
 
 
 async def chat_job(service: InferenceService, ctx: TenantContext, req: M.ChatCompletionRequest) -> Job:
     model = await service.served(req.model)
     prompt = model.renderer.render_chat([m.as_template_dict() for m in req.messages])
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
     return service.build_job(ctx, model, [prompt], n=req.n, max_tokens=req.effective_max_tokens,
                              sampling=_sampling(req, logprobs), prompt_field="messages")
 
@@ -92,11 +102,12 @@ class _Choice:
         if out.logprobs_delta:
             self.logprobs.extend(out.logprobs_delta)
         if out.finished:
-            self.finish_reason = _finish(out.finish_reason)
+            self.finish_reason = out.finish_reason
 
 
-def _finish(reason: Optional[str]) -> Optional[str]:
-    return "stop" if reason == "abort" else reason
+# A stream that ended in an error closes each unfinished choice with this finish reason,
+# so a client that only reads chunks never mistakes a truncated answer for a complete one.
+FINISH_ERROR_CHUNK = "error"
 
 
 async def collect(events: AsyncIterator[ChoiceEvent], n: int) -> list[_Choice]:
@@ -152,6 +163,7 @@ class CompletionChunker:
     def __init__(self, job: Job, want_logprobs: bool, include_usage: bool):
         self.job, self.want_logprobs, self.include_usage = job, want_logprobs, include_usage
         self._offsets = [0] * job.num_choices
+        self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
@@ -161,7 +173,9 @@ class CompletionChunker:
         self.completion_tokens += len(out.token_ids_delta)
         if not out.text_delta and not out.finished and not out.logprobs_delta:
             return None
-        finish = _finish(out.finish_reason) if out.finished else None
+        finish = out.finish_reason if out.finished else None
+        if out.finished:
+            self._done.add(ev.index)
         if not self.want_logprobs:
             self._offsets[ev.index] += len(out.text_delta)
             choice = {"index": ev.index, "text": out.text_delta}
@@ -187,6 +201,17 @@ class CompletionChunker:
                                  model=self.job.model.spec.name, choices=[], usage=usage(self.job, self.completion_tokens))
         return c.model_dump_json()
 
+    def error_chunks(self) -> list[str]:
+        """The last chunk of every choice not finished yet, finish_reason ``error``."""
+        chunks = []
+        for i in range(self.job.num_choices):
+            if i not in self._done:
+                c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
+                                         model=self.job.model.spec.name,
+                                         choices=[M.CompletionChoice(index=i, text="", finish_reason=FINISH_ERROR_CHUNK)])
+                chunks.append(c.model_dump_json(exclude_none=not self.include_usage))
+        return chunks
+
 
 class ChatChunker:
     """SSE chunks of a streamed chat completion (fast path without logprobs, as above)."""
@@ -194,6 +219,7 @@ class ChatChunker:
     def __init__(self, job: Job, want_logprobs: bool, include_usage: bool):
         self.job, self.want_logprobs, self.include_usage = job, want_logprobs, include_usage
         self._started = [False] * job.num_choices
+        self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
@@ -216,7 +242,9 @@ class ChatChunker:
             self._started[ev.index] = True
             chunks.append(self._fast(ev.index, "assistant", "", None))
         if out.text_delta or out.finished or out.logprobs_delta:
-            finish = _finish(out.finish_reason) if out.finished else None
+            finish = out.finish_reason if out.finished else None
+            if out.finished:
+                self._done.add(ev.index)
             if not self.want_logprobs:
                 chunks.append(self._fast(ev.index, None, out.text_delta or None, finish))
                 return chunks
@@ -229,3 +257,7 @@ class ChatChunker:
         if not self.include_usage:
             return None
         return self._chunk([], usage(self.job, self.completion_tokens))
+
+    def error_chunks(self) -> list[str]:
+        """The last chunk of every choice not finished yet, finish_reason ``error``."""
+        return [self._fast(i, None, None, FINISH_ERROR_CHUNK) for i in range(self.job.num_choices) if i not in self._done]

@@ -7,7 +7,7 @@ work. Range checks mirror :class:`fleetserve.engine.sampling_params.SamplingPara
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,7 @@ MAX_STOP = 16
 MAX_STOP_LEN = 256
 MAX_PROMPTS = 16
 MAX_MESSAGES = 256
+MAX_CONTENT_PARTS = 64
 MAX_TEXT_CHARS = 1_000_000
 MAX_TOKEN_IDS = 131_072
 MAX_SEED = 2**63 - 1
@@ -47,7 +48,8 @@ class _SamplingFields(_Request):
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="Repetition penalty (vLLM extension).")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Same seed, same output; choice i uses seed + i.")
     stop: Stop = Field(None, description="Up to 16 stop strings (not included in the output).")
-    stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP, description="Stop token ids (vLLM extension).")
+    stop_token_ids: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
+        None, max_length=MAX_STOP, description="Stop token ids (vLLM extension).")
     ignore_eos: bool = Field(False, description="Keep generating past EOS (vLLM extension; benchmarks).")
     stream: bool = Field(False, description="Server-sent events.")
     stream_options: Optional[StreamOptions] = Field(None, description="Streaming options.")
@@ -120,6 +122,8 @@ class ChatMessage(_Request):
     def _len(cls, v):
         if isinstance(v, str) and len(v) > MAX_TEXT_CHARS:
             raise ValueError(f"content is longer than {MAX_TEXT_CHARS} characters")
+        if isinstance(v, list) and len(v) > MAX_CONTENT_PARTS:
+            raise ValueError(f"content holds at most {MAX_CONTENT_PARTS} parts")
         return v
 
     def text(self) -> str:

@@ -17,19 +17,22 @@ from typing import AsyncIterator, Callable, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
-from fleetserve.api.errors import error_body, http_error, validation_error
+from fleetserve.api import openapi
 from fleetserve.api.drain_routes import build_drain_router
+from fleetserve.api.errors import error_body, http_error, validation_error
+from fleetserve.api.json_body import parse_model, parse_object, read_body, read_model
 from fleetserve.api.service import ChoiceEvent, InferenceService
+from fleetserve.errors import FleetserveError
 from fleetserve.deployments.replica_control import ReplicaControl
-from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
-from fleetserve.tenants.admin_routes import build_admin_router
+from fleetserve.tenants.admin_routes import ADMIN_BODY_MODELS, build_admin_router
 
 logger = logging.getLogger(__name__)
+
+GENERATE_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503)
 
 
 def bearer_key(authorization: Optional[str]) -> Optional[str]:
@@ -47,10 +50,12 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     _install_error_handlers(app)
     _add_ops_routes(app, service)
     _add_inference_routes(app, service, max_body_bytes)
-    app.include_router(build_admin_router(service.gatekeeper))
+    app.include_router(build_admin_router(service.gatekeeper, read_model))
     if control is not None:
         app.include_router(build_drain_router(service, control))
     _add_status_route(app, service)
+    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS],
+                    [M.ChatCompletionChunk], public_paths=["/health", "/metrics"])
     return app
 
 
@@ -71,7 +76,8 @@ def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
 
 
 def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_bytes: int) -> None:
-    @app.get("/v1/models", response_model=M.ModelList, summary="Models this key may use.")
+    @app.get("/v1/models", response_model=M.ModelList, summary="Models this key may use.",
+             responses=openapi.errors(401, 503))
     async def list_models(request: Request) -> M.ModelList:
         ctx = await _authenticate(service, request)
         cards = []
@@ -83,13 +89,17 @@ def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_byte
                                      max_model_len=served.info.max_model_len if served else None))
         return M.ModelList(data=cards)
 
-    @app.post("/v1/completions", response_model=M.CompletionResponse, summary="Text completion (OpenAI).")
+    @app.post("/v1/completions", response_model=M.CompletionResponse, summary="Text completion (OpenAI).",
+              openapi_extra=openapi.json_body(M.CompletionRequest),
+              responses={**openapi.streamed_ok(M.CompletionResponse), **openapi.errors(*GENERATE_ERRORS)})
     async def completions(request: Request):
         return await _generate(service, request, max_body_bytes, _Endpoint(
             M.CompletionRequest, F.completion_job, F.completion_response, F.CompletionChunker,
             want_logprobs=lambda r: r.logprobs is not None))
 
-    @app.post("/v1/chat/completions", response_model=M.ChatCompletionResponse, summary="Chat completion (OpenAI).")
+    @app.post("/v1/chat/completions", response_model=M.ChatCompletionResponse, summary="Chat completion (OpenAI).",
+              openapi_extra=openapi.json_body(M.ChatCompletionRequest),
+              responses={**openapi.streamed_ok(M.ChatCompletionChunk), **openapi.errors(*GENERATE_ERRORS)})
     async def chat_completions(request: Request):
         return await _generate(service, request, max_body_bytes, _Endpoint(
             M.ChatCompletionRequest, F.chat_job, F.chat_response, F.ChatChunker, want_logprobs=lambda r: r.logprobs))
@@ -110,11 +120,11 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
     """Body -> key -> JSON -> schema -> model and permission -> job; then run it."""
     ctx, model = None, ""
     try:
-        body = await _read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes)
         ctx = await _authenticate(service, request)
-        data = _parse_json(body)
+        data = parse_object(body)
         model = data.get("model") if isinstance(data.get("model"), str) else ""
-        req = _parse(ep.model_cls, data)
+        req = parse_model(ep.model_cls, data)
         service.authorize(ctx, req.model)
         job = await ep.make_job(service, ctx, req)
     except FleetserveError as exc:
@@ -140,41 +150,13 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _read_body(request: Request, max_body_bytes: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_body_bytes:
-        raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > max_body_bytes:
-            raise PayloadTooLargeError(f"request body exceeds {max_body_bytes} bytes")
-    return bytes(body)
-
-
-def _parse_json(body: bytes) -> dict:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    return data
-
-
-def _parse(model_cls, data: dict):
-    try:
-        return model_cls.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc.errors()) from None
-
-
 async def _authenticate(service: InferenceService, request: Request):
     return await service.authenticate(bearer_key(request.headers.get("authorization")))
 
 
 def _add_status_route(app: FastAPI, service: InferenceService) -> None:
-    @app.get("/admin/status", summary="Models, replicas, queue depth and KV usage (admin key).")
+    @app.get("/admin/status", summary="Models, replicas, queue depth and KV usage (admin key).",
+             responses=openapi.errors(401, 403, 503))
     async def admin_status(request: Request) -> dict:
         await service.gatekeeper.authenticate_admin(bearer_key(request.headers.get("authorization")))
         rows = service.replica_status()
@@ -216,6 +198,8 @@ async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent],
         except Exception as exc:  # headers are sent: report in-band, as OpenAI does
             _, body, _ = http_error(exc)
             yield f"data: {json.dumps(body)}\n\n".encode()
+            for c in chunker.error_chunks():  # and never leave a choice looking complete
+                yield f"data: {c}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
 

@@ -38,7 +38,7 @@ from fleetserve.api.request_metrics import ChoiceTiming, observe_request
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
 from fleetserve.deployments.replica_stats import ReplicaStatus
-from fleetserve.engine.protocol import FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import FINISH_ABORT, FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import (ContextLengthError, EngineError, FleetserveError, InvalidRequestError,
                                ModelNotFoundError, RateLimitError, ServiceUnavailableError)
@@ -192,13 +192,17 @@ class InferenceService:
         in_flight = self.metrics.get(N.IN_FLIGHT).labels(job.model.spec.name, job.model.spec.version)
         in_flight.inc()
         events: Optional[AsyncIterator[ChoiceEvent]] = None
+        finished: set[int] = set()
         try:
             events = self.stream(job)  # 5 + 6 (stage 5 may answer 503: no replica ready)
             async for ev in events:
                 self._check_output(ev.output)
                 if ev.output.token_ids_delta:
                     timing.on_tokens(ev.index, len(ev.output.token_ids_delta), self._clock.now())
+                if ev.output.finished:
+                    finished.add(ev.index)
                 yield ev
+            _check_complete(job, finished)
             outcome, status = OUTCOME_OK, "200"
         except (asyncio.CancelledError, GeneratorExit):
             outcome, status = OUTCOME_ABORTED, "499"
@@ -206,6 +210,10 @@ class InferenceService:
         except FleetserveError as exc:
             status = _http_status(exc)
             raise
+        except Exception as exc:  # a transport's own error (Ray's, a socket's): typed once, here
+            err = _typed(exc)
+            status = _http_status(err)
+            raise err from exc
         finally:
             if events is not None:
                 await events.aclose()  # at once, not when the GC finds it: it cancels the replica's work
@@ -276,8 +284,16 @@ class InferenceService:
 
     @staticmethod
     def _check_output(out: RequestOutput) -> None:
+        """A truncated stream is an error the client sees, never a ``stop``.
+
+        ``abort`` reaches a client still reading only when the replica ended the request
+        under it (engine shut down, drain timed out, engine process died): retryable, 503.
+        """
         if out.finish_reason == FINISH_ERROR:
             raise EngineError(out.error or "the engine failed on this request")
+        if out.finish_reason == FINISH_ABORT:
+            why = out.error or "aborted by the replica"
+            raise ServiceUnavailableError(f"the request was ended before it finished ({why})", retry_after_s=1.0)
 
     def _engine_request(self, job: Job, prompt: list[int], index: int, choice: int) -> GenerateRequest:
         params = job.params
@@ -305,6 +321,21 @@ class InferenceService:
         h.update((ctx.cache_salt or ctx.tenant_id).encode())
         h.update(b"\0" + b",".join(str(t).encode() for t in head))
         return h.hexdigest()
+
+
+def _check_complete(job: Job, finished: set[int]) -> None:
+    """Every choice's stream must end with its final output; one that just stops (a lost
+    transport, an engine that closed the stream) is a truncation, not a success."""
+    if len(finished) < job.num_choices:
+        missing = sorted(set(range(job.num_choices)) - finished)
+        raise ServiceUnavailableError(f"the stream of choice(s) {missing} ended before the request finished",
+                                      retry_after_s=1.0)
+
+
+def _typed(exc: BaseException) -> FleetserveError:
+    from fleetserve.api.errors import as_fleetserve_error  # errors imports this module's types
+
+    return as_fleetserve_error(exc)
 
 
 def _http_status(exc: FleetserveError) -> str:

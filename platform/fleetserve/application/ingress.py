@@ -50,7 +50,7 @@ class Ingress:
         if self._grpc is None:
             from fleetserve.api.grpc.servicer import InferenceServicer
 
-            self._grpc = InferenceServicer(self.service)
+            self._grpc = InferenceServicer(self.service, max_message_bytes=self._cfg.server.max_request_body_bytes)
         return self._grpc
 
     # gRPC methods: Serve's gRPC proxy routes by method name and passes ``grpc_context``.

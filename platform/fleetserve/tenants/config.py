@@ -16,6 +16,11 @@ from fleetserve.admission.config import FleetSchedulingConfig
 
 DEFAULT_TIERS = {"premium": 0, "standard": 1, "batch": 2}
 
+# Sane upper bounds: a weight or limit past these is a typo, and unbounded integers would
+# overflow Redis's 64-bit arithmetic in the shared token buckets.
+MAX_WEIGHT = 1000.0
+MAX_QUOTA = 10**12
+
 _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -24,13 +29,14 @@ class QuotaSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    requests_per_min: Optional[int] = Field(None, ge=1, description="Token bucket of requests, refilled continuously over a minute.")
+    requests_per_min: Optional[int] = Field(None, ge=1, le=MAX_QUOTA, description="Token bucket of requests, refilled continuously over a minute.")
     tokens_per_min: Optional[int] = Field(
-        None, ge=1, description="Token bucket of prompt+max_tokens charged at admission, reconciled to actual usage at completion."
+        None, ge=1, le=MAX_QUOTA,
+        description="Token bucket of prompt+max_tokens charged at admission, reconciled to actual usage at completion.",
     )
-    max_concurrent: Optional[int] = Field(None, ge=1, description="Requests of this tenant in flight at once, across all ingress replicas.")
-    max_context: Optional[int] = Field(None, ge=1, description="Largest prompt_tokens + max_tokens accepted for one request.")
-    max_tokens_per_request: Optional[int] = Field(None, ge=1, description="Largest max_tokens accepted for one request.")
+    max_concurrent: Optional[int] = Field(None, ge=1, le=MAX_QUOTA, description="Requests of this tenant in flight at once, across all ingress replicas.")
+    max_context: Optional[int] = Field(None, ge=1, le=MAX_QUOTA, description="Largest prompt_tokens + max_tokens accepted for one request.")
+    max_tokens_per_request: Optional[int] = Field(None, ge=1, le=MAX_QUOTA, description="Largest max_tokens accepted for one request.")
 
 
 class TenantSpec(BaseModel):
@@ -40,7 +46,7 @@ class TenantSpec(BaseModel):
 
     id: str = Field(description="Tenant id: letters, digits, '_', '.', '-' (at most 64 characters).")
     tier: str = Field("standard", description="Tier name; maps to a priority class through TenantsConfig.tiers.")
-    weight: float = Field(1.0, gt=0, description="Weighted fair share between tenants of the same class (VTC weight).")
+    weight: float = Field(1.0, gt=0, le=MAX_WEIGHT, description="Weighted fair share between tenants of the same class (VTC weight).")
     allowed_models: Optional[list[str]] = Field(None, description="Models this tenant may call; null allows every model.")
     api_key_hashes: list[str] = Field(
         default_factory=list, description="Hashes of the tenant's API keys ('sha256:<hex>'), never plaintext keys."

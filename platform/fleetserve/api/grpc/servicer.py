@@ -17,10 +17,11 @@ from pydantic import ValidationError
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
 from fleetserve.api.errors import grpc_error, validation_error
+from fleetserve.api.json_body import check_tree
 from fleetserve.api.grpc import inference_pb2 as pb
 from fleetserve.api.service import InferenceService, Job
 from fleetserve.engine.protocol import TokenLogprob
-from fleetserve.errors import FleetserveError, InvalidRequestError
+from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
 
 _OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "n", "seed", "top_k")
 
@@ -30,8 +31,12 @@ class GrpcStatusRaised(Exception):
 
 
 class InferenceServicer:
-    def __init__(self, service: InferenceService):
+    def __init__(self, service: InferenceService, max_message_bytes: int = 1 << 20):
+        """``max_message_bytes``: the REST body limit, applied to a request message (413's
+        gRPC code). Serve's gRPC proxy takes messages up to ``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE``
+        bytes (an environment variable of the proxy's process; gRPCOptions has no setting)."""
         self._service = service
+        self._max_message_bytes = max_message_bytes
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         try:
@@ -44,7 +49,7 @@ class InferenceServicer:
         return pb.GenerateResponse(
             id=job.request_id, model=job.model.spec.name, usage=_usage(job, total),
             choices=[
-                pb.Choice(index=i, text="".join(c.text), finish_reason=F._finish(c.finish_reason) or "",
+                pb.Choice(index=i, text="".join(c.text), finish_reason=c.finish_reason or "",
                           logprobs=self._logprobs(job, c.logprobs))
                 for i, c in enumerate(choices)
             ],
@@ -62,7 +67,7 @@ class InferenceServicer:
                         continue
                     yield pb.GenerateChunk(
                         id=job.request_id, index=ev.index, text=out.text_delta,
-                        finish_reason=(F._finish(out.finish_reason) or "") if out.finished else "",
+                        finish_reason=(out.finish_reason or "") if out.finished else "",
                         logprobs=self._logprobs(job, out.logprobs_delta or []),
                     )
             yield pb.GenerateChunk(id=job.request_id, usage=_usage(job, total))
@@ -90,7 +95,10 @@ class InferenceServicer:
         ctx = None
         try:
             ctx = await self._service.authenticate(_bearer(context))
+            if request.ByteSize() > self._max_message_bytes:
+                raise PayloadTooLargeError(f"request message exceeds {self._max_message_bytes} bytes")
             kind, data = _as_dict(request)
+            check_tree(data)  # the REST body's checks (protobuf already refuses invalid UTF-8)
             try:
                 req = (M.ChatCompletionRequest if kind == "chat" else M.CompletionRequest).model_validate(data)
             except ValidationError as exc:
