@@ -10,6 +10,8 @@ requests arriving at t=0, ``ignore_eos`` so every system produces the same token
   (c) hf_continuous  transformers' own continuous batching (``add_request`` per request),
                      where the installed version has it
   (d) vllm           ``vllm.LLM`` on CPU in a subprocess, where ``import vllm`` works
+  (e) fleetserve_json  (a) with every request constrained by a JSON Schema (an array of
+                     bounded strings that cannot end early); reported as tok/s relative to (a)
 
 It prints one side-by-side table (ratios to hf_static) and writes bench/results/engine.json,
 plus KV memory used vs allocated at peak and the scheduler's / Python's share of step
@@ -116,10 +118,18 @@ def engine_kwargs(threads: int, max_model_len: int) -> dict:
 # ------------------------------------------------------------------ (a) fleetserve
 
 
-def run_fleetserve(path: Path, wl: Workload, threads: int, max_model_len: int) -> SystemResult:
+# minItems keeps every output open to its max_tokens, so both runs produce the same tokens
+# with the same batch sizes and the ratio is the grammar's cost alone.
+JSON_SCHEMA = {"type": "object", "required": ["items"], "properties": {
+    "items": {"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 1000}}}
+
+
+def run_fleetserve(path: Path, wl: Workload, threads: int, max_model_len: int, structured: bool = False) -> SystemResult:
     from fleetserve.engine.llm import LLM
     from fleetserve.engine.protocol import GenerateRequest
-    from fleetserve.engine.sampling_params import SamplingParams
+    from fleetserve.engine.sampling_params import SamplingParams, StructuredOutput
+
+    spec = StructuredOutput.json_schema(JSON_SCHEMA) if structured else None
 
     llm = LLM(str(path), **engine_kwargs(threads, max_model_len))
     engine = llm.engine
@@ -128,7 +138,7 @@ def run_fleetserve(path: Path, wl: Workload, threads: int, max_model_len: int) -
     kv_peak = {"used_blocks": 0}
     t0 = time.perf_counter()
     for i, (ids, n) in enumerate(zip(wl.prompts, wl.output_lens)):
-        params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, structured=spec)
         engine.add_request(GenerateRequest(f"r{i}", params, prompt_token_ids=ids))
     done: dict[str, float] = {}
     produced = 0
@@ -140,14 +150,15 @@ def run_fleetserve(path: Path, wl: Workload, threads: int, max_model_len: int) -
         _track_kv(engine, kv_peak)
     elapsed = time.perf_counter() - t0
     tm = engine.timings
-    res = SystemResult("fleetserve", output_tokens=produced, elapsed_s=elapsed, latencies_s=list(done.values()))
+    res = SystemResult("fleetserve_json" if structured else "fleetserve", output_tokens=produced, elapsed_s=elapsed, latencies_s=list(done.values()))
     res.extra = {
         "steps": tm.steps,
         "preemptions": engine.stats().num_preemptions,
+        "share_of_planned_tokens": produced / wl.output_tokens,  # < 1 when grammars end requests early
         "kv_blocks_allocated": engine.kv.num_blocks,
         "kv_peak": _kv_report(kv_peak, engine.config.block_size, max_model_len),
     }
-    if produced != wl.output_tokens:
+    if not structured and produced != wl.output_tokens:  # a grammar may end a request early
         res.status, res.reason = "failed", f"produced {produced} tokens, expected {wl.output_tokens}"
     return res
 
@@ -248,7 +259,7 @@ def run_hf_continuous(path: Path, wl: Workload) -> SystemResult:
     except Exception as exc:  # noqa: BLE001 - a baseline failing is reported, not fatal
         return SystemResult("hf_continuous", status="failed", reason=f"{type(exc).__name__}: {exc}")
     res = SystemResult("hf_continuous", output_tokens=produced, elapsed_s=elapsed, latencies_s=latencies)
-    if produced != wl.output_tokens:
+    if not structured and produced != wl.output_tokens:  # a grammar may end a request early
         res.status, res.reason = "failed", f"produced {produced} tokens, expected {wl.output_tokens}"
     return res
 
@@ -386,6 +397,9 @@ def print_table(results: dict) -> None:
             p99 = f"{r['latency_p99_s']:.2f}" if r.get("latency_p99_s") is not None else "-"
             print(f"{preset:<6} {name:<14} {r['status']:<8} {tps:>9.1f} {ratio:>9} {p50:>8} {p99:>8}  {r['reason'][:70]}")
     for preset, data in results["presets"].items():
+        plain, json_ = (data["systems"].get(k, {}).get("tokens_per_s") for k in ("fleetserve", "fleetserve_json"))
+        if plain and json_:
+            print(f"{preset}: structured (json_schema) decoding at {json_ / plain:.2f}x plain decoding tok/s (target >= 0.8x)")
         kv = data["systems"].get("fleetserve", {}).get("extra", {}).get("kv_peak")
         if kv:
             print(
@@ -409,7 +423,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every in-process system")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--systems", default="fleetserve,hf_static,hf_continuous,vllm")
+    parser.add_argument("--systems", default="fleetserve,fleetserve_json,hf_static,hf_continuous,vllm")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "fleetserve" / "bench-checkpoints"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
     parser.add_argument("--vllm-timeout", type=int, default=900)
@@ -435,6 +449,7 @@ def main() -> int:
         print(f"[{preset}] {len(wl.prompts)} requests, {sum(map(len, wl.prompts))} prompt tokens, {wl.output_tokens} output tokens", flush=True)
         runs = {
             "fleetserve": lambda: run_fleetserve(path, wl, args.threads, args.max_model_len),
+            "fleetserve_json": lambda: run_fleetserve(path, wl, args.threads, args.max_model_len, structured=True),
             "hf_static": lambda: run_hf_static(path, wl, pad_id=0),
             "hf_continuous": lambda: run_hf_continuous(path, wl),
             "vllm": lambda: run_vllm(path, wl, args.threads, args.max_model_len, args.vllm_timeout),

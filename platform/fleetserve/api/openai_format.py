@@ -9,6 +9,7 @@ from fleetserve.api import openai_models as M
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.service import ChoiceEvent, InferenceService, Job
 from fleetserve.engine.protocol import RequestOutput, TokenLogprob
+from fleetserve.engine.sampling_params import StructuredOutput
 from fleetserve.errors import InvalidRequestError
 from fleetserve.tenants.context import TenantContext
 
@@ -21,7 +22,52 @@ def _sampling(req: AnyRequest, logprobs: Optional[int]) -> dict:
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty, seed=req.seed, stop=list(req.stop or []),
         stop_token_ids=list(req.stop_token_ids or []), ignore_eos=req.ignore_eos, logprobs=logprobs,
+        structured=structured_output(req),
     )
+
+
+def structured_output(req: AnyRequest) -> Optional[StructuredOutput]:
+    """The one output constraint of ``response_format`` (OpenAI), ``structured_outputs`` or
+    the ``guided_*`` fields (vLLM); more than one is a 400."""
+    specs = [s for s in (_response_format(req.response_format), _vllm_structured(req.structured_outputs),
+                         *_guided(req)) if s is not None]
+    if len(specs) > 1:
+        raise InvalidRequestError("give one of response_format, structured_outputs and guided_*", field="response_format")
+    return specs[0] if specs else None
+
+
+def _response_format(rf: Optional[M.ResponseFormat]) -> Optional[StructuredOutput]:
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        return StructuredOutput("json_object")
+    return StructuredOutput.json_schema(rf.json_schema.schema_)
+
+
+def _vllm_structured(so: Optional[M.StructuredOutputsField]) -> Optional[StructuredOutput]:
+    if so is None:
+        return None
+    given = [k for k in ("json_", "regex", "choice", "grammar", "json_object") if getattr(so, k) not in (None, False)]
+    if len(given) != 1:
+        raise InvalidRequestError("structured_outputs needs exactly one of json, regex, choice, grammar, json_object",
+                                  field="structured_outputs")
+    return _spec(given[0].rstrip("_"), getattr(so, given[0]))
+
+
+def _guided(req: AnyRequest) -> list[Optional[StructuredOutput]]:
+    return [_spec(kind, value) for kind, value in (("json", req.guided_json), ("regex", req.guided_regex),
+                                                   ("choice", req.guided_choice), ("grammar", req.guided_grammar))
+            if value is not None]
+
+
+def _spec(kind: str, value) -> StructuredOutput:
+    if kind == "json":
+        return StructuredOutput.json_schema(value)
+    if kind == "choice":
+        return StructuredOutput("choice", choices=tuple(value))
+    if kind == "json_object":
+        return StructuredOutput("json_object")
+    return StructuredOutput(kind, value)
 
 
 async def completion_job(service: InferenceService, ctx: TenantContext, req: M.CompletionRequest) -> Job:

@@ -34,6 +34,36 @@ class StreamOptions(_Request):
     include_usage: bool = Field(False, description="Send a final chunk with usage and no choices.")
 
 
+class JsonSchemaFormat(_Request):
+    name: str = Field("response", min_length=1, max_length=64, description="Schema name (OpenAI).")
+    description: Optional[str] = Field(None, max_length=4096, description="What the schema is for (not used).")
+    schema_: Optional[dict] = Field(None, alias="schema", description="The JSON Schema the output must follow.")
+    strict: Optional[bool] = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ResponseFormat(_Request):
+    """OpenAI ``response_format``: text, any JSON object, or a JSON Schema."""
+
+    type: Literal["text", "json_object", "json_schema"] = Field(description="Output constraint.")
+    json_schema: Optional[JsonSchemaFormat] = Field(None, description="Required when type is json_schema.")
+
+    @model_validator(mode="after")
+    def _schema(self):
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format.json_schema.schema is required when type is json_schema")
+        return self
+
+
+class StructuredOutputsField(_Request):
+    """vLLM's ``structured_outputs``: exactly one constraint."""
+
+    json_: Optional[Union[dict, str]] = Field(None, alias="json", description="JSON Schema.")
+    regex: Optional[str] = Field(None, max_length=100_000, description="Regular expression.")
+    choice: Optional[list[str]] = Field(None, max_length=256, description="One of these strings.")
+    grammar: Optional[str] = Field(None, max_length=100_000, description="EBNF grammar (xgrammar syntax).")
+    json_object: Optional[bool] = Field(None, description="Any JSON object.")
+
+
 class _SamplingFields(_Request):
     """Fields shared by completions and chat."""
 
@@ -54,6 +84,12 @@ class _SamplingFields(_Request):
     stream: bool = Field(False, description="Server-sent events.")
     stream_options: Optional[StreamOptions] = Field(None, description="Streaming options.")
     user: Optional[str] = Field(None, max_length=256, description="End-user id (recorded, not used for auth).")
+    response_format: Optional[ResponseFormat] = Field(None, description="Constrain the output: json_object or json_schema.")
+    structured_outputs: Optional[StructuredOutputsField] = Field(None, description="Constrained decoding (vLLM extension).")
+    guided_json: Optional[Union[dict, str]] = Field(None, description="JSON Schema (vLLM extension, older name).")
+    guided_regex: Optional[str] = Field(None, max_length=100_000, description="Regex (vLLM extension, older name).")
+    guided_choice: Optional[list[str]] = Field(None, max_length=256, description="Choices (vLLM extension, older name).")
+    guided_grammar: Optional[str] = Field(None, max_length=100_000, description="EBNF grammar (vLLM extension, older name).")
 
     @field_validator("stop")
     @classmethod

@@ -25,6 +25,7 @@ from fleetserve.engine.core.request import Request, RequestStatus
 from fleetserve.engine.core.runner_types import ModelInput, ModelRunnerProtocol, SeqBatchItem
 from fleetserve.engine.core.sampler import Sampler
 from fleetserve.engine.core.scheduler import ScheduledItem, Scheduler, SchedulerOutput
+from fleetserve.engine.core.structured import GrammarBatch, GrammarCompiler, GrammarState
 from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
 from fleetserve.engine.validation import validate_request
 from fleetserve.errors import InvalidRequestError
@@ -100,6 +101,10 @@ class LLMEngine:
         self.num_finished = 0
         self.generated_tokens_total = 0
         self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._grammar_compiler: Optional[GrammarCompiler] = None  # built on first use
+        # Ids of unfinished requests with a grammar: when empty, sampling skips the per-row
+        # grammar check altogether (the unconstrained path does no extra work).
+        self._grammar_ids: set[str] = set()
         self.last_scheduler_output: Optional[SchedulerOutput] = None
 
     def _eos_token_ids(self) -> list[int]:
@@ -138,10 +143,26 @@ class LLMEngine:
             salt=req.cache_salt,
             tenant_id=req.tenant_id,
         )
+        if req.params.structured is not None:
+            request.grammar = self._new_grammar(req)
+            self._grammar_ids.add(request.request_id)
         if self.tokenizer is not None:
             self._detok[request.request_id] = IncrementalDetokenizer(self.tokenizer, prompt_ids, req.params)
         self.scheduler.add(request)
         return request
+
+    @property
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The compiled-grammar cache for this engine's tokenizer (built on first use)."""
+        if self._grammar_compiler is None:
+            self._grammar_compiler = GrammarCompiler(self.tokenizer.hf, self.runner.vocab_size, self.eos_token_ids)
+        return self._grammar_compiler
+
+    def _new_grammar(self, req: GenerateRequest) -> GrammarState:
+        if self.tokenizer is None:
+            raise InvalidRequestError("structured outputs need a tokenizer; this engine has none",
+                                      field="response_format")
+        return self.grammar_compiler.matcher(req.params.structured)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -205,7 +226,8 @@ class LLMEngine:
         outputs = [self._fail(it.request, err) for it, err in failed]
         self.scheduler.on_step_done(sched)
         sampled = [it.request for it in sched.items if it.needs_logits and it.request.status is RequestStatus.RUNNING]
-        samples = self.sampler.sample(logits, sampled) if sampled else None
+        grammar = GrammarBatch.of([r.grammar for r in sampled]) if self._grammar_ids and sampled else None
+        samples = self.sampler.sample(logits, sampled, grammar) if sampled else None
         t4 = time.perf_counter()
         if samples is not None:
             outputs.extend(self._postprocess(sampled, samples.token_ids, samples.logprobs))
@@ -265,6 +287,8 @@ class LLMEngine:
         detok = self._detok.get(request.request_id)
         # A stop token ends the request before its text is decoded: it is never shown.
         status = self.post.check_token(request, token_id)
+        if request.grammar is not None and status is None:
+            status = self.post.check_grammar(request, token_id)
         if status is None and detok is not None and detok.add_token(token_id) is not None:
             status = RequestStatus.FINISHED_STOPPED
         if status is None:
@@ -283,6 +307,7 @@ class LLMEngine:
 
     def _finish_output(self, request: Request, token_ids: list[int], logprobs, error: Optional[str] = None) -> RequestOutput:
         self.num_finished += 1
+        self._grammar_ids.discard(request.request_id)
         detok = self._detok.pop(request.request_id, None)
         text = ""
         if detok is not None and request.status is not RequestStatus.FINISHED_ERROR:

@@ -21,6 +21,15 @@ class Postprocessor:
             return RequestStatus.FINISHED_STOPPED
         return None
 
+    @staticmethod
+    def check_grammar(request: Request, token_id: int) -> Optional[RequestStatus]:
+        """Advance the request's grammar by the sampled token: STOPPED once the grammar is
+        complete (its last token is shown; a stop token after it would be hidden anyway)."""
+        if not request.grammar.accept(token_id):
+            # The mask only allows accepted tokens; reaching here is an engine bug.
+            raise RuntimeError(f"grammar rejected sampled token {token_id}")
+        return RequestStatus.FINISHED_STOPPED if request.grammar.is_terminated else None
+
     def check_length(self, request: Request) -> Optional[RequestStatus]:
         """LENGTH when max_tokens is reached or the context is full."""
         if request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.max_model_len:

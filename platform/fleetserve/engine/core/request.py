@@ -54,7 +54,7 @@ class Request:
         "request_id", "prompt_token_ids", "params", "priority", "arrival_time", "salt",
         "output_token_ids", "all_token_ids", "num_computed_tokens", "num_cached_tokens",
         "status", "max_tokens", "generator", "sort_key", "num_preemptions",
-        "block_hashes", "tenant_id", "error", "stop_reason",
+        "block_hashes", "tenant_id", "error", "stop_reason", "grammar",
     )
 
     def __init__(
@@ -90,6 +90,9 @@ class Request:
         self.sort_key = (priority, arrival_time, request_id)
         self.error: Optional[str] = None
         self.stop_reason: Optional[str] = None
+        # Constrained decoding state (core.structured.GrammarState), set at admission when
+        # params.structured is given. Advanced once per sampled token; preemption keeps it.
+        self.grammar = None
         self.generator: Optional[torch.Generator] = None
         if params.seed is not None and not params.greedy:
             # One generator per request: its random stream does not depend on what else

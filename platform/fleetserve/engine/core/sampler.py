@@ -16,6 +16,7 @@ import torch
 
 from fleetserve.engine.protocol import TokenLogprob
 from fleetserve.engine.core.request import Request
+from fleetserve.engine.core.structured import GrammarBatch
 from fleetserve.engine.sampling_params import SamplingParams
 
 
@@ -38,10 +39,15 @@ class Sampler:
         self.generator = torch.Generator()
         self.generator.manual_seed(seed)
 
-    def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
-        """``logits[i]`` are the next-token logits of ``requests[i]`` (float32 [k, vocab])."""
+    def sample(self, logits: torch.Tensor, requests: Sequence[Request],
+               grammar: Optional[GrammarBatch] = None) -> SamplerOutput:
+        """``logits[i]`` are the next-token logits of ``requests[i]`` (float32 [k, vocab]).
+        ``grammar`` masks the rows with a constraint (None: no row has one, no extra work);
+        logprobs stay those of the unconstrained model, as in vLLM."""
         params = [r.params for r in requests]
         if all(_is_plain_greedy(p) for p in params):
+            if grammar is not None:
+                grammar.apply(logits)  # in place: nothing reads these logits after the argmax
             return SamplerOutput(logits.argmax(dim=-1).tolist())
         logits = logits.float()
         raw_logprobs = None
@@ -49,6 +55,8 @@ class Sampler:
             # Logprobs of the model's distribution, before penalties and temperature (as vLLM).
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties(logits.clone(), requests)
+        if grammar is not None:
+            grammar.apply(logits)
         token_ids = self._draw(logits, requests)
         logprobs = self._logprobs(raw_logprobs, token_ids, params) if raw_logprobs is not None else None
         return SamplerOutput(token_ids, logprobs)

@@ -1,0 +1,94 @@
+"""Structured outputs through the REST app with the official ``openai`` client, in process:
+an InferenceService over an in-thread AsyncEngine on the tiny checkpoint (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Literal
+
+import httpx
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, Field
+
+from fleetserve.api.rest import build_rest_app
+from fleetserve.api.service import InferenceService, ModelSpec
+from fleetserve.engine.process.async_engine import AsyncEngine
+from fleetserve.tenants.gatekeeper import TenantGatekeeper
+from tests.tenants.factories import make_config, make_spec
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_torch_thread")]
+MODEL = "tiny"
+KEY = "fs-structured-test"
+
+
+class Item(BaseModel):
+    name: str = Field(max_length=16)
+    count: int = Field(ge=0, le=1000)
+    kind: Literal["tool", "part"]
+    tags: list[Annotated[str, Field(max_length=12)]] = Field(max_length=3)
+
+
+class EngineClient:
+    """ModelClient over one in-process engine."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    def generate(self, request, route):
+        return self.engine.generate(request)
+
+    async def model_info(self, model):
+        return self.engine.model_info()
+
+
+@pytest.fixture(scope="module")
+async def client(tiny_llama_path):
+    engine = AsyncEngine.from_config(model=str(tiny_llama_path), max_model_len=1024, num_kv_blocks=512, max_num_seqs=64)
+    gatekeeper = TenantGatekeeper(make_config(make_spec(key=KEY)), metrics_registry=CollectorRegistry())
+    service = InferenceService([ModelSpec(MODEL, str(tiny_llama_path))], EngineClient(engine), gatekeeper)
+    transport = httpx.ASGITransport(app=build_rest_app(service))
+    http = httpx.AsyncClient(transport=transport, base_url="http://fleetserve.test")
+    yield openai.AsyncOpenAI(api_key=KEY, base_url="http://fleetserve.test/v1", http_client=http, max_retries=0)
+    await http.aclose()
+    await engine.shutdown()
+
+
+async def test_parse_with_pydantic_model_50_of_50(client):
+    async def one(seed):
+        completion = await client.chat.completions.parse(
+            model=MODEL, messages=[{"role": "user", "content": f"item {seed}"}], response_format=Item,
+            temperature=1.0, seed=seed, max_completion_tokens=400)
+        return completion.choices[0].message.parsed
+
+    parsed = await asyncio.wait_for(asyncio.gather(*(one(seed) for seed in range(50))), 300)
+    assert all(isinstance(p, Item) for p in parsed)
+
+
+async def test_json_object_stream_equals_unary(client):
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "an object"}], temperature=1.0, seed=7,
+              max_completion_tokens=300, response_format={"type": "json_object"})
+    unary = (await client.chat.completions.create(**kw)).choices[0]
+    stream = await client.chat.completions.create(stream=True, **kw)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == unary.message.content
+    if unary.finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+
+
+async def test_completions_guided_choice_and_regex(client):
+    choice = await client.completions.create(model=MODEL, prompt="pick", max_tokens=20, seed=1,
+                                             extra_body={"guided_choice": ["alpha", "beta"]})
+    assert choice.choices[0].text in ("alpha", "beta")
+    regex = await client.completions.create(model=MODEL, prompt="code", max_tokens=20, seed=1,
+                                            extra_body={"structured_outputs": {"regex": "[a-f]{4}"}})
+    assert len(regex.choices[0].text) == 4 and set(regex.choices[0].text) <= set("abcdef")
+
+
+async def test_unsupported_schema_keyword_is_a_400_naming_it(client):
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(openai.BadRequestError, match="uniqueItems"):
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                             response_format=bad)
