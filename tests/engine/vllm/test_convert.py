@@ -95,3 +95,11 @@ def test_vllm_errors_map_to_typed_errors_and_unknown_args_name_the_key():
     assert cfg.value.field == "engine_args.max_model_lenn"
     args = build_engine_args("/ckpt", {"max_model_len": 64}, 1)
     assert args.scheduling_policy == "priority" and args.max_model_len == 64
+
+
+def test_finish_reasons_map_and_an_unknown_or_missing_one_is_an_error_not_a_stop():
+    from fleetserve.engine.vllm.convert import finish_reason_of
+
+    assert [finish_reason_of(r) for r in ("stop", "length", "abort", "error", "repetition")] == \
+        ["stop", "length", "abort", "error", "stop"]
+    assert finish_reason_of("something-new") == "error" and finish_reason_of(None) == "error"

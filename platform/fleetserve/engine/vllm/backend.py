@@ -25,10 +25,10 @@ from fleetserve.engine.protocol import EngineCapabilities, EngineStats, Generate
 from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.engine.validation import validate_request
 from fleetserve.engine.vllm.convert import (
-    FINISH_REASON_MAP,
     apply_env_defaults,
     build_engine_args,
     check_engine_args,
+    finish_reason_of,
     map_vllm_error,
     to_token_logprobs,
     to_vllm_sampling_params,
@@ -195,7 +195,7 @@ class VllmEngine:
                     token_ids_delta=token_ids,
                     logprobs_delta=to_token_logprobs(token_ids, completion.logprobs, request.params.logprobs),
                     finished=finished,
-                    finish_reason=_finish_reason(completion.finish_reason) if finished else None,
+                    finish_reason=finish_reason_of(completion.finish_reason) if finished else None,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=completion_tokens,
                     cached_prompt_tokens=out.num_cached_tokens or 0,
@@ -317,10 +317,6 @@ class VllmEngine:
         except asyncio.TimeoutError:
             pass
         return len(self._active)
-
-
-def _finish_reason(reason: Optional[str]) -> str:
-    return FINISH_REASON_MAP.get(str(reason), "stop") if reason is not None else "stop"
 
 
 def _eos_token_ids(llm) -> list[int]:

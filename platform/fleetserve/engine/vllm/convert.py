@@ -36,6 +36,13 @@ FINISH_REASON_MAP = {
     "repetition": FINISH_STOP,
 }
 
+
+def finish_reason_of(reason: Optional[str]) -> str:
+    """Our finish reason for vLLM's, on a finished output. A reason we do not know, or none,
+    is an error rather than a "stop": the client must not take an unexplained end for a
+    complete answer."""
+    return FINISH_REASON_MAP.get(str(reason), FINISH_ERROR) if reason is not None else FINISH_ERROR
+
 # vLLM's name for a rejected parameter -> the field of our request it came from.
 PARAMETER_FIELD_MAP = {
     "input_tokens": "prompt",
