@@ -94,9 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ClickException as exc:
         from typer import rich_utils
 
-        rich_utils.rich_format_error(exc)  # usage line, "Try --help", the message in a panel
-        if exc.__class__.__name__ == "NoArgsIsHelpError":
-            exc.show()  # a group run without a subcommand: its help, as argparse did
+        # Usage line, "Try --help", the message in a panel. A group run without a subcommand
+        # has printed its help already (exit code 2, as with argparse).
+        rich_utils.rich_format_error(exc)
         return exc.exit_code
     except typer.Abort:
         print_error("Aborted!")

@@ -11,7 +11,7 @@ app = typer.Typer(help="Model checkpoint utilities.", no_args_is_help=True)
 
 @app.command("make-tiny")
 def make_tiny(
-    dir: str = typer.Argument(..., help="Output directory (created if missing)."),
+    dir: str = typer.Argument(..., metavar="DIR", help="Output directory (created if missing)."),
     preset: Literal["tiny", "small", "100m"] = typer.Option("tiny", help="Model size (tiny: about 4M params)."),
     arch: Literal["llama", "qwen2", "mistral"] = typer.Option("llama", help="Architecture."),
     num_kv_heads: Optional[int] = typer.Option(None, help="KV heads (GQA); default: MHA for llama, preset GQA for qwen2/mistral."),
