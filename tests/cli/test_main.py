@@ -105,3 +105,15 @@ def test_a_bad_config_file_exits_2(tmp_path, capsys):
     assert main(["serve", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fleetserve serve: ") and "no_such_field" in err and "Traceback" not in err
+
+
+def test_shell_completion_completes_commands_and_flags(monkeypatch, capsys):
+    monkeypatch.setenv("_FLEETSERVE_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "fleetserve ten")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    assert main([]) == 0
+    assert capsys.readouterr().out.split() == ["tenants"]
+    monkeypatch.setenv("COMP_WORDS", "fleetserve tenants set-quota acme --max-c")
+    monkeypatch.setenv("COMP_CWORD", "4")
+    assert main([]) == 0
+    assert capsys.readouterr().out.split() == ["--max-concurrent", "--max-context"]
