@@ -250,9 +250,10 @@ def test_spot_watcher_rbac_is_minimal(helm):
     dep = next(d for d in r.of_kind("Deployment") if d["metadata"]["name"].endswith("spot-watcher"))
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["fleetserve", "watch-nodes"] and "--drain-on-advisory" in c["args"]
-    from fleetserve.cli.main import build_parser
+    from fleetserve.cli.main import parse_args
 
-    build_parser().parse_args(c["command"][1:] + c["args"])  # the CLI accepts what the chart passes
+    contexts = parse_args(c["command"][1:] + c["args"])  # the CLI accepts what the chart passes (raises if not)
+    assert contexts[-1].command.name == "watch-nodes" and contexts[-1].params["drain_on_advisory"] is True
 
 
 def test_service_monitor_scrapes_every_pod_and_ingress(helm):

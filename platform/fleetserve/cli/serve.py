@@ -8,65 +8,79 @@ cluster instead (``--detach`` leaves it running after the command exits).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import typer
+
+from fleetserve.cli.errors import CLIError
 
 DEFAULT_MODEL_NAME = "tiny-llama"
 DEFAULT_CHECKPOINT = Path("~/.cache/fleetserve/models/tiny-llama").expanduser()
 READY_TIMEOUT_S = 300.0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="Serve models (no arguments: the tiny model on an embedded Ray cluster).")
-    p.add_argument("--config", help="FleetConfig YAML file (see deployments/).")
-    p.add_argument("--address", help="Ray cluster to deploy to (e.g. ray://head:10001 or auto); default: embedded.")
-    p.add_argument("--host", help="Override server.host.")
-    p.add_argument("--port", type=int, help="Override server.port (REST).")
-    p.add_argument("--grpc-port", type=int, help="Override server.grpc_port.")
-    p.add_argument("--detach", action="store_true", help="With --address: deploy and exit, leaving the app running.")
-    p.set_defaults(func=run)
+@dataclass(frozen=True)
+class ServeOptions:
+    config: Optional[str] = None
+    address: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+    grpc_port: Optional[int] = None
+    detach: bool = False
+
+
+def serve(
+    config: Optional[str] = typer.Option(None, help="FleetConfig YAML file (see deployments/)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to deploy to (e.g. ray://head:10001 or auto); default: embedded."),
+    host: Optional[str] = typer.Option(None, help="Override server.host."),
+    port: Optional[int] = typer.Option(None, help="Override server.port (REST)."),
+    grpc_port: Optional[int] = typer.Option(None, help="Override server.grpc_port."),
+    detach: bool = typer.Option(False, "--detach", help="With --address: deploy and exit, leaving the app running."),
+) -> int:
+    """Serve models (no arguments: the tiny model on an embedded Ray cluster)."""
+    return run(ServeOptions(config, address, host, port, grpc_port, detach))
 
 
 class Progress:
-    """One status line, redrawn while we wait (plain lines when not a terminal)."""
+    """A rich spinner with the elapsed time while we wait (plain timestamped lines when
+    stderr is not a terminal, e.g. in a pod's log)."""
 
-    def __init__(self, out=sys.stderr):
-        self._out, self._tty = out, out.isatty()
+    def __init__(self, out=None):
+        from rich.console import Console
+
+        self._console = Console(file=out, stderr=out is None, highlight=False)
         self._t0 = time.monotonic()
-        self._phase = ""
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._bar = None
+        self._task = None
 
     def phase(self, text: str) -> None:
-        self._phase = text
-        if not self._tty:
-            self._out.write(f"[{time.monotonic() - self._t0:5.1f}s] {text}\n")
-            self._out.flush()
-        elif self._thread is None:
-            self._thread = threading.Thread(target=self._spin, daemon=True)
-            self._thread.start()
+        if not self._console.is_terminal:
+            self._console.out(f"[{time.monotonic() - self._t0:5.1f}s] {text}", highlight=False)
+            return
+        if self._bar is None:
+            from rich.progress import Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    def _spin(self) -> None:
-        frames = "|/-\\"
-        i = 0
-        while not self._stop.wait(0.2):
-            self._out.write(f"\r{frames[i % 4]} [{time.monotonic() - self._t0:5.1f}s] {self._phase}\033[K")
-            self._out.flush()
-            i += 1
+            self._bar = Bar(SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}", markup=False),
+                            console=self._console, transient=True)
+            self._task = self._bar.add_task(text, total=None)
+            self._bar.start()
+        self._bar.update(self._task, description=text)
 
     def done(self, text: str) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        end = "\r\033[K" if self._tty else ""
-        self._out.write(f"{end}{text} ({time.monotonic() - self._t0:.1f}s)\n")
-        self._out.flush()
+        self.stop()
+        self._console.out(f"{text} ({time.monotonic() - self._t0:.1f}s)", highlight=False)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def default_config(checkpoint: Path):
@@ -93,56 +107,24 @@ def ensure_tiny_checkpoint(path: Path) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
-    from fleetserve.config import load_config
-    from fleetserve.errors import ConfigError
-
+def run(opts: ServeOptions) -> int:
     progress = Progress()
-    try:
-        if args.config:
-            cfg = load_config(args.config)
-        else:
-            progress.phase(f"checking the tiny checkpoint at {DEFAULT_CHECKPOINT}")
-            if ensure_tiny_checkpoint(DEFAULT_CHECKPOINT):
-                progress.phase(f"made the tiny checkpoint at {DEFAULT_CHECKPOINT}")
-            cfg = default_config(DEFAULT_CHECKPOINT)
-    except ConfigError as exc:
-        print(f"fleetserve serve: {exc}", file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("grpc_port", args.grpc_port)) if v is not None}
-    if overrides:
-        cfg.server = cfg.server.model_copy(update=overrides)
+    cfg = _load_config(opts, progress)
     creds = _apply_demo(cfg)
 
     import ray
     from ray import serve
 
-    from fleetserve.application.build import deploy
-
-    embedded = args.address is None
-    progress.phase("starting Ray" if embedded else f"connecting to Ray at {args.address}")
-    if embedded:
-        from fleetserve.deployments.ray_env import apply_serve_env
-
-        try:
-            apply_serve_env(cfg.server)  # inherited by every process of the cluster started below
-        except ConfigError as exc:
-            print(f"fleetserve serve: {exc}", file=sys.stderr)
-            return 2
-        # address='local': always a fresh embedded cluster, never one found via RAY_ADDRESS.
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    else:
-        ray.init(address=args.address, log_to_driver=False)
-    stop = threading.Event()
+    embedded = opts.address is None
+    progress.phase("starting Ray" if embedded else f"connecting to Ray at {opts.address}")
+    _start_ray(cfg, opts.address)
+    detach = bool(opts.detach and not embedded)
     try:
-        progress.phase("deploying (Serve proxies, ingress, model replicas)")
-        deploy(cfg)
-        _wait_ready(cfg, progress)
-        progress.done("fleetserve is ready")
-        _print_banner(cfg, creds, detached=bool(args.detach and not embedded))
-        if args.detach and not embedded:
+        _deploy_and_wait(cfg, progress)
+        _print_banner(cfg, creds, detached=detach)
+        if detach:
             return 0
+        stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(1.0):
@@ -150,14 +132,69 @@ def run(args: argparse.Namespace) -> int:
         print("\nshutting down (draining in-flight requests)...", file=sys.stderr)
         return 0
     finally:
+        progress.stop()
         if embedded:
             serve.shutdown()
             ray.shutdown()
-        elif not args.detach:
+        elif not opts.detach:
             serve.delete(cfg.server.app_name)
             from fleetserve.admission.cluster_queue import kill_queue_actors
 
             kill_queue_actors(cfg.server.app_name)  # the shared fleet queue (scope cluster) is detached
+
+
+def _load_config(opts: ServeOptions, progress: Progress):
+    """The FleetConfig to serve (``--config`` or the tiny demo) with the flags' overrides."""
+    from fleetserve.config import load_config
+    from fleetserve.errors import ConfigError
+
+    try:
+        if opts.config:
+            cfg = load_config(opts.config)
+        else:
+            progress.phase(f"checking the tiny checkpoint at {DEFAULT_CHECKPOINT}")
+            if ensure_tiny_checkpoint(DEFAULT_CHECKPOINT):
+                progress.phase(f"made the tiny checkpoint at {DEFAULT_CHECKPOINT}")
+            cfg = default_config(DEFAULT_CHECKPOINT)
+    except ConfigError as exc:
+        raise CLIError(str(exc), 2, prefix="fleetserve serve: ") from exc
+    overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("grpc_port", opts.grpc_port)) if v is not None}
+    if overrides:
+        cfg.server = cfg.server.model_copy(update=overrides)
+    return cfg
+
+
+def _start_ray(cfg, address: Optional[str]) -> None:
+    import ray
+
+    from fleetserve.errors import ConfigError
+
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+        return
+    from fleetserve.deployments.ray_env import apply_serve_env
+
+    try:
+        apply_serve_env(cfg.server)  # inherited by every process of the cluster started below
+    except ConfigError as exc:
+        raise CLIError(str(exc), 2, prefix="fleetserve serve: ") from exc
+    # address='local': always a fresh embedded cluster, never one found via RAY_ADDRESS.
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+
+
+def _deploy_and_wait(cfg, progress: Progress) -> None:
+    """Deploy and wait until /health answers; a failure is one line (exit code 1), not a traceback."""
+    from fleetserve.application.build import deploy
+
+    try:
+        progress.phase("deploying (Serve proxies, ingress, model replicas)")
+        deploy(cfg)
+        _wait_ready(cfg, progress)
+    except Exception as exc:  # Ray/Serve raise many types here; the user needs the message, not the stack
+        progress.stop()
+        raise CLIError(f"{type(exc).__name__}: {exc}", 1, prefix="fleetserve serve: deploy failed: ") from exc
+    progress.done("fleetserve is ready")
 
 
 def _apply_demo(cfg):

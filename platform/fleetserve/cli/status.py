@@ -3,23 +3,19 @@ usage per replica, from the authenticated admin API (``GET /admin/status``)."""
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from fleetserve.cli.console import make_table, print_table, render_plain, stdout_console
+from fleetserve.cli.errors import CLIError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+HEADER = ("MODEL", "VERSION", "REPLICA", "WAITING", "RUNNING", "KV USAGE", "STATE", "STATS AGE")
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("status", help="Show models, replicas, queue depth and KV usage.")
-    p.add_argument("--url", default=os.environ.get("FLEETSERVE_URL", DEFAULT_URL), help=f"Base URL (default {DEFAULT_URL} or $FLEETSERVE_URL).")
-    p.add_argument("--admin-key", default=os.environ.get("FLEETSERVE_ADMIN_KEY"), help="Admin key (default $FLEETSERVE_ADMIN_KEY).")
-    p.add_argument("--json", action="store_true", help="Print the raw JSON.")
-    p.set_defaults(func=run)
-
-
-def format_table(status: dict) -> str:
-    header = ("MODEL", "VERSION", "REPLICA", "WAITING", "RUNNING", "KV USAGE", "STATE", "STATS AGE")
+def _rows(status: dict) -> list[tuple[str, ...]]:
     rows = []
     for m in status.get("models", []):
         if not m.get("replicas"):
@@ -29,33 +25,46 @@ def format_table(status: dict) -> str:
             age = r.get("stats_age_s")
             rows.append((m["name"], m.get("version", ""), r["replica"], str(r["waiting"]), str(r["running"]),
                          f"{100 * r['kv_usage']:.1f}%", state, "-" if age is None else f"{age:.1f}s"))
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    return rows
+
+
+def build_table(status: dict) -> Table:
+    return make_table(HEADER, _rows(status))
+
+
+def summary(status: dict) -> str:
     total = sum(len(m.get("replicas", [])) for m in status.get("models", []))
-    lines.append(f"{len(status.get('models', []))} model(s), {total} replica(s)")
-    return "\n".join(lines)
+    return f"{len(status.get('models', []))} model(s), {total} replica(s)"
 
 
-def run(args: argparse.Namespace) -> int:
+def format_table(status: dict) -> str:
+    """The table as plain text, then the summary line."""
+    return render_plain(build_table(status)) + "\n" + summary(status)
+
+
+def status(
+    url: str = typer.Option(DEFAULT_URL, envvar="FLEETSERVE_URL", help="Base URL."),
+    admin_key: Optional[str] = typer.Option(None, envvar="FLEETSERVE_ADMIN_KEY", help="Admin key."),
+    json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> int:
+    """Show models, replicas, queue depth and KV usage."""
     import httpx
 
-    if not args.admin_key:
-        print("fleetserve status: an admin key is required (--admin-key or $FLEETSERVE_ADMIN_KEY)", file=sys.stderr)
-        return 2
+    if not admin_key:
+        raise CLIError("an admin key is required (--admin-key or $FLEETSERVE_ADMIN_KEY)", 2, prefix="fleetserve status: ")
     try:
-        r = httpx.get(args.url.rstrip("/") + "/admin/status", headers={"Authorization": f"Bearer {args.admin_key}"}, timeout=10)
+        r = httpx.get(url.rstrip("/") + "/admin/status", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
     except httpx.HTTPError as exc:
-        print(f"fleetserve status: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+        raise CLIError(f"cannot reach {url}: {exc}", prefix="fleetserve status: ") from exc
     if r.status_code != 200:
         try:
             msg = r.json()["error"]["message"]
         except Exception:
             msg = r.text
-        print(f"fleetserve status: HTTP {r.status_code}: {msg}", file=sys.stderr)
-        return 1
-    if args.json:
+        raise CLIError(f"HTTP {r.status_code}: {msg}", prefix="fleetserve status: ")
+    if json:
         print(r.text)
     else:
-        print(format_table(r.json()))
+        print_table(build_table(r.json()))
+        stdout_console().print(summary(r.json()))
     return 0

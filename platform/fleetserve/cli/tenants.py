@@ -6,18 +6,32 @@ Talks to a running fleetserve (``--url``) with the admin key (``--admin-key`` or
 
 from __future__ import annotations
 
-import argparse
-import json
+import json as jsonlib
 import os
-import sys
-from typing import Optional
+from typing import Annotated, Optional
 
-import httpx
+import typer
+
+from fleetserve.cli.console import make_table, print_table
+from fleetserve.cli.errors import CLIError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-# CLI flag -> quota field (one table for `add` and `set-quota`).
-QUOTA_FLAGS = {
+app = typer.Typer(help="Manage tenants (admin API).", no_args_is_help=True)
+
+# The connection options every admin command takes (`usage` too).
+Url = Annotated[str, typer.Option(envvar="FLEETSERVE_URL", help="fleetserve REST address.")]
+AdminKey = Annotated[Optional[str], typer.Option(envvar="FLEETSERVE_ADMIN_KEY", help="Admin key.")]
+Json = Annotated[bool, typer.Option("--json", help="Print raw JSON.")]
+TenantId = Annotated[str, typer.Argument(help="Tenant id.")]
+
+# Quota flags, shared by `add` and `set-quota`; QUOTA_FIELDS maps each to its quota field.
+Rpm = Annotated[Optional[int], typer.Option(help="Requests per minute.")]
+Tpm = Annotated[Optional[int], typer.Option(help="Tokens (prompt + max_tokens) per minute.")]
+MaxConcurrent = Annotated[Optional[int], typer.Option(help="Requests in flight at once.")]
+MaxContext = Annotated[Optional[int], typer.Option(help="Largest prompt + max_tokens of one request.")]
+MaxTokens = Annotated[Optional[int], typer.Option(help="Largest max_tokens of one request.")]
+QUOTA_FIELDS = {
     "rpm": "requests_per_min",
     "tpm": "tokens_per_min",
     "max_concurrent": "max_concurrent",
@@ -26,25 +40,22 @@ QUOTA_FLAGS = {
 }
 
 
-class AdminAPIError(Exception):
-    """The admin API answered with an error (message is the server's, OpenAI-shaped)."""
+class AdminAPIError(CLIError):
+    """The admin API answered with an error (message is the server's, OpenAI-shaped), or
+    could not be reached. Exit code 1."""
 
 
-def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("FLEETSERVE_URL", DEFAULT_URL), help="fleetserve REST address (env FLEETSERVE_URL).")
-    p.add_argument("--admin-key", default=None, help="Admin key (default: env FLEETSERVE_ADMIN_KEY).")
-    p.add_argument("--json", action="store_true", help="Print raw JSON.")
-
-
-def admin_request(args: argparse.Namespace, method: str, path: str, **kwargs) -> dict:
+def admin_request(url: str, admin_key: Optional[str], method: str, path: str, **kwargs) -> dict:
     """One admin API call; raises AdminAPIError with the server's message on 4xx/5xx."""
-    key = args.admin_key or os.environ.get("FLEETSERVE_ADMIN_KEY")
+    import httpx  # lazily: `fleetserve --help` stays fast
+
+    key = admin_key or os.environ.get("FLEETSERVE_ADMIN_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with httpx.Client(base_url=args.url, headers=headers, timeout=10.0) as client:
+        with httpx.Client(base_url=url, headers=headers, timeout=10.0) as client:
             resp = client.request(method, path, **kwargs)
     except httpx.HTTPError as e:
-        raise AdminAPIError(f"cannot reach {args.url}: {e}") from e
+        raise AdminAPIError(f"cannot reach {url}: {e}") from e
     try:
         body = resp.json()
     except ValueError:
@@ -55,76 +66,22 @@ def admin_request(args: argparse.Namespace, method: str, path: str, **kwargs) ->
     return body
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("tenants", help="Manage tenants (admin API).")
-    sub = parser.add_subparsers(dest="tenants_command", metavar="TENANTS_COMMAND")
-
-    add = sub.add_parser("add", help="Create a tenant and print its API key (once).")
-    add.add_argument("id", help="Tenant id.")
-    add.add_argument("--tier", default="standard", help="Tier (default: standard).")
-    add.add_argument("--weight", type=float, default=1.0, help="Fair-share weight within its class (default 1).")
-    add.add_argument("--models", default=None, help="Comma-separated allowed models (default: all).")
-    _quota_args(add)
-    add.set_defaults(func=_wrap(_add))
-
-    ls = sub.add_parser("list", help="List tenants.")
-    ls.set_defaults(func=_wrap(_list))
-
-    sq = sub.add_parser("set-quota", help="Change quotas (and optionally tier/weight) of a tenant.")
-    sq.add_argument("id", help="Tenant id.")
-    sq.add_argument("--tier", default=None, help="New tier.")
-    sq.add_argument("--weight", type=float, default=None, help="New weight.")
-    _quota_args(sq)
-    sq.set_defaults(func=_wrap(_set_quota))
-
-    rk = sub.add_parser("rotate-key", help="Issue a new API key and print it (once).")
-    rk.add_argument("id", help="Tenant id.")
-    rk.add_argument("--keep-old", action="store_true", help="Keep old keys valid (grace period); remove them with another rotate.")
-    rk.set_defaults(func=_wrap(_rotate))
-
-    rm = sub.add_parser("remove", help="Delete a tenant.")
-    rm.add_argument("id", help="Tenant id.")
-    rm.set_defaults(func=_wrap(_remove))
-
-    for p in (add, ls, sq, rk, rm):
-        add_connection_args(p)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+def _quotas(**flags: Optional[int]) -> dict:
+    return {QUOTA_FIELDS[flag]: v for flag, v in flags.items() if v is not None}
 
 
-def _quota_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rpm", type=int, default=None, help="Requests per minute.")
-    p.add_argument("--tpm", type=int, default=None, help="Tokens (prompt + max_tokens) per minute.")
-    p.add_argument("--max-concurrent", type=int, default=None, help="Requests in flight at once.")
-    p.add_argument("--max-context", type=int, default=None, help="Largest prompt + max_tokens of one request.")
-    p.add_argument("--max-tokens", type=int, default=None, help="Largest max_tokens of one request.")
-
-
-def _quotas(args: argparse.Namespace) -> dict:
-    return {field: getattr(args, flag) for flag, field in QUOTA_FLAGS.items() if getattr(args, flag) is not None}
-
-
-def _wrap(fn):
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args) or 0
-        except AdminAPIError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-
-    return run
+def _print_json(out: dict) -> None:
+    print(jsonlib.dumps(out, indent=2))
 
 
 def _print_tenant_table(tenants: list[dict]) -> None:
-    cols = ("id", "tier", "weight", "models", "rpm", "tpm", "concurrent", "keys")
-    rows = [cols]
+    rows = []
     for t in tenants:
         q = t.get("quotas", {})
         models = ",".join(t["allowed_models"]) if t.get("allowed_models") is not None else "*"
         rows.append((t["id"], t["tier"], f"{t['weight']:g}", models, _q(q, "requests_per_min"), _q(q, "tokens_per_min"),
                      _q(q, "max_concurrent"), str(t.get("num_keys", 0))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print_table(make_table(("id", "tier", "weight", "models", "rpm", "tpm", "concurrent", "keys"), rows))
 
 
 def _q(q: dict, name: str) -> str:
@@ -132,53 +89,75 @@ def _q(q: dict, name: str) -> str:
     return "-" if v is None else str(v)
 
 
-def _add(args: argparse.Namespace) -> int:
-    body = {"id": args.id, "tier": args.tier, "weight": args.weight, "quotas": _quotas(args)}
-    if args.models:
-        body["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
-    out = admin_request(args, "POST", "/admin/tenants", json=body)
-    if args.json:
-        print(json.dumps(out, indent=2))
+@app.command("add")
+def add(id: TenantId, tier: Annotated[str, typer.Option(help="Tier.")] = "standard",
+        weight: Annotated[float, typer.Option(help="Fair-share weight within its class.")] = 1.0,
+        models: Annotated[Optional[str], typer.Option(help="Comma-separated allowed models (default: all).")] = None,
+        rpm: Rpm = None, tpm: Tpm = None, max_concurrent: MaxConcurrent = None, max_context: MaxContext = None,
+        max_tokens: MaxTokens = None, url: Url = DEFAULT_URL, admin_key: AdminKey = None, json: Json = False) -> int:
+    """Create a tenant and print its API key (once)."""
+    quotas = _quotas(rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, max_context=max_context, max_tokens=max_tokens)
+    body = {"id": id, "tier": tier, "weight": weight, "quotas": quotas}
+    if models:
+        body["allowed_models"] = [m.strip() for m in models.split(",") if m.strip()]
+    out = admin_request(url, admin_key, "POST", "/admin/tenants", json=body)
+    if json:
+        _print_json(out)
     else:
         print(f"created tenant {out['tenant']['id']} ({out['tenant']['tier']})")
         print(f"API key (shown once): {out['api_key']}")
     return 0
 
 
-def _list(args: argparse.Namespace) -> int:
-    out = admin_request(args, "GET", "/admin/tenants")
-    if args.json:
-        print(json.dumps(out, indent=2))
+@app.command("list")
+def list_(url: Url = DEFAULT_URL, admin_key: AdminKey = None, json: Json = False) -> int:
+    """List tenants."""
+    out = admin_request(url, admin_key, "GET", "/admin/tenants")
+    if json:
+        _print_json(out)
     else:
         _print_tenant_table(out["tenants"])
     return 0
 
 
-def _set_quota(args: argparse.Namespace) -> int:
-    body: dict = {"quotas": _quotas(args)}
-    if args.tier is not None:
-        body["tier"] = args.tier
-    if args.weight is not None:
-        body["weight"] = args.weight
-    out = admin_request(args, "PATCH", f"/admin/tenants/{args.id}", json=body)
-    if args.json:
-        print(json.dumps(out, indent=2))
+@app.command("set-quota")
+def set_quota(id: TenantId, tier: Annotated[Optional[str], typer.Option(help="New tier.")] = None,
+              weight: Annotated[Optional[float], typer.Option(help="New weight.")] = None,
+              rpm: Rpm = None, tpm: Tpm = None, max_concurrent: MaxConcurrent = None, max_context: MaxContext = None,
+              max_tokens: MaxTokens = None, url: Url = DEFAULT_URL, admin_key: AdminKey = None, json: Json = False) -> int:
+    """Change quotas (and optionally tier/weight) of a tenant."""
+    body: dict = {"quotas": _quotas(rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, max_context=max_context,
+                                    max_tokens=max_tokens)}
+    if tier is not None:
+        body["tier"] = tier
+    if weight is not None:
+        body["weight"] = weight
+    out = admin_request(url, admin_key, "PATCH", f"/admin/tenants/{id}", json=body)
+    if json:
+        _print_json(out)
     else:
         _print_tenant_table([out["tenant"]])
     return 0
 
 
-def _rotate(args: argparse.Namespace) -> int:
-    out = admin_request(args, "POST", f"/admin/tenants/{args.id}/rotate-key", params={"keep_old": str(args.keep_old).lower()})
-    if args.json:
-        print(json.dumps(out, indent=2))
+@app.command("rotate-key")
+def rotate_key(id: TenantId,
+               keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep old keys valid (grace period); "
+                                                      "remove them with another rotate.")] = False,
+               url: Url = DEFAULT_URL, admin_key: AdminKey = None, json: Json = False) -> int:
+    """Issue a new API key and print it (once)."""
+    out = admin_request(url, admin_key, "POST", f"/admin/tenants/{id}/rotate-key", params={"keep_old": str(keep_old).lower()})
+    if json:
+        _print_json(out)
     else:
-        print(f"new API key for {args.id} (shown once): {out['api_key']}")
-        print("old keys remain valid" if args.keep_old else "old keys no longer work")
+        print(f"new API key for {id} (shown once): {out['api_key']}")
+        print("old keys remain valid" if keep_old else "old keys no longer work")
     return 0
 
 
-def _remove(args: argparse.Namespace) -> int:
-    admin_request(args, "DELETE", f"/admin/tenants/{args.id}")
-    print(f"removed tenant {args.id}")
+@app.command("remove")
+def remove(id: TenantId, url: Url = DEFAULT_URL, admin_key: AdminKey = None, json: Json = False) -> int:
+    """Delete a tenant."""
+    admin_request(url, admin_key, "DELETE", f"/admin/tenants/{id}")
+    print(f"removed tenant {id}")
     return 0
