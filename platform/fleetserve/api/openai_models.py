@@ -180,6 +180,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None  # "<model>@<version>" that served it (set after stage 3)
 
 
 class TopLogprob(BaseModel):
@@ -215,6 +216,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None  # "<model>@<version>" that served it (set after stage 3)
 
 
 class ChatDelta(BaseModel):
@@ -236,6 +238,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None  # "<model>@<version>" that served it (set after stage 3)
 
 
 class ModelCard(BaseModel):

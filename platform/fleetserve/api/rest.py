@@ -111,6 +111,7 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
         req = _parse(ep.model_cls, data)
         service.authorize(ctx, req.model)
         job = await ep.make_job(service, ctx, req)
+        await _version_pin(service, request, ctx, job)
     except FleetserveError as exc:
         service.record_rejection(ctx, model, exc)
         raise
@@ -119,7 +120,7 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
     if not req.stream:
         async with aclosing(events):
             choices = await F.collect(events, job.num_choices)
-        return JSONResponse(ep.make_response(job, choices, lp).model_dump(mode="json"))
+        return JSONResponse(ep.make_response(job, choices, lp).model_dump(mode="json"), headers=_version_headers(job))
     # Wait for the first event before answering, so errors raised before generation
     # starts (admission, engine-side validation) still get their real status code.
     try:
@@ -131,7 +132,29 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
         raise
     chunker = ep.chunker_cls(job, lp, req.include_usage)
     return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_headers(job)})
+
+
+VERSION_HEADER = "x-fleetserve-version"  # on every response: "<model>@<version>" that served it
+ADMIN_KEY_HEADER = "x-fleetserve-admin-key"  # with a tenant's bearer key: lets an admin pin a version
+
+
+async def _version_pin(service: InferenceService, request: Request, ctx, job) -> None:
+    """Carry the pin header to stage 3, which honours it only when the caller may pin: a
+    tenant flagged ``may_pin_version``, or a request that also carries the admin key (checked
+    only when a pin is sent; a wrong admin key is a 401, never silently ignored)."""
+    pinned = request.headers.get(service.versions.pin_header)
+    if not pinned:
+        return
+    job.pinned_version = pinned
+    admin_key = request.headers.get(ADMIN_KEY_HEADER)
+    if admin_key:
+        await service.gatekeeper.authenticate_admin(admin_key)
+    job.may_pin = ctx.may_pin_version or bool(admin_key)
+
+
+def _version_headers(job) -> dict:
+    return {VERSION_HEADER: job.fingerprint} if job.fingerprint else {}
 
 
 async def _read_body(request: Request, max_body_bytes: int) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
-from fleetserve.application.wiring import build_admission, build_gatekeeper
+from fleetserve.application.wiring import build_admission, build_gatekeeper, build_versions
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.metrics.registry import FleetMetrics
@@ -36,7 +36,8 @@ class Ingress:
         metrics = FleetMetrics()  # shared with the gatekeeper and the admission queues: one /metrics
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
-        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router)
+        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
+                                        versions=build_versions(self._cfg))
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 

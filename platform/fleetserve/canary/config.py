@@ -7,6 +7,8 @@ the step's window, then guardrails compare canary against stable before the next
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -88,6 +90,16 @@ class CanaryConfig(_Strict):
     )
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig, description="Canary-vs-stable margins.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Optional PSI drift guardrail.")
+    registry_refresh_s: float = Field(
+        2.0, gt=0,
+        description="How often each ingress replica re-reads a model's split weights and versions from the version "
+        "registry (the request path reads only its cached copy).",
+    )
+    redis_url: Optional[str] = Field(
+        None,
+        description="Redis URL of the version registry (shared by every ingress replica); null: tenants.redis_url when "
+        "set, else an in-process store (one ingress replica only).",
+    )
     pin_header: str = Field(
         "x-fleetserve-version",
         description="Request header that pins a version (honoured only for admin keys and tenants flagged for it).",
