@@ -38,12 +38,16 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
-def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve") -> FastAPI:
+def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
+                   routers: tuple = ()) -> FastAPI:
+    """``routers``: more admin routers to mount (the model versions' ones, built by the application)."""
     app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
     _add_ops_routes(app, service)
     _add_inference_routes(app, service, max_body_bytes)
     app.include_router(build_admin_router(service.gatekeeper))
+    for router in routers:
+        app.include_router(router)
     _add_status_route(app, service)
     return app
 
