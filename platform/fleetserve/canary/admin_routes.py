@@ -2,6 +2,7 @@
 
     GET    /admin/models/{model}/versions              versions, their deployment status, the split
     POST   /admin/models/{model}/versions              register (checksum computed here) and deploy
+    POST   /admin/models/{model}/versions/{version}/deploy   (re)start a registered version's deployment
     PUT    /admin/models/{model}/weights               set the split (only ready, unblocked versions)
     DELETE /admin/models/{model}/versions/{version}    refused while it has weight; drains, then removes
 
@@ -116,11 +117,25 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
                                     engine_args=body.engine_args)
         await reg.register(v)
         if body.deploy:
-            await deployer.deploy(v)
-            task = asyncio.get_running_loop().create_task(watch(model, v.version_id))
-            watches.add(task)
-            task.add_done_callback(watches.discard)
+            await start(v)
         table.invalidate(model)
+        return {"version": v.to_dict()}
+
+    async def start(v: ModelVersion) -> None:
+        await deployer.deploy(v)
+        task = asyncio.get_running_loop().create_task(watch(v.model, v.version_id))
+        watches.add(task)
+        task.add_done_callback(watches.discard)
+
+    @router.post("/{model}/versions/{version_id}/deploy")
+    async def deploy(model: str, version_id: str, authorization: Optional[str] = Header(None)) -> dict:
+        await admin(model, authorization)
+        if version_id == table.stable_version(model):
+            raise VersionConflictError(f"{model}@{version_id} is the configured stable version", field="version_id")
+        v = await reg.require(model, version_id)
+        if v.state is VersionState.BLOCKED:
+            raise VersionConflictError(f"version {v.label} is blocked ({v.blocked_reason})", field="version_id")
+        await start(v)
         return {"version": v.to_dict()}
 
     @router.put("/{model}/weights")
