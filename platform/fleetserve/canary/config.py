@@ -66,8 +66,9 @@ class CanaryConfig(_Strict):
 
     enabled: bool = Field(
         False,
-        description="Allow canary rollouts at all; off, every request goes to stable. Refused while the rollout "
-        "executor, per-version deployments and ingress stage 3 are not wired in (this build has the policy core).",
+        description="Run guarded canary rollouts (the executor steps the split and rolls back on a breach). Refused "
+        "while the rollout executor is not wired in; model versions and a manually set split work without it "
+        "(admin API, docs/rollouts.md).",
     )
     steps: tuple[float, ...] = Field(
         (1.0, 5.0, 25.0, 50.0, 100.0),
@@ -108,11 +109,13 @@ class CanaryConfig(_Strict):
     @field_validator("enabled")
     @classmethod
     def _not_wired_yet(cls, v: bool) -> bool:
-        # The schema and the policy are built; nothing serves a canary yet. Accepting true would
-        # leave an operator believing rollouts are guarded. Remove with the executor (issue 22).
+        # Versions, their deployments and the split serve now, but nothing steps the split or
+        # rolls back on a breach. Accepting true would leave an operator believing rollouts are
+        # guarded. Remove with the executor (issue 22).
         if v:
-            raise ValueError("enabled: canary rollouts are not wired into serving in this build (the policy core "
-                             "is; per-version deployments and the ingress split are not); set enabled: false")
+            raise ValueError("enabled: guarded rollouts are not wired into serving in this build (no rollout "
+                             "executor yet; model versions and a manual split are, through the admin API); "
+                             "set enabled: false")
         return v
 
     @field_validator("steps")
