@@ -79,6 +79,9 @@ class ServeVersionDeployer:
                                     "version": version.version_id})
         opts = _model_options(m, self._cfg)
         opts["name"] = self.deployment(version.model, version.version_id)
+        # The replica deployment is its application's ingress, and with HAProxy (the default proxy)
+        # Serve refuses a custom request router on an ingress: versions use Serve's own router.
+        opts.pop("request_router_config", None)
         check = functools.partial(verify, version.checkpoint, version.checksum, label=version.label,
                                   expected_files=dict(version.files))
         app = serve.deployment(ModelReplica).options(**opts).bind(
