@@ -82,7 +82,7 @@ async def completion_job(service: InferenceService, ctx: TenantContext, req: M.C
         _check_ids(prompts[0], model.info.vocab_size, "prompt")
     _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
     return service.build_job(ctx, model, prompts, n=req.n, max_tokens=req.max_tokens,
-                             sampling=_sampling(req, req.logprobs), prompt_field="prompt")
+                             sampling=_sampling(req, req.logprobs), prompt_field="prompt", user=req.user)
 
 
 def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
@@ -97,7 +97,7 @@ async def chat_job(service: InferenceService, ctx: TenantContext, req: M.ChatCom
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
     return service.build_job(ctx, model, [prompt], n=req.n, max_tokens=req.effective_max_tokens,
-                             sampling=_sampling(req, logprobs), prompt_field="messages")
+                             sampling=_sampling(req, logprobs), prompt_field="messages", user=req.user)
 
 
 def usage(job: Job, completion_tokens: int) -> M.Usage:
@@ -172,7 +172,7 @@ def completion_response(job: Job, choices: list[_Choice], want_logprobs: bool) -
                                logprobs=completion_logprobs(r, c.logprobs, 0) if want_logprobs else None)
             for i, c in enumerate(choices)
         ],
-        usage=usage(job, sum(c.tokens for c in choices)),
+        usage=usage(job, sum(c.tokens for c in choices)), system_fingerprint=job.fingerprint,
     )
 
 
@@ -185,8 +185,16 @@ def chat_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.Ch
                          logprobs=chat_logprobs(r, c.logprobs) if want_logprobs else None)
             for i, c in enumerate(choices)
         ],
-        usage=usage(job, sum(c.tokens for c in choices)),
+        usage=usage(job, sum(c.tokens for c in choices)), system_fingerprint=job.fingerprint,
     )
+
+
+def _fingerprint_tail(job: Job, keep_null: bool) -> str:
+    """The end of a fast chunk's JSON after ``usage``, as pydantic writes it: the field comes
+    last, and a null one (before stage 3 has chosen) only when nulls are kept."""
+    if job.fingerprint is None:
+        return ',"system_fingerprint":null' if keep_null else ""
+    return ',"system_fingerprint":' + _dumps(job.fingerprint)
 
 
 # ----- streaming chunks (JSON strings) ----------------------------------------------------
@@ -213,6 +221,7 @@ class CompletionChunker:
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
+        self._fp = _fingerprint_tail(job, keep_null=include_usage)
 
     def chunk(self, ev: ChoiceEvent) -> Optional[str]:
         out = ev.output
@@ -228,15 +237,16 @@ class CompletionChunker:
             if self.include_usage:
                 choice["logprobs"] = None
                 choice["finish_reason"] = finish
-                return self._head + _dumps(choice) + '],"usage":null}'
+                return self._head + _dumps(choice) + '],"usage":null' + self._fp + "}"
             if finish is not None:
                 choice["finish_reason"] = finish
-            return self._head + _dumps(choice) + "]}"
+            return self._head + _dumps(choice) + "]" + self._fp + "}"
         lp = completion_logprobs(self.job.model.renderer, out.logprobs_delta or [], self._offsets[ev.index])
         self._offsets[ev.index] += len(out.text_delta)
         c = M.CompletionResponse(
             id=f"cmpl-{self.job.request_id}", created=self.job.created, model=self.job.model.spec.name,
             choices=[M.CompletionChoice(index=ev.index, text=out.text_delta, logprobs=lp, finish_reason=finish)],
+            system_fingerprint=self.job.fingerprint,
         )
         return c.model_dump_json(exclude_none=not self.include_usage)
 
@@ -244,7 +254,8 @@ class CompletionChunker:
         if not self.include_usage:
             return None
         c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
-                                 model=self.job.model.spec.name, choices=[], usage=usage(self.job, self.completion_tokens))
+                                 model=self.job.model.spec.name, choices=[], usage=usage(self.job, self.completion_tokens),
+                                 system_fingerprint=self.job.fingerprint)
         return c.model_dump_json()
 
     def error_chunks(self) -> list[str]:
@@ -269,11 +280,12 @@ class ChatChunker:
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
-        self._tail = '],"usage":null}' if include_usage else "]}"
+        self._tail = ('],"usage":null' if include_usage else "]") + _fingerprint_tail(job, keep_null=True) + "}"
 
     def _chunk(self, choices: list[M.ChatChunkChoice], usage_: Optional[M.Usage] = None) -> str:
         c = M.ChatCompletionChunk(id=f"chatcmpl-{self.job.request_id}", created=self.job.created,
-                                  model=self.job.model.spec.name, choices=choices, usage=usage_)
+                                  model=self.job.model.spec.name, choices=choices, usage=usage_,
+                                  system_fingerprint=self.job.fingerprint)
         return c.model_dump_json(exclude_none=False) if self.include_usage else c.model_dump_json(exclude={"usage"})
 
     def _fast(self, index: int, role: Optional[str], content: Optional[str], finish: Optional[str]) -> str:

@@ -220,6 +220,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None  # "<model>@<version>" that served it (set after stage 3)
 
 
 class TopLogprob(BaseModel):
@@ -255,6 +256,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None  # "<model>@<version>" that served it (set after stage 3)
 
 
 class ChatDelta(BaseModel):
@@ -276,6 +278,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None  # "<model>@<version>" that served it (set after stage 3)
 
 
 class ModelCard(BaseModel):

@@ -44,8 +44,9 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
 
 
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
-                   control: Optional[ReplicaControl] = None) -> FastAPI:
-    """``control``: reaches single replicas for the admin drain endpoints (none: not served)."""
+                   control: Optional[ReplicaControl] = None, routers: tuple = ()) -> FastAPI:
+    """``control``: reaches single replicas for the admin drain endpoints (none: not served);
+    ``routers``: more admin routers to mount (the model versions' ones, built by the application)."""
     app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
     _add_ops_routes(app, service)
@@ -53,6 +54,8 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     app.include_router(build_admin_router(service.gatekeeper, read_model))
     if control is not None:
         app.include_router(build_drain_router(service, control))
+    for router in routers:
+        app.include_router(router)
     _add_status_route(app, service)
     openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS],
                     [M.ChatCompletionChunk], public_paths=["/health", "/metrics"])
@@ -127,6 +130,7 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
         req = parse_model(ep.model_cls, data)
         service.authorize(ctx, req.model)
         job = await ep.make_job(service, ctx, req)
+        await _version_pin(service, request, ctx, job)
     except FleetserveError as exc:
         service.record_rejection(ctx, model, exc)
         raise
@@ -135,7 +139,7 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
     if not req.stream:
         async with aclosing(events):
             choices = await F.collect(events, job.num_choices)
-        return JSONResponse(ep.make_response(job, choices, lp).model_dump(mode="json"))
+        return JSONResponse(ep.make_response(job, choices, lp).model_dump(mode="json"), headers=_version_headers(job))
     # Wait for the first event before answering, so errors raised before generation
     # starts (admission, engine-side validation) still get their real status code.
     try:
@@ -147,7 +151,29 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
         raise
     chunker = ep.chunker_cls(job, lp, req.include_usage)
     return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_headers(job)})
+
+
+VERSION_HEADER = "x-fleetserve-version"  # on every response: "<model>@<version>" that served it
+ADMIN_KEY_HEADER = "x-fleetserve-admin-key"  # with a tenant's bearer key: lets an admin pin a version
+
+
+async def _version_pin(service: InferenceService, request: Request, ctx, job) -> None:
+    """Carry the pin header to stage 3, which honours it only when the caller may pin: a
+    tenant flagged ``may_pin_version``, or a request that also carries the admin key (checked
+    only when a pin is sent; a wrong admin key is a 401, never silently ignored)."""
+    pinned = request.headers.get(service.versions.pin_header)
+    if not pinned:
+        return
+    job.pinned_version = pinned
+    admin_key = request.headers.get(ADMIN_KEY_HEADER)
+    if admin_key:
+        await service.gatekeeper.authenticate_admin(admin_key)
+    job.may_pin = ctx.may_pin_version or bool(admin_key)
+
+
+def _version_headers(job) -> dict:
+    return {VERSION_HEADER: job.fingerprint} if job.fingerprint else {}
 
 
 async def _authenticate(service: InferenceService, request: Request):

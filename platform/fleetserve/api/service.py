@@ -7,7 +7,7 @@ stage              owner         in -> out
                                  before parsing the body, then ``authorize``)
 2. quota           tenants       :class:`Job` -> :class:`QuotaTicket`
 3. choose version  canary        :class:`Job` -> :class:`Job` on one model version
-                                 (a pass-through until rollouts land)
+                                 (the registry's sticky split, or an honoured pin)
 4. admission       admission     :class:`AdmissionRequest` -> :class:`Admitted` or None
                                  (fleet queue: classes, fair share, shedding, preemption)
 5. choose replica  router        (model, prefix key) -> :class:`Route`, per engine request
@@ -35,6 +35,7 @@ from fleetserve.admission.queues import AdmissionQueues, AdmissionRequest, Admit
 from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.request_metrics import ChoiceTiming, observe_request
+from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
 from fleetserve.deployments.replica_stats import ReplicaStatus
@@ -83,6 +84,25 @@ class Job:
     n: int
     arrival: float
     created: int = field(default_factory=lambda: int(time.time()))
+    user: Optional[str] = None  # the OpenAI ``user`` field: stage 3's sticky key
+    pinned_version: Optional[str] = None  # the pin header as sent (stage 3 decides whether it counts)
+    may_pin: bool = False  # the caller may pin (admin key, or a tenant flagged for it)
+    version: Optional[str] = None  # set by stage 3; None before it: the model's stable version
+
+    @property
+    def served_version(self) -> str:
+        return self.version if self.version is not None else self.model.spec.version
+
+    @property
+    def route_model(self) -> str:
+        """What stages 5-6 route by: the alias for the stable version, else ``model@version``."""
+        return route_key(self.model.spec.name, self.served_version, self.model.spec.version)
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """``<model>@<version>``: the response header and ``system_fingerprint``; None until
+        stage 3 has chosen the version."""
+        return fingerprint(self.model.spec.name, self.version) if self.version is not None else None
 
     @property
     def prompt_tokens(self) -> int:
@@ -95,15 +115,17 @@ class Job:
     @property
     def labels(self) -> dict:
         spec = self.model.spec
-        return dict(tenant=self.ctx.tenant_id, model=spec.name, version=spec.version)
+        return dict(tenant=self.ctx.tenant_id, model=spec.name, version=self.served_version)
 
 
 class InferenceService:
     def __init__(self, specs: list[ModelSpec], client: ModelClient, gatekeeper: Gatekeeper,
                  metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
-                 admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None):
+                 admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None,
+                 versions: Optional[VersionTable] = None):
         """``admission``: the fleet admission queues (None: admit at once); ``router``: the
-        replica choice (None: every request through the Serve handle)."""
+        replica choice (None: every request through the Serve handle); ``versions``: stage
+        3's cached split (None: each model's configured version serves everything)."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
@@ -111,6 +133,7 @@ class InferenceService:
         self.router = router or HandleRoutes()
         self.metrics = metrics or FleetMetrics()
         self._clock = clock or SystemClock()
+        self.versions = versions or VersionTable({s.name: s.version for s in specs})
         self._served: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -158,7 +181,8 @@ class InferenceService:
     # ----- building jobs -----------------------------------------------------------------
 
     def build_job(self, ctx: TenantContext, model: ServedModel, prompts: list[list[int]], *, n: int,
-                  max_tokens: Optional[int], sampling: dict, prompt_field: str = "prompt") -> Job:
+                  max_tokens: Optional[int], sampling: dict, prompt_field: str = "prompt",
+                  user: Optional[str] = None) -> Job:
         """Validate lengths against the context and build the job (raises 400s)."""
         limit = model.info.max_model_len
         longest = max(len(p) for p in prompts)
@@ -178,18 +202,18 @@ class InferenceService:
                 field="max_tokens",
             )
         params = SamplingParams(n=1, max_tokens=max_tokens, **sampling)
-        return Job(uuid.uuid4().hex, model, ctx, prompts, params, n, self._clock.now())
+        return Job(uuid.uuid4().hex, model, ctx, prompts, params, n, self._clock.now(), user=user)
 
     # ----- the request path --------------------------------------------------------------
 
     async def run(self, job: Job) -> AsyncIterator[ChoiceEvent]:
         """Stages 2-7 for one job. Consumers must ``aclose()`` it (use contextlib.aclosing)."""
         ticket = await self.reserve_quota(job)  # 2
-        job = self.choose_version(job)  # 3
+        job = await self.choose_version(job)  # 3
         admitted = await self.admit(job, ticket)  # 4
         timing = ChoiceTiming(job.num_choices)
         outcome, status = OUTCOME_ERROR, "500"
-        in_flight = self.metrics.get(N.IN_FLIGHT).labels(job.model.spec.name, job.model.spec.version)
+        in_flight = self.metrics.get(N.IN_FLIGHT).labels(job.model.spec.name, job.served_version)
         in_flight.inc()
         events: Optional[AsyncIterator[ChoiceEvent]] = None
         finished: set[int] = set()
@@ -226,9 +250,15 @@ class InferenceService:
         return await self.gatekeeper.reserve_quota(job.ctx, job.model.spec.name, job.request_id, job.prompt_tokens,
                                                    max_total)
 
-    def choose_version(self, job: Job) -> Job:
-        """Stage 3: the model version that serves this job. One version per model until
-        rollouts land (issue: versions and canary), so the job is returned unchanged."""
+    async def choose_version(self, job: Job) -> Job:
+        """Stage 3: the model version that serves this job, from the registry's sticky split
+        (cached; refreshed at most every few seconds) or an honoured pin. A model with no
+        split keeps its configured version."""
+        name = job.model.spec.name
+        await self.versions.refresh_if_due(name)
+        choice = self.versions.choose(name, user=job.user, tenant_id=job.ctx.tenant_id,
+                                      pinned=job.pinned_version, may_pin=job.may_pin)
+        job.version = choice.version
         return job
 
     async def admit(self, job: Job, ticket: QuotaTicket) -> Optional[Admitted]:
@@ -260,7 +290,7 @@ class InferenceService:
 
     def route(self, job: Job, prompt: list[int]) -> Route:
         """Stage 5: where one prompt's engine requests go."""
-        return self.router.choose(job.model.spec.name, self.prefix_key(job.model.spec, job.ctx, prompt))
+        return self.router.choose(job.route_model, self.prefix_key(job.model.spec, job.ctx, prompt))
 
     async def account(self, job: Job, ticket: QuotaTicket, admitted: Optional[Admitted], timing: ChoiceTiming,
                       outcome: str, status: str) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
-from fleetserve.application.wiring import build_admission, build_gatekeeper
+from fleetserve.application.versions import ServeVersionDeployer
+from fleetserve.canary.admin_routes import build_version_router
+from fleetserve.application.wiring import build_admission, build_gatekeeper, build_versions
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_control import HandleReplicaControl
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
@@ -31,20 +33,25 @@ class Ingress:
             from fleetserve.deployments.replica_link import ReplicaLinkClient, cluster_secret
 
             link = ReplicaLinkClient(cluster_secret())
-        client = HandleModelClient(handles, link=link)
+        # Versions deployed at runtime are separate Serve applications, found by name on first use.
+        self._deployer = ServeVersionDeployer(self._cfg)
+        client = HandleModelClient(handles, link=link, resolve=self._deployer.handle_for_key)
         slack = {m.name: m.routing.even_load_slack for m in self._cfg.models}
-        router = ReplicaChooser(deployment_names, client, slack=slack)
+        router = ReplicaChooser(deployment_names, client, slack=slack, resolve=self._deployer.deployment_for_key)
         metrics = FleetMetrics()  # shared with the gatekeeper and the admission queues: one /metrics
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
-        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router)
+        self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
+                                        versions=build_versions(self._cfg))
         self._control = HandleReplicaControl(handles)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 
     def __serve_build_asgi_app__(self):
-        return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes,
-                              control=self._control)
+        versions = build_version_router(self.service.gatekeeper.authenticate_admin, self.service.versions,
+                                        self._deployer, {m.name: m.checkpoint for m in self._cfg.models})
+        return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
+                              routers=(versions,))
 
     def _grpc_servicer(self):
         if self._grpc is None:

@@ -3,6 +3,7 @@
 - :func:`tenants_config`: the ``tenants`` section plus ``server.admin_key`` (hashed here,
   never stored in plaintext by the gatekeeper);
 - :func:`build_gatekeeper`: the tenants' stages (authenticate, quota, account);
+- :func:`build_versions`: stage 3's cached view of the version registry;
 - :func:`build_admission`: the fleet admission queues, with ``tenants.scheduling.scope``
   honoured: 'cluster' (or 'auto' with several ingress replicas) shares one queue actor
   between the ingress replicas.
@@ -18,6 +19,9 @@ from prometheus_client import CollectorRegistry
 from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
 from fleetserve.admission.queues import AdmissionQueues
+from fleetserve.canary.registry import VersionRegistry
+from fleetserve.canary.serving import VersionTable
+from fleetserve.canary.store import MemoryCanaryStore, RedisCanaryStore
 from fleetserve.config import FleetConfig
 from fleetserve.tenants.config import TenantsConfig
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
@@ -47,3 +51,12 @@ def build_admission(cfg: FleetConfig, metrics_registry: CollectorRegistry, deplo
         factory = cluster_scheduler_factory(cfg.server.app_name, sched, deployment_names, handles)
     return AdmissionQueues(sched, board_pools(deployment_names, handles),
                            observer_for=admission_metrics(metrics_registry).observer, scheduler_factory=factory)
+
+
+def build_versions(cfg: FleetConfig) -> VersionTable:
+    """The version registry (Redis when ``canary.redis_url`` or ``tenants.redis_url`` is set,
+    else in-process) behind stage 3's cache; each model's configured version is its stable one."""
+    url = cfg.canary.redis_url or (cfg.tenants.redis_url if cfg.tenants is not None else None)
+    store = RedisCanaryStore.from_url(url) if url else MemoryCanaryStore()
+    return VersionTable({m.name: m.version for m in cfg.models}, VersionRegistry(store),
+                        refresh_s=cfg.canary.registry_refresh_s, pin_header=cfg.canary.pin_header)

@@ -7,6 +7,8 @@ the step's window, then guardrails compare canary against stable before the next
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -64,8 +66,9 @@ class CanaryConfig(_Strict):
 
     enabled: bool = Field(
         False,
-        description="Allow canary rollouts at all; off, every request goes to stable. Refused while the rollout "
-        "executor, per-version deployments and ingress stage 3 are not wired in (this build has the policy core).",
+        description="Run guarded canary rollouts (the executor steps the split and rolls back on a breach). Refused "
+        "while the rollout executor is not wired in; model versions and a manually set split work without it "
+        "(admin API, docs/rollouts.md).",
     )
     steps: tuple[float, ...] = Field(
         (1.0, 5.0, 25.0, 50.0, 100.0),
@@ -88,6 +91,16 @@ class CanaryConfig(_Strict):
     )
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig, description="Canary-vs-stable margins.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Optional PSI drift guardrail.")
+    registry_refresh_s: float = Field(
+        2.0, gt=0,
+        description="How often each ingress replica re-reads a model's split weights and versions from the version "
+        "registry (the request path reads only its cached copy).",
+    )
+    redis_url: Optional[str] = Field(
+        None,
+        description="Redis URL of the version registry (shared by every ingress replica); null: tenants.redis_url when "
+        "set, else an in-process store (one ingress replica only).",
+    )
     pin_header: str = Field(
         "x-fleetserve-version",
         description="Request header that pins a version (honoured only for admin keys and tenants flagged for it).",
@@ -96,11 +109,13 @@ class CanaryConfig(_Strict):
     @field_validator("enabled")
     @classmethod
     def _not_wired_yet(cls, v: bool) -> bool:
-        # The schema and the policy are built; nothing serves a canary yet. Accepting true would
-        # leave an operator believing rollouts are guarded. Remove with the executor (issue 22).
+        # Versions, their deployments and the split serve now, but nothing steps the split or
+        # rolls back on a breach. Accepting true would leave an operator believing rollouts are
+        # guarded. Remove with the executor (issue 22).
         if v:
-            raise ValueError("enabled: canary rollouts are not wired into serving in this build (the policy core "
-                             "is; per-version deployments and the ingress split are not); set enabled: false")
+            raise ValueError("enabled: guarded rollouts are not wired into serving in this build (no rollout "
+                             "executor yet; model versions and a manual split are, through the admin API); "
+                             "set enabled: false")
         return v
 
     @field_validator("steps")

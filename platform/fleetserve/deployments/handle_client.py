@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import AsyncIterator, Mapping, Optional
+from typing import AsyncIterator, Callable, Mapping, Optional
 
 from fleetserve.deployments.model_client import LinkTarget, Route
 from fleetserve.deployments.replica_link import ReplicaLinkClient
@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class HandleModelClient:
-    def __init__(self, handles: Mapping[str, object], link: Optional[ReplicaLinkClient] = None):
+    def __init__(self, handles: Mapping[str, object], link: Optional[ReplicaLinkClient] = None,
+                 resolve: Optional[Callable[[str], Optional[object]]] = None):
         """``handles``: model name -> DeploymentHandle of its ModelReplica deployment;
-        ``link``: stream over replica links where the route names some."""
+        ``link``: stream over replica links where the route names some; ``resolve``: the
+        handle of a name not in ``handles`` (a model version deployed at runtime,
+        ``model@version``), or None; looked up once, then kept."""
         self._handles = dict(handles)
         self._streams = {name: h.options(stream=True) for name, h in self._handles.items()}
+        self._resolve = resolve
         self._link = link
         self.ongoing: Counter[str] = Counter()  # replica id -> streams this process has open there
         self.link_streams: Counter[str] = Counter()  # replica id -> requests sent over its link
@@ -41,8 +45,7 @@ class HandleModelClient:
         return self._link is not None
 
     async def generate(self, request: GenerateRequest, route: Route) -> AsyncIterator[RequestOutput]:
-        if route.model not in self._handles:
-            raise ModelNotFoundError(f"The model `{route.model}` does not exist.", field="model")
+        self._require(route.model)
         opened = await self._open_link(route.links) if self._link is not None else None
         if opened is not None:
             target, link = opened
@@ -97,7 +100,19 @@ class HandleModelClient:
                 log.warning("replica link to %s (%s) failed: %s; trying the next", target.replica, target.address, exc)
         return None
 
-    async def model_info(self, model: str) -> ModelInfo:
+    def _require(self, model: str) -> None:
+        if model not in self._handles and self._resolve is not None:
+            handle = self._resolve(model)
+            if handle is not None:
+                self._handles[model], self._streams[model] = handle, handle.options(stream=True)
         if model not in self._handles:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
+
+    def forget(self, model: str) -> None:
+        """Drop a runtime version's handle (the version was removed)."""
+        self._handles.pop(model, None)
+        self._streams.pop(model, None)
+
+    async def model_info(self, model: str) -> ModelInfo:
+        self._require(model)
         return await self._handles[model].model_info.remote()

@@ -43,10 +43,16 @@ EngineFactory = Callable[[ModelConfig], EngineProtocol]
 
 
 class ModelReplica:
-    async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None, link: bool = False):
+    async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None, link: bool = False,
+                       verify_checkpoint: Optional[Callable[[], None]] = None):
+        """``verify_checkpoint``: raises when the checkpoint is not the one registered for this
+        version (``canary.versions.verify``, injected by the application): the replica then
+        refuses to start, and the version is blocked."""
         from fleetserve.deployments.engine_factory import build_engine
 
         self._cfg = ModelConfig.model_validate(model)
+        if verify_checkpoint is not None:
+            verify_checkpoint()  # before any weight is loaded
         self._engine = (engine_factory or build_engine)(self._cfg)
         self._draining = False
         self._in_flight = 0

@@ -59,8 +59,11 @@ class HandleRoutes:
 class ReplicaChooser:
     def __init__(self, deployment_names: Mapping[str, str], counts: StreamCounts,
                  board: Optional[ReplicaStatsBoard] = None, slack: Optional[Mapping[str, float]] = None,
-                 rng: Optional[random.Random] = None, wall_clock: Callable[[], float] = time.time):
+                 rng: Optional[random.Random] = None, wall_clock: Callable[[], float] = time.time,
+                 resolve: Optional[Callable[[str], Optional[str]]] = None):
         """``deployment_names``: model name -> Serve deployment name (key of the stats board);
+        ``resolve``: the deployment name of a route name not in it (a model version deployed
+        at runtime, ``model@version``; its slack is the model's), or None;
         ``slack``: model name -> the routing's ``even_load_slack``; ``wall_clock`` dates the
         stats' age (replicas stamp them with ``time.time()``)."""
         self._deployments = dict(deployment_names)
@@ -69,9 +72,15 @@ class ReplicaChooser:
         self._slack = dict(slack or {})
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
+        self._resolve = resolve
 
     def check(self, model: str) -> None:
         """404 for a model this application does not serve, 503 when Serve knows no live replica."""
+        if model not in self._deployments and self._resolve is not None:
+            dep = self._resolve(model)
+            if dep is not None:
+                self._deployments[model] = dep
+                self._slack.setdefault(model, self._slack.get(model.partition("@")[0], 2))
         if model not in self._deployments:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
         rows = self._board.replicas(self._deployments[model])

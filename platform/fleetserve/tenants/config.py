@@ -52,6 +52,9 @@ class TenantSpec(BaseModel):
         default_factory=list, description="Hashes of the tenant's API keys ('sha256:<hex>'), never plaintext keys."
     )
     quotas: QuotaSpec = Field(default_factory=QuotaSpec, description="Rate, concurrency and size limits.")
+    may_pin_version: bool = Field(
+        False, description="Honour this tenant's version pin header (canary.pin_header); others' pins are ignored."
+    )
 
     @field_validator("id")
     @classmethod

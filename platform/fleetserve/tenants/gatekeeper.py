@@ -176,6 +176,7 @@ class TenantGatekeeper:
             max_context=q.max_context,
             max_tokens_per_request=q.max_tokens_per_request,
             stream_interval_s=self.config.scheduling.stream_interval_for(self.config.priority_of(spec.tier)),
+            may_pin_version=spec.may_pin_version,
         )
 
     def _current_spec(self, ctx: TenantContext) -> TenantSpec:
