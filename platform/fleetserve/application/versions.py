@@ -21,7 +21,7 @@ import logging
 import re
 from typing import Optional
 
-from fleetserve.application.build import _model_options, deployment_name
+from fleetserve.application.build import model_options, deployment_name
 from fleetserve.canary.versions import ModelVersion, verify
 from fleetserve.config import FleetConfig
 
@@ -77,7 +77,7 @@ class ServeVersionDeployer:
         m = base.model_copy(update={"checkpoint": version.checkpoint, "engine": version.engine,
                                     "engine_args": {**base.engine_args, **dict(version.engine_args)},
                                     "version": version.version_id})
-        opts = _model_options(m, self._cfg)
+        opts = model_options(m, self._cfg)
         opts["name"] = self.deployment(version.model, version.version_id)
         # The replica deployment is its application's ingress, and with HAProxy (the default proxy)
         # Serve refuses a custom request router on an ingress: versions use Serve's own router.
