@@ -86,8 +86,13 @@ class ServeVersionDeployer:
                                   expected_files=dict(version.files))
         app = serve.deployment(ModelReplica).options(**opts).bind(
             m.model_dump(mode="json"), None, link=self._cfg.server.replica_transport == "direct", verify_checkpoint=check)
-        await asyncio.to_thread(serve.run, app, name=self.app_name(version.model, version.version_id),
-                                route_prefix=None, blocking=False)
+        try:
+            await asyncio.to_thread(serve.run, app, name=self.app_name(version.model, version.version_id),
+                                    route_prefix=None, blocking=False)
+        except RuntimeError as exc:
+            # serve.run waits for the deployment to be created: a replica that refuses its
+            # checkpoint fails it right here. status() reports it (and the version is blocked).
+            log.warning("deployment of %s failed: %s", version.label, exc)
 
     async def status(self, model: str, version: str) -> tuple[str, str]:
         """(``ready`` | ``deploying`` | ``failed`` | ``absent``, Serve's message)."""
