@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
 from fleetserve.api import openapi
+from fleetserve.api.ab_routes import AB_BODY_MODELS, FeedbackResponse, build_ab_router
 from fleetserve.api.drain_routes import build_drain_router
 from fleetserve.api.errors import error_body, http_error, validation_error
 from fleetserve.api.json_body import parse_model, parse_object, read_body, read_model
@@ -52,13 +53,14 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     _add_ops_routes(app, service)
     _add_inference_routes(app, service, max_body_bytes)
     app.include_router(build_admin_router(service.gatekeeper, read_model))
+    app.include_router(build_ab_router(service))
     if control is not None:
         app.include_router(build_drain_router(service, control))
     for router in routers:
         app.include_router(router)
     _add_status_route(app, service)
-    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS],
-                    [M.ChatCompletionChunk], public_paths=["/health", "/metrics"])
+    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS, *AB_BODY_MODELS],
+                    [M.ChatCompletionChunk, FeedbackResponse], public_paths=["/health", "/metrics"])
     return app
 
 

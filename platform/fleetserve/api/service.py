@@ -34,7 +34,8 @@ from typing import AsyncIterator, Optional
 from fleetserve.admission.queues import AdmissionQueues, AdmissionRequest, Admitted
 from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
-from fleetserve.api.request_metrics import ChoiceTiming, observe_request
+from fleetserve.api.request_metrics import ChoiceTiming, observe_request, prediction_record, request_outcome
+from fleetserve.canary.ab_recorder import ABRecorder
 from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
@@ -88,6 +89,7 @@ class Job:
     pinned_version: Optional[str] = None  # the pin header as sent (stage 3 decides whether it counts)
     may_pin: bool = False  # the caller may pin (admin key, or a tenant flagged for it)
     version: Optional[str] = None  # set by stage 3; None before it: the model's stable version
+    log_prediction: bool = False  # set by stage 3: this job is in the sampled prediction log
 
     @property
     def served_version(self) -> str:
@@ -122,10 +124,11 @@ class InferenceService:
     def __init__(self, specs: list[ModelSpec], client: ModelClient, gatekeeper: Gatekeeper,
                  metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
                  admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None,
-                 versions: Optional[VersionTable] = None):
+                 versions: Optional[VersionTable] = None, ab: Optional[ABRecorder] = None):
         """``admission``: the fleet admission queues (None: admit at once); ``router``: the
         replica choice (None: every request through the Serve handle); ``versions``: stage
-        3's cached split (None: each model's configured version serves everything)."""
+        3's cached split (None: each model's configured version serves everything); ``ab``: the
+        per-variant A/B records, feedback and drift (None: in memory, no prediction log)."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
@@ -134,6 +137,7 @@ class InferenceService:
         self.metrics = metrics or FleetMetrics()
         self._clock = clock or SystemClock()
         self.versions = versions or VersionTable({s.name: s.version for s in specs})
+        self.ab = ab or ABRecorder.in_memory(self.metrics)
         self._served: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -211,7 +215,7 @@ class InferenceService:
         ticket = await self.reserve_quota(job)  # 2
         job = await self.choose_version(job)  # 3
         admitted = await self.admit(job, ticket)  # 4
-        timing = ChoiceTiming(job.num_choices)
+        timing = ChoiceTiming(job.num_choices, keep_text=job.log_prediction)
         outcome, status = OUTCOME_ERROR, "500"
         in_flight = self.metrics.get(N.IN_FLIGHT).labels(job.model.spec.name, job.served_version)
         in_flight.inc()
@@ -221,8 +225,7 @@ class InferenceService:
             events = self.stream(job)  # 5 + 6 (stage 5 may answer 503: no replica ready)
             async for ev in events:
                 self._check_output(ev.output)
-                if ev.output.token_ids_delta:
-                    timing.on_tokens(ev.index, len(ev.output.token_ids_delta), self._clock.now())
+                timing.on_output(ev.index, ev.output, self._clock.now())
                 if ev.output.finished:
                     finished.add(ev.index)
                 yield ev
@@ -259,6 +262,7 @@ class InferenceService:
         choice = self.versions.choose(name, user=job.user, tenant_id=job.ctx.tenant_id,
                                       pinned=job.pinned_version, may_pin=job.may_pin)
         job.version = choice.version
+        job.log_prediction = self.ab.wants_prediction(job.request_id, job.version, job.ctx.prediction_log_opt_out)
         return job
 
     async def admit(self, job: Job, ticket: QuotaTicket) -> Optional[Admitted]:
@@ -297,8 +301,13 @@ class InferenceService:
         """Stage 7: release the admission slot, observe metrics, settle quotas and metering."""
         if admitted is not None:
             self.admission.release(admitted, timing.completion_tokens)
-        observe_request(self.metrics, job.labels, job.arrival, self._clock.now(), timing, status, job.prompt_tokens)
+        now = self._clock.now()
+        observe_request(self.metrics, job.labels, job.arrival, now, timing, status, job.prompt_tokens)
         await self.gatekeeper.complete(ticket, job.prompt_tokens, timing.completion_tokens, outcome)
+        if outcome != OUTCOME_ABORTED:  # a response the client never read gets no feedback
+            wall = time.time()  # shared with other replicas through the store: wall clock, not monotonic
+            await self.ab.record(request_outcome(job, timing, status, wall), job.model.spec.version,
+                                 prediction_record(job, timing, status, wall))
 
     def record_rejection(self, ctx: Optional[TenantContext], model: str, exc: BaseException) -> None:
         """Count a request refused before it ran (auth, validation, quota)."""

@@ -13,7 +13,7 @@ from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
 from fleetserve.application.versions import ServeVersionDeployer
 from fleetserve.canary.admin_routes import build_version_router
-from fleetserve.application.wiring import build_admission, build_gatekeeper, build_versions
+from fleetserve.application.wiring import build_ab, build_admission, build_gatekeeper, build_versions
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_control import HandleReplicaControl
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
@@ -42,7 +42,7 @@ class Ingress:
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
-                                        versions=build_versions(self._cfg))
+                                        versions=build_versions(self._cfg), ab=build_ab(self._cfg, metrics))
         self._control = HandleReplicaControl(handles)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates

@@ -4,6 +4,7 @@
   never stored in plaintext by the gatekeeper);
 - :func:`build_gatekeeper`: the tenants' stages (authenticate, quota, account);
 - :func:`build_versions`: stage 3's cached view of the version registry;
+- :func:`build_ab`: the A/B records (per-variant counters, feedback ids, drift, prediction log);
 - :func:`build_admission`: the fleet admission queues, with ``tenants.scheduling.scope``
   honoured: 'cluster' (or 'auto' with several ingress replicas) shares one queue actor
   between the ingress replicas.
@@ -19,10 +20,16 @@ from prometheus_client import CollectorRegistry
 from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
 from fleetserve.admission.queues import AdmissionQueues
+from fleetserve.canary.ab_recorder import ABRecorder
+from fleetserve.canary.ab_store import MemoryABStore, RedisABStore
+from fleetserve.canary.drift_monitor import DriftMonitor
+from fleetserve.canary.prediction_log import PredictionLogger
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.serving import VersionTable
 from fleetserve.canary.store import MemoryCanaryStore, RedisCanaryStore
 from fleetserve.config import FleetConfig
+from fleetserve.metrics import names as N
+from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.tenants.config import TenantsConfig
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
 from fleetserve.tenants.keys import hash_api_key
@@ -53,10 +60,25 @@ def build_admission(cfg: FleetConfig, metrics_registry: CollectorRegistry, deplo
                            observer_for=admission_metrics(metrics_registry).observer, scheduler_factory=factory)
 
 
+def canary_redis_url(cfg: FleetConfig) -> Optional[str]:
+    return cfg.canary.redis_url or (cfg.tenants.redis_url if cfg.tenants is not None else None)
+
+
+def build_ab(cfg: FleetConfig, metrics: FleetMetrics) -> ABRecorder:
+    """Per-variant A/B state in the same store as the version registry; drift gauges and the
+    feedback and prediction-log counters in the ingress's ``metrics``."""
+    c, url = cfg.canary, canary_redis_url(cfg)
+    store = RedisABStore.from_url(url) if url else MemoryABStore(c.feedback.max_records_in_memory)
+    psi = metrics.get(N.DRIFT_PSI)
+    drift = DriftMonitor(c.drift_monitor, sink=lambda m, v, f, x: psi.labels(m, v, f).set(x))
+    return ABRecorder(store, metrics=metrics, feedback=c.feedback, ab=c.ab, drift=drift,
+                      predictions=PredictionLogger.from_config(c.prediction_log, url))
+
+
 def build_versions(cfg: FleetConfig) -> VersionTable:
     """The version registry (Redis when ``canary.redis_url`` or ``tenants.redis_url`` is set,
     else in-process) behind stage 3's cache; each model's configured version is its stable one."""
-    url = cfg.canary.redis_url or (cfg.tenants.redis_url if cfg.tenants is not None else None)
+    url = canary_redis_url(cfg)
     store = RedisCanaryStore.from_url(url) if url else MemoryCanaryStore()
     return VersionTable({m.name: m.version for m in cfg.models}, VersionRegistry(store),
                         refresh_s=cfg.canary.registry_refresh_s, pin_header=cfg.canary.pin_header)

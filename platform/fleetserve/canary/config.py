@@ -11,6 +11,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleetserve.canary.ab_config import ABConfig, DriftMonitorConfig, FeedbackConfig, PredictionLogConfig
+
 
 KNOWN_FEATURES = ("prompt_length", "output_length", "first_token")  # fleetserve.canary.drift's names
 
@@ -104,6 +106,15 @@ class CanaryConfig(_Strict):
     pin_header: str = Field(
         "x-fleetserve-version",
         description="Request header that pins a version (honoured only for admin keys and tenants flagged for it).",
+    )
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="POST /v1/feedback: how long ids are kept.")
+    ab: ABConfig = Field(default_factory=ABConfig, description="A/B report defaults: alpha, power, minimum detectable effect.")
+    prediction_log: PredictionLogConfig = Field(
+        default_factory=PredictionLogConfig, description="Sampled per-variant log of prompts and outputs (off by default)."
+    )
+    drift_monitor: DriftMonitorConfig = Field(
+        default_factory=DriftMonitorConfig,
+        description="Online PSI per version against a baseline window, exported as fleetserve_drift_psi.",
     )
 
     @field_validator("enabled")

@@ -21,6 +21,7 @@ STATUS = "status"
 OUTCOME = "outcome"
 REASON = "reason"
 PRIORITY_CLASS = "priority_class"
+FEATURE = "feature"
 
 # Latency buckets (seconds): fine below 100 ms where TTFT/TPOT live, coarse up to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -50,7 +51,15 @@ QUEUE_DEPTH = MetricSpec("fleetserve_replica_queue_depth", "gauge", "Requests wa
 RUNNING = MetricSpec("fleetserve_replica_running_requests", "gauge", "Requests running in a replica's engine.", (MODEL, VERSION, REPLICA))
 KV_USAGE = MetricSpec("fleetserve_replica_kv_usage_ratio", "gauge", "Fraction of a replica's KV blocks in use.", (MODEL, VERSION, REPLICA))
 
-INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE)
+# ---- A/B analysis per variant (fleetserve.canary.ab_recorder) -------------------------------
+
+FEEDBACK = MetricSpec("fleetserve_feedback_total", "counter", "Feedback received (POST /v1/feedback), per variant; outcome: positive, negative or numeric.", (TENANT, MODEL, VERSION, OUTCOME))
+PREDICTIONS_LOGGED = MetricSpec("fleetserve_predictions_logged_total", "counter", "Requests written to the sampled prediction log, per variant.", (MODEL, VERSION))
+DRIFT_PSI = MetricSpec("fleetserve_drift_psi", "gauge", "PSI of a version's recent requests against the model's baseline window, per feature (prompt_length, output_length, first_token); > 0.2 is a significant shift.", (MODEL, VERSION, FEATURE))
+
+AB = (FEEDBACK, PREDICTIONS_LOGGED, DRIFT_PSI)
+
+INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE) + AB
 
 # ---- tenant metering (fleetserve.tenants.metering) -------------------------------------------
 

@@ -55,6 +55,10 @@ class TenantSpec(BaseModel):
     may_pin_version: bool = Field(
         False, description="Honour this tenant's version pin header (canary.pin_header); others' pins are ignored."
     )
+    prediction_log_opt_out: bool = Field(
+        False, description="Never write this tenant's requests (prompts or outputs) to the sampled prediction log "
+        "(canary.prediction_log)."
+    )
 
     @field_validator("id")
     @classmethod

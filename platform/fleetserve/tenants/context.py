@@ -39,6 +39,7 @@ class TenantContext:
     max_tokens_per_request: Optional[int] = None
     stream_interval_s: float = 0.0  # see FleetSchedulingConfig.stream_interval_s
     may_pin_version: bool = False  # its version pin header counts (TenantSpec.may_pin_version)
+    prediction_log_opt_out: bool = False  # never in the prediction log (TenantSpec.prediction_log_opt_out)
 
 
 @dataclass

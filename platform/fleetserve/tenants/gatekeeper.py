@@ -177,6 +177,7 @@ class TenantGatekeeper:
             max_tokens_per_request=q.max_tokens_per_request,
             stream_interval_s=self.config.scheduling.stream_interval_for(self.config.priority_of(spec.tier)),
             may_pin_version=spec.may_pin_version,
+            prediction_log_opt_out=spec.prediction_log_opt_out,
         )
 
     def _current_spec(self, ctx: TenantContext) -> TenantSpec:
