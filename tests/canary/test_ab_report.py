@@ -1,0 +1,89 @@
+"""The A/B report: histogram percentiles, the z-test and sample size through the report, the ETA."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetserve.canary.ab_records import (TTFT_BUCKETS, RequestOutcome, ServedRequest, VariantTotals,
+                                          feedback_increments)
+from fleetserve.canary.ab_report import bucket_quantile, build_report
+from fleetserve.canary.stats import sample_size_per_arm, two_proportion_ztest
+from fleetserve.errors import InvalidRequestError
+
+
+def totals(positive: int, binary: int, requests: int = 0, first_seen: float = 0.0, **fields) -> VariantTotals:
+    return VariantTotals(requests=requests or binary, feedback_binary=binary, feedback_positive=positive,
+                         first_seen=first_seen, **fields)
+
+
+def report(control: VariantTotals, canary: VariantTotals, now: float = 1000.0, **kw):
+    args = dict(alpha=0.05, power=0.8, mde=0.02, default_baseline=0.5, now=now)
+    args.update(kw)
+    return build_report("m", "v1", {"v1": control, "v2": canary}, **args)
+
+
+def test_bucket_quantile_interpolates_like_histogram_quantile():
+    bounds = (0.1, 0.2, 0.4)
+    # 10 in (0, 0.1], 10 in (0.1, 0.2], 0 in (0.2, 0.4], 0 above
+    assert bucket_quantile(0.5, bounds, (10, 10, 0, 0)) == pytest.approx(0.1)
+    assert bucket_quantile(0.75, bounds, (10, 10, 0, 0)) == pytest.approx(0.15)
+    assert bucket_quantile(0.25, bounds, (10, 10, 0, 0)) == pytest.approx(0.05)
+    assert bucket_quantile(0.99, bounds, (0, 0, 0, 5)) == 0.4  # +Inf bucket: the highest finite bound
+    assert bucket_quantile(0.5, bounds, (0, 0, 0, 0)) is None
+
+
+def test_outcome_increments_land_in_the_right_buckets():
+    served = ServedRequest("r", "acme", "m", "v1", 0.0)
+    inc = RequestOutcome(served, error=True, ttft_s=0.03, tpots=(0.0005, 0.0005, 7.0)).increments()
+    t = VariantTotals.decode(inc)
+    assert (t.requests, t.errors) == (1, 1)
+    assert t.ttft_buckets[TTFT_BUCKETS.index(0.05)] == 1  # 0.03 <= 0.05
+    assert t.tpot_buckets[0] == 2 and t.tpot_buckets[-1] == 1
+
+
+def test_the_report_reproduces_the_openintro_cpr_example():
+    # OpenIntro Statistics 6.2 (also tests/canary/test_stats.py): control 11/50, treatment 14/40,
+    # 95% CI for the difference (-0.056, 0.316) as printed (SE rounded).
+    r = report(totals(11, 50), totals(14, 40))
+    c = r.comparisons[0]
+    assert (c.control, c.treatment) == ("v1", "v2")
+    assert c.diff == pytest.approx(0.13)
+    assert (c.ci_low, c.ci_high) == pytest.approx((-0.056, 0.316), abs=0.002)
+    direct = two_proportion_ztest(11, 50, 14, 40)
+    assert (c.z, c.p_value) == pytest.approx((direct.z, direct.p_value)) and not c.significant
+    assert [v.positive_rate for v in r.variants] == pytest.approx([0.22, 0.35])
+
+
+def test_sample_size_and_eta_from_the_slower_arm():
+    # Control: 100 of 1000 positive (baseline 10 %), 1000 feedback in 1000 s; canary half as fast.
+    control = totals(100, 1000, first_seen=0.0)
+    canary = totals(60, 500, first_seen=0.0)
+    c = report(control, canary, now=1000.0).comparisons[0]
+    assert c.baseline_rate == pytest.approx(0.10)
+    assert c.required_per_arm == sample_size_per_arm(0.10, 0.02) == 3843
+    assert (c.have_per_arm, c.remaining_per_arm) == (500, 3343)
+    assert c.eta_s == pytest.approx(3343 / 0.5)  # the canary gets 0.5 feedback/s
+
+
+def test_no_feedback_yet_uses_the_configured_baseline_and_has_no_eta():
+    c = report(VariantTotals(requests=5), VariantTotals(requests=5)).comparisons[0]
+    assert c.z is None and c.baseline_rate == 0.5 and c.eta_s is None
+    assert c.required_per_arm == sample_size_per_arm(0.5, 0.02)
+
+
+def test_a_large_enough_sample_is_done_and_significant():
+    c = report(totals(1000, 10000), totals(1300, 10000)).comparisons[0]
+    assert c.significant and c.remaining_per_arm == 0 and c.eta_s == 0.0
+
+
+def test_an_mde_beyond_the_rate_range_is_a_400_naming_mde():
+    with pytest.raises(InvalidRequestError) as e:
+        report(totals(90, 100), totals(90, 100), mde=0.6)
+    assert e.value.field == "mde"
+
+
+def test_feedback_increments_split_binary_and_numeric():
+    t = VariantTotals.decode({**feedback_increments(True)})
+    assert (t.feedback_binary, t.feedback_positive, t.feedback_numeric) == (1, 1, 0)
+    t = VariantTotals.decode(feedback_increments(0.25))
+    assert (t.feedback_binary, t.feedback_numeric, t.numeric_sum) == (0, 1, 0.25)
