@@ -87,3 +87,21 @@ def test_feedback_increments_split_binary_and_numeric():
     assert (t.feedback_binary, t.feedback_positive, t.feedback_numeric) == (1, 1, 0)
     t = VariantTotals.decode(feedback_increments(0.25))
     assert (t.feedback_binary, t.feedback_numeric, t.numeric_sum) == (0, 1, 0.25)
+
+
+def test_arm_window_is_the_difference_of_two_reads_and_feeds_the_guardrails():
+    from fleetserve.canary.ab_window import arm_window
+    from fleetserve.canary.guardrails import evaluate
+    from tests.canary.factories import make_config
+
+    def served_totals(requests: int, errors: int, ttft_bucket: int) -> VariantTotals:
+        return VariantTotals.decode({"requests": requests, "errors": errors, f"ttft:{ttft_bucket}": requests})
+
+    start = served_totals(1000, 0, 3)
+    assert VariantTotals.decode(start.to_fields()) == start  # persists through the rollout state
+    stable = arm_window(start, served_totals(1200, 2, 3))
+    canary = arm_window(None, served_totals(200, 20, 8))
+    assert (stable.requests, stable.errors, canary.requests, canary.errors) == (200, 2, 200, 20)
+    assert stable.ttft_p95_s == pytest.approx(0.025 + (0.05 - 0.025) * 0.95) and canary.ttft_p95_s > 0.15
+    verdict = evaluate(stable, canary, make_config())
+    assert {c.name for c in verdict.checks if c.breached} == {"error_rate", "ttft_p95_s"}

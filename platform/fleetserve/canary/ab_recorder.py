@@ -107,11 +107,19 @@ class ABRecorder:
     async def report(self, model: str, control: str, *, alpha: Optional[float] = None, power: Optional[float] = None,
                      mde: Optional[float] = None) -> ABReport:
         cfg = self.ab_config
-        raw = await self.store.totals(model)
-        totals = {v: VariantTotals.decode(fields) for v, fields in raw.items()}
+        totals = await self.variant_totals(model)
         return build_report(model, control, totals, alpha=cfg.alpha if alpha is None else alpha,
                             power=cfg.power if power is None else power, mde=cfg.mde if mde is None else mde,
                             default_baseline=cfg.baseline_rate, now=self._now())
+
+    async def variant_totals(self, model: str) -> dict[str, VariantTotals]:
+        """Every variant's cumulative counters (all ingress replicas when the store is Redis);
+        with :func:`fleetserve.canary.ab_window.arm_window`, the rollout guardrails' input."""
+        return {v: VariantTotals.decode(fields) for v, fields in (await self.store.totals(model)).items()}
+
+    def drift_histograms(self, model: str, version: str) -> dict[str, tuple[int, ...]]:
+        """``version``'s recent drift features over the baseline's bins (``ArmWindow.histograms``)."""
+        return self.drift.arm_histograms(model, version) if self.drift is not None else {}
 
     def drift_report(self, model: str) -> list[dict]:
         return [d.to_dict() for d in self.drift.report(model)] if self.drift is not None else []

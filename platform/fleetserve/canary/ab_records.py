@@ -101,3 +101,15 @@ class VariantTotals:
                    buckets("tpot", len(TPOT_BUCKETS)), int(f.get("fb_binary", 0)), int(f.get("fb_positive", 0)),
                    int(f.get("fb_numeric", 0)), f.get("num_sum", 0.0), f.get("num_sumsq", 0.0),
                    f.get(FIRST_SEEN), f.get(LAST_SEEN))
+
+    def to_fields(self) -> dict[str, float]:
+        """The flat encoding :meth:`decode` reads (to persist a step's starting totals)."""
+        out = {"requests": float(self.requests), "errors": float(self.errors),
+               "fb_binary": float(self.feedback_binary), "fb_positive": float(self.feedback_positive),
+               "fb_numeric": float(self.feedback_numeric), "num_sum": self.numeric_sum, "num_sumsq": self.numeric_sumsq}
+        out.update({f"ttft:{i}": float(c) for i, c in enumerate(self.ttft_buckets)})
+        out.update({f"tpot:{i}": float(c) for i, c in enumerate(self.tpot_buckets)})
+        for name, v in ((FIRST_SEEN, self.first_seen), (LAST_SEEN, self.last_seen)):
+            if v is not None:
+                out[name] = v
+        return out
