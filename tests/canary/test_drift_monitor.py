@@ -73,3 +73,13 @@ def test_disabled_monitor_keeps_nothing():
     for _ in range(400):
         mon.observe("m", "v1", "v1", DriftSample(1, 1, 1))
     assert not mon.has_baseline("m") and mon.report("m") == []
+
+
+def test_a_constant_baseline_still_separates_longer_outputs():
+    mon, _ = make_monitor(baseline_size=100, min_samples=100)
+    for _ in range(100):
+        mon.observe("m", "v1", "v1", DriftSample(10, 6, 5))
+    for _ in range(100):
+        mon.observe("m", "v2", "v1", DriftSample(10, 10, 5))
+    d = mon.version_drift("m", "v2").psi
+    assert d[OUTPUT_LENGTH] > 0.2 and d[PROMPT_LENGTH] < 0.01

@@ -112,6 +112,9 @@ class DriftMonitor:
     def _fix_baseline(self, model: str, rows: list[DriftSample]) -> None:
         firsts = [r.first_token for r in rows if r.first_token is not None] or [0]
         bins = default_binnings([r.prompt_length for r in rows], [r.output_length for r in rows], firsts)
+        for feature, values in ((PROMPT_LENGTH, [r.prompt_length for r in rows]),
+                                (OUTPUT_LENGTH, [r.output_length for r in rows])):
+            bins[feature] = _with_top_bin(bins[feature], max(values))
         self._bins[model] = bins
         self._baseline_counts[model] = self._histograms(model, rows)
         self._baseline_rows.pop(model, None)
@@ -129,3 +132,10 @@ class DriftMonitor:
             return
         for feature, value in self.version_drift(model, version).psi.items():
             self._sink(model, version, feature, value)
+
+
+def _with_top_bin(binning: Binning, baseline_max: int) -> Binning:
+    """Lengths are integers: one more edge at ``max + 1`` gives values beyond anything the
+    baseline saw a bin of their own. Without it a constant baseline (every output 6 tokens)
+    has a single edge, and outputs of 10 tokens would land in the same bin as 6."""
+    return Binning("numeric", edges=tuple(sorted(set(binning.edges) | {float(baseline_max + 1)})))
