@@ -45,6 +45,10 @@ def test_feedback_and_report_through_serve(client, serve_app):
     assert v["requests"] - prev["requests"] >= 2
     assert (v["feedback"] - prev["feedback"], v["positive"] - prev["positive"]) == (2, 1)
     assert v["ttft_s"]["p50"] is not None
+    from prometheus_client.parser import text_string_to_metric_families
+
     metrics = httpx.get(serve_app.base_url + "/metrics", timeout=30).text
-    series = f'fleetserve_feedback_total{{tenant="test",model="{serve_app.model}",version="{v["version"]}",outcome="positive"}}'
-    assert series in metrics  # one ingress replica in the test app: it served the feedback too
+    want = {"tenant": "test", "model": serve_app.model, "version": v["version"], "outcome": "positive"}
+    samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "fleetserve_feedback_total" and s.labels == want]
+    assert [s.value for s in samples] == [1.0]  # one ingress replica in the test app: it served the feedback too
