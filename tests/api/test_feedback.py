@@ -27,13 +27,13 @@ SHY = {"Authorization": f"Bearer {SHY_KEY}"}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
 
 
-def make_ab_rest(checkpoint, *, predictions: PredictionLogger | None = None) -> Rest:
+def make_ab_rest(checkpoint, *, predictions: PredictionLogger | None = None, store=None) -> Rest:
     registry = CollectorRegistry()
     cfg = make_config(make_spec(id="acme", key="fs-tenant-key"), make_spec(id="other", key=OTHER_KEY),
                       make_spec(id="shy", key=SHY_KEY, prediction_log_opt_out=True))
     gk = TenantGatekeeper(cfg, metrics_registry=registry)
     metrics = FleetMetrics()
-    ab = ABRecorder(MemoryABStore(), metrics=metrics, predictions=predictions)
+    ab = ABRecorder(store or MemoryABStore(), metrics=metrics, predictions=predictions)
     service = InferenceService([ModelSpec(MODEL, str(checkpoint))], ScriptedClient(COMPLETE), gk, metrics=metrics,
                                ab=ab)
     return Rest(build_rest_app(service), service, gk, registry)
@@ -152,3 +152,22 @@ async def test_every_per_request_series_carries_the_version(tiny_llama_path):
         "fleetserve_time_to_first_token_seconds", "fleetserve_time_per_output_token_seconds",
         "fleetserve_e2e_request_latency_seconds"))]
     assert per_request and all('version="v1"' in line for line in per_request if "{" in line)
+
+
+@pytest.mark.redis
+async def test_two_ingress_replicas_share_ids_and_counters_through_redis(tiny_llama_path, redis_url):
+    from fleetserve.canary.ab_store import RedisABStore
+
+    a = make_ab_rest(tiny_llama_path, store=RedisABStore.from_url(redis_url))
+    b = make_ab_rest(tiny_llama_path, store=RedisABStore.from_url(redis_url))
+    async with a.client() as http_a, b.client() as http_b:
+        rid = await chat_id(http_a)  # served by replica a
+        assert (await http_b.post("/v1/feedback", json={"id": rid, "outcome": True}, headers=OTHER)).status_code == 404
+        assert (await http_b.post("/v1/feedback", json={"id": rid, "outcome": True}, headers=AUTH)).status_code == 200
+        assert (await http_a.post("/v1/feedback", json={"id": rid, "outcome": True}, headers=AUTH)).status_code == 409
+        await chat_id(http_b)
+        report = (await http_a.get(f"/admin/ab/{MODEL}", headers=ADMIN)).json()
+    v1 = report["variants"][0]
+    assert (v1["requests"], v1["feedback"], v1["positive"]) == (2, 1, 1)
+    await a.service.ab.close()
+    await b.service.ab.close()
