@@ -13,7 +13,8 @@ stage              owner         in -> out
 5. choose replica  router        (model, prefix key) -> :class:`Route`, per engine request
 6. stream          deployments   (:class:`GenerateRequest`, :class:`Route`) -> outputs
 7. account         tenants       tokens and outcome -> quotas settled, usage metered;
-                                 the admission slot released, metrics observed
+                                 the admission slot released, metrics observed,
+                                 the variant's A/B record kept (canary.ab_recorder)
 =================  ============  ===================================================
 
 :meth:`InferenceService.run` is that list; each stage is a method below calling into the
