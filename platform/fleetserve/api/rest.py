@@ -197,7 +197,8 @@ def _add_status_route(app: FastAPI, service: InferenceService) -> None:
                      "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
                      "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
                      "transport": "link" if r.link else "handle", "link_streams": r.link_streams,
-                     "node_id": r.node_id, "node_ip": r.node_ip}
+                     "node_id": r.node_id, "node_ip": r.node_ip, "standby": r.standby,
+                     "capacity_type": r.capacity_type, "in_flight": r.in_flight}
                     for r in reps
                 ],
             })
