@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.autoscaler.controller import ScalingController
-from fleetserve.autoscaler.controller_metrics import controller_metrics
+from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.autoscaler.controller_state import ScaleOverride
 from fleetserve.autoscaler.snapshot import CapacityType, SpotMarket
 from fleetserve.canary.store import MemoryCanaryStore
@@ -23,7 +23,7 @@ FLEET = FleetId("m", "v1")
 
 def make_controller(clock, fleet, store=None, registry=None, **policy):
     cfg = AutoscalerConfig(defaults=make_config(**policy))
-    observer = controller_metrics(registry) if registry is not None else None
+    observer = ControllerMetrics(registry) if registry is not None else None
     return ScalingController(cfg, [FLEET], fleet, clock, store or MemoryCanaryStore(), observer=observer,
                              drain_timeout_s=120)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from prometheus_client import CollectorRegistry
 
 from fleetserve.autoscaler.actuator import FleetId, ObservedFleet
@@ -14,11 +12,14 @@ from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import build_metric
 
 
-def controller_metrics(registry: CollectorRegistry) -> Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]:
-    """An observer for :class:`ScalingController` that keeps the CONTROLLER series current."""
-    m = {spec.name: build_metric(spec, registry) for spec in N.CONTROLLER}
+class ControllerMetrics:
+    """The CONTROLLER series in ``registry``; pass as the controller's ``observer``."""
 
-    def observe(f: FleetId, obs: ObservedFleet, d: ScalingDecision, st: FleetState) -> None:
+    def __init__(self, registry: CollectorRegistry):
+        self.collectors = {spec: build_metric(spec, registry) for spec in N.CONTROLLER}
+
+    def __call__(self, f: FleetId, obs: ObservedFleet, d: ScalingDecision, st: FleetState) -> None:
+        m = {spec.name: c for spec, c in self.collectors.items()}
         standby = sum(1 for role in st.roles.values() if role == "standby")
         m[N.WARM_REPLICAS.name].labels(f.model, f.version).set(standby)
         m[N.TARGET_REPLICAS.name].labels(f.model, f.version).set(d.target_replicas)
@@ -35,5 +36,3 @@ def controller_metrics(registry: CollectorRegistry) -> Callable[[FleetId, Observ
             actions.labels(f.model, f.version, "cold_start").inc(sum(c.count for c in d.cold_starts))
         if d.drains:
             actions.labels(f.model, f.version, "drain").inc(len(d.drains))
-
-    return observe
