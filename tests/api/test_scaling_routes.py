@@ -14,6 +14,7 @@ from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.autoscaler.control import LocalScalingControl
 from fleetserve.autoscaler.controller import ScalingController
+from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.clock import FakeClock
 from fleetserve.deployments.replica_stats import ReplicaStatus
@@ -45,8 +46,11 @@ def setup():
     clock = FakeClock(0.0)
     fleet = FakeFleet(clock, cold_start_s=5)
     fleet.add()
-    ctrl = ScalingController(AutoscalerConfig(), [FleetId("m", "v1")], fleet, clock, MemoryCanaryStore())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(build_rest_app(service, scaling=LocalScalingControl(ctrl))),
+    registry = CollectorRegistry()
+    ctrl = ScalingController(AutoscalerConfig(), [FleetId("m", "v1")], fleet, clock, MemoryCanaryStore(),
+                             observer=ControllerMetrics(registry))
+    control = LocalScalingControl(ctrl, registry)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(build_rest_app(service, scaling=control)),
                                base_url="http://test")
     return client, ctrl, fleet, clock
 
@@ -72,6 +76,8 @@ async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
     body = (await client.get("/admin/scaling", headers=ADMIN)).json()["fleets"]["m@v1"]
     assert len(body["serving"]) == 2 and len(body["standby"]) == 1 and body["last_decision"]["target"] == 2
     assert (await client.get("/admin/scaling", headers={"Authorization": "Bearer fs-acme"})).status_code in (401, 403)
+    text = (await client.get("/metrics/scaling")).text
+    assert 'fleetserve_warm_replicas{model="m",version="v1"} 1.0' in text
 
 
 async def test_replica_listing_shows_state_node_capacity_and_load(setup):

@@ -4,6 +4,7 @@
   why (inputs, notes), its serving/standby/draining replicas and operator overrides;
 - ``POST /admin/scaling/{model}``: ``{"version", "min_replicas", "max_replicas", "warm"}``
   overrides the profile's bounds and warm-pool size (``fleetserve scale``);
+- ``GET  /metrics/scaling`` (no key, like ``/metrics``): the controller's Prometheus series;
 - ``GET  /admin/replicas``: one row per replica: state (serving, standby, draining,
   unhealthy), version, node, spot/on-demand, load (``fleetserve replicas``).
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional, Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetserve.api.json_body import parse_model, parse_object, read_body
@@ -31,6 +32,10 @@ class ScalingControl(Protocol):
 
     async def set_override(self, model: str, version: str, min_replicas: Optional[int], max_replicas: Optional[int],
                            warm: Optional[int]) -> dict: ...
+
+    async def metrics_text(self) -> bytes:
+        """Its series (``fleetserve_warm_replicas``, ...) in the Prometheus text format."""
+        ...
 
 
 class ScaleBody(BaseModel):
@@ -84,6 +89,11 @@ def build_scaling_router(service, control: ScalingControl) -> APIRouter:
         body = parse_model(ScaleBody, parse_object(await read_body(request, MAX_SCALE_BODY_BYTES)))
         version = body.version or service.spec(model).version
         return await control.set_override(model, version, body.min_replicas, body.max_replicas, body.warm)
+
+    @router.get("/metrics/scaling", summary="The scaling controller's Prometheus series.", response_class=Response)
+    async def scaling_metrics() -> Response:
+        text = await control.metrics_text()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @router.get("/admin/replicas", summary="Every replica: state, version, node, capacity type, load (admin key).")
     async def replicas(request: Request) -> dict:

@@ -15,8 +15,15 @@ from fleetserve.autoscaler.controller_state import ScaleOverride
 
 
 class LocalScalingControl:
-    def __init__(self, controller: ScalingController):
+    def __init__(self, controller: ScalingController, registry=None):
+        """``registry``: where the controller's observer keeps its series (ControllerMetrics)."""
         self.controller = controller
+        self.registry = registry
+
+    async def metrics_text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry) if self.registry is not None else b""
 
     async def status(self) -> dict:
         return self.controller.status()
