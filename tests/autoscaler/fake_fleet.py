@@ -56,7 +56,7 @@ class FakeFleet:
     async def activate(self, fleet: FleetId, replica_id: str) -> None:
         self.calls.append(("activate", replica_id))
         r = self.replicas[replica_id]
-        assert r.state is ReplicaState.WARM_STANDBY, f"activate of {replica_id} in state {r.state}"
+        assert r.state in (ReplicaState.WARM_STANDBY, ReplicaState.DRAINING), f"activate of {replica_id} in {r.state}"
         self.replicas[replica_id] = replace(r, state=ReplicaState.ACTIVE)
 
     async def park(self, fleet: FleetId, replica_id: str) -> None:
@@ -73,6 +73,11 @@ class FakeFleet:
         self.calls.append(("stop", replica_id))
         r = self.replicas.pop(replica_id)
         assert r.running == 0, f"stopped {replica_id} with {r.running} requests in flight: they would be lost"
+
+    def stop_another(self, keep: str, instead: str) -> None:
+        """What Serve may do on a lower count: keep ``keep`` (drained) and stop ``instead``."""
+        self.replicas[keep] = replace(self.replicas[keep], state=ReplicaState.DRAINING)
+        self.replicas.pop(instead)
 
     def actions(self, kind: Optional[str] = None) -> List[tuple]:
         return [c for c in self.calls if kind is None or c[0] == kind]

@@ -159,3 +159,15 @@ async def test_random_load_never_loses_a_request_and_keeps_bounds(seed):
         await ctrl.tick()  # the fake raises on a stop or park with requests in flight
         assert 1 <= len(fleet.serving()) <= 10
         clock.advance(rng.choice([1.0, 2.0]))
+
+
+async def test_when_serve_stops_another_replica_the_drained_one_is_taken_back_into_service():
+    clock = FakeClock(0.0)
+    fleet = FakeFleet(clock)
+    a, b = fleet.add(), fleet.add()
+    ctrl = make_controller(clock, fleet)
+    await ctrl.tick()
+    fleet.stop_another(keep=b, instead=a)  # b was drained and "stopped"; Serve removed a instead
+    ctrl.states[FLEET.key].roles.pop(b)
+    await ctrl.tick()
+    assert ("activate", b) in fleet.calls and fleet.serving() == [b]

@@ -91,6 +91,8 @@ class ServeFleetActuator:
                 await self._init_router(ref)
             for e in self._board.replicas(ref.deployment) or []:
                 s = e.stats
+                if s.ts is None:
+                    continue  # not reported yet (still loading, as far as anyone can tell): not adopted
                 state = (ReplicaState.WARM_STANDBY if s.standby else
                          ReplicaState.DRAINING if s.draining else ReplicaState.ACTIVE)
                 replicas.append(ObservedReplica(e.replica, state, ctype, s.in_flight, s.kv_usage, s.node_id))

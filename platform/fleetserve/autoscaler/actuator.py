@@ -9,7 +9,8 @@ Contract of the actions (each idempotent, none waits for the effect):
 
 - ``start(fleet, capacity_type, count)``: cold-start ``count`` more replicas of the fleet on
   that capacity; they show up in a later ``observe`` as new ids, serving.
-- ``activate(fleet, replica)``: wake a parked standby; it rejoins routing.
+- ``activate(fleet, replica)``: wake a parked standby (or resume a draining replica); it
+  rejoins routing.
 - ``park(fleet, replica)``: take a replica out of routing and put its engine to sleep (weights
   kept, KV released): it becomes a warm standby once its requests finished.
 - ``drain(fleet, replica)``: stop admitting new requests; requests in flight finish.

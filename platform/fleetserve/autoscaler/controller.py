@@ -121,6 +121,10 @@ class ScalingController:
             match = next((p for p in st.pending if p.capacity_type is r.capacity_type), None)
             match = match or (st.pending[0] if st.pending else None)
             role = SERVING if r.state is not ReplicaState.WARM_STANDBY else STANDBY
+            if r.state is ReplicaState.DRAINING:
+                # Draining but not by us: the replica we removed was kept and Serve stopped
+                # another one instead (it picks which). Take it back into service.
+                await self.actuator.activate(f, r.replica_id)
             if match is not None:
                 st.pending.remove(match)
                 if match.role is ReplicaRole.STANDBY and role == SERVING:
