@@ -97,14 +97,23 @@ def test_burst_wakes_the_standby_and_the_pool_refills_then_scale_down_fails_no_s
     assert [r[:2] for r in burst] == [("ok", "length")] * 16
     wait_for(lambda: len(fleet(base)["standby"]) == 1 and not fleet(base)["pending"], 300, "the pool to refill")
 
+    scale = lambda body: httpx.post(base + "/admin/scaling/" + serve_app.model, json=body, headers=ADMIN,  # noqa: E731
+                                    timeout=30).status_code
+    assert scale({"min_replicas": 2}) == 200  # hold two serving replicas for the scale-down below
+    wait_for(lambda: len(fleet(base)["serving"]) == 2 and not fleet(base)["draining"], 300, "two serving replicas")
     drains_before = actions(base, "drain")
-    assert len(fleet(base)["serving"]) >= 2
     down: list = []
-    threads = run_streams(base, serve_app.model, 16, 160, down)
-    r = httpx.post(base + "/admin/scaling/" + serve_app.model, json={"max_replicas": 1}, headers=ADMIN, timeout=30)
-    assert r.status_code == 200
+    threads = run_streams(base, serve_app.model, 16, 300, down)
+    wait_for(lambda: in_flight(base) >= 8, 120, "the 16 streams to be running")
+    assert scale({"min_replicas": 1, "max_replicas": 1}) == 200
     wait_for(lambda: actions(base, "drain") > drains_before, 120, "a scale-down drain during the streams")
+    assert in_flight(base) > 0  # the drain came while streams were still running
     for t in threads:
         t.join(300)
     assert [r[:2] for r in down] == [("ok", "length")] * 16  # none failed, none cut short
     wait_for(lambda: len(fleet(base)["serving"]) == 1, 180, "one serving replica after the scale-down")
+
+
+def in_flight(base: str) -> int:
+    rows = httpx.get(base + "/admin/replicas", headers=ADMIN, timeout=30).json()["replicas"]
+    return sum(r["in_flight"] for r in rows)
