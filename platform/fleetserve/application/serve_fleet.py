@@ -68,20 +68,26 @@ def spot_nodes_alive(placement: PlacementConfig) -> bool:
 class ServeFleetActuator:
     def __init__(self, fleets: Mapping[str, Mapping[CapacityType, DeploymentRef]], placement: PlacementConfig,
                  board: Optional[ReplicaStatsBoard] = None, counts: Optional[GcsCounts] = None,
-                 spot_available: Optional[Callable[[], bool]] = None):
+                 spot_available: Optional[Callable[[], bool]] = None,
+                 handle_for: Optional[Callable[[DeploymentRef], object]] = None):
+        """``handle_for``: a deployment's handle (default: ``serve.get_deployment_handle``)."""
         self._fleets = {k: dict(v) for k, v in fleets.items()}
         self._placement = placement
         self._board = board or process_board()
         self._counts = counts or GcsCounts()
         self._spot_available = spot_available or (lambda: spot_nodes_alive(placement))
+        self._handle_for = handle_for
         self._handles: Dict[DeploymentRef, object] = {}
         self._where: Dict[str, DeploymentRef] = {}  # replica id -> its deployment
 
     def _handle(self, ref: DeploymentRef):
         if ref not in self._handles:
-            from ray import serve
+            if self._handle_for is not None:
+                self._handles[ref] = self._handle_for(ref)
+            else:
+                from ray import serve
 
-            self._handles[ref] = serve.get_deployment_handle(ref.deployment, app_name=ref.app_name)
+                self._handles[ref] = serve.get_deployment_handle(ref.deployment, app_name=ref.app_name)
         return self._handles[ref]
 
     async def observe(self, fleet: FleetId) -> ObservedFleet:
