@@ -17,3 +17,11 @@ def test_table_lists_every_replica_with_queue_and_kv():
     assert "draining" in lines[2]
     assert "no replica" in lines[3]
     assert lines[-1] == "2 model(s), 2 replica(s)"
+
+
+def test_scaling_lines_show_the_controllers_last_decision():
+    from fleetserve.cli.status import scaling_lines
+
+    lines = scaling_lines({"fleets": {"tiny@v1": {"serving": ["a", "b"], "standby": ["c"], "draining": {}, "pending": [{}],
+                                                  "last_decision": {"target": 2, "notes": ["refill warm pool: 1"]}}}})
+    assert lines == ["scaling tiny@v1: target 2, serving 2, standby 1, draining 0, starting 1 (refill warm pool: 1)"]

@@ -86,6 +86,15 @@ def test_draining_replicas_are_skipped():
         assert choose(pool, None, rng) == ["b"]
 
 
+def test_standby_replicas_are_never_chosen_even_when_nothing_else_accepts():
+    rng = random.Random(5)
+    pool = [ReplicaLoad("s", standby=True), ReplicaLoad("b", num_running=30), ReplicaLoad("d", accepting=False)]
+    for _ in range(20):
+        assert choose(pool, None, rng) == ["b"]
+    only_parked = [ReplicaLoad("s", accepting=False, standby=True), ReplicaLoad("d", accepting=False)]
+    assert choose(only_parked, None, rng) == ["d"]  # a draining one refuses and Serve retries; a standby never
+
+
 def test_serve_router_subclass_is_a_request_router():
     ray_router = pytest.importorskip("ray.serve.request_router")
     from fleetserve.router.replica_router import FleetReplicaRouter

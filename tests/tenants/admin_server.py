@@ -31,10 +31,17 @@ def admin_app(gatekeeper) -> FastAPI:
 
 @contextmanager
 def serve_admin(gatekeeper, timeout_s: float = 10.0):
+    with serve_asgi(admin_app(gatekeeper), timeout_s) as url:
+        yield url
+
+
+@contextmanager
+def serve_asgi(app, timeout_s: float = 10.0):
+    """Any ASGI app on a free loopback port for the duration of the block."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(admin_app(gatekeeper), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -38,7 +38,7 @@ class BoardReplicaPool:
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
         return tuple(
             ReplicaCapacity(replica_id=e.replica, num_running=e.stats.num_running, num_waiting=e.stats.num_waiting,
-                            kv_usage=e.stats.kv_usage, healthy=e.stats.healthy, accepting=not e.stats.draining)
+                            kv_usage=e.stats.kv_usage, healthy=e.stats.healthy, accepting=e.stats.accepting)
             for e in rows
         )
 

@@ -30,6 +30,7 @@ from fleetserve.api.service import ChoiceEvent, InferenceService
 from fleetserve.errors import FleetserveError
 from fleetserve.deployments.replica_control import ReplicaControl
 from fleetserve.tenants.admin_routes import ADMIN_BODY_MODELS, build_admin_router
+from fleetserve.api.scaling_routes import ScalingControl, build_scaling_router
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,11 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
 
 
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
-                   control: Optional[ReplicaControl] = None, routers: tuple = ()) -> FastAPI:
+                   control: Optional[ReplicaControl] = None, routers: tuple = (),
+                   scaling: Optional[ScalingControl] = None) -> FastAPI:
     """``control``: reaches single replicas for the admin drain endpoints (none: not served);
-    ``routers``: more admin routers to mount (the model versions' ones, built by the application)."""
+    ``routers``: more admin routers to mount (the model versions' ones, built by the application);
+    ``scaling``: the scaling controller (none: ``/admin/scaling`` and ``/admin/replicas`` not served)."""
     app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
     _add_ops_routes(app, service)
@@ -56,6 +59,8 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     app.include_router(build_ab_router(service))
     if control is not None:
         app.include_router(build_drain_router(service, control))
+    if scaling is not None:
+        app.include_router(build_scaling_router(service, scaling))
     for router in routers:
         app.include_router(router)
     _add_status_route(app, service)
@@ -199,7 +204,8 @@ def _add_status_route(app: FastAPI, service: InferenceService) -> None:
                      "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
                      "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
                      "transport": "link" if r.link else "handle", "link_streams": r.link_streams,
-                     "node_id": r.node_id, "node_ip": r.node_ip}
+                     "node_id": r.node_id, "node_ip": r.node_ip, "standby": r.standby,
+                     "capacity_type": r.capacity_type, "in_flight": r.in_flight}
                     for r in reps
                 ],
             })

@@ -8,6 +8,7 @@ running one (``ray.init(address=...)`` first, or ``fleetserve serve --address ra
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 from fleetserve.config import FleetConfig, ModelConfig
 
@@ -43,12 +44,37 @@ def model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
             request_routing_stats_timeout_s=max(5.0, 2 * m.routing.stats_period_s),
         ),
     )
+    if controller_enabled(cfg):
+        from fleetserve.autoscaler.snapshot import CapacityType
+
+        return controller_options(opts, m, cfg.autoscaler.placement, CapacityType.ON_DEMAND, opts["name"])
     autoscaling = _autoscaling(m, cfg)
     if autoscaling is None:
         opts["num_replicas"] = m.replicas.num
     else:
         opts["autoscaling_config"] = autoscaling
     return opts
+
+
+def controller_enabled(cfg: FleetConfig) -> bool:
+    """The scaling controller sets the model deployments' counts (``autoscaler.controller``)."""
+    return cfg.autoscaler is not None and bool(getattr(cfg.autoscaler, "controller", False))
+
+
+def controller_options(opts: dict, m: ModelConfig, placement, capacity_type, name: str,
+                       initial: Optional[int] = None) -> dict:
+    """A deployment whose replica count the scaling controller sets (``ray_adapter.controller_target``)
+    on ``capacity_type`` nodes (``placement``: the autoscaler's PlacementConfig)."""
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+
+    out = {k: v for k, v in opts.items() if k != "num_replicas"}
+    actor = dict(out["ray_actor_options"])
+    actor["resources"] = {**actor.get("resources", {}), **placement.ray_resources(capacity_type)}
+    out.update(name=name, ray_actor_options=actor, autoscaling_config=AutoscalingConfig(
+        min_replicas=0, max_replicas=max(1, 4 * m.replicas.max_replicas), initial_replicas=m.replicas.num if initial is None else initial,
+        upscale_delay_s=0, downscale_delay_s=0,
+        policy=AutoscalingPolicy(policy_function="fleetserve.autoscaler.ray_adapter:controller_target")))
+    return out
 
 
 def _autoscaling(m: ModelConfig, cfg: FleetConfig):

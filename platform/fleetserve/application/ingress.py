@@ -11,6 +11,7 @@ from __future__ import annotations
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
+from fleetserve.application.build import controller_enabled
 from fleetserve.application.versions import ServeVersionDeployer
 from fleetserve.canary.admin_routes import build_version_router
 from fleetserve.application.wiring import build_ab, build_admission, build_gatekeeper, build_versions
@@ -44,6 +45,11 @@ class Ingress:
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
                                         versions=build_versions(self._cfg), ab=build_ab(self._cfg, metrics))
         self._control = HandleReplicaControl(handles)
+        self._scaling = None
+        if controller_enabled(self._cfg):
+            from fleetserve.application.scaling_controller import ActorScalingControl, start_controller
+
+            self._scaling = ActorScalingControl(start_controller(self._cfg))
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 
@@ -51,7 +57,7 @@ class Ingress:
         versions = build_version_router(self.service.gatekeeper.authenticate_admin, self.service.versions,
                                         self._deployer, {m.name: m.checkpoint for m in self._cfg.models})
         return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
-                              routers=(versions,))
+                              routers=(versions,), scaling=self._scaling)
 
     def _grpc_servicer(self):
         if self._grpc is None:

@@ -158,6 +158,26 @@ class ModelPolicyConfig(_Strict):
     spot: SpotConfig = Field(default_factory=SpotConfig, description="Spot capacity use.")
 
 
+class PlacementConfig(_Strict):
+    """How replicas reach spot or on-demand Ray nodes: through custom resources the nodes
+    advertise (``ray start --resources '{"spot": 1000}'``, or the Ray pod's resources in the
+    chart). A replica asks for a sliver of its capacity's resource, so Ray places it only on
+    such a node, and any number of replicas fit on one."""
+
+    spot_resource: str = Field("spot", min_length=1, description="Custom resource every spot Ray node advertises.")
+    on_demand_resource: Optional[str] = Field(
+        None, description="Custom resource on-demand Ray nodes advertise; when set, on-demand replicas ask for it "
+        "so they never land on spot nodes. None: on-demand replicas go wherever Ray puts them.")
+    resource_amount: float = Field(
+        0.001, gt=0, le=1, description="How much of the capacity resource one replica asks for (a sliver: the resource "
+        "marks the node kind, it does not count replicas).")
+
+    def ray_resources(self, capacity_type: CapacityType) -> Dict[str, float]:
+        """The ``ray_actor_options["resources"]`` of a replica on ``capacity_type``."""
+        name = self.spot_resource if capacity_type is CapacityType.SPOT else self.on_demand_resource
+        return {name: self.resource_amount} if name else {}
+
+
 class AutoscalerConfig(_Strict):
     """The ``autoscaler`` section: defaults for every model, overridable per model."""
 
@@ -166,6 +186,10 @@ class AutoscalerConfig(_Strict):
     tick_interval_s: float = Field(1.0, gt=0, description="How often the controller calls the policy.")
     defaults: ModelPolicyConfig = Field(default_factory=ModelPolicyConfig, description="Settings for models not listed.")
     models: Dict[str, ModelPolicyConfig] = Field(default_factory=dict, description="Per-model settings by model name.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Spot / on-demand node placement.")
+    controller: bool = Field(
+        False, description="Run the scaling controller (a detached Ray actor applying the whole decision: warm pool, "
+        "spot placement, drains). False: only the serving count reaches Ray Serve's autoscaler (ray_adapter).")
 
     def for_model(self, model: str) -> ModelPolicyConfig:
         return self.models.get(model, self.defaults)

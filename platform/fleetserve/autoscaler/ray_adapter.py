@@ -93,3 +93,23 @@ _DEFAULT_POLICY = FleetserveRayPolicy()
 def policy(ctx: Any) -> Tuple[int, Dict[str, Any]]:
     """Function-form Ray policy with the default settings (``ModelPolicyConfig()``)."""
     return _DEFAULT_POLICY(ctx)
+
+
+# -- the scaling controller's count ---------------------------------------------------------
+# With the controller on (``autoscaler.controller``), Serve's autoscaler only carries out the
+# replica count the controller wrote (serving + standbys + draining), read from Ray's GCS KV.
+
+TARGET_NAMESPACE = "fleetserve_scaling"
+
+
+def target_key(app_name: str, deployment: str) -> bytes:
+    return f"{app_name}/{deployment}".encode()
+
+
+def controller_target(ctx: Any) -> Tuple[int, Dict[str, Any]]:
+    """Ray policy hook: the controller's count for this deployment (unchanged until it writes one)."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(target_key(ctx.app_name, ctx.deployment_name), namespace=TARGET_NAMESPACE)
+    target = int(raw) if raw is not None else ctx.target_num_replicas
+    return target, dict(ctx.policy_state or {})

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from fleetserve import __version__
-from fleetserve.cli import ab, model, serve, simulate, status, tenants, usage, watch_nodes
+from fleetserve.cli import ab, drain, model, replicas, scale, serve, simulate, status, tenants, usage, watch_nodes
 from fleetserve.cli.console import print_error
 from fleetserve.cli.errors import report
 
@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - typer that still depends on click
 PROG = "fleetserve"
 # `fleetserve --help` order. Owners: serve/status (serving), tenants/usage (multi-tenancy),
 # model (engine), simulate (autoscaler), watch-nodes (kube).
-COMMAND_ORDER = ("serve", "status", "tenants", "usage", "model", "ab", "simulate", "watch-nodes")
+COMMAND_ORDER = ("serve", "status", "scale", "replicas", "drain", "tenants", "usage", "model", "ab", "simulate", "watch-nodes")
 
 
 class _OrderedGroup(TyperGroup):
@@ -41,6 +41,9 @@ app = typer.Typer(name=PROG, cls=_OrderedGroup, help="Multi-tenant LLM serving o
 
 app.command("serve", rich_help_panel="Serving")(serve.serve)
 app.command("status", rich_help_panel="Serving")(status.status)
+app.command("scale", rich_help_panel="Scaling")(scale.scale)
+app.command("replicas", rich_help_panel="Scaling")(replicas.replicas)
+app.command("drain", rich_help_panel="Scaling")(drain.drain)
 app.add_typer(tenants.app, name="tenants", rich_help_panel="Tenants")
 app.command("usage", rich_help_panel="Tenants")(usage.usage)
 app.add_typer(model.app, name="model", rich_help_panel="Models")

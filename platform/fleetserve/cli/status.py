@@ -3,6 +3,7 @@ usage per replica, from the authenticated admin API (``GET /admin/status``)."""
 
 from __future__ import annotations
 
+import json as jsonlib
 from typing import Optional
 
 import typer
@@ -22,6 +23,7 @@ def _rows(status: dict) -> list[tuple[str, ...]]:
             rows.append((m["name"], m.get("version", ""), "-", "-", "-", "-", "no replica", "-"))
         for r in m.get("replicas", []):
             state = "draining" if r.get("draining") else ("healthy" if r.get("healthy", True) else "unhealthy")
+            state = "standby" if r.get("standby") and r.get("healthy", True) else state
             age = r.get("stats_age_s")
             rows.append((m["name"], m.get("version", ""), r["replica"], str(r["waiting"]), str(r["running"]),
                          f"{100 * r['kv_usage']:.1f}%", state, "-" if age is None else f"{age:.1f}s"))
@@ -35,6 +37,29 @@ def build_table(status: dict) -> Table:
 def summary(status: dict) -> str:
     total = sum(len(m.get("replicas", [])) for m in status.get("models", []))
     return f"{len(status.get('models', []))} model(s), {total} replica(s)"
+
+
+def scaling_lines(scaling: dict) -> list[str]:
+    """One line per model version from ``GET /admin/scaling``: the controller's last decision."""
+    out = []
+    for key, f in sorted(scaling.get("fleets", {}).items()):
+        d = f.get("last_decision", {})
+        notes = "; ".join(d.get("notes", [])) or "steady"
+        out.append(f"scaling {key}: target {d.get('target', '-')}, serving {len(f.get('serving', []))}, "
+                   f"standby {len(f.get('standby', []))}, draining {len(f.get('draining', {}))}, "
+                   f"starting {len(f.get('pending', []))} ({notes})")
+    return out
+
+
+def _scaling(url: str, admin_key: str) -> dict:
+    """The controller's view, or {} where none runs (404) or it cannot be read."""
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/admin/scaling", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
+    except httpx.HTTPError:
+        return {}
+    return r.json() if r.status_code == 200 else {}
 
 
 def format_table(status: dict) -> str:
@@ -62,9 +87,12 @@ def status(
         except Exception:
             msg = r.text
         raise CLIError(f"HTTP {r.status_code}: {msg}", prefix="fleetserve status: ")
+    scaling = _scaling(url, admin_key)
     if json:
-        print(r.text)
+        print(jsonlib.dumps({**r.json(), "scaling": scaling}) if scaling else r.text)
     else:
         print_table(build_table(r.json()))
         stdout_console().print(summary(r.json()))
+        for line in scaling_lines(scaling):
+            stdout_console().print(line)
     return 0

@@ -14,6 +14,8 @@
   dict: the one place the replica side converts it.
 - ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once, in-flight
   requests get ``drain_timeout_s`` to finish.
+- ``set_standby`` parks the replica in the warm pool (out of routing, engine asleep: its KV
+  cache released, weights kept) and wakes it again; :mod:`fleetserve.deployments.standby`.
 - With ``link=True`` the same ``generate`` is also served over the replica link
   (:mod:`fleetserve.deployments.replica_link`); its address goes out in the routing stats
   (``"link"``), which is how the ingress finds it.
@@ -32,7 +34,8 @@ from typing import AsyncIterator, Callable, Optional
 from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
-from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats
+from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats, StandbyAck
+from fleetserve.deployments.standby import node_capacity_type, park, wake
 from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
@@ -57,8 +60,10 @@ class ModelReplica:
         self._draining = False
         self._in_flight = 0
         self._live: set[str] = set()  # engine request ids streaming now (for preempt_job)
+        self._standby = False
         self._replica_id = _replica_id()
         self._node_id, self._node_ip = _node_id(), _node_ip()
+        self._capacity_type = node_capacity_type()
         await self._engine.start()
         self._link: Optional[ReplicaLinkServer] = None
         if link:
@@ -69,8 +74,9 @@ class ModelReplica:
 
     async def generate(self, request: GenerateRequest, prefix_key: Optional[str] = None) -> AsyncIterator[RequestOutput]:
         """Stream the engine's incremental outputs. ``prefix_key`` is read by the router only."""
-        if self._draining:
-            raise ServiceUnavailableError("replica is draining", retry_after_s=1.0)
+        if self._draining or self._standby:
+            raise ServiceUnavailableError("replica is draining" if self._draining else "replica is a warm standby",
+                                          retry_after_s=1.0)
         self._in_flight += 1
         self._live.add(request.request_id)
         finished = False
@@ -128,6 +134,8 @@ class ModelReplica:
             ts=time.time(),
             node_id=self._node_id,
             node_ip=self._node_ip,
+            standby=self._standby,
+            capacity_type=self._capacity_type,
         )
 
     async def set_draining(self, draining: bool, target_replica: Optional[str] = None) -> DrainAck:
@@ -140,6 +148,22 @@ class ModelReplica:
         logger.info("replica %s %s (%d in flight)", self._replica_id, "draining" if draining else "resumed",
                     self._in_flight)
         return DrainAck(self._replica_id, applied=True, draining=draining, in_flight=self._in_flight)
+
+    async def set_standby(self, standby: bool, target_replica: Optional[str] = None) -> StandbyAck:
+        """Park (``True``: out of routing, then the engine sleeps once empty) or activate
+        (``False``: the engine wakes, then the replica rejoins routing). Pinned like set_draining."""
+        if target_replica is not None and target_replica != self._replica_id:
+            return StandbyAck(self._replica_id, applied=False, standby=self._standby)
+        t0 = time.perf_counter()
+        if standby:
+            self._standby = True  # routers see it with the next stats push; generate refuses meanwhile
+            await park(self._engine, lambda: self._in_flight, self._cfg.drain_timeout_s)
+        else:
+            await wake(self._engine)
+            self._standby = self._draining = False
+        took = time.perf_counter() - t0
+        logger.info("replica %s %s in %.3fs", self._replica_id, "parked" if standby else "activated", took)
+        return StandbyAck(self._replica_id, applied=True, standby=standby, seconds=took)
 
     def record_autoscaling_stats(self) -> dict:
         """Requests in flight here through any transport: Serve counts only its handle calls."""

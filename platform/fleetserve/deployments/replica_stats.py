@@ -29,11 +29,13 @@ class ReplicaStats:
     ts: Optional[float] = None  # wall-clock time the stats were taken (time.time()); None when unknown
     node_id: Optional[str] = None  # the Ray node it runs on (node drains)
     node_ip: Optional[str] = None  # that node's IP (a Kubernetes drain names pods by IP)
+    standby: bool = False  # a warm-pool standby: loaded, engine asleep, out of routing
+    capacity_type: Optional[str] = None  # "spot" | "on_demand" where its deployment says; None: unknown
 
     @property
     def accepting(self) -> bool:
-        """Healthy and not draining: it may be sent new work."""
-        return self.healthy and not self.draining
+        """Healthy, not draining and not a standby: it may be sent new work."""
+        return self.healthy and not self.draining and not self.standby
 
     def to_dict(self) -> dict[str, Any]:
         """The form Ray Serve carries (``record_routing_stats``)."""
@@ -58,6 +60,8 @@ class ReplicaStats:
             ts=None if ts is None else float(ts),
             node_id=_optional_str(d.get("node_id")),
             node_ip=_optional_str(d.get("node_ip")),
+            standby=bool(d.get("standby", False)),
+            capacity_type=_optional_str(d.get("capacity_type")),
         )
 
 
@@ -81,6 +85,9 @@ class ReplicaStatus:
     link_streams: int = 0  # requests this ingress process sent over that link
     node_id: Optional[str] = None
     node_ip: Optional[str] = None
+    standby: bool = False
+    capacity_type: Optional[str] = None
+    in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,14 @@ class DrainAck:
     applied: bool
     draining: bool
     in_flight: int
+
+
+@dataclass(frozen=True)
+class StandbyAck:
+    """A replica's answer to ``set_standby``: whether the call reached it and the engine's
+    state after it (``seconds``: how long the sleep or wake took)."""
+
+    replica: str
+    applied: bool
+    standby: bool
+    seconds: float = 0.0

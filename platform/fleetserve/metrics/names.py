@@ -77,6 +77,21 @@ FLEET_PREEMPTIONS = MetricSpec("fleetserve_fleet_preemptions_total", "counter", 
 TENANT_METERING = (TENANT_REQUESTS, TENANT_PROMPT_TOKENS, TENANT_COMPLETION_TOKENS, TENANT_REJECTED,
                    FLEET_QUEUE_WAIT, FLEET_SHED, FLEET_PREEMPTIONS)
 
-ALL = INGRESS + TENANT_METERING
+# ---- scaling controller (fleetserve.autoscaler.controller) ----------------------------------
+
+ACTION = "action"
+CAPACITY_TYPE = "capacity_type"
+
+WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
+                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
+                           (MODEL, VERSION))
+SERVING_REPLICAS = MetricSpec("fleetserve_serving_replicas", "gauge", "Replicas serving (active), per model/version and capacity type.", (MODEL, VERSION, CAPACITY_TYPE))
+TARGET_REPLICAS = MetricSpec("fleetserve_target_replicas", "gauge", "Serving replicas the scaling policy wants now.", (MODEL, VERSION))
+SCALING_ACTIONS = MetricSpec("fleetserve_scaling_actions_total", "counter", "Actions the scaling controller applied (activate, cold_start, park, drain, stop).", (MODEL, VERSION, ACTION))
+SCALING_DEMAND = MetricSpec("fleetserve_scaling_demand_requests", "gauge", "Requests queued plus running that the policy saw on its last tick.", (MODEL, VERSION))
+
+CONTROLLER = (WARM_REPLICAS, SERVING_REPLICAS, TARGET_REPLICAS, SCALING_ACTIONS, SCALING_DEMAND)
+
+ALL = INGRESS + TENANT_METERING + CONTROLLER
 """Every metric fleetserve exports. The ingress and the tenant metering register theirs in
 one Prometheus registry (one /metrics), so no two specs may share a name."""

@@ -32,6 +32,7 @@ class ReplicaLoad:
     kv_usage: float = 0.0
     ongoing: Optional[int] = None
     accepting: bool = True
+    standby: bool = False  # a warm-pool standby: never routed to, even when nothing else accepts
 
     @classmethod
     def from_stats(cls, stats: ReplicaStats, ongoing: Optional[int] = None) -> "ReplicaLoad":
@@ -43,6 +44,7 @@ class ReplicaLoad:
             kv_usage=stats.kv_usage,
             ongoing=ongoing,
             accepting=stats.accepting,
+            standby=stats.standby,
         )
 
 
@@ -66,7 +68,10 @@ def affinity_replica(prefix_key: str, replica_ids: Sequence[str]) -> str:
 
 def choose(loads: Sequence[ReplicaLoad], prefix_key: Optional[str], rng: random.Random, slack: float = 2) -> list[str]:
     """Replica ids to try, best first (at most three)."""
-    pool = [r for r in loads if r.accepting] or list(loads)
+    # A draining replica still beats none (it refuses, and Serve retries elsewhere); a
+    # standby's engine is asleep, so it is never a candidate until the controller wakes it.
+    routable = [r for r in loads if not r.standby]
+    pool = [r for r in routable if r.accepting] or routable
     if len(pool) <= 1:
         return [r.replica_id for r in pool]
     a, b = rng.sample(pool, 2)

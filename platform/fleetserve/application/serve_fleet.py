@@ -1,0 +1,143 @@
+"""The scaling controller's actuator on Ray Serve (:class:`FleetActuator`).
+
+A fleet (model version) is one Serve deployment per capacity type: the on-demand one and a
+spot twin whose replicas ask for the spot resource (``PlacementConfig.ray_resources``), so
+Ray places them on spot nodes only. Both run ``ModelReplica``.
+
+- *Counts*: Serve's autoscaler carries out the count the controller writes to Ray's GCS KV
+  (``ray_adapter.controller_target``, the deployment's policy hook): ``start`` raises it,
+  ``stop`` lowers it.
+- *Roles*: ``park``/``activate``/``drain`` are handle calls pinned to one replica
+  (``target_replica``, honoured by the replica router and checked by the replica).
+- *Observation*: the replica stats board of this process, which the deployments' routers
+  keep current (Serve pushes every replica's routing stats to them).
+
+What Serve does not let us choose: which replica a lower count stops. The controller lowers
+the count only once its chosen replica is drained and empty; should Serve stop another one,
+that replica's graceful shutdown drains it (``graceful_shutdown_timeout_s`` = its
+``drain_timeout_s`` + 5 s), so no request is cut, and the controller sees one serving
+replica fewer and wakes a standby on its next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional
+
+from fleetserve.autoscaler.actuator import FleetId, ObservedFleet, ObservedReplica
+from fleetserve.autoscaler.config import PlacementConfig
+from fleetserve.autoscaler.ray_adapter import TARGET_NAMESPACE, target_key
+from fleetserve.autoscaler.snapshot import CapacityType, ReplicaState, SpotMarket
+from fleetserve.deployments.replica_control import TARGET_REPLICA_KWARG
+from fleetserve.router.stats_board import ReplicaStatsBoard, process_board
+
+log = logging.getLogger(__name__)
+INIT_CALL_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class DeploymentRef:
+    app_name: str
+    deployment: str
+
+
+class GcsCounts:
+    """Replica counts in Ray's GCS KV, read by ``ray_adapter.controller_target``."""
+
+    def get(self, ref: DeploymentRef) -> Optional[int]:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(target_key(ref.app_name, ref.deployment), namespace=TARGET_NAMESPACE)
+        return None if raw is None else int(raw)
+
+    def put(self, ref: DeploymentRef, count: int) -> None:
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(target_key(ref.app_name, ref.deployment), str(count).encode(), overwrite=True,
+                         namespace=TARGET_NAMESPACE)
+
+
+def spot_nodes_alive(placement: PlacementConfig) -> bool:
+    import ray
+
+    return any(n.get("Alive") and n.get("Resources", {}).get(placement.spot_resource, 0) > 0 for n in ray.nodes())
+
+
+class ServeFleetActuator:
+    def __init__(self, fleets: Mapping[str, Mapping[CapacityType, DeploymentRef]], placement: PlacementConfig,
+                 board: Optional[ReplicaStatsBoard] = None, counts: Optional[GcsCounts] = None,
+                 spot_available: Optional[Callable[[], bool]] = None,
+                 handle_for: Optional[Callable[[DeploymentRef], object]] = None):
+        """``handle_for``: a deployment's handle (default: ``serve.get_deployment_handle``)."""
+        self._fleets = {k: dict(v) for k, v in fleets.items()}
+        self._placement = placement
+        self._board = board or process_board()
+        self._counts = counts or GcsCounts()
+        self._spot_available = spot_available or (lambda: spot_nodes_alive(placement))
+        self._handle_for = handle_for
+        self._handles: Dict[DeploymentRef, object] = {}
+        self._where: Dict[str, DeploymentRef] = {}  # replica id -> its deployment
+
+    def _handle(self, ref: DeploymentRef):
+        if ref not in self._handles:
+            if self._handle_for is not None:
+                self._handles[ref] = self._handle_for(ref)
+            else:
+                from ray import serve
+
+                self._handles[ref] = serve.get_deployment_handle(ref.deployment, app_name=ref.app_name)
+        return self._handles[ref]
+
+    async def observe(self, fleet: FleetId) -> ObservedFleet:
+        replicas, queued = [], 0
+        for ctype, ref in self._fleets[fleet.key].items():
+            if self._board.replicas(ref.deployment) is None:
+                await self._init_router(ref)
+            for e in self._board.replicas(ref.deployment) or []:
+                s = e.stats
+                if s.ts is None:
+                    continue  # not reported yet (still loading, as far as anyone can tell): not adopted
+                state = (ReplicaState.WARM_STANDBY if s.standby else
+                         ReplicaState.DRAINING if s.draining else ReplicaState.ACTIVE)
+                replicas.append(ObservedReplica(e.replica, state, ctype, s.in_flight, s.kv_usage, s.node_id))
+                queued += s.num_waiting
+                self._where[e.replica] = ref
+        spot = SpotMarket(available=self._spot_available())
+        return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=spot)
+
+    async def _init_router(self, ref: DeploymentRef) -> None:
+        """A handle's router starts (and publishes to the board) with its first call."""
+        try:
+            await asyncio.wait_for(self._handle(ref).stats.remote(), INIT_CALL_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - no replica up yet: the next tick tries again
+            log.debug("router of %s not ready: %r", ref.deployment, exc)
+
+    async def start(self, fleet: FleetId, capacity_type: CapacityType, count: int) -> None:
+        ref = self._fleets[fleet.key].get(capacity_type) or self._fleets[fleet.key][CapacityType.ON_DEMAND]
+        self._counts.put(ref, self._current(ref) + count)
+
+    async def stop(self, fleet: FleetId, replica_id: str) -> None:
+        ref = self._where.get(replica_id)
+        if ref is not None:
+            self._counts.put(ref, max(0, self._current(ref) - 1))
+
+    def _current(self, ref: DeploymentRef) -> int:
+        known = self._counts.get(ref)
+        return known if known is not None else len(self._board.replicas(ref.deployment) or [])
+
+    async def _pinned(self, replica_id: str, method: str, *args) -> None:
+        ref = self._where.get(replica_id)
+        if ref is None:
+            return
+        await getattr(self._handle(ref), method).remote(*args, **{TARGET_REPLICA_KWARG: replica_id})
+
+    async def activate(self, fleet: FleetId, replica_id: str) -> None:
+        await self._pinned(replica_id, "set_standby", False)
+
+    async def park(self, fleet: FleetId, replica_id: str) -> None:
+        await self._pinned(replica_id, "set_standby", True)
+
+    async def drain(self, fleet: FleetId, replica_id: str) -> None:
+        await self._pinned(replica_id, "set_draining", True)

@@ -1,0 +1,221 @@
+"""The scaling controller: observe each fleet, call the pure policy, apply its whole decision.
+
+One ``tick()`` per fleet (model version):
+
+1. *Observe* through the :class:`FleetActuator`; replicas seen for the first time take the
+   role of the oldest cold start waiting for them (a warm-pool refill is parked at once).
+2. *Finish drains*: a draining replica that is empty (or past ``drain_timeout_s``) is parked
+   into the warm pool or stopped, as its drain order said.
+3. *Decide*: build the :class:`ModelSnapshot` from what was observed plus what the controller
+   itself set in motion (cold starts not yet arrived, drains in progress), and call
+   ``policy.decide(snapshot, state, now)``.
+4. *Apply*: wake standbys, cold-start, drain (the replica chosen for removal stops admitting
+   first and is removed only once empty), release surplus standbys.
+
+Roles are the controller's belief, not the replicas' last stats push: a replica it parked a
+moment ago is a standby even before its stats say so. Everything the controller remembers
+lives in :class:`FleetState`, dumped to the store after each tick and reloaded by ``load()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Dict, Iterable, List, Optional
+
+from fleetserve.autoscaler.actuator import FleetActuator, FleetId, ObservedFleet
+from fleetserve.autoscaler.config import AutoscalerConfig, ModelPolicyConfig
+from fleetserve.autoscaler.controller_state import TABLE, DrainPlan, FleetState, PendingStart, ScaleOverride
+from fleetserve.autoscaler.decision import ReplicaRole, ScalingDecision
+from fleetserve.autoscaler.policy import PolicyState
+from fleetserve.autoscaler.registry import make_policy
+from fleetserve.autoscaler.snapshot import ModelSnapshot, ReplicaState, ReplicaView
+from fleetserve.clock import Clock
+
+log = logging.getLogger(__name__)
+
+SERVING, STANDBY = "serving", "standby"
+
+
+class ScalingController:
+    """Applies the policy's decisions to fleets through an actuator. ``store``: a
+    :class:`fleetserve.canary.store.CanaryStore`-shaped table store (memory or Redis)."""
+
+    def __init__(self, config: AutoscalerConfig, fleets: Iterable[FleetId], actuator: FleetActuator, clock: Clock,
+                 store, observer: Optional[Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]] = None,
+                 start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0):
+        self.config = config
+        self.fleets = list(fleets)
+        self.actuator = actuator
+        self.clock = clock
+        self.store = store
+        self.observer = observer
+        self.start_timeout_s = start_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
+
+    # -- persistence -------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Reload every fleet's state from the store (after a restart)."""
+        for f in self.fleets:
+            self.states[f.key] = FleetState.from_json(await self.store.get(TABLE, f.key))
+
+    async def _save(self, f: FleetId) -> None:
+        await self.store.put(TABLE, f.key, self.states[f.key].to_json())
+
+    # -- operator input ----------------------------------------------------------------
+
+    async def set_override(self, f: FleetId, override: ScaleOverride) -> None:
+        if f.key not in self.states:
+            self.fleets.append(f)
+            self.states[f.key] = FleetState()
+        self.states[f.key].override = override
+        await self._save(f)
+
+    def policy_config(self, f: FleetId) -> ModelPolicyConfig:
+        cfg = self.config.for_model(f.model)
+        o = self.states[f.key].override
+        scaling = {k: v for k, v in (("min_replicas", o.min_replicas), ("max_replicas", o.max_replicas)) if v is not None}
+        if scaling:
+            cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update=scaling)})
+        if o.warm is not None:
+            pool = cfg.warm_pool.model_copy(update={"min_size": o.warm, "max_size": o.warm, "burst_replicas": 0})
+            cfg = cfg.model_copy(update={"warm_pool": pool})
+        return cfg
+
+    # -- the loop body -----------------------------------------------------------------
+
+    async def tick(self) -> Dict[str, ScalingDecision]:
+        out = {}
+        for f in list(self.fleets):
+            out[f.key] = await self.tick_fleet(f)
+        return out
+
+    async def tick_fleet(self, f: FleetId) -> ScalingDecision:
+        now = self.clock.now()
+        st = self.states.setdefault(f.key, FleetState())
+        obs = await self.actuator.observe(f)
+        await self._adopt_new_replicas(f, obs, st, now)
+        await self._finish_drains(f, obs, st, now)
+        snap = self.snapshot(obs, st, now)
+        decision, pstate = make_policy(self.policy_config(f)).decide(snap, PolicyState.from_dict(st.policy), now)
+        st.policy = pstate.to_dict()
+        await self._apply(f, obs, st, decision, now)
+        st.last_decision = _decision_record(decision, snap, now)
+        if not decision.is_noop:
+            log.info("scaling %s: %s", f.key, json.dumps(st.last_decision, sort_keys=True))
+        if self.observer is not None:
+            self.observer(f, obs, decision, st)
+        await self._save(f)
+        return decision
+
+    async def _adopt_new_replicas(self, f: FleetId, obs: ObservedFleet, st: FleetState, now: float) -> None:
+        seen = {r.replica_id for r in obs.replicas}
+        st.roles = {rid: role for rid, role in st.roles.items() if rid in seen}
+        st.draining = {rid: p for rid, p in st.draining.items() if rid in seen}
+        st.pending = [p for p in st.pending if now - p.requested_at < self.start_timeout_s]
+        for r in sorted(obs.replicas, key=lambda r: r.replica_id):
+            if r.replica_id in st.roles:
+                continue
+            match = next((p for p in st.pending if p.capacity_type is r.capacity_type), None)
+            match = match or (st.pending[0] if st.pending else None)
+            role = SERVING if r.state is not ReplicaState.WARM_STANDBY else STANDBY
+            if r.state is ReplicaState.DRAINING:
+                # Draining but not by us: the replica we removed was kept and Serve stopped
+                # another one instead (it picks which). Take it back into service.
+                await self.actuator.activate(f, r.replica_id)
+            if match is not None:
+                st.pending.remove(match)
+                if match.role is ReplicaRole.STANDBY and role == SERVING:
+                    await self.actuator.park(f, r.replica_id)  # a refill: loaded, now asleep
+                    role = STANDBY
+            st.roles[r.replica_id] = role
+
+    async def _finish_drains(self, f: FleetId, obs: ObservedFleet, st: FleetState, now: float) -> None:
+        for rid, plan in list(st.draining.items()):
+            r = obs.replica(rid)
+            if r is None or (r.running > 0 and now - plan.since < self.drain_timeout_s):
+                continue
+            del st.draining[rid]
+            if plan.to_pool:
+                await self.actuator.park(f, rid)
+                st.roles[rid] = STANDBY
+            else:
+                await self.actuator.stop(f, rid)
+                st.roles.pop(rid, None)
+
+    def snapshot(self, obs: ObservedFleet, st: FleetState, now: float) -> ModelSnapshot:
+        views: List[ReplicaView] = []
+        for r in obs.replicas:
+            plan = st.draining.get(r.replica_id)
+            if plan is not None:
+                becomes = ReplicaState.WARM_STANDBY if plan.to_pool else None
+                views.append(ReplicaView(r.replica_id, ReplicaState.DRAINING, r.capacity_type, r.running, becomes))
+            elif st.roles.get(r.replica_id) == STANDBY:
+                views.append(ReplicaView(r.replica_id, ReplicaState.WARM_STANDBY, r.capacity_type))
+            else:
+                views.append(ReplicaView(r.replica_id, ReplicaState.ACTIVE, r.capacity_type, r.running))
+        for i, p in enumerate(st.pending):
+            becomes = ReplicaState.WARM_STANDBY if p.role is ReplicaRole.STANDBY else ReplicaState.ACTIVE
+            views.append(ReplicaView(f"pending-{i}", ReplicaState.STARTING, p.capacity_type, becomes=becomes))
+        active = [v for v in views if v.state is ReplicaState.ACTIVE]
+        kv = [r.kv_usage for r in obs.replicas if st.roles.get(r.replica_id) == SERVING]
+        return ModelSnapshot(
+            model=obs.fleet.model, version=obs.fleet.version, queued_at_router=obs.queued,
+            running=sum(v.running for v in active), kv_usage=sum(kv) / len(kv) if kv else None,
+            arrival_rate=obs.arrival_rate, replicas=tuple(views), interruptions=obs.interruptions, spot=obs.spot,
+        )
+
+    async def _apply(self, f: FleetId, obs: ObservedFleet, st: FleetState, d: ScalingDecision, now: float) -> None:
+        for rid in d.activate:
+            await self.actuator.activate(f, rid)
+            st.roles[rid] = SERVING
+        for c in d.cold_starts:
+            await self.actuator.start(f, c.capacity_type, c.count)
+            st.pending += [PendingStart(c.role, c.capacity_type, now) for _ in range(c.count)]
+        for order in d.drains:
+            rid = order.replica_id
+            if rid.startswith("pending-"):
+                # Cancel a cold start still loading: it joins the pool when it arrives (the
+                # policy releases pool surplus, so nothing loads for nobody for long).
+                i = int(rid.split("-", 1)[1])
+                if i < len(st.pending):
+                    st.pending[i].role = ReplicaRole.STANDBY
+                continue
+            if obs.replica(rid) is None:
+                continue
+            if st.roles.get(rid) == STANDBY and rid not in st.draining:
+                await self.actuator.stop(f, rid)  # pool surplus (or a doomed standby): nothing in flight
+                st.roles.pop(rid, None)
+            elif rid not in st.draining:
+                await self.actuator.drain(f, rid)
+                st.draining[rid] = DrainPlan(order.return_to_pool, now, order.reason.value)
+
+    def status(self) -> Dict[str, dict]:
+        """Per fleet: roles, drains, pending starts, override and the last decision."""
+        out = {}
+        for key, st in self.states.items():
+            out[key] = {
+                "serving": sorted(r for r, role in st.roles.items() if role == SERVING and r not in st.draining),
+                "standby": sorted(r for r, role in st.roles.items() if role == STANDBY),
+                "draining": {rid: {"to_pool": p.to_pool, "reason": p.reason} for rid, p in st.draining.items()},
+                "pending": [{"role": p.role.value, "capacity_type": p.capacity_type.value} for p in st.pending],
+                "override": {k: v for k, v in vars(st.override).items() if v is not None},
+                "last_decision": st.last_decision,
+            }
+        return out
+
+
+def _decision_record(d: ScalingDecision, snap: ModelSnapshot, now: float) -> dict:
+    """The decision and the inputs it was made from, as logged, stored and shown."""
+    return {
+        "at": now, "target": d.target_replicas, "activate": list(d.activate),
+        "cold_starts": [{"count": c.count, "capacity_type": c.capacity_type.value, "role": c.role.value}
+                        for c in d.cold_starts],
+        "drains": [{"replica": o.replica_id, "reason": o.reason.value, "to_pool": o.return_to_pool} for o in d.drains],
+        "notes": list(d.notes),
+        "inputs": {"queued": snap.queued_at_router, "running": snap.running, "kv_usage": snap.kv_usage,
+                   "arrival_rate": snap.arrival_rate, "spot_available": snap.spot.available,
+                   "replicas": {s.value: sum(1 for r in snap.replicas if r.state is s) for s in ReplicaState}},
+    }
