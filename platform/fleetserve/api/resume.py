@@ -53,14 +53,18 @@ class ResumePolicy:
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
 
 
+def _typed(exc: BaseException):
+    from fleetserve.api.errors import as_fleetserve_error  # errors imports the service, which imports this
+
+    return as_fleetserve_error(exc)
+
+
 def resumable(exc: BaseException) -> bool:
     """Whether a failed stream may be continued elsewhere: the replica side was lost or
     unavailable (503), not the request itself (400, 429, 500) nor the client (cancel)."""
-    from fleetserve.api.errors import as_fleetserve_error
-
     if not isinstance(exc, Exception):
         return False  # CancelledError, GeneratorExit: the client left
-    err = as_fleetserve_error(exc)
+    err = _typed(exc)
     return isinstance(err, ServiceUnavailableError) and not isinstance(err, RateLimitError)
 
 
@@ -81,6 +85,7 @@ async def resumable_stream(client: ModelClient, request: GenerateRequest, route:
     sent: list[int] = []
     avoid: set[str] = set()
     current, attempt = request, 0
+    first: Optional[BaseException] = None  # the break that started the resumes: what the 503 names
     while True:
         error: BaseException
         try:
@@ -89,13 +94,20 @@ async def resumable_stream(client: ModelClient, request: GenerateRequest, route:
                 yield out
                 if out.finished:
                     return
-            error = ReplicaStreamLost("the replica's stream ended before its final output")
+            error = ReplicaStreamLost("the replica's stream ended before the request finished")
         except Exception as exc:  # noqa: BLE001 - sorted below: resumed, or raised as it was
             if not resumable(exc):
                 raise
-            error = exc
-        attempt += 1
-        route = await _next_route(request, route, reroute, policy, error, attempt, avoid, len(sent), on_resume)
+            error = _typed(exc)
+        replica = getattr(error, "replica", None)
+        if replica:
+            avoid.add(replica)
+        log.warning("resuming %s after %d tokens (%s on %s): %s", request.request_id, len(sent), _reason(error),
+                    replica or "?", error)
+        if on_resume is not None:
+            on_resume(_reason(error), len(sent), replica or "")
+        first = first or error
+        route, attempt = await _next_route(request, reroute, policy, error, attempt + 1, avoid, first)
         current = continuation(request, sent, attempt)
 
 
@@ -112,24 +124,16 @@ async def _one_attempt(client: ModelClient, request: GenerateRequest, route: Rou
         await stream.aclose()  # at once: a broken or left stream frees its replica's work
 
 
-async def _next_route(request: GenerateRequest, route: Route, reroute: Reroute, policy: ResumePolicy,
-                      error: BaseException, attempt: int, avoid: set, n_sent: int,
-                      on_resume: Optional[OnResume]) -> Route:
+async def _next_route(request: GenerateRequest, reroute: Reroute, policy: ResumePolicy, error: BaseException,
+                      attempt: int, avoid: set, first: BaseException) -> tuple[Route, int]:
     """Wait out the backoff and ask stage 5 again, avoiding the replicas that lost the
-    request; raises the 503 once ``max_resumes`` is spent."""
+    request: (the route, the attempt it is). Raises the 503 once ``max_resumes`` is spent."""
     while True:
         if attempt > policy.max_resumes:
+            last = f"; last: {error}" if error is not first else ""
             raise ServiceUnavailableError(
-                f"the stream of {request.request_id} broke and could not be resumed after {policy.max_resumes} "
-                f"attempts ({error})", retry_after_s=2.0) from error
-        replica = getattr(error, "replica", None)
-        if replica:
-            avoid.add(replica)
-        reason = _reason(error)
-        log.warning("resuming %s after %d tokens (%s on %s, attempt %d): %s", request.request_id, n_sent, reason,
-                    replica or "?", attempt, error)
-        if on_resume is not None:
-            on_resume(reason, n_sent, replica or "")
+                f"the stream of {request.request_id} broke ({first}) and could not be resumed after "
+                f"{policy.max_resumes} attempts{last}", retry_after_s=1.0) from error
         await asyncio.sleep(policy.delay(attempt, isinstance(error, RequestMigrated)))
         try:
             new = reroute(frozenset(avoid))
@@ -137,4 +141,4 @@ async def _next_route(request: GenerateRequest, route: Route, reroute: Reroute, 
             error, attempt = exc, attempt + 1
             continue
         links = tuple(t for t in new.links if t.replica not in avoid)
-        return replace(new, links=links) if links != new.links else new
+        return (replace(new, links=links) if links != new.links else new), attempt
