@@ -117,8 +117,9 @@ async def _one_attempt(client: ModelClient, request: GenerateRequest, route: Rou
     stream = client.generate(request, route)
     try:
         async for out in stream:
-            if out.finish_reason == FINISH_ABORT:
-                raise ReplicaStreamLost(f"the replica ended the request (abort: {out.error or 'no reason given'})")
+            if out.finish_reason == FINISH_ABORT:  # named after the replica it was sent to first
+                raise ReplicaStreamLost(f"the replica ended the request (abort: {out.error or 'no reason given'})",
+                                        replica=route.links[0].replica if route.links else None)
             yield out
     finally:
         await stream.aclose()  # at once: a broken or left stream frees its replica's work

@@ -196,6 +196,8 @@ def _node_id() -> Optional[str]:
     try:
         import ray
 
+        if not ray.is_initialized():  # outside Ray (tests, benches): never start or join a cluster here
+            return None
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - no Ray here (tests)
         return None
