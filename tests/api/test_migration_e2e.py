@@ -37,8 +37,9 @@ ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 
 class Fleet:
-    def __init__(self, base_url: str, spot_node: str, cluster):
+    def __init__(self, base_url: str, spot_node: str, cluster, app: str, model_cfg):
         self.base_url, self.spot_node, self.cluster = base_url, spot_node, cluster
+        self.app, self.model_cfg = app, model_cfg
 
     def replicas(self) -> list[dict]:
         (model,) = httpx.get(self.base_url + "/admin/status", headers=ADMIN, timeout=30).json()["models"]
@@ -77,7 +78,7 @@ def fleet(tiny_llama_path):
         cfg = make_fleet_config(str(tiny_llama_path), http_port, grpc_port)
         cfg.models[0] = cfg.models[0].model_copy(update={"replicas": ReplicasConfig(num=2), "drain_mode": "migrate"})
         deploy(cfg)
-        f = Fleet(f"http://127.0.0.1:{http_port}", spot_node, cluster)
+        f = Fleet(f"http://127.0.0.1:{http_port}", spot_node, cluster, cfg.server.app_name, cfg.models[0])
         wait_for(lambda: len({r["node_id"] for r in f.replicas() if r["transport"] == "link"}) == 2, 240,
                  "two replicas, one per node, advertising links")
         assert spot_node in {r["node_id"] for r in f.replicas()}, (spot_node, f.replicas())
@@ -206,11 +207,14 @@ def test_spot_node_drain_migrates_every_stream_without_changing_a_token(fleet, r
 
 
 def test_replica_killed_mid_stream_every_stream_resumes_identically(fleet, reference):
-    from ray.util.state import list_actors
+    from ray._private.state import actors  # the GCS's actor table: no dashboard needed
 
-    (victim,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-                 if a["class_name"].startswith("ServeReplica:") and TEST_MODEL in a["class_name"]
-                 and a["node_id"] == fleet.spot_node]
+    from fleetserve.application.build import deployment_name
+
+    cfg_name = f"ServeReplica:{fleet.app}:{deployment_name(fleet.model_cfg)}"
+    victims = [a for a in actors().values() if a["State"] == "ALIVE" and a["ActorClassName"] == cfg_name
+               and a["Address"]["NodeID"] == fleet.spot_node]
+    assert len(victims) == 1, (cfg_name, [(a["ActorClassName"], a["Address"]["NodeID"]) for a in actors().values()])
     before = fleet.resumes("lost")
-    _interrupt_mid_stream(fleet, reference, lambda: os.kill(victim["pid"], signal.SIGKILL))
+    _interrupt_mid_stream(fleet, reference, lambda: os.kill(victims[0]["Pid"], signal.SIGKILL))
     assert fleet.resumes("lost") - before >= 1  # streams really broke and were resumed
