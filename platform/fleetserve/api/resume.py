@@ -27,7 +27,8 @@ from typing import AsyncIterator, Callable, Optional
 
 from fleetserve.deployments.model_client import ModelClient, Route
 from fleetserve.engine.protocol import FINISH_ABORT, GenerateRequest, RequestOutput
-from fleetserve.errors import RateLimitError, ReplicaStreamLost, RequestMigrated, ServiceUnavailableError
+from fleetserve.errors import (FleetserveError, RateLimitError, ReplicaStreamLost, RequestMigrated,
+                               ServiceUnavailableError)
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,13 @@ def _typed(exc: BaseException):
 def resumable(exc: BaseException) -> bool:
     """Whether a failed stream may be continued elsewhere: the replica side was lost or
     unavailable (503), not the request itself (400, 429, 500) nor the client (cancel)."""
+    from fleetserve.api.errors import UNAVAILABLE_TRANSPORT_ERRORS
+
     if not isinstance(exc, Exception):
         return False  # CancelledError, GeneratorExit: the client left
-    err = _typed(exc)
-    return isinstance(err, ServiceUnavailableError) and not isinstance(err, RateLimitError)
+    if not isinstance(exc, FleetserveError):  # typed without logging: a bug is logged once, where it is raised
+        return type(exc).__name__ in UNAVAILABLE_TRANSPORT_ERRORS
+    return isinstance(exc, ServiceUnavailableError) and not isinstance(exc, RateLimitError)
 
 
 def continuation(request: GenerateRequest, sent: list[int], attempt: int) -> GenerateRequest:
@@ -102,12 +106,12 @@ async def resumable_stream(client: ModelClient, request: GenerateRequest, route:
         replica = getattr(error, "replica", None)
         if replica:
             avoid.add(replica)
-        log.warning("resuming %s after %d tokens (%s on %s): %s", request.request_id, len(sent), _reason(error),
-                    replica or "?", error)
-        if on_resume is not None:
-            on_resume(_reason(error), len(sent), replica or "")
         first = first or error
         route, attempt = await _next_route(request, reroute, policy, error, attempt + 1, avoid, first)
+        log.warning("resuming %s after %d tokens (%s on %s, attempt %d): %s", request.request_id, len(sent),
+                    _reason(error), replica or "?", attempt, error)
+        if on_resume is not None:
+            on_resume(_reason(error), len(sent), replica or "")
         current = continuation(request, sent, attempt)
 
 
