@@ -189,6 +189,15 @@ class ModelConfig(BaseModel):
         100, ge=1, description="Requests Serve lets into one replica at once; Serve's default of 5 collapses streaming."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish.")
+    drain_mode: Literal["migrate", "finish"] = Field(
+        "migrate",
+        description=(
+            "What a drained replica (admin or node drain, scale-down, shutdown) does with its in-flight requests. "
+            "'migrate': hands each back to its ingress at once, which continues it on another replica from the tokens "
+            "the client already has (same text for greedy and seeded sampling on the native engine; docs/operations.md). "
+            "'finish': lets them finish there (up to drain_timeout_s on shutdown)."
+        ),
+    )
     stream_interval_s: float = Field(
         0.05,
         ge=0.0,

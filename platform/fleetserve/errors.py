@@ -89,6 +89,26 @@ class ServiceUnavailableError(FleetserveError):
         self.retry_after_s = retry_after_s
 
 
+class ReplicaStreamLost(ServiceUnavailableError):
+    """A replica's stream of one request broke before its final output: the replica died,
+    its link closed, or it ended the request under the caller. The ingress resumes it on
+    another replica from the tokens already sent (``api/resume.py``); a client sees it
+    (503) only when no replica could take the request over. ``replica``: the replica
+    that lost it, when known (the resume avoids it)."""
+
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, replica: Optional[str] = None, retry_after_s: float = 1.0,
+                 field: Optional[str] = None):
+        super().__init__(message, retry_after_s=retry_after_s, field=field)
+        self.replica = replica
+
+
+class RequestMigrated(ReplicaStreamLost):
+    """A draining replica handed the request back (drain mode ``migrate``): the ingress
+    resumes it elsewhere at once instead of waiting for it to finish there."""
+
+
 class EngineError(FleetserveError):
     """The engine failed while processing one request (HTTP 500; never caused by user input)."""
 

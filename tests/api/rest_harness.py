@@ -51,10 +51,11 @@ class Rest:
         return v or 0.0
 
 
-def make_rest(client, checkpoint, *, max_body_bytes: int = 1 << 20) -> Rest:
+def make_rest(client, checkpoint, *, max_body_bytes: int = 1 << 20, resume=None) -> Rest:
+    """``resume``: the service's ResumePolicy (None: the default)."""
     registry = CollectorRegistry()
     gk = TenantGatekeeper(make_config(make_spec(id="acme", key=TENANT_KEY)), metrics_registry=registry)
-    service = InferenceService([ModelSpec(MODEL, str(checkpoint))], client, gk, metrics=FleetMetrics())
+    service = InferenceService([ModelSpec(MODEL, str(checkpoint))], client, gk, metrics=FleetMetrics(), resume=resume)
     return Rest(build_rest_app(service, max_body_bytes=max_body_bytes), service, gk, registry)
 
 

@@ -33,7 +33,8 @@ def test_node_drain_finishes_the_stream_and_resume_serves_the_waiting_request(se
     chunks = iter(stream)
     first = next(chunks)
     try:
-        body = {"source": "kubernetes", "reason": "test", "pods": [{"name": "worker-0", "ip": row["node_ip"]}]}
+        body = {"source": "kubernetes", "reason": "test", "pods": [{"name": "worker-0", "ip": row["node_ip"]}],
+                "mode": "finish"}  # the only replica: nowhere to migrate to
         r = httpx.post(f"{serve_app.base_url}/admin/nodes/k8s-node-0/drain", headers=admin, json=body, timeout=30)
         assert r.status_code == 202
         assert [(x["replica"], x["applied"]) for x in r.json()["replicas"]] == [(row["replica"], True)]

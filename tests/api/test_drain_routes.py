@@ -39,9 +39,11 @@ class FixedRoutes:
 class RecordingControl:
     def __init__(self):
         self.calls: list[tuple[str, str, bool]] = []
+        self.modes: list = []
 
-    async def set_draining(self, model, replica_id, draining):
+    async def set_draining(self, model, replica_id, draining, mode=None):
         self.calls.append((model, replica_id, draining))
+        self.modes.append(mode)
         return DrainAck(replica_id, applied=True, draining=draining, in_flight=1)
 
 
@@ -74,9 +76,13 @@ async def test_drain_and_resume_need_the_admin_key_and_a_known_replica(app):
         assert r.status_code == 404 and r.json()["error"]["param"] == "replica_id"
         r = await client.post("/admin/replicas/r1/drain", headers=ADMIN)
         assert r.status_code == 202 and r.json() == {"replica": "r1", "model": "m", "applied": True,
-                                                     "draining": True, "in_flight": 1}
+                                                     "draining": True, "in_flight": 1, "migrated": 0}
         assert (await client.post("/admin/replicas/r1/resume", headers=ADMIN)).json()["draining"] is False
-    assert control.calls == [("m", "r1", True), ("m", "r1", False)]
+        assert (await client.post("/admin/replicas/r1/drain?mode=finish", headers=ADMIN)).status_code == 202
+        r = await client.post("/admin/replicas/r1/drain?mode=sideways", headers=ADMIN)
+        assert r.status_code in (400, 422) and len(control.calls) == 3
+    assert control.calls == [("m", "r1", True), ("m", "r1", False), ("m", "r1", True)]
+    assert control.modes == [None, None, "finish"]
 
 
 async def test_node_drain_as_the_spot_watcher_sends_it(app):
@@ -92,6 +98,10 @@ async def test_node_drain_as_the_spot_watcher_sends_it(app):
         assert r.status_code == 400
         r = await client.post("/admin/nodes/n-a/drain", headers=ADMIN, json={"deadline_s": -1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "deadline_s"
+        r = await client.post("/admin/nodes/n-a/drain", headers=ADMIN, json={"mode": "later"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
+        assert (await client.post("/admin/nodes/n-a/drain", headers=ADMIN, json={"mode": "migrate"})).status_code == 202
         r = await client.post("/admin/nodes/n-a/drain", headers=ADMIN, content=b"x" * (65 * 1024))
         assert r.status_code == 413
-    assert control.calls == [("other" if rid == "r3" else "m", rid, True) for rid in ("r2", "r3", "r1")]
+    assert control.calls == [("other" if rid == "r3" else "m", rid, True) for rid in ("r2", "r3", "r1", "r1")]
+    assert control.modes == [None, None, None, "migrate"]

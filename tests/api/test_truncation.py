@@ -5,6 +5,10 @@ A stream that ends with ``finish_reason="abort"`` (engine shut down, drain timed
 engine process died), with ``"error"``, or without any final output becomes a 5xx with an
 OpenAI-shaped body (non-streaming), or an in-band error event followed by a final chunk per
 unfinished choice whose finish_reason is ``error`` (streaming).
+
+The ingress first tries to resume such a stream on another replica (tests/api/test_resume.py);
+these scripted replicas cannot continue a request, so resuming is off here: what is checked
+is the floor once no replica can take the request over.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import json
 
 import pytest
 
+from fleetserve.api.resume import ResumePolicy
 from fleetserve.config import ModelConfig
 from fleetserve.deployments.replica import ModelReplica
 from fleetserve.engine.protocol import RequestOutput
 from tests.api.rest_harness import AUTH, GATE, MODEL, AsgiCall, ReplicaClient, ScriptedClient, make_rest, sse_events
 
+NO_RESUME = ResumePolicy(max_resumes=0)
 ENDPOINTS = {
     "/v1/completions": {"model": MODEL, "prompt": "hello"},
     "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]},
@@ -57,7 +63,7 @@ def _assert_openai_error(body: dict, words: str) -> None:
 @pytest.mark.parametrize("path", sorted(ENDPOINTS))
 async def test_unfinished_unary_request_is_a_5xx_metered_as_error(tiny_llama_path, path, case):
     script, status, words = CASES[case]
-    rest = make_rest(ScriptedClient(script), tiny_llama_path)
+    rest = make_rest(ScriptedClient(script), tiny_llama_path, resume=NO_RESUME)
     async with rest.client() as c:
         r = await c.post(path, json={**ENDPOINTS[path], "n": 2}, headers=AUTH)
     assert r.status_code == status, r.text
@@ -73,7 +79,7 @@ async def test_unfinished_unary_request_is_a_5xx_metered_as_error(tiny_llama_pat
 async def test_unfinished_stream_ends_with_an_error_event_and_error_finish(tiny_llama_path, path, case):
     script, _, words = CASES[case]
     client = ScriptedClient(script, gated=True)
-    rest = make_rest(client, tiny_llama_path)
+    rest = make_rest(client, tiny_llama_path, resume=NO_RESUME)
     call = AsgiCall(rest.app, path, json.dumps({**ENDPOINTS[path], "n": 2, "stream": True}).encode(), AUTH)
     await call.read_until(b"data: ")  # the first tokens are out: then the streams fail
     client.gate.set()
@@ -116,8 +122,8 @@ async def test_a_complete_stream_is_still_ok(tiny_llama_path):
 # ----- a real native engine (in-process AsyncEngine on the tiny checkpoint) -------------------
 
 
-async def _replica(checkpoint) -> ModelReplica:
-    cfg = ModelConfig(name=MODEL, checkpoint=str(checkpoint), drain_timeout_s=0.1,
+async def _replica(checkpoint, drain_mode: str = "finish") -> ModelReplica:
+    cfg = ModelConfig(name=MODEL, checkpoint=str(checkpoint), drain_timeout_s=0.1, drain_mode=drain_mode,
                       engine_args={"num_kv_blocks": 256, "num_threads": 1, "engine_process": False})
     replica = ModelReplica.__new__(ModelReplica)  # Serve awaits the async constructor itself
     await replica.__init__(cfg.model_dump(mode="json"))
@@ -164,4 +170,22 @@ async def test_real_engine_shut_down_mid_stream_ends_the_stream_with_an_error(ti
     assert "engine shut down" in payloads[-2]["error"]["message"]
     assert payloads[-1]["choices"][0]["finish_reason"] == "error"
     assert not any(c.get("finish_reason") in ("stop", "length") for p in payloads for c in p.get("choices", ()))
+    assert rest.tenant_requests("error") == 1
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
+async def test_migrated_with_no_replica_left_is_a_503_not_a_stop(tiny_llama_path):
+    """Drain mode migrate hands the stream back; with no other replica the bounded resume
+    ends in a 503 naming why."""
+    replica = await _replica(tiny_llama_path, drain_mode="migrate")
+    rest = make_rest(ReplicaClient(replica), tiny_llama_path, resume=ResumePolicy(max_resumes=2, backoff_s=0.01))
+    async with rest.client() as c:
+        pending = asyncio.create_task(c.post("/v1/completions", json={**ENDPOINTS["/v1/completions"], **LONG},
+                                             headers=AUTH))
+        await _wait_until(lambda: replica._engine.stats().generated_tokens_total > 0)
+        await replica.__del__()
+        r = await pending
+    assert r.status_code == 503, r.text
+    _assert_openai_error(r.json(), "could not be resumed after 2 attempts")
+    assert "draining" in r.json()["error"]["message"]
     assert rest.tenant_requests("error") == 1

@@ -4,6 +4,7 @@ handle recording what reached it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
@@ -144,3 +145,44 @@ async def test_a_draining_replica_refusing_over_its_link_falls_back_to_the_handl
     finally:
         for s in servers:
             await s.close()
+
+
+async def test_a_stream_handed_back_or_lost_names_its_replica_for_the_resume():
+    """Over a link, a drain's Migrate frame and a dropped connection raise typed errors that
+    name the replica (the resume stage avoids it), whether or not a token went out."""
+    from fleetserve.errors import ReplicaStreamLost, RequestMigrated
+
+    async def hands_back(request):
+        yield RequestOutput(request.request_id, text_delta="x", token_ids_delta=[1])
+        while request.request_id == "cut":  # streams until the server goes away
+            await asyncio.sleep(0.01)
+            yield RequestOutput(request.request_id, text_delta="y", token_ids_delta=[2])
+        raise RequestMigrated("draining")
+
+    server = ReplicaLinkServer(hands_back, SECRET)
+    addr = await server.start()
+    board, handle = ReplicaStatsBoard(), RecordingHandle()
+    client = Routed(handle, board, ReplicaLinkClient(SECRET))
+    try:
+        board.publish(DEP, from_routing_stats({"r-7": {"link": addr}}))
+        got = []
+        try:
+            async for o in client.generate("m"):
+                got.append(o.text_delta)
+        except RequestMigrated as exc:
+            assert exc.replica == "r-7"
+        else:
+            raise AssertionError("the hand-back was swallowed")
+        assert got == ["x"] and handle.calls == [] and client.client.ongoing["r-7"] == 0
+        stream = client.generate("cut")
+        await stream.__anext__()
+        await server.close()  # the replica goes away mid-stream
+        try:
+            async for _ in stream:
+                pass
+        except ReplicaStreamLost as exc:
+            assert exc.replica == "r-7" and not isinstance(exc, RequestMigrated)
+        else:
+            raise AssertionError("the lost link was swallowed")
+    finally:
+        await server.close()

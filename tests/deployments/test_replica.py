@@ -11,12 +11,12 @@ from fleetserve.config import ModelConfig
 from fleetserve.deployments.replica import ModelReplica
 from fleetserve.engine.protocol import GenerateRequest
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.errors import ServiceUnavailableError
+from fleetserve.errors import RequestMigrated, ServiceUnavailableError
 
 
-async def make_replica(checkpoint, stream_interval_s: float = 0.0) -> ModelReplica:
+async def make_replica(checkpoint, stream_interval_s: float = 0.0, drain_mode: str = "finish") -> ModelReplica:
     cfg = ModelConfig(name="tiny", checkpoint=str(checkpoint), drain_timeout_s=30, stream_interval_s=stream_interval_s,
-                      engine_args={"num_kv_blocks": 128, "num_threads": 1})
+                      drain_mode=drain_mode, engine_args={"num_kv_blocks": 128, "num_threads": 1})
     replica = ModelReplica.__new__(ModelReplica)  # Serve awaits the async constructor itself
     await replica.__init__(cfg.model_dump(mode="json"))
     return replica
@@ -159,3 +159,32 @@ async def test_admin_drain_stops_admission_lets_in_flight_finish_and_resumes(tin
         assert outs[-1].finished
     finally:
         await replica.__del__()  # Serve's shutdown hook: nothing is in flight, so it returns at once
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .ModelReplica.__del__. was never awaited")
+async def test_migrate_drain_hands_requests_back_and_a_continuation_completes_them(tiny_llama_path):
+    """Drain mode migrate: the in-flight stream ends at once with RequestMigrated naming the
+    replica (its engine request and KV freed); the same request resubmitted with the tokens
+    already received continues to exactly the uninterrupted completion."""
+    replica = await make_replica(tiny_llama_path, drain_mode="migrate")
+    try:
+        sampled = SamplingParams(max_tokens=60, temperature=1.0, seed=11, ignore_eos=True)
+        whole = [t for o in [o async for o in replica.generate(
+            GenerateRequest("w", sampled, prompt="def f(x):"))] for t in o.token_ids_delta]
+        got: list[int] = []
+        stream = replica.generate(GenerateRequest("m", sampled, prompt="def f(x):"))
+        got += (await stream.__anext__()).token_ids_delta
+        ack = await replica.set_draining(True)
+        assert ack.applied and ack.in_flight == 1 and ack.migrated == 1
+        with pytest.raises(RequestMigrated) as e:
+            async for out in stream:
+                got += out.token_ids_delta
+        assert e.value.replica == replica.replica_stats().replica
+        assert 0 < len(got) < 60 and got == whole[:len(got)]
+        await wait_until(lambda: replica.replica_stats().num_running == 0 and replica.replica_stats().in_flight == 0)
+        assert (await replica.set_draining(False)).migrated == 0
+        cont = GenerateRequest("m.r1", sampled, prompt="def f(x):", resume_token_ids=got)
+        rest = [t for o in [o async for o in replica.generate(cont)] for t in o.token_ids_delta]
+        assert got + rest == whole
+    finally:
+        await replica.__del__()

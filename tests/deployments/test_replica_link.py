@@ -19,7 +19,7 @@ from fleetserve.deployments.replica_link import (
 )
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.errors import ServiceUnavailableError
+from fleetserve.errors import ReplicaStreamLost, RequestMigrated, ServiceUnavailableError
 
 SECRET = os.urandom(32)
 
@@ -113,13 +113,37 @@ async def test_replica_errors_reach_the_ingress_typed(served):
         await collect(client, link, req("x", 3))
 
 
+async def test_a_request_handed_back_ends_with_a_migrate_frame(served):
+    """A draining replica raises RequestMigrated in its generator: the link carries a typed
+    Migrate frame (not an error) and the ingress raises RequestMigrated; the connection and
+    its other streams go on."""
+    _, server, client, address = served
+    real = server._generate
+
+    async def handing_back(request):
+        if request.request_id == "moved":
+            yield RequestOutput("moved", token_ids_delta=[7])
+            raise RequestMigrated("replica r1 is draining", replica="r1")
+        async for out in real(request):
+            yield out
+
+    server._generate = handing_back
+    link = await client.link(address)
+    got: list[int] = []
+    with pytest.raises(RequestMigrated, match="handed the request back") as e:
+        async for out in client.generate(link, req("moved", 5)):
+            got += out.token_ids_delta
+    assert got == [7] and isinstance(e.value, ServiceUnavailableError) and not link.closed
+    assert [t for o in await collect(client, link, req("other", 3)) for t in o.token_ids_delta] == [0, 1, 2]
+
+
 async def test_lost_connection_fails_streams_and_reconnects(served):
     gen, server, client, address = served
     link = await client.link(address)
     stream = client.generate(link, req("cut", 10_000))
     await stream.__anext__()
     await server.close()  # the replica's side goes away mid-stream
-    with pytest.raises(ServiceUnavailableError, match="lost the connection"):
+    with pytest.raises(ReplicaStreamLost, match="lost the connection"):
         async for _ in stream:
             pass
     await wait_until(lambda: "cut" in gen.aborted)
@@ -155,6 +179,7 @@ LINK_EXAMPLES = [
     lm.Output(3, RequestOutput("g", "ab", [1, 2], finished=True, finish_reason="length")),
     lm.End(3),
     lm.StreamError(3, ServiceUnavailableError("draining", retry_after_s=1.0)),
+    lm.Migrate(3, "replica r1 is draining"),
 ]
 
 

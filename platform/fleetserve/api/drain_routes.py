@@ -6,14 +6,16 @@
   "deadline_s", "signals", "source"}``, what ``fleetserve watch-nodes`` sends).
 
 A draining replica reports ``draining`` in its stats, so the router sends it nothing new (a
-stream it refuses before its first token goes through Serve's router to another replica);
-requests in flight there finish. Moving them elsewhere before a deadline (migration) is not
-built yet: a node that disappears before they finish ends them with a 503.
+stream it refuses before its first token goes through Serve's router to another replica).
+Its requests in flight are handed back and resumed on other replicas at once (drain mode
+``migrate``, the model's ``drain_mode`` by default; ``?mode=`` or the node body's ``mode``
+overrides it per call), or finish there (``finish``). The answer counts both per replica
+(``in_flight``, ``migrated``).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -25,6 +27,7 @@ from fleetserve.deployments.replica_stats import ReplicaStatus
 from fleetserve.errors import NotFoundError
 
 MAX_DRAIN_BODY_BYTES = 64 * 1024
+DrainMode = Literal["migrate", "finish"]
 
 
 class PodRef(BaseModel):
@@ -40,6 +43,8 @@ class NodeDrainBody(BaseModel):
     signals: list[str] = Field(default_factory=list, max_length=32, description="Termination signals seen.")
     deadline_s: Optional[float] = Field(None, ge=0, description="Seconds until the node goes away, when known.")
     pods: list[PodRef] = Field(default_factory=list, max_length=256, description="Ray pods on the node.")
+    mode: Optional[DrainMode] = Field(None, description="migrate: hand in-flight requests back to be resumed "
+                                      "elsewhere now; finish: let them finish; null: each model's drain_mode.")
 
 
 def replicas_on_node(rows: Sequence[ReplicaStatus], node: str, pod_ips: Sequence[str]) -> list[ReplicaStatus]:
@@ -63,15 +68,15 @@ def build_drain_router(service, control: ReplicaControl) -> APIRouter:
                 return r
         raise NotFoundError(f"no replica `{replica_id}`", field="replica_id")
 
-    async def set_draining(row: ReplicaStatus, draining: bool) -> dict:
-        ack = await control.set_draining(row.model, row.replica, draining)
+    async def set_draining(row: ReplicaStatus, draining: bool, mode: Optional[str] = None) -> dict:
+        ack = await control.set_draining(row.model, row.replica, draining, mode)
         return {"replica": row.replica, "model": row.model, "applied": ack.applied, "draining": ack.draining,
-                "in_flight": ack.in_flight}
+                "in_flight": ack.in_flight, "migrated": ack.migrated}
 
     @router.post("/admin/replicas/{replica_id}/drain", summary="Stop a replica taking new requests (admin key).")
-    async def drain_replica(replica_id: str, request: Request):
+    async def drain_replica(replica_id: str, request: Request, mode: Optional[DrainMode] = None):
         await admin(request)
-        return JSONResponse(await set_draining(find(replica_id), True), status_code=202)
+        return JSONResponse(await set_draining(find(replica_id), True, mode), status_code=202)
 
     @router.post("/admin/replicas/{replica_id}/resume", summary="Let a drained replica take requests again (admin key).")
     async def resume_replica(replica_id: str, request: Request):
@@ -83,7 +88,7 @@ def build_drain_router(service, control: ReplicaControl) -> APIRouter:
         await admin(request)
         body = await _node_body(request)
         rows = replicas_on_node(service.replica_status(), node, [p.ip for p in body.pods if p.ip])
-        results = [await set_draining(r, True) for r in rows]
+        results = [await set_draining(r, True, body.mode) for r in rows]
         return JSONResponse({"node": node, "reason": body.reason, "replicas": results}, status_code=202)
 
     return router

@@ -44,6 +44,8 @@ _MAPPINGS: dict[type, ErrorMapping] = {
 }
 # Ray's errors for an actor that died or cannot be reached (matched by name: no Ray import here).
 _REPLICA_LOST = frozenset({"ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError"})
+# Transport errors (by name) that as_fleetserve_error types as a 503: retryable elsewhere.
+UNAVAILABLE_TRANSPORT_ERRORS = _REPLICA_LOST | {"BackPressureError", "DeploymentUnavailableError"}
 _INTERNAL = ErrorMapping(500, grpc.StatusCode.INTERNAL, "server_error")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.request_metrics import ChoiceTiming, observe_request, prediction_record, request_outcome
 from fleetserve.canary.ab_recorder import ABRecorder
+from fleetserve.api.resume import ResumePolicy, resumable_stream
 from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
@@ -125,11 +127,13 @@ class InferenceService:
     def __init__(self, specs: list[ModelSpec], client: ModelClient, gatekeeper: Gatekeeper,
                  metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
                  admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None,
-                 versions: Optional[VersionTable] = None, ab: Optional[ABRecorder] = None):
+                 versions: Optional[VersionTable] = None, ab: Optional[ABRecorder] = None,
+                 resume: Optional[ResumePolicy] = None):
         """``admission``: the fleet admission queues (None: admit at once); ``router``: the
         replica choice (None: every request through the Serve handle); ``versions``: stage
         3's cached split (None: each model's configured version serves everything); ``ab``: the
-        per-variant A/B records, feedback and drift (None: in memory, no prediction log)."""
+        per-variant A/B records, feedback and drift (None: in memory, no prediction log);
+        ``resume``: how a broken replica stream is continued elsewhere (api/resume.py)."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
@@ -141,6 +145,8 @@ class InferenceService:
         self.ab = ab or ABRecorder.in_memory(self.metrics)
         self._served: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self.resume = resume or ResumePolicy()
+        self._seeds = random.SystemRandom()
 
     # ----- models ----------------------------------------------------------------------
 
@@ -206,6 +212,10 @@ class InferenceService:
                 f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the completion).",
                 field="max_tokens",
             )
+        if sampling.get("seed") is None and sampling.get("temperature", 1.0) != 0.0:
+            # Every sampled request gets a seed, so a continuation on another replica draws
+            # what this one would have (api/resume.py); below 2^62 leaves room for seed + i.
+            sampling = {**sampling, "seed": self._seeds.randrange(2**62)}
         params = SamplingParams(n=1, max_tokens=max_tokens, **sampling)
         return Job(uuid.uuid4().hex, model, ctx, prompts, params, n, self._clock.now(), user=user)
 
@@ -284,14 +294,21 @@ class InferenceService:
 
     def stream(self, job: Job) -> AsyncIterator[ChoiceEvent]:
         """Stages 5 and 6 for every (prompt, choice): a route from the router, then the
-        client streams it; the streams are merged into one."""
+        client streams it, resumed on another replica if it breaks; the streams are merged."""
         streams = []
         for p_index, prompt in enumerate(job.prompts):
             route = self.route(job, prompt)
             for i in range(job.n):
                 index = p_index * job.n + i
-                streams.append((index, self._client.generate(self._engine_request(job, prompt, index, i), route)))
+                request = self._engine_request(job, prompt, index, i)
+                reroute = (lambda _avoid, prompt=prompt: self.route(job, prompt))  # avoid: applied to its links
+                streams.append((index, resumable_stream(self._client, request, route, reroute, self.resume,
+                                                        self._count_resume(job))))
         return merge_streams(streams)
+
+    def _count_resume(self, job: Job):
+        counter = self.metrics.get(N.STREAM_RESUMES)
+        return lambda reason, _sent, _replica: counter.labels(job.model.spec.name, job.served_version, reason).inc()
 
     def route(self, job: Job, prompt: list[int]) -> Route:
         """Stage 5: where one prompt's engine requests go."""

@@ -6,7 +6,10 @@ over the first replica link of the route that opens; the router ranked them
 goes through the model's DeploymentHandle, whose Serve router ranks replicas with the same
 policy; nothing has been sent anywhere at that point. A link stream that fails with 503
 before its first output (a draining replica the stats have not caught up with) is retried
-once through the handle: no token reached the caller yet.
+once through the handle: no token reached the caller yet. A link stream that breaks (the
+replica died, or handed the request back on a drain) raises
+:class:`~fleetserve.errors.ReplicaStreamLost` naming the replica; the ingress's resume stage
+(``api/resume.py``) continues it elsewhere.
 
 The client counts the streams this process holds open on each replica (``ongoing``): the
 router reads them, so load this ingress just placed counts before the replica reports it.
@@ -21,7 +24,7 @@ from typing import AsyncIterator, Callable, Mapping, Optional
 from fleetserve.deployments.model_client import LinkTarget, Route
 from fleetserve.deployments.replica_link import ReplicaLinkClient
 from fleetserve.engine.protocol import GenerateRequest, ModelInfo, RequestOutput
-from fleetserve.errors import ModelNotFoundError, ServiceUnavailableError
+from fleetserve.errors import ModelNotFoundError, ReplicaStreamLost, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,9 @@ class HandleModelClient:
             async for out in stream:
                 started = True
                 yield out
+        except ReplicaStreamLost as exc:  # died or handed back: the resume stage avoids this replica
+            exc.replica = exc.replica or target.replica
+            raise
         except ServiceUnavailableError as exc:
             if started:
                 raise

@@ -6,7 +6,8 @@ link authenticates its peer before the first frame). A frame that does not decod
 :class:`~fleetserve.engine.wire.FrameError`; the side that reads one closes that connection.
 
 Ingress -> replica: :class:`Generate`, :class:`Cancel`.
-Replica -> ingress: :class:`Output` per stream item, then :class:`End` or :class:`StreamError`.
+Replica -> ingress: :class:`Output` per stream item, then :class:`End`, :class:`StreamError`
+or :class:`Migrate` (the replica hands the request back: resume it elsewhere).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ LENGTH = struct.Struct("!I")  # the length prefix in front of each frame body
 
 __all__ = [
     "LINK_VERSION", "MAX_FRAME_BYTES", "LENGTH", "FrameError", "Generate", "Cancel", "Output",
-    "End", "StreamError", "encode", "decode", "frame",
+    "End", "StreamError", "Migrate", "encode", "decode", "frame",
 ]
 
 
@@ -65,7 +66,17 @@ class StreamError:
     error: BaseException
 
 
-_CODEC = FrameCodec("replica link", LINK_VERSION, {1: Generate, 2: Cancel, 16: Output, 17: End, 18: StreamError})
+@dataclass
+class Migrate:
+    """Stream ``sid`` ends unfinished because the replica is draining in ``migrate`` mode:
+    the ingress continues it on another replica from the tokens it already has."""
+
+    sid: int
+    reason: str
+
+
+_CODEC = FrameCodec("replica link", LINK_VERSION,
+                    {1: Generate, 2: Cancel, 16: Output, 17: End, 18: StreamError, 19: Migrate})
 encode = _CODEC.encode
 decode = _CODEC.decode
 

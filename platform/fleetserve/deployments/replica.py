@@ -12,8 +12,13 @@
 - ``record_routing_stats`` is pushed by Serve to every router of this deployment; the
   :mod:`fleetserve.router.replica_router` routes on it. It is :class:`ReplicaStats` as a
   dict: the one place the replica side converts it.
-- ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once, in-flight
-  requests get ``drain_timeout_s`` to finish.
+- ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once; in drain
+  mode ``migrate`` (the default) in-flight requests are handed back at once, in ``finish``
+  mode they get ``drain_timeout_s`` to finish.
+- ``set_draining`` is the admin/node drain: the replica stops admitting and, in ``migrate``
+  mode, ends each in-flight stream with :class:`~fleetserve.errors.RequestMigrated` (over the
+  link a ``Migrate`` frame); the ingress resumes it on another replica from the tokens the
+  client already has (``api/resume.py``) instead of waiting for it here.
 - ``set_standby`` parks the replica in the warm pool (out of routing, engine asleep: its KV
   cache released, weights kept) and wakes it again; :mod:`fleetserve.deployments.standby`.
 - With ``link=True`` the same ``generate`` is also served over the replica link
@@ -38,7 +43,7 @@ from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats, Standby
 from fleetserve.deployments.standby import node_capacity_type, park, wake
 from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
-from fleetserve.errors import ServiceUnavailableError
+from fleetserve.errors import RequestMigrated, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ class ModelReplica:
         self._in_flight = 0
         self._live: set[str] = set()  # engine request ids streaming now (for preempt_job)
         self._standby = False
+        self._migrating: set[str] = set()  # live ids handed back by a drain: their streams end with RequestMigrated
         self._replica_id = _replica_id()
         self._node_id, self._node_ip = _node_id(), _node_ip()
         self._capacity_type = node_capacity_type()
@@ -86,11 +92,14 @@ class ModelReplica:
         stream = paced_generate(self._engine, request)  # vLLM: paced here; native: by the engine
         try:
             async for out in stream:
+                if request.request_id in self._migrating:  # what is not yet sent is regenerated elsewhere
+                    raise RequestMigrated(f"replica {self._replica_id} is draining", replica=self._replica_id)
                 finished = out.finished
                 yield out
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)
+            self._migrating.discard(request.request_id)
             if not finished:  # caller cancelled: free the engine's slot and KV blocks now
                 await self._engine.abort(request.request_id)
                 await stream.aclose()  # a paced stream's pending pull ends with it
@@ -138,16 +147,30 @@ class ModelReplica:
             capacity_type=self._capacity_type,
         )
 
-    async def set_draining(self, draining: bool, target_replica: Optional[str] = None) -> DrainAck:
-        """Stop (``True``) or resume (``False``) admitting new requests; requests in flight
-        finish. The admin drain path pins the call with ``target_replica`` (read by the
-        replica router); a call that reached another replica changes nothing here."""
+    async def set_draining(self, draining: bool, target_replica: Optional[str] = None,
+                           mode: Optional[str] = None) -> DrainAck:
+        """Stop (``True``) or resume (``False``) admitting new requests. Requests in flight
+        are handed back to the ingress (``mode`` ``migrate``) or finish here (``finish``);
+        None: the model's ``drain_mode``. The admin drain path pins the call with
+        ``target_replica`` (read by the replica router); a call that reached another replica
+        changes nothing here."""
         if target_replica is not None and target_replica != self._replica_id:
             return DrainAck(self._replica_id, applied=False, draining=self._draining, in_flight=self._in_flight)
+        in_flight = self._in_flight
         self._draining = draining
-        logger.info("replica %s %s (%d in flight)", self._replica_id, "draining" if draining else "resumed",
-                    self._in_flight)
-        return DrainAck(self._replica_id, applied=True, draining=draining, in_flight=self._in_flight)
+        migrated = await self.migrate_all() if draining and (mode or self._cfg.drain_mode) == "migrate" else 0
+        logger.info("replica %s %s (%d in flight, %d handed back)", self._replica_id,
+                    "draining" if draining else "resumed", in_flight, migrated)
+        return DrainAck(self._replica_id, applied=True, draining=draining, in_flight=in_flight, migrated=migrated)
+
+    async def migrate_all(self) -> int:
+        """Hand every in-flight request back to its ingress: its engine request is aborted
+        (slot and KV freed now) and its stream ends with RequestMigrated. Returns how many."""
+        ids = self._live - self._migrating
+        self._migrating |= ids
+        for rid in ids:
+            await self._engine.abort(rid)
+        return len(ids)
 
     async def set_standby(self, standby: bool, target_replica: Optional[str] = None) -> StandbyAck:
         """Park (``True``: out of routing, then the engine sleeps once empty) or activate
@@ -173,6 +196,8 @@ class ModelReplica:
     async def __del__(self):
         self._draining = True
         try:
+            if self._cfg.drain_mode == "migrate":
+                await self.migrate_all()
             left = await self._engine.drain(self._cfg.drain_timeout_s)
             if left:
                 logger.warning("replica %s shut down with %d requests unfinished after drain", self._replica_id, left)
@@ -195,6 +220,8 @@ def _node_id() -> Optional[str]:
     try:
         import ray
 
+        if not ray.is_initialized():  # outside Ray (tests, benches): never start or join a cluster here
+            return None
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - no Ray here (tests)
         return None

@@ -7,7 +7,7 @@ keyword (``router/replica_router.py``), and the replica ignores a call meant for
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Mapping, Optional, Protocol
 
 from fleetserve.deployments.replica_stats import DrainAck
 from fleetserve.errors import ModelNotFoundError
@@ -16,15 +16,19 @@ TARGET_REPLICA_KWARG = "target_replica"
 
 
 class ReplicaControl(Protocol):
-    async def set_draining(self, model: str, replica_id: str, draining: bool) -> DrainAck: ...
+    async def set_draining(self, model: str, replica_id: str, draining: bool,
+                           mode: Optional[str] = None) -> DrainAck:
+        """``mode``: ``migrate`` / ``finish`` for this drain; None: the model's drain_mode."""
+        ...
 
 
 class HandleReplicaControl:
     def __init__(self, handles: Mapping[str, object]):
         self._handles = dict(handles)
 
-    async def set_draining(self, model: str, replica_id: str, draining: bool) -> DrainAck:
+    async def set_draining(self, model: str, replica_id: str, draining: bool,
+                           mode: Optional[str] = None) -> DrainAck:
         handle = self._handles.get(model)
         if handle is None:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
-        return await handle.set_draining.remote(draining, **{TARGET_REPLICA_KWARG: replica_id})
+        return await handle.set_draining.remote(draining, mode=mode, **{TARGET_REPLICA_KWARG: replica_id})

@@ -11,7 +11,9 @@ routing stats, and the ingress falls back to the handle when a replica has none.
 
 Wire format: typed, versioned frames (:mod:`fleetserve.deployments.link_messages`).
 - client -> server: ``Generate(sid, GenerateRequest)``, ``Cancel(sid)``
-- server -> client: ``Output(sid, RequestOutput)``, ``StreamError(sid, exception)``, ``End(sid)``
+- server -> client: ``Output(sid, RequestOutput)``, ``StreamError(sid, exception)``, ``End(sid)``,
+  ``Migrate(sid, reason)`` (a draining replica hands the request back; raised at the ingress
+  as :class:`~fleetserve.errors.RequestMigrated`)
 A frame that does not decode (wrong version, unknown type, garbage) closes that connection
 only, with a log line; the other connections go on.
 
@@ -39,13 +41,14 @@ from fleetserve.deployments.link_messages import (
     End,
     FrameError,
     Generate,
+    Migrate,
     Output,
     StreamError,
     decode,
     frame,
 )
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
-from fleetserve.errors import ServiceUnavailableError, portable
+from fleetserve.errors import ReplicaStreamLost, RequestMigrated, portable
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,9 @@ class ReplicaLinkServer:
                 writer.write(frame(End(sid)))
         except asyncio.CancelledError:
             raise  # cancelled by the ingress or the connection
+        except RequestMigrated as exc:
+            if not writer.is_closing():
+                writer.write(frame(Migrate(sid, exc.message)))
         except Exception as exc:  # noqa: BLE001 - handed to the ingress, raised there
             if not writer.is_closing():
                 writer.write(frame(StreamError(sid, portable(exc))))
@@ -219,7 +225,7 @@ class _Link:
         try:
             while True:
                 msg = await _read_message(self._reader)
-                if type(msg) not in (Output, End, StreamError):
+                if type(msg) not in (Output, End, StreamError, Migrate):
                     raise FrameError(f"replica link: {type(msg).__name__} is not a stream message")
                 queue = self._streams.get(msg.sid)
                 if queue is not None:  # else: a stream the ingress already let go of
@@ -293,7 +299,9 @@ class ReplicaLinkClient:
                     return
                 if type(msg) is StreamError:
                     raise msg.error
-                raise ServiceUnavailableError(f"lost the connection to replica {link.address}", retry_after_s=1.0)
+                if type(msg) is Migrate:
+                    raise RequestMigrated(f"replica {link.address} handed the request back ({msg.reason})")
+                raise ReplicaStreamLost(f"lost the connection to replica {link.address}")
         finally:
             link.finish(sid, cancel=not finished)
 

@@ -97,7 +97,8 @@ class DrainAck:
     replica: str
     applied: bool
     draining: bool
-    in_flight: int
+    in_flight: int  # requests streaming there when the call arrived
+    migrated: int = 0  # of those, handed back to their ingress to resume elsewhere (drain mode migrate)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,12 @@ class GenerateRequest:
     # CPU per token. An engine whose ``capabilities().paces_streams`` is true applies it
     # itself; the others are paced by the replica (``engine.process.pacing.paced``). The platform sets it per model and class.
     stream_interval_s: float = 0.0
+    # A continuation (migration, replica failure): the output tokens an earlier attempt of
+    # this request already streamed to the client. The engine takes them as output it has
+    # produced -- they count toward max_tokens, penalties, the grammar and the sampler's
+    # position (the position offset is their number) -- and streams only what follows; its
+    # detokenizer replays them, so the text continues where the client's text ends.
+    resume_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

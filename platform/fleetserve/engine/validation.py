@@ -32,6 +32,7 @@ def validate_request(
     if req.params.stop and tokenizer is None:
         raise InvalidRequestError("stop strings need a tokenizer; this engine has none", field="stop")
 
+    _check_resume_ids(req, vocab_size)
     n = len(prompt_ids)
     limit = min(max_model_len, kv_capacity_tokens)
     if n >= max_model_len:
@@ -58,6 +59,21 @@ def validate_request(
             field="max_tokens",
         )
     return prompt_ids, max_tokens
+
+
+def _check_resume_ids(req: GenerateRequest, vocab_size: int) -> None:
+    """A continuation's tokens are output already produced: in the vocabulary, and fewer
+    than ``max_tokens`` (at least one token is left to generate)."""
+    ids = req.resume_token_ids
+    if not ids:
+        return
+    for t in ids:
+        if not isinstance(t, int) or isinstance(t, bool) or not (0 <= t < vocab_size):
+            raise InvalidRequestError(
+                f"resume_token_ids must be integers in [0, {vocab_size}), got {t!r}", field="resume_token_ids")
+    if req.params.max_tokens is not None and len(ids) >= req.params.max_tokens:
+        raise InvalidRequestError(
+            f"resume_token_ids has {len(ids)} tokens; max_tokens is {req.params.max_tokens}", field="resume_token_ids")
 
 
 def _prompt_ids(req: GenerateRequest, tokenizer: Optional[Tokenizer], vocab_size: int) -> list[int]:

@@ -46,6 +46,7 @@ COMPLETION_TOKENS = MetricSpec("fleetserve_completion_tokens_total", "counter", 
 TTFT = MetricSpec("fleetserve_time_to_first_token_seconds", "histogram", "Arrival at the ingress to the first generated token.", (TENANT, MODEL, VERSION), LATENCY_BUCKETS)
 TPOT = MetricSpec("fleetserve_time_per_output_token_seconds", "histogram", "Mean time between output tokens after the first, per choice.", (TENANT, MODEL, VERSION), TOKEN_LATENCY_BUCKETS)
 E2E = MetricSpec("fleetserve_e2e_request_latency_seconds", "histogram", "Arrival at the ingress to the last token.", (TENANT, MODEL, VERSION), LATENCY_BUCKETS)
+STREAM_RESUMES = MetricSpec("fleetserve_stream_resumes_total", "counter", "Replica streams continued on another replica (reason: migrated on a drain, or lost: replica died, link closed, request ended under it).", (MODEL, VERSION, REASON))
 IN_FLIGHT = MetricSpec("fleetserve_requests_in_flight", "gauge", "Requests being served by this ingress.", (MODEL, VERSION))
 QUEUE_DEPTH = MetricSpec("fleetserve_replica_queue_depth", "gauge", "Requests waiting in a replica's engine queue.", (MODEL, VERSION, REPLICA))
 RUNNING = MetricSpec("fleetserve_replica_running_requests", "gauge", "Requests running in a replica's engine.", (MODEL, VERSION, REPLICA))
@@ -59,7 +60,7 @@ DRIFT_PSI = MetricSpec("fleetserve_drift_psi", "gauge", "PSI of a version's rece
 
 AB = (FEEDBACK, PREDICTIONS_LOGGED, DRIFT_PSI)
 
-INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE) + AB
+INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, STREAM_RESUMES, QUEUE_DEPTH, RUNNING, KV_USAGE) + AB
 
 # ---- tenant metering (fleetserve.tenants.metering) -------------------------------------------
 

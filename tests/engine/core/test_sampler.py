@@ -37,13 +37,17 @@ def test_seeded_row_does_not_depend_on_the_rest_of_the_batch():
         sampler = Sampler(seed=sampler_seed)
         for _ in range(20):
             tokens.append(sampler.sample(logits, reqs).token_ids[position])
+            seeded.append_token(tokens[-1])  # the draw depends on (seed, position)
         return tokens
 
     a = draw(1, 0, 0)
     assert a == draw(5, 3, 1) == draw(8, 7, 2)
     assert len(set(a)) > 1  # it really samples
     other_seed = _req(temperature=1.0, seed=43)
-    b = [Sampler().sample(row[None], [other_seed]).token_ids[0] for _ in range(20)]
+    b = []
+    for _ in range(20):
+        b.append(Sampler().sample(row[None], [other_seed]).token_ids[0])
+        other_seed.append_token(b[-1])
     assert a != b
 
 

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.engine.tokenizer import Tokenizer
+from fleetserve.errors import InvalidRequestError
 
 _PROMPT_CONTEXT_TOKENS = 6  # prompt tokens decoded before the output for correct spacing
 
@@ -33,6 +34,15 @@ class IncrementalDetokenizer:
         self._read_offset = len(context)
         self.text = ""      # output text decoded so far (cut at a stop string when one matched)
         self._emitted = 0   # characters of ``text`` already returned
+
+    def replay(self, token_ids: Sequence[int]) -> None:
+        """Take a continuation's already-streamed tokens as emitted: the state (decode window,
+        held-back partial character or stop-string prefix) becomes the one the first attempt
+        had after them, so the next delta starts exactly where the client's text ends."""
+        for t in token_ids:
+            if self.add_token(t) is not None:
+                raise InvalidRequestError("resume_token_ids already contain a stop string", field="resume_token_ids")
+        self.pull_delta(False)
 
     def add_token(self, token_id: int) -> Optional[str]:
         """Decode one more output token; returns the stop string it completed, if any."""

@@ -142,12 +142,18 @@ class LLMEngine:
             priority=req.priority,
             salt=req.cache_salt,
             tenant_id=req.tenant_id,
+            resume_token_ids=req.resume_token_ids,
         )
+        detok = None
+        if self.tokenizer is not None:
+            detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, req.params)
+            detok.replay(req.resume_token_ids)
         if req.params.structured is not None:
             request.grammar = self._new_grammar(req)
+            request.grammar.fast_forward(req.resume_token_ids)
             self._grammar_ids.add(request.request_id)
-        if self.tokenizer is not None:
-            self._detok[request.request_id] = IncrementalDetokenizer(self.tokenizer, prompt_ids, req.params)
+        if detok is not None:
+            self._detok[request.request_id] = detok
         self.scheduler.add(request)
         return request
 

@@ -7,7 +7,7 @@ what other modules test against, never the enum's order.
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -68,6 +68,7 @@ class Request:
         priority: int = 0,
         salt: Optional[str] = None,
         tenant_id: Optional[str] = None,
+        resume_token_ids: Sequence[int] = (),
     ):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -78,10 +79,12 @@ class Request:
         self.tenant_id = tenant_id
         # Effective cap after validation: params.max_tokens, or what is left of the context.
         self.max_tokens = max_tokens
-        self.output_token_ids: list[int] = []
+        # A continuation starts with the output an earlier attempt already streamed: it is
+        # recomputed like a preempted request's, and never streamed again.
+        self.output_token_ids: list[int] = list(resume_token_ids)
         # Prompt + output in one list: the hot path appends once per step instead of
         # concatenating two lists.
-        self.all_token_ids: list[int] = list(prompt_token_ids)
+        self.all_token_ids: list[int] = self.prompt_token_ids + self.output_token_ids
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.num_preemptions = 0
@@ -96,9 +99,10 @@ class Request:
         self.generator: Optional[torch.Generator] = None
         if params.seed is not None and not params.greedy:
             # One generator per request: its random stream does not depend on what else
-            # is in the batch, so the same seed gives the same completion.
+            # is in the batch, so the same seed gives the same completion. The sampler
+            # reseeds it from (seed, position) before each draw, so a continuation at
+            # position k draws what the uninterrupted run drew there.
             self.generator = torch.Generator()
-            self.generator.manual_seed(params.seed)
 
     def __lt__(self, other: "Request") -> bool:
         return self.sort_key < other.sort_key

@@ -5,6 +5,12 @@ batch. Otherwise rows go through penalties, temperature, top-k / top-p / min-p m
 then a draw. A seeded request draws with its own ``torch.Generator`` on its own row, so its
 completion does not depend on what else shares the batch; unseeded rows share the engine's
 generator in one batched draw.
+
+A seeded row's noise at output position ``p`` comes from a generator seeded with
+:func:`position_seed` ``(seed, p)``, not from a stream advanced once per step: the draw at
+position ``p`` depends on nothing but the seed, ``p`` and the logits. A request resubmitted
+with its first ``k`` output tokens (``GenerateRequest.resume_token_ids``, after a migration
+or a replica failure) therefore continues exactly as the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -100,8 +106,10 @@ class Sampler:
             for j, tok in zip(unseeded, chosen):
                 tokens[rows[j]] = tok
         for j, i in enumerate(rows):
-            gen = requests[i].generator
+            request = requests[i]
+            gen = request.generator
             if gen is not None:
+                gen.manual_seed(position_seed(request.params.seed, request.num_output_tokens))
                 tokens[i] = int(_exponential_race(probs[j:j + 1], gen)[0])
         return tokens
 
@@ -120,6 +128,19 @@ class Sampler:
                 top = dict(zip(ids.tolist(), vals.tolist()))
             out.append(TokenLogprob(token_ids[i], float(raw[i, token_ids[i]]), top))
         return out
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def position_seed(seed: int, position: int) -> int:
+    """The generator seed of output position ``position`` of a request seeded ``seed``:
+    SplitMix64's finalizer over both, so neighbouring seeds and positions give unrelated
+    streams (``manual_seed`` takes 64 bits)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (position + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1  # 63 bits: torch takes any non-negative int64
 
 
 def _exponential_race(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

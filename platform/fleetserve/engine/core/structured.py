@@ -77,6 +77,14 @@ class GrammarState:
         """Advance by one sampled token; False if the grammar rejects it."""
         return bool(self.matcher.accept_token(token_id))
 
+    def fast_forward(self, token_ids: Sequence[int]) -> None:
+        """Advance by a continuation's already-generated tokens (one matcher step each: cheap
+        next to their prefill); raises InvalidRequestError when the grammar rejects them."""
+        for t in token_ids:
+            if not self.accept(t):
+                raise InvalidRequestError(f"resume_token_ids: the grammar rejects token {t}",
+                                          field="resume_token_ids")
+
     @property
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_terminated())

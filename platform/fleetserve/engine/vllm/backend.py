@@ -163,9 +163,14 @@ class VllmEngine:
         )
         if request.request_id in self._active:
             raise InvalidRequestError(f"request_id {request.request_id!r} is already running", field="request_id")
+        if request.resume_token_ids:
+            # vLLM has no "output so far": a continuation is a longer prompt with the rest of
+            # max_tokens. Greedy continues the same; seeded sampling does not (docs/vllm.md).
+            prompt_ids = prompt_ids + list(request.resume_token_ids)
+            max_tokens -= len(request.resume_token_ids)
         sampling = to_vllm_sampling_params(request.params, max_tokens)
         prompt: dict[str, Any] = {"prompt_token_ids": prompt_ids}
-        if request.prompt is not None:
+        if request.prompt is not None and not request.resume_token_ids:
             prompt["prompt"] = request.prompt
         if request.cache_salt is not None:
             prompt["cache_salt"] = request.cache_salt  # vLLM never shares KV across salts
