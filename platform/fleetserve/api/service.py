@@ -35,6 +35,7 @@ from fleetserve.admission.queues import AdmissionQueues, AdmissionRequest, Admit
 from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.request_metrics import ChoiceTiming, observe_request
+from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
@@ -122,10 +123,11 @@ class InferenceService:
     def __init__(self, specs: list[ModelSpec], client: ModelClient, gatekeeper: Gatekeeper,
                  metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
                  admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None,
-                 versions: Optional[VersionTable] = None):
+                 versions: Optional[VersionTable] = None, outcomes: Optional[OutcomeRecorder] = None):
         """``admission``: the fleet admission queues (None: admit at once); ``router``: the
         replica choice (None: every request through the Serve handle); ``versions``: stage
-        3's cached split (None: each model's configured version serves everything)."""
+        3's cached split (None: each model's configured version serves everything);
+        ``outcomes``: per-version outcomes of live rollout steps (None: not recorded)."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
@@ -134,6 +136,7 @@ class InferenceService:
         self.metrics = metrics or FleetMetrics()
         self._clock = clock or SystemClock()
         self.versions = versions or VersionTable({s.name: s.version for s in specs})
+        self.outcomes = outcomes
         self._served: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -298,6 +301,9 @@ class InferenceService:
         if admitted is not None:
             self.admission.release(admitted, timing.completion_tokens)
         observe_request(self.metrics, job.labels, job.arrival, self._clock.now(), timing, status, job.prompt_tokens)
+        if self.outcomes is not None and job.version is not None:  # the rollout's guardrails read these
+            ttft = timing.first - job.arrival if timing.first is not None else None
+            self.outcomes.record(job.model.spec.name, job.version, status, ttft, timing.tpots())
         await self.gatekeeper.complete(ticket, job.prompt_tokens, timing.completion_tokens, outcome)
 
     def record_rejection(self, ctx: Optional[TenantContext], model: str, exc: BaseException) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Optional, Protocol
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetserve.canary.errors import VersionConflictError
@@ -26,6 +26,9 @@ from fleetserve.canary.versions import ModelVersion, VersionState, make_version
 from fleetserve.errors import ModelNotFoundError
 
 READY, FAILED = "ready", "failed"
+
+# What the API edge hands in to read a body (bounded, JSON, then the model; 400/413 naming the field).
+BodyReader = Callable[[Request, type[BaseModel]], Awaitable[BaseModel]]
 
 
 class VersionDeployer(Protocol):
@@ -62,9 +65,11 @@ class WeightsBody(BaseModel):
 
 
 def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable[None]], table: VersionTable,
-                         deployer: VersionDeployer, checkpoints: dict[str, str]) -> APIRouter:
+                         deployer: VersionDeployer, checkpoints: dict[str, str], *, read_body: BodyReader) -> APIRouter:
     """``checkpoints``: model -> its stable (configured) checkpoint, registered as the stable
-    version the first time the model gets another one."""
+    version the first time the model gets another one. ``read_body``: the API edge's bounded
+    body reader (``fleetserve.api.json_body.read_model``), called only after the admin key
+    was checked, so an unauthenticated caller learns nothing from validation errors."""
     router = APIRouter(prefix="/admin/models", tags=["admin"])
     reg = table.registry
     watches: set[asyncio.Task] = set()
@@ -110,8 +115,9 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
                 "versions": rows}
 
     @router.post("/{model}/versions", status_code=201)
-    async def register(model: str, body: VersionCreate, authorization: Optional[str] = Header(None)) -> dict:
+    async def register(model: str, request: Request, authorization: Optional[str] = Header(None)) -> dict:
         await admin(model, authorization)
+        body: VersionCreate = await read_body(request, VersionCreate)
         await ensure_stable(model)
         v = await asyncio.to_thread(make_version, model, body.version_id, body.checkpoint, engine=body.engine,
                                     engine_args=body.engine_args)
@@ -139,8 +145,9 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
         return {"version": v.to_dict()}
 
     @router.put("/{model}/weights")
-    async def set_weights(model: str, body: WeightsBody, authorization: Optional[str] = Header(None)) -> dict:
+    async def set_weights(model: str, request: Request, authorization: Optional[str] = Header(None)) -> dict:
         await admin(model, authorization)
+        body: WeightsBody = await read_body(request, WeightsBody)
         await ensure_stable(model)
         for vid, w in body.weights.items():
             if w > 0 and vid != table.stable_version(model):

@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Optional, Protocol
 
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.canary.decision import RolloutDecision, Verdict
-from fleetserve.canary.errors import VersionConflictError
+from fleetserve.canary.errors import RolloutConflictError, VersionConflictError
 from fleetserve.canary.policy import decide
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.rollout_metrics import RolloutMetrics
@@ -248,7 +248,7 @@ class RolloutExecutor:
         settings.apply(self.config)  # a bad step list is refused here, not at the first tick
         current = await self.rollouts.state(model)
         if current is not None and not current.terminal:
-            raise VersionConflictError(f"a rollout of {model}@{current.canary_version} is {current.phase.value}; "
+            raise RolloutConflictError(f"a rollout of {model}@{current.canary_version} is {current.phase.value}; "
                                        "promote or roll it back first", field="version")
         if version.state is VersionState.BLOCKED:
             raise VersionConflictError(f"version {version.label} is blocked ({version.blocked_reason})", field="version")
