@@ -15,7 +15,7 @@ the executor lease, so any replica may take the call.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Literal, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +30,7 @@ from fleetserve.canary.versions import ModelVersion, VersionState, make_version
 from fleetserve.canary.window import window_id
 from fleetserve.errors import ModelNotFoundError, NotFoundError
 
+COMMANDS = tuple(c.value for c in Command)
 BodyReader = Callable[[Request, type[BaseModel]], Awaitable[BaseModel]]
 
 
@@ -68,8 +69,9 @@ def build_rollout_router(authenticate_admin: Callable[[Optional[str]], Awaitable
     async def start(model: str, request: Request) -> dict:
         ex = await admin(request, model)
         body: RolloutStart = await read_body(request, RolloutStart)
-        version = await _version(ex, model, body, checkpoints[model])
         settings = RolloutSettings(tuple(body.steps) if body.steps else None, body.interval_s, body.min_sample)
+        settings.apply(ex.config)  # refused before anything is registered
+        version = await _version(ex, model, body, checkpoints[model])
         await ex.start(model, version, settings)
         return await status_of(ex, model)
 
@@ -78,9 +80,10 @@ def build_rollout_router(authenticate_admin: Callable[[Optional[str]], Awaitable
         return await status_of(await admin(request, model), model)
 
     @router.post("/{model}/rollout/{command}")
-    async def command(model: str, command: Literal["pause", "resume", "promote", "rollback"],
-                      request: Request) -> Any:
+    async def command(model: str, command: str, request: Request) -> Any:
         ex = await admin(request, model)
+        if command not in COMMANDS:  # checked here, after the key: FastAPI's own check would answer first
+            raise NotFoundError(f"unknown rollout command `{command}`; one of {', '.join(COMMANDS)}", field="command")
         state = await ex.rollouts.state(model)
         if state is None:
             raise NotFoundError(f"no rollout of `{model}` was started", field="model")
