@@ -161,7 +161,8 @@ def test_rollouts_end_to_end(app, admin, tmp_path_factory):
                    headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401, r.text
     assert admin.post(f"/admin/models/{model}/rollout", content=b"{bad").status_code == 400
-    assert admin.post(f"/admin/models/{model}/rollout", json={"version": "x", "steps": [50, 10]}).status_code == 404
+    assert admin.post(f"/admin/models/{model}/rollout", json={"version": "x", "steps": [50, 10]}).status_code == 400
+    assert admin.post(f"/admin/models/{model}/rollout", json={"version": "x"}).status_code == 404
 
     # -- (c) a corrupt checkpoint is blocked before any traffic -------------------------------
     t0 = time.monotonic()
