@@ -14,6 +14,7 @@ the error-rate guardrail is the one under test.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -195,6 +196,7 @@ def test_rollouts_end_to_end(app, admin, tmp_path_factory):
     timings["rolled_back"] = time.monotonic() - t0
     timings["rollback_failed_requests"] = traffic.failed
     timings["rollback_canary_sample"] = rollback["canary"]
+    print("rollback decision:", json.dumps(rollback))
 
     # -- (a) a healthy canary is promoted through every step, no request fails ----------------
     t0 = time.monotonic()
@@ -215,6 +217,7 @@ def test_rollouts_end_to_end(app, admin, tmp_path_factory):
     assert [d["step_index"] for d in st["decisions"] if d["event"] in ("start_canary", "advance")] == [0, 1, 2, 3]
     assert traffic.served[f"{model}@v1"] == n_before  # v1 retired: no new request after promotion
     timings["promoted"] = time.monotonic() - t0
+    print("promotion decisions:", json.dumps(st["decisions"][-5:]))
     timings["promote_served"] = dict(traffic.served)
 
     # -- (d) killing the ingress mid-rollout resumes at the same step --------------------------
