@@ -136,7 +136,11 @@ async def test_a_breach_rolls_back_at_once_and_the_deployment_goes_after_the_del
     assert deployer.deleted == []  # ingress replicas may still route to it for registry_refresh_s
     clock.advance(10)
     await ex.tick_all()
+    await ex.idle()
     assert deployer.deleted == ["v2"]
+    await ex.tick_all()
+    await ex.idle()
+    assert deployer.deleted == ["v2"]  # once
     assert await ex.tick("m") is None  # finished
 
 

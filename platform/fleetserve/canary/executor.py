@@ -215,16 +215,24 @@ class RolloutExecutor:
 
     def _deploy_soon(self, model: str, version_id: str) -> None:
         """Start the deployment in the background (Serve's deploy call waits for the replicas,
-        which would stall every rollout's tick); at most one at a time per version."""
-        key = f"{model}@{version_id}"
+        which would stall every rollout's tick)."""
+
+        async def run() -> None:
+            await self.deployer.deploy(await self.registry.require(model, version_id))
+
+        self._background(f"deploy {model}@{version_id}", run())
+
+    def _background(self, key: str, work) -> None:
+        """Run ``work`` as a task, at most one per key at a time (a later tick retries)."""
         if key in self._deploying:
+            work.close()
             return
 
         async def run() -> None:
             try:
-                await self.deployer.deploy(await self.registry.require(model, version_id))
+                await work
             except Exception:  # noqa: BLE001 - the next status read reports the failure
-                log.exception("deploying %s failed", key)
+                log.exception("%s failed", key)
 
         task = asyncio.get_running_loop().create_task(run())
         self._deploying[key] = task
@@ -236,10 +244,17 @@ class RolloutExecutor:
             await asyncio.gather(*self._deploying.values(), return_exceptions=True)
 
     async def _retire_due(self) -> None:
+        """Delete the deployments whose delay is over, in the background (Serve's delete waits
+        for the replicas to drain, which would stall the tick and let the lease lapse)."""
         for model, version in await self.rollouts.due_retirements(self.clock.now()):
-            if version != self.configured.get(model):
-                await self.deployer.delete(model, version)  # Serve drains its replicas
-            await self.rollouts.retired(model, version)
+            if version == self.configured.get(model):
+                await self.rollouts.retired(model, version)  # the main application's: kept
+            else:
+                self._background(f"delete {model}@{version}", self._delete(model, version))
+
+    async def _delete(self, model: str, version: str) -> None:
+        await self.deployer.delete(model, version)  # Serve drains its replicas
+        await self.rollouts.retired(model, version)
 
     # ---- commands from the admin API ------------------------------------------------------
 
