@@ -17,6 +17,7 @@ from fleetserve.application.probe import ServiceProber
 from fleetserve.application.wiring import build_admission, build_gatekeeper, build_rollouts, build_versions
 from fleetserve.api.json_body import read_model
 from fleetserve.canary.outcomes import OutcomeRecorder
+from fleetserve.canary.rollout_routes import body_models as rollout_body_models
 from fleetserve.canary.rollout_routes import build_rollout_router
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_control import HandleReplicaControl
@@ -65,7 +66,7 @@ class Ingress:
         rollouts = build_rollout_router(self.service.gatekeeper.authenticate_admin, read_model, self._rollouts,
                                         self._cfg.canary, {m.name: m.checkpoint for m in self._cfg.models})
         return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
-                              routers=(versions, rollouts))
+                              routers=(versions, rollouts), body_models=rollout_body_models())
 
     def _grpc_servicer(self):
         if self._grpc is None:

@@ -64,6 +64,13 @@ class WeightsBody(BaseModel):
     weights: dict[str, float] = Field(description="Version id -> share of traffic (normalised; zeros dropped).")
 
 
+def json_body_ref(model_cls: type[BaseModel]) -> dict:
+    """``openapi_extra`` naming the body schema: the body is read in the handler, after the
+    admin key, so FastAPI cannot infer it (the REST app registers the schema)."""
+    ref = {"$ref": f"#/components/schemas/{model_cls.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable[None]], table: VersionTable,
                          deployer: VersionDeployer, checkpoints: dict[str, str], *, read_body: BodyReader) -> APIRouter:
     """``checkpoints``: model -> its stable (configured) checkpoint, registered as the stable
@@ -114,7 +121,7 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
         return {"model": model, "stable": table.stable_version(model), "weights": await reg.weights(model),
                 "versions": rows}
 
-    @router.post("/{model}/versions", status_code=201)
+    @router.post("/{model}/versions", status_code=201, openapi_extra=json_body_ref(VersionCreate))
     async def register(model: str, request: Request, authorization: Optional[str] = Header(None)) -> dict:
         await admin(model, authorization)
         body: VersionCreate = await read_body(request, VersionCreate)
@@ -144,7 +151,7 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
         await start(v)
         return {"version": v.to_dict()}
 
-    @router.put("/{model}/weights")
+    @router.put("/{model}/weights", openapi_extra=json_body_ref(WeightsBody))
     async def set_weights(model: str, request: Request, authorization: Optional[str] = Header(None)) -> dict:
         await admin(model, authorization)
         body: WeightsBody = await read_body(request, WeightsBody)

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Optional
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetserve.canary.admin_routes import VersionCreate, WeightsBody, json_body_ref
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.canary.errors import RolloutConflictError, VersionConflictError
 from fleetserve.canary.executor import RolloutExecutor
@@ -50,6 +51,11 @@ class RolloutStart(BaseModel):
                                                               "(default: canary.min_sample_per_step).")
 
 
+def body_models() -> tuple[type[BaseModel], ...]:
+    """The admin bodies of the version and rollout routes, for the OpenAPI components."""
+    return (VersionCreate, WeightsBody, RolloutStart)
+
+
 def build_rollout_router(authenticate_admin: Callable[[Optional[str]], Awaitable[None]], read_body: BodyReader,
                          executor: Optional[RolloutExecutor], config: CanaryConfig,
                          checkpoints: dict[str, str]) -> APIRouter:
@@ -65,7 +71,7 @@ def build_rollout_router(authenticate_admin: Callable[[Optional[str]], Awaitable
             raise RolloutConflictError("guarded rollouts are disabled (canary.enabled: false)", field="canary.enabled")
         return executor
 
-    @router.post("/{model}/rollout", status_code=201)
+    @router.post("/{model}/rollout", status_code=201, openapi_extra=json_body_ref(RolloutStart))
     async def start(model: str, request: Request) -> dict:
         ex = await admin(request, model)
         body: RolloutStart = await read_body(request, RolloutStart)
