@@ -52,7 +52,7 @@ def test_defaults_and_round_trip(tmp_path):
         ({"models": [{"name": "m", "checkpoint": "/x"}], "server": {"portt": 1}}, "server.portt"),
         ({"models": []}, "models"),
         ({"models": [{"name": "a", "checkpoint": "/x"}, {"name": "a", "checkpoint": "/y"}]}, "<root>"),
-        ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"enabled": True}}, "canary.enabled"),
+        ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"tick_s": 0}}, "canary.tick_s"),
         ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"steps": [10, 50]}}, "canary.steps"),
         ({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"stepz": [10, 100]}}, "canary.stepz"),
     ],
@@ -67,9 +67,9 @@ def test_errors_name_the_field(data, field):
 def test_the_canary_section_is_owned_by_the_canary_package():
     cfg = parse_config({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"steps": [10, 100]}})
     assert cfg.canary.steps == (10, 100) and cfg.canary.enabled is False
-    # Enabling is refused until the rollout executor and the ingress split are wired in.
-    with pytest.raises(ConfigError, match="not wired into serving"):
-        parse_config({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"enabled": True}})
+    # The rollout executor is wired in: enabling is accepted.
+    on = parse_config({"models": [{"name": "m", "checkpoint": "/x"}], "canary": {"enabled": True}})
+    assert on.canary.enabled is True
 
 
 def test_unreadable_and_invalid_yaml(tmp_path):

@@ -19,6 +19,14 @@ class SystemClock:
         return time.monotonic()
 
 
+class WallClock:
+    """Seconds since the epoch: for times stored and read back by another process (a rollout's
+    step start survives the ingress that wrote it); may step with NTP, unlike SystemClock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
 class FakeClock:
     """Manually advanced clock for deterministic tests."""
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from fleetserve.api.errors import http_error
+from fleetserve.api.json_body import read_model
 from fleetserve.canary.admin_routes import build_version_router
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.serving import VersionTable
@@ -65,7 +66,7 @@ def setup(tmp_path):
     deployer = ScriptedDeployer()
     app = FastAPI()
     app.include_router(build_version_router(authenticate_admin, table, deployer,
-                                            {MODEL: checkpoint(tmp_path, "v1", b"one")}))
+                                            {MODEL: checkpoint(tmp_path, "v1", b"one")}, read_body=read_model))
 
     @app.exception_handler(FleetserveError)
     async def _err(_req: Request, exc: FleetserveError):
@@ -74,6 +75,15 @@ def setup(tmp_path):
 
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
     return client, table, deployer, tmp_path
+
+
+async def test_the_admin_key_is_checked_before_the_body_is_read(setup):
+    client, table, deployer, root = setup
+    for method, path in (("POST", f"/admin/models/{MODEL}/versions"), ("PUT", f"/admin/models/{MODEL}/weights")):
+        r = await client.request(method, path, content=b"{not json", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401, r.text
+        r = await client.request(method, path, content=b"{not json", headers={"Authorization": "Bearer admin"})
+        assert r.status_code == 400, r.text
 
 
 async def test_register_set_weights_and_delete(setup):

@@ -33,7 +33,8 @@ def test_defaults_are_the_issue_s_rollout():
     ({"drift": {"features": ["prompt_length", "prompt_length"]}}, "canary.drift.features", "repeat"),
     ({"drift": {"features": ["latency"]}}, "canary.drift.features", "unknown ['latency']"),
     ({"pin_header": "x version"}, "canary.pin_header", "header name"),
-    ({"enabled": True}, "canary.enabled", "not wired into serving"),
+    ({"retire_delay_s": 1, "registry_refresh_s": 2}, "canary", "must exceed registry_refresh_s"),
+    ({"lease_s": 1, "tick_s": 2}, "canary", "must exceed tick_s"),
 ])
 def test_errors_name_the_field(section, field, words):
     with pytest.raises(ConfigError) as ei:

@@ -4,6 +4,7 @@ from prometheus_client import CollectorRegistry
 
 from fleetserve.admission.metrics import admission_metrics
 from fleetserve.autoscaler.controller_metrics import ControllerMetrics
+from fleetserve.canary.rollout_metrics import RolloutMetrics
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.tenants.metering import tenant_metrics
@@ -21,11 +22,13 @@ def test_the_ingress_registry_exports_exactly_the_declared_metrics_with_their_la
     tm = tenant_metrics(fm.registry)  # the gatekeeper's series share the ingress's registry
     am = admission_metrics(fm.registry)  # so do the admission queues
     cm = ControllerMetrics(fm.registry)  # the scaling controller's series, mirrored by the ingress
+    rm = RolloutMetrics(fm.registry)  # and the rollout executor
     collectors = {spec: fm.get(spec) for spec in N.INGRESS}
     collectors.update(cm.collectors)
     collectors.update({N.TENANT_REQUESTS: tm.requests, N.TENANT_PROMPT_TOKENS: tm.prompt_tokens,
                        N.TENANT_COMPLETION_TOKENS: tm.completion_tokens, N.TENANT_REJECTED: tm.rejected,
                        N.FLEET_QUEUE_WAIT: am.queue_wait, N.FLEET_SHED: am.shed, N.FLEET_PREEMPTIONS: am.preemptions})
+    collectors.update({spec: rm.get(spec) for spec in N.ROLLOUT})
     assert set(collectors) == set(N.ALL)
     for spec, c in collectors.items():
         c.labels(**{label: "x" for label in spec.labels})  # raises on any other label set

@@ -47,10 +47,11 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
 
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
                    control: Optional[ReplicaControl] = None, routers: tuple = (),
-                   scaling: Optional[ScalingControl] = None) -> FastAPI:
+                   scaling: Optional[ScalingControl] = None, body_models: tuple = ()) -> FastAPI:
     """``control``: reaches single replicas for the admin drain endpoints (none: not served);
     ``routers``: more admin routers to mount (the model versions' ones, built by the application);
-    ``scaling``: the scaling controller (none: ``/admin/scaling`` and ``/admin/replicas`` not served)."""
+    ``scaling``: the scaling controller (none: ``/admin/scaling`` and ``/admin/replicas`` not served);
+    ``body_models``: the mounted routers' request bodies, added to the OpenAPI components."""
     app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
     _add_ops_routes(app, service)
@@ -64,7 +65,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     for router in routers:
         app.include_router(router)
     _add_status_route(app, service)
-    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS, *AB_BODY_MODELS],
+    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS, *AB_BODY_MODELS, *body_models],
                     [M.ChatCompletionChunk, FeedbackResponse], public_paths=["/health", "/metrics"])
     return app
 

@@ -14,7 +14,12 @@ from fleetserve.config import FleetConfig
 from fleetserve.application.build import controller_enabled
 from fleetserve.application.versions import ServeVersionDeployer
 from fleetserve.canary.admin_routes import build_version_router
-from fleetserve.application.wiring import build_ab, build_admission, build_gatekeeper, build_versions
+from fleetserve.application.probe import ServiceProber
+from fleetserve.application.wiring import build_ab, build_admission, build_gatekeeper, build_rollouts, build_versions
+from fleetserve.api.json_body import read_model
+from fleetserve.canary.outcomes import OutcomeRecorder
+from fleetserve.canary.rollout_routes import body_models as rollout_body_models
+from fleetserve.canary.rollout_routes import build_rollout_router
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_control import HandleReplicaControl
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
@@ -42,8 +47,15 @@ class Ingress:
         metrics = FleetMetrics()  # shared with the gatekeeper and the admission queues: one /metrics
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
+        versions = build_versions(self._cfg)
+        recorder = OutcomeRecorder(versions.window_for) if self._cfg.canary.enabled else None
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
-                                        versions=build_versions(self._cfg), ab=build_ab(self._cfg, metrics))
+                                        versions=versions, ab=build_ab(self._cfg, metrics), outcomes=recorder)
+        # Guarded rollouts: each ingress replica reports outcomes; the lease holder executes.
+        self._rollouts, runner = build_rollouts(self._cfg, versions, self._deployer,
+                                                ServiceProber(client, router, versions), metrics.registry, recorder)
+        if runner is not None:
+            runner.start()  # Serve runs __init__ on the replica's event loop
         self._control = HandleReplicaControl(handles)
         self._scaling = None
         if controller_enabled(self._cfg):
@@ -55,9 +67,12 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         versions = build_version_router(self.service.gatekeeper.authenticate_admin, self.service.versions,
-                                        self._deployer, {m.name: m.checkpoint for m in self._cfg.models})
+                                        self._deployer, {m.name: m.checkpoint for m in self._cfg.models},
+                                        read_body=read_model)
+        rollouts = build_rollout_router(self.service.gatekeeper.authenticate_admin, read_model, self._rollouts,
+                                        self._cfg.canary, {m.name: m.checkpoint for m in self._cfg.models})
         return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
-                              routers=(versions,), scaling=self._scaling)
+                              routers=(versions, rollouts), scaling=self._scaling, body_models=rollout_body_models())
 
     def _grpc_servicer(self):
         if self._grpc is None:

@@ -24,9 +24,15 @@ from fleetserve.canary.ab_recorder import ABRecorder
 from fleetserve.canary.ab_store import MemoryABStore, RedisABStore
 from fleetserve.canary.drift_monitor import DriftMonitor
 from fleetserve.canary.prediction_log import PredictionLogger
+from fleetserve.canary.executor import RolloutExecutor
+from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.registry import VersionRegistry
+from fleetserve.canary.rollout_metrics import RolloutMetrics
+from fleetserve.canary.rollout_store import RolloutStore
+from fleetserve.canary.runner import RolloutRunner
 from fleetserve.canary.serving import VersionTable
 from fleetserve.canary.store import MemoryCanaryStore, RedisCanaryStore
+from fleetserve.clock import WallClock
 from fleetserve.config import FleetConfig
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
@@ -82,3 +88,16 @@ def build_versions(cfg: FleetConfig) -> VersionTable:
     store = RedisCanaryStore.from_url(url) if url else MemoryCanaryStore()
     return VersionTable({m.name: m.version for m in cfg.models}, VersionRegistry(store),
                         refresh_s=cfg.canary.registry_refresh_s, pin_header=cfg.canary.pin_header)
+
+
+def build_rollouts(cfg: FleetConfig, table: VersionTable, deployer, prober, metrics_registry: CollectorRegistry,
+                   recorder: Optional[OutcomeRecorder]) -> tuple[Optional[RolloutExecutor], Optional[RolloutRunner]]:
+    """The rollout executor and its loop over the version table's store; (None, None) when
+    ``canary.enabled`` is false (the rollout routes then answer 409)."""
+    if not cfg.canary.enabled or table.registry is None or recorder is None:
+        return None, None
+    rollouts = RolloutStore(table.registry.store)
+    executor = RolloutExecutor(cfg.canary, table.registry, rollouts, deployer, prober,
+                               {m.name: m.version for m in cfg.models}, WallClock(), RolloutMetrics(metrics_registry),
+                               on_change=table.invalidate)
+    return executor, RolloutRunner(executor, recorder, rollouts, cfg.canary.tick_s, cfg.canary.lease_s)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Optional, Protocol
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetserve.canary.errors import VersionConflictError
@@ -26,6 +26,9 @@ from fleetserve.canary.versions import ModelVersion, VersionState, make_version
 from fleetserve.errors import ModelNotFoundError
 
 READY, FAILED = "ready", "failed"
+
+# What the API edge hands in to read a body (bounded, JSON, then the model; 400/413 naming the field).
+BodyReader = Callable[[Request, type[BaseModel]], Awaitable[BaseModel]]
 
 
 class VersionDeployer(Protocol):
@@ -61,10 +64,19 @@ class WeightsBody(BaseModel):
     weights: dict[str, float] = Field(description="Version id -> share of traffic (normalised; zeros dropped).")
 
 
+def json_body_ref(model_cls: type[BaseModel]) -> dict:
+    """``openapi_extra`` naming the body schema: the body is read in the handler, after the
+    admin key, so FastAPI cannot infer it (the REST app registers the schema)."""
+    ref = {"$ref": f"#/components/schemas/{model_cls.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable[None]], table: VersionTable,
-                         deployer: VersionDeployer, checkpoints: dict[str, str]) -> APIRouter:
+                         deployer: VersionDeployer, checkpoints: dict[str, str], *, read_body: BodyReader) -> APIRouter:
     """``checkpoints``: model -> its stable (configured) checkpoint, registered as the stable
-    version the first time the model gets another one."""
+    version the first time the model gets another one. ``read_body``: the API edge's bounded
+    body reader (``fleetserve.api.json_body.read_model``), called only after the admin key
+    was checked, so an unauthenticated caller learns nothing from validation errors."""
     router = APIRouter(prefix="/admin/models", tags=["admin"])
     reg = table.registry
     watches: set[asyncio.Task] = set()
@@ -109,9 +121,10 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
         return {"model": model, "stable": table.stable_version(model), "weights": await reg.weights(model),
                 "versions": rows}
 
-    @router.post("/{model}/versions", status_code=201)
-    async def register(model: str, body: VersionCreate, authorization: Optional[str] = Header(None)) -> dict:
+    @router.post("/{model}/versions", status_code=201, openapi_extra=json_body_ref(VersionCreate))
+    async def register(model: str, request: Request, authorization: Optional[str] = Header(None)) -> dict:
         await admin(model, authorization)
+        body: VersionCreate = await read_body(request, VersionCreate)
         await ensure_stable(model)
         v = await asyncio.to_thread(make_version, model, body.version_id, body.checkpoint, engine=body.engine,
                                     engine_args=body.engine_args)
@@ -138,9 +151,10 @@ def build_version_router(authenticate_admin: Callable[[Optional[str]], Awaitable
         await start(v)
         return {"version": v.to_dict()}
 
-    @router.put("/{model}/weights")
-    async def set_weights(model: str, body: WeightsBody, authorization: Optional[str] = Header(None)) -> dict:
+    @router.put("/{model}/weights", openapi_extra=json_body_ref(WeightsBody))
+    async def set_weights(model: str, request: Request, authorization: Optional[str] = Header(None)) -> dict:
         await admin(model, authorization)
+        body: WeightsBody = await read_body(request, WeightsBody)
         await ensure_stable(model)
         for vid, w in body.weights.items():
             if w > 0 and vid != table.stable_version(model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetserve.canary.ab_config import ABConfig, DriftMonitorConfig, FeedbackConfig, PredictionLogConfig
 
@@ -68,9 +68,9 @@ class CanaryConfig(_Strict):
 
     enabled: bool = Field(
         False,
-        description="Run guarded canary rollouts (the executor steps the split and rolls back on a breach). Refused "
-        "while the rollout executor is not wired in; model versions and a manually set split work without it "
-        "(admin API, docs/rollouts.md).",
+        description="Run the rollout executor in the ingress: it steps a started rollout's split, runs the "
+        "guardrails and rolls back on a breach (docs/rollouts.md). Off: model versions and a manually set split "
+        "still work through the admin API, and the rollout endpoints answer 409.",
     )
     steps: tuple[float, ...] = Field(
         (1.0, 5.0, 25.0, 50.0, 100.0),
@@ -103,6 +103,27 @@ class CanaryConfig(_Strict):
         description="Redis URL of the version registry (shared by every ingress replica); null: tenants.redis_url when "
         "set, else an in-process store (one ingress replica only).",
     )
+    tick_s: float = Field(
+        2.0, gt=0,
+        description="How often the rollout executor observes each live rollout and applies the policy's decision "
+        "(and how often each ingress replica writes its per-version request outcomes to the store).",
+    )
+    lease_s: float = Field(
+        10.0, gt=0,
+        description="Lease of the one ingress replica that runs the executor; when that replica dies another (or "
+        "its restarted self) takes over after at most this long and resumes from the stored state.",
+    )
+    retire_delay_s: float = Field(
+        10.0, gt=0,
+        description="How long a version that lost its traffic (rolled back, blocked, or replaced by a promotion) "
+        "keeps its deployment before it is deleted, so every ingress replica has re-read the split first; Serve "
+        "then drains its in-flight requests.",
+    )
+    warmup_attempts_factor: int = Field(
+        3, ge=1,
+        description="Warm-up gives up (the version is blocked) after warmup_requests x this many synthetic "
+        "requests without warmup_requests successes; the health check tries this many requests for one success.",
+    )
     pin_header: str = Field(
         "x-fleetserve-version",
         description="Request header that pins a version (honoured only for admin keys and tenants flagged for it).",
@@ -117,17 +138,16 @@ class CanaryConfig(_Strict):
         description="Online PSI per version against a baseline window, exported as fleetserve_drift_psi.",
     )
 
-    @field_validator("enabled")
-    @classmethod
-    def _not_wired_yet(cls, v: bool) -> bool:
-        # Versions, their deployments and the split serve now, but nothing steps the split or
-        # rolls back on a breach. Accepting true would leave an operator believing rollouts are
-        # guarded. Remove with the executor (issue 22).
-        if v:
-            raise ValueError("enabled: guarded rollouts are not wired into serving in this build (no rollout "
-                             "executor yet; model versions and a manual split are, through the admin API); "
-                             "set enabled: false")
-        return v
+    @model_validator(mode="after")
+    def _retire_after_refresh(self) -> "CanaryConfig":
+        if self.retire_delay_s <= self.registry_refresh_s:
+            raise ValueError(f"retire_delay_s ({self.retire_delay_s:g}) must exceed registry_refresh_s "
+                             f"({self.registry_refresh_s:g}): a version's deployment may only go once every ingress "
+                             "replica has stopped sending it requests")
+        if self.lease_s <= self.tick_s:
+            raise ValueError(f"lease_s ({self.lease_s:g}) must exceed tick_s ({self.tick_s:g}), or the executor's "
+                             "lease lapses between its own ticks")
+        return self
 
     @field_validator("steps")
     @classmethod

@@ -3,7 +3,7 @@ API edge maps it (one place) without knowing this package."""
 
 from __future__ import annotations
 
-from fleetserve.errors import ConfigError, FleetserveError, InvalidRequestError, NotFoundError
+from fleetserve.errors import ConfigError, ConflictError, FleetserveError, InvalidRequestError, NotFoundError
 
 
 class CheckpointError(ConfigError):
@@ -20,3 +20,8 @@ class UnknownVersionError(NotFoundError):
 
 class VersionConflictError(InvalidRequestError):
     """A registry change that contradicts what is stored (duplicate id, weights naming unknown versions)."""
+
+
+class RolloutConflictError(ConflictError):
+    """A rollout command that contradicts the model's rollout (one already live, none to command,
+    rollouts disabled in the config): 409."""

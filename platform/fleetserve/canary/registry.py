@@ -30,6 +30,11 @@ class VersionRegistry:
     def __init__(self, store: CanaryStore) -> None:
         self._store = store
 
+    @property
+    def store(self) -> CanaryStore:
+        """The backing store (the rollout executor keeps its tables there too)."""
+        return self._store
+
     async def register(self, version: ModelVersion) -> ModelVersion:
         """Add a new version; raises :class:`VersionConflictError` if its id is taken."""
         stored = await self._store.put_new(_versions_table(version.model), version.version_id,

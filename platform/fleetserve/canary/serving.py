@@ -15,13 +15,14 @@ takes traffic).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.split import VersionChoice, assign, resolve_pin, sticky_key
+from fleetserve.canary.state import RolloutState
+from fleetserve.canary.window import window_id
 from fleetserve.canary.versions import VersionState
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.tenants.store import STORE_ERRORS
@@ -50,6 +51,7 @@ class ModelSplit:
     weights: Mapping[str, float] = field(default_factory=dict)
     servable: frozenset[str] = frozenset()
     experiment_id: str = ""
+    window: Optional[str] = None  # the live rollout's step window (canary.window.window_id), if it serves
 
 
 class VersionTable:
@@ -95,6 +97,11 @@ class VersionTable:
         except STORE_ERRORS as exc:
             log.warning("version registry unreachable (%s); keeping the cached split of %s", type(exc).__name__, model)
 
+    def window_for(self, model: str) -> Optional[str]:
+        """The step window request outcomes of ``model`` count towards now (None: no rollout serving)."""
+        split = self._splits.get(model)
+        return split.window if split is not None else None
+
     def invalidate(self, model: str) -> None:
         """Make the next request reload (after an admin change made through this process)."""
         self._checked.pop(model, None)
@@ -121,16 +128,18 @@ class VersionTable:
         versions = await reg.versions(model)
         servable = frozenset(v.version_id for v in versions if v.state not in NOT_SERVABLE)
         weights = {k: w for k, w in (await reg.weights(model)).items() if k in servable and w > 0}
-        return ModelSplit(weights, servable, await self._experiment_id(model))
+        rollout = _rollout(await reg.load_rollout(model))
+        # The running rollout's experiment id, else the model name (a stable assignment).
+        experiment = f"{model}:{rollout.experiment_id}" if rollout is not None else model
+        window = window_id(rollout) if rollout is not None else None
+        return ModelSplit(weights, servable, experiment, window)
 
-    async def _experiment_id(self, model: str) -> str:
-        """The running rollout's experiment id, else the model name (a stable assignment)."""
-        raw = await self._registry.load_rollout(model)
-        if raw:
-            try:
-                exp = json.loads(raw).get("experiment_id")
-            except (ValueError, AttributeError):
-                exp = None
-            if exp:
-                return f"{model}:{exp}"
-        return model
+
+def _rollout(raw: Optional[str]) -> Optional[RolloutState]:
+    if not raw:
+        return None
+    try:
+        return RolloutState.from_json(raw)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("unreadable rollout state in the registry; serving without a rollout window")
+        return None

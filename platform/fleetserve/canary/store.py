@@ -6,15 +6,25 @@ Values are JSON strings; a *table* is a named map of keys to values. Redis layou
 - ``versions:<model>``  version id -> ModelVersion JSON
 - ``weights``           model -> {version id: weight} JSON
 - ``rollouts``          model -> RolloutState JSON (the rollout executor's, for restarts)
+- ``rollout_*``         the executor's settings, decision log, commands, step windows
+  (``fleetserve.canary.rollout_store``); ``lease:<name>`` a plain key with a TTL
 """
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Protocol
 
 import redis.asyncio as aioredis
 
 from fleetserve.tenants.store import make_redis_client
+
+
+_LEASE_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
 
 
 class CanaryStore(Protocol):
@@ -33,6 +43,11 @@ class CanaryStore(Protocol):
 
     async def delete(self, table: str, key: str) -> bool: ...
 
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` for ``ttl_s``; False while another
+        holder's lease runs (one rollout executor among the ingress replicas)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -41,6 +56,7 @@ class MemoryCanaryStore:
 
     def __init__(self) -> None:
         self._tables: dict[str, dict[str, str]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
 
     async def get(self, table: str, key: str) -> Optional[str]:
         return self._tables.get(table, {}).get(key)
@@ -60,6 +76,14 @@ class MemoryCanaryStore:
 
     async def delete(self, table: str, key: str) -> bool:
         return self._tables.get(table, {}).pop(key, None) is not None
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        current = self._leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._leases[name] = (holder, now + ttl_s)
+        return True
 
     async def close(self) -> None:
         return None
@@ -95,6 +119,11 @@ class RedisCanaryStore:
 
     async def delete(self, table: str, key: str) -> bool:
         return bool(await self._r.hdel(self.key(table), key))
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        # One script: renew if ours, else take if free (atomic, so two holders never both win).
+        ms = max(1, int(ttl_s * 1000))
+        return bool(await self._r.eval(_LEASE_LUA, 1, self.key("lease:" + name), holder, ms))
 
     async def close(self) -> None:
         await self._r.aclose()

@@ -42,7 +42,8 @@ from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secre
 from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats, StandbyAck
 from fleetserve.deployments.standby import node_capacity_type, park, wake
 from fleetserve.engine.process.pacing import paced_generate
-from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.deployments.fault_injection import FaultInjector
+from fleetserve.engine.protocol import FINISH_ERROR, EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import RequestMigrated, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class ModelReplica:
         refuses to start, and the version is blocked."""
         from fleetserve.deployments.engine_factory import build_engine
 
-        self._cfg = ModelConfig.model_validate(model)
+        self._faults, engine_args = FaultInjector.split_args(model.get("engine_args", {}))  # test only
+        self._cfg = ModelConfig.model_validate({**model, "engine_args": engine_args})
         if verify_checkpoint is not None:
             verify_checkpoint()  # before any weight is loaded
         self._engine = (engine_factory or build_engine)(self._cfg)
@@ -83,6 +85,10 @@ class ModelReplica:
         if self._draining or self._standby:
             raise ServiceUnavailableError("replica is draining" if self._draining else "replica is a warm standby",
                                           retry_after_s=1.0)
+        if self._faults.should_fail():
+            yield RequestOutput(request.request_id, finished=True, finish_reason=FINISH_ERROR,
+                                error="injected fault (engine_args.fail_fraction, test only)")
+            return
         self._in_flight += 1
         self._live.add(request.request_id)
         finished = False

@@ -22,6 +22,8 @@ OUTCOME = "outcome"
 REASON = "reason"
 PRIORITY_CLASS = "priority_class"
 FEATURE = "feature"
+EVENT = "event"
+CHECK = "check"
 
 # Latency buckets (seconds): fine below 100 ms where TTFT/TPOT live, coarse up to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -93,6 +95,18 @@ SCALING_DEMAND = MetricSpec("fleetserve_scaling_demand_requests", "gauge", "Requ
 
 CONTROLLER = (WARM_REPLICAS, SERVING_REPLICAS, TARGET_REPLICAS, SCALING_ACTIONS, SCALING_DEMAND)
 
-ALL = INGRESS + TENANT_METERING + CONTROLLER
+
+# ---- rollout executor (fleetserve.canary.rollout_metrics), in the ingress's registry ----------
+
+ROLLOUT_DECISIONS = MetricSpec("fleetserve_rollout_decisions_total", "counter", "Rollout transitions taken (load, warm, health_check, start_canary, advance, promote, rollback, block, pause, resume), per canary version.", (MODEL, VERSION, EVENT))
+ROLLOUT_CANARY_WEIGHT = MetricSpec("fleetserve_rollout_canary_weight_ratio", "gauge", "Share of the model's traffic the rollout gives its canary version now (0-1).", (MODEL, VERSION))
+ROLLOUT_STEP = MetricSpec("fleetserve_rollout_step", "gauge", "Canary step being held (1-based; 0 while the canary serves no traffic).", (MODEL, VERSION))
+ROLLOUT_GUARDRAIL_VALUE = MetricSpec("fleetserve_rollout_guardrail_value", "gauge", "The canary's value in the last guardrail verdict, per check (error_rate, ttft_p95_s, tpot_p95_s, psi_<feature>).", (MODEL, VERSION, CHECK))
+ROLLOUT_GUARDRAIL_LIMIT = MetricSpec("fleetserve_rollout_guardrail_limit", "gauge", "The limit (from stable's value and the margin) in the last guardrail verdict, per check.", (MODEL, VERSION, CHECK))
+
+ROLLOUT = (ROLLOUT_DECISIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_STEP, ROLLOUT_GUARDRAIL_VALUE, ROLLOUT_GUARDRAIL_LIMIT)
+
+
+ALL = INGRESS + TENANT_METERING + CONTROLLER + ROLLOUT
 """Every metric fleetserve exports. The ingress and the tenant metering register theirs in
 one Prometheus registry (one /metrics), so no two specs may share a name."""
