@@ -35,6 +35,7 @@ from fleetserve.admission.queues import AdmissionQueues, AdmissionRequest, Admit
 from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.request_metrics import ChoiceTiming, observe_request
+from fleetserve.api.tool_calls import ToolPlan
 from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
@@ -62,6 +63,7 @@ class ModelSpec:
     version: str = "v1"
     prefix_affinity_blocks: int = 2
     block_size: int = 16
+    tool_call_parser: Optional[str] = "hermes"  # reads tool_choice=auto output; None: the text stays content
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class Job:
     pinned_version: Optional[str] = None  # the pin header as sent (stage 3 decides whether it counts)
     may_pin: bool = False  # the caller may pin (admin key, or a tenant flagged for it)
     version: Optional[str] = None  # set by stage 3; None before it: the model's stable version
+    tool_plan: Optional[ToolPlan] = None  # chat with tools: how the API layer reads tool calls from the text
+    echo: Optional[list[str]] = None  # completions with echo: each prompt's text, put before its choices' text
 
     @property
     def served_version(self) -> str:
