@@ -11,7 +11,8 @@ Three kinds, each declared here so it shows in the OpenAPI schema with what happ
   (``suffix``, ``use_beam_search``, ``min_tokens``, ``allowed_token_ids`` ...): a 400 naming
   the field, never a silent drop. Their defaults (null, false, 0, []) are accepted.
 
-Any other unknown top-level field is ignored too (vLLM's behaviour); :func:`log_ignored`
+(Validator names differ per class on purpose: pydantic lets a same-named validator of one
+base class replace another's.) Any other unknown top-level field is ignored too (vLLM's behaviour); :func:`log_ignored`
 logs the names at debug level, never the values (they may hold user data).
 """
 
@@ -82,7 +83,7 @@ class SharedExtras(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _refused(self):
+    def _refused_shared(self):
         _refuse_if_set(self, ("min_tokens", "use_beam_search", "allowed_token_ids", "bad_words", "prompt_logprobs",
                               "truncate_prompt_tokens", "return_tokens_as_token_ids"))
         return self
@@ -92,7 +93,7 @@ class CompletionExtras(BaseModel):
     suffix: Optional[str] = Field(None, description="Refused unless null (no insertion mode).")
 
     @model_validator(mode="after")
-    def _refused(self):
+    def _refused_completion(self):
         _refuse_if_set(self, ("suffix",))
         return self
 
@@ -115,7 +116,7 @@ class ChatExtras(BaseModel):
     chat_template_kwargs: Optional[dict[str, Any]] = Field(None, description="Extra variables for the chat template (vLLM).")
 
     @model_validator(mode="after")
-    def _refused(self):
+    def _refused_chat(self):
         if self.modalities is not None and any(m != "text" for m in self.modalities):
             raise InvalidRequestError("modalities: only text output is supported", field="modalities")
         _refuse_if_set(self, ("audio", "web_search_options", "functions", "function_call", "continue_final_message",

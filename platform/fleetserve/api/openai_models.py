@@ -22,6 +22,7 @@ from fleetserve.api.openai_extras import ChatExtras, CompletionExtras, SharedExt
 from fleetserve.api.openai_tools import (AssistantToolCall, FunctionCall, FunctionCallDelta, ToolCallDelta,  # noqa: F401
                                          ToolCallIn, ToolCallsDelta, ToolsFields)
 from fleetserve.engine.sampling_params import MAX_LOGPROBS
+from fleetserve.errors import InvalidRequestError
 
 MAX_N = 16
 MAX_STOP = 16
@@ -123,7 +124,7 @@ class _SamplingFields(SharedExtras):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of: only best_of == n is supported (no server-side ranking)")
+            raise InvalidRequestError("best_of: only best_of == n is supported (no server-side ranking)", field="best_of")
         log_ignored(self)
         return self
 
