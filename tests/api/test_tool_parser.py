@@ -95,3 +95,17 @@ async def test_without_tools_or_with_none_the_text_is_content(make_client):
     for kw in (dict(model=MODEL, messages=KW["messages"]), dict(KW, tool_choice="none")):
         c = (await client.chat.completions.create(**kw)).choices[0]
         assert c.message.content == TEXT and c.message.tool_calls is None and c.finish_reason == "stop"
+
+
+def test_a_model_without_a_parser_leaves_auto_output_as_content():
+    from fleetserve.api.openai_models import ChatCompletionRequest
+    from fleetserve.api.tool_calls import plan_tools
+
+    req = ChatCompletionRequest.model_validate(dict(KW))
+    plan, constraint = plan_tools(req, parser=None)
+    assert (plan.reads_calls, constraint) == (False, None)
+    plan, constraint = plan_tools(req, parser="hermes")
+    assert (plan.mode, plan.parser, constraint) == ("auto", "hermes", None)
+    named = ChatCompletionRequest.model_validate(dict(KW, tool_choice={"type": "function", "function": {"name": "clock"}}))
+    plan, constraint = plan_tools(named, parser=None)
+    assert plan.mode == "named" and constraint.kind == "json_schema"  # needs no parser
