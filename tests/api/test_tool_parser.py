@@ -109,3 +109,14 @@ def test_a_model_without_a_parser_leaves_auto_output_as_content():
     named = ChatCompletionRequest.model_validate(dict(KW, tool_choice={"type": "function", "function": {"name": "clock"}}))
     plan, constraint = plan_tools(named, parser=None)
     assert plan.mode == "named" and constraint.kind == "json_schema"  # needs no parser
+
+
+def test_required_output_cut_short_stays_content():
+    plan = ToolPlan("required", ("clock",))
+    for text in ('[{"name": "clock", "argu', '[{"nom": 1}]', "{}"):
+        dec = ToolCallDecoder(plan)
+        assert dec.feed(text) == [] and dec.finish() == [text] and dec.calls == 0
+    dec = ToolCallDecoder(plan)
+    dec.feed('[{"name": "clock", "arguments": {"tz": "UTC"}}]')
+    (call,) = dec.finish()
+    assert (call.name, call.arguments, dec.calls) == ("clock", '{"tz": "UTC"}', 1)

@@ -151,10 +151,13 @@ class ToolCallDecoder:
     def _required(self) -> list[Event]:
         text, self._buffer = self._buffer, ""
         try:
-            items = json.loads(text)
-        except ValueError:
+            parsed = json.loads(text)
+            if not isinstance(parsed, list) or not parsed:
+                raise TypeError("not a list of calls")
+            items = [(item["name"], item["arguments"]) for item in parsed]
+        except (ValueError, KeyError, TypeError):
             return [text] if text else []  # cut short (length): what there is, as content
-        return [self._call(item["name"], item["arguments"]) for item in items]
+        return [self._call(name, args) for name, args in items]
 
     def _call(self, name: str, arguments) -> ToolCallEvent:
         args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
