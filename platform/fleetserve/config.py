@@ -212,6 +212,14 @@ class ModelConfig(BaseModel):
         ),
     )
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Replica router settings.")
+    tool_call_parser: Optional[Literal["hermes"]] = Field(
+        "hermes",
+        description=(
+            "How chat output with tool_choice=auto is read back as tool_calls. hermes: <tool_call>{\"name\": ..., "
+            "\"arguments\": {...}}</tool_call> blocks (Hermes, Qwen2.5/3, and the tiny test model's template). null: "
+            "the text stays content. tool_choice=required and named functions need no parser (constrained decoding)."
+        ),
+    )
 
     @field_validator("name")
     @classmethod

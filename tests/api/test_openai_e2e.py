@@ -221,3 +221,23 @@ def test_sse_wire_format(serve_app):
     assert all(e.startswith("data: ") for e in events)
     assert json.loads(events[0][6:])["object"] == "text_completion"
 
+
+
+def test_named_tool_call_through_serve_streams_like_unary(client, serve_app):
+    """Issue 24, item 2, through the Serve proxy: the constraint holds, and streamed tool-call
+    deltas concatenate to the unary call for the same seed."""
+    params = {"type": "object", "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23}},
+              "required": ["hour"], "additionalProperties": False}
+    kw = dict(model=serve_app.model, messages=[{"role": "user", "content": "wake me"}], seed=4, max_tokens=40,
+              tools=[{"type": "function", "function": {"name": "set_alarm", "parameters": params}}],
+              tool_choice={"type": "function", "function": {"name": "set_alarm"}}, metadata={"app": "e2e"})
+    unary = client.chat.completions.create(**kw).choices[0]
+    (call,) = unary.message.tool_calls
+    assert unary.finish_reason == "tool_calls" and 0 <= json.loads(call.function.arguments)["hour"] <= 23
+    name, args = "", ""
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            for d in c.delta.tool_calls or []:
+                name += d.function.name or ""
+                args += d.function.arguments or ""
+    assert (name, args) == ("set_alarm", call.function.arguments)

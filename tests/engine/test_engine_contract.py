@@ -173,6 +173,29 @@ async def test_stop_token_id_and_stop_string(engine, tokenizer):
     assert text_of(outs) == full[: full.find(stop)]
 
 
+async def test_tool_call_constraint_and_logit_bias(engine):
+    """A named tool choice reaches every engine as a json_schema constraint (issue 24, item 2):
+    the output validates on the random model; a logit_bias of -100 keeps a token out."""
+    import json
+
+    from fleetserve.engine.sampling_params import StructuredOutput
+
+    schema = {"type": "object", "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                                               "label": {"type": "string", "maxLength": 6}},
+              "required": ["hour", "label"], "additionalProperties": False}
+    spec = StructuredOutput.json_schema(schema)
+    for seed in range(3):
+        outs = await collect(engine, prompt_token_ids=[5, 100, 200],
+                             params=greedy(temperature=1.0, seed=seed, max_tokens=60, structured=spec))
+        args = json.loads(text_of(outs))
+        assert set(args) == {"hour", "label"} and 0 <= args["hour"] <= 23 and len(args["label"]) <= 6
+        assert outs[-1].finish_reason == "stop"
+    ref = ids_of(await collect(engine, prompt_token_ids=[5, 100, 200], params=greedy(max_tokens=6, ignore_eos=True)))
+    banned = await collect(engine, prompt_token_ids=[5, 100, 200],
+                           params=greedy(max_tokens=6, ignore_eos=True, logit_bias={ref[0]: -100.0}))
+    assert ids_of(banned)[0] != ref[0]
+
+
 async def test_abort_ends_stream_with_abort(engine):
     req = make_generate_request(prompt_token_ids=[5, 6, 7], params=greedy(max_tokens=400, ignore_eos=True))
     stream = engine.generate(req)

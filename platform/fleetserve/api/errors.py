@@ -110,7 +110,7 @@ def validation_error(errors: list[dict]) -> E.InvalidRequestError:
     """A pydantic/FastAPI validation error list as one InvalidRequestError naming the field."""
     if not errors:
         return E.InvalidRequestError("invalid request")
-    first = errors[0]
+    first = _most_specific(errors)
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     # Union members add their type name to the path ("prompt.str"); keep only real fields.
     param = ".".join(p for p in loc if not _is_type_tag(p)) or None
@@ -120,6 +120,14 @@ def validation_error(errors: list[dict]) -> E.InvalidRequestError:
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
     return E.InvalidRequestError(f"{param}: {msg}" if param else msg, field=param)
+
+
+def _most_specific(errors: list[dict]) -> dict:
+    """The first error, or a deeper one under the same field: a union (content: text or
+    parts) reports one error per member, and the deepest names what is actually wrong."""
+    head = tuple(errors[0].get("loc", ()))[:1]
+    same = [e for e in errors if tuple(e.get("loc", ()))[:1] == head]
+    return max(same, key=lambda e: len(e.get("loc", ())))
 
 
 def _is_type_tag(p: str) -> bool:

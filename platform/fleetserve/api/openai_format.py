@@ -8,6 +8,8 @@ from typing import AsyncIterator, Optional, Union
 from fleetserve.api import openai_models as M
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.service import ChoiceEvent, InferenceService, Job
+from fleetserve.api.tool_calls import ToolCallDecoder, assemble, plan_tools
+from fleetserve.api.tool_calls import finish_reason as tool_finish
 from fleetserve.engine.protocol import RequestOutput, TokenLogprob
 from fleetserve.engine.sampling_params import StructuredOutput
 from fleetserve.errors import InvalidRequestError
@@ -16,14 +18,24 @@ from fleetserve.tenants.context import TenantContext
 AnyRequest = Union[M.CompletionRequest, M.ChatCompletionRequest]
 
 
-def _sampling(req: AnyRequest, logprobs: Optional[int]) -> dict:
+def _sampling(req: AnyRequest, logprobs: Optional[int], vocab_size: int,
+              structured: Optional[StructuredOutput] = None) -> dict:
     return dict(
         temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty, seed=req.seed, stop=list(req.stop or []),
         stop_token_ids=list(req.stop_token_ids or []), ignore_eos=req.ignore_eos, logprobs=logprobs,
-        structured=structured_output(req),
+        structured=structured or structured_output(req), logit_bias=_logit_bias(req.logit_bias, vocab_size),
+        include_stop_str_in_output=req.include_stop_str_in_output,
     )
+
+
+def _logit_bias(bias: Optional[dict[str, float]], vocab_size: int) -> Optional[dict[int, float]]:
+    if not bias:
+        return None
+    out = {int(k): v for k, v in bias.items()}
+    _check_ids(list(out), vocab_size, "logit_bias")
+    return out
 
 
 def structured_output(req: AnyRequest) -> Optional[StructuredOutput]:
@@ -81,8 +93,14 @@ async def completion_job(service: InferenceService, ctx: TenantContext, req: M.C
         prompts = [list(p)]
         _check_ids(prompts[0], model.info.vocab_size, "prompt")
     _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
-    return service.build_job(ctx, model, prompts, n=req.n, max_tokens=req.max_tokens,
-                             sampling=_sampling(req, req.logprobs), prompt_field="prompt", user=req.user)
+    job = service.build_job(ctx, model, prompts, n=req.n, max_tokens=req.max_tokens,
+                            sampling=_sampling(req, req.logprobs, model.info.vocab_size), prompt_field="prompt",
+                            user=req.user)
+    if req.echo:
+        if req.logprobs is not None:
+            raise InvalidRequestError("echo with logprobs is not supported (no prompt logprobs)", field="echo")
+        job.echo = [p] if isinstance(p, str) else list(p) if isinstance(p[0], str) else [model.renderer.decode(p)]
+    return job
 
 
 def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
@@ -93,11 +111,21 @@ def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
 
 async def chat_job(service: InferenceService, ctx: TenantContext, req: M.ChatCompletionRequest) -> Job:
     model = await service.served(req.model)
-    prompt = model.renderer.render_chat([m.as_template_dict() for m in req.messages])
+    plan, constraint = plan_tools(req, model.spec.tool_call_parser)
+    if constraint is not None and structured_output(req) is not None:
+        raise InvalidRequestError("tool_choice required or named cannot be combined with response_format",
+                                  field="tool_choice")
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    prompt = model.renderer.render_chat([m.as_template_dict() for m in req.messages], tools=tools,
+                                        documents=req.documents, add_generation_prompt=req.add_generation_prompt,
+                                        template_kwargs=req.chat_template_kwargs)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     _check_ids(req.stop_token_ids or [], model.info.vocab_size, "stop_token_ids")
-    return service.build_job(ctx, model, [prompt], n=req.n, max_tokens=req.effective_max_tokens,
-                             sampling=_sampling(req, logprobs), prompt_field="messages", user=req.user)
+    job = service.build_job(ctx, model, [prompt], n=req.n, max_tokens=req.effective_max_tokens,
+                            sampling=_sampling(req, logprobs, model.info.vocab_size, constraint),
+                            prompt_field="messages", user=req.user)
+    job.tool_plan = plan if plan is not None and plan.reads_calls else None
+    return job
 
 
 def usage(job: Job, completion_tokens: int) -> M.Usage:
@@ -168,7 +196,7 @@ def completion_response(job: Job, choices: list[_Choice], want_logprobs: bool) -
     return M.CompletionResponse(
         id=f"cmpl-{job.request_id}", created=job.created, model=job.model.spec.name,
         choices=[
-            M.CompletionChoice(index=i, text="".join(c.text), finish_reason=c.finish_reason,
+            M.CompletionChoice(index=i, text=_echo(job, i) + "".join(c.text), finish_reason=c.finish_reason,
                                logprobs=completion_logprobs(r, c.logprobs, 0) if want_logprobs else None)
             for i, c in enumerate(choices)
         ],
@@ -176,17 +204,32 @@ def completion_response(job: Job, choices: list[_Choice], want_logprobs: bool) -
     )
 
 
+def _echo(job: Job, index: int) -> str:
+    return job.echo[index // job.n] if job.echo else ""
+
+
 def chat_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.ChatCompletionResponse:
     r = job.model.renderer
     return M.ChatCompletionResponse(
         id=f"chatcmpl-{job.request_id}", created=job.created, model=job.model.spec.name,
-        choices=[
-            M.ChatChoice(index=i, message=M.AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason,
-                         logprobs=chat_logprobs(r, c.logprobs) if want_logprobs else None)
-            for i, c in enumerate(choices)
-        ],
+        choices=[_chat_choice(job, i, c, chat_logprobs(r, c.logprobs) if want_logprobs else None)
+                 for i, c in enumerate(choices)],
         usage=usage(job, sum(c.tokens for c in choices)), system_fingerprint=job.fingerprint,
     )
+
+
+def _chat_choice(job: Job, index: int, c: _Choice, logprobs: Optional[M.ChatLogprobs]) -> M.ChatChoice:
+    text = "".join(c.text)
+    if job.tool_plan is None:
+        return M.ChatChoice(index=index, message=M.AssistantMessage(content=text), finish_reason=c.finish_reason,
+                            logprobs=logprobs)
+    decoder = ToolCallDecoder(job.tool_plan)
+    content, calls = assemble(decoder.feed(text) + decoder.finish())
+    message = M.AssistantMessage(content=content, tool_calls=[
+        M.AssistantToolCall(id=t.id, function=M.FunctionCall(name=t.name, arguments=t.arguments)) for t in calls
+    ] or None)
+    return M.ChatChoice(index=index, message=message, finish_reason=tool_finish(c.finish_reason, len(calls)),
+                        logprobs=logprobs)
 
 
 def _fingerprint_tail(job: Job, keep_null: bool) -> str:
@@ -222,18 +265,23 @@ class CompletionChunker:
         self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
         self._fp = _fingerprint_tail(job, keep_null=include_usage)
+        self._echo_pending = set(range(job.num_choices)) if job.echo else set()
 
     def chunk(self, ev: ChoiceEvent) -> Optional[str]:
         out = ev.output
         self.completion_tokens += len(out.token_ids_delta)
-        if not out.text_delta and not out.finished and not out.logprobs_delta:
+        text = out.text_delta
+        if ev.index in self._echo_pending:  # echo: the prompt leads the choice's first chunk
+            self._echo_pending.discard(ev.index)
+            text = _echo(self.job, ev.index) + text
+        if not text and not out.finished and not out.logprobs_delta:
             return None
         finish = out.finish_reason if out.finished else None
         if out.finished:
             self._done.add(ev.index)
         if not self.want_logprobs:
-            self._offsets[ev.index] += len(out.text_delta)
-            choice = {"index": ev.index, "text": out.text_delta}
+            self._offsets[ev.index] += len(text)
+            choice = {"index": ev.index, "text": text}
             if self.include_usage:
                 choice["logprobs"] = None
                 choice["finish_reason"] = finish
@@ -281,6 +329,8 @@ class ChatChunker:
         self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
                       f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
         self._tail = ('],"usage":null' if include_usage else "]") + _fingerprint_tail(job, keep_null=True) + "}"
+        plan = job.tool_plan
+        self._decoders = [ToolCallDecoder(plan) for _ in range(job.num_choices)] if plan is not None else None
 
     def _chunk(self, choices: list[M.ChatChunkChoice], usage_: Optional[M.Usage] = None) -> str:
         c = M.ChatCompletionChunk(id=f"chatcmpl-{self.job.request_id}", created=self.job.created,
@@ -299,16 +349,40 @@ class ChatChunker:
         if not self._started[ev.index]:
             self._started[ev.index] = True
             chunks.append(self._fast(ev.index, "assistant", "", None))
-        if out.text_delta or out.finished or out.logprobs_delta:
-            finish = out.finish_reason if out.finished else None
-            if out.finished:
-                self._done.add(ev.index)
-            if not self.want_logprobs:
-                chunks.append(self._fast(ev.index, None, out.text_delta or None, finish))
-                return chunks
-            lp = chat_logprobs(self.job.model.renderer, out.logprobs_delta or [])
-            delta = M.ChatDelta(content=out.text_delta) if out.text_delta else M.ChatDelta()
-            chunks.append(self._chunk([M.ChatChunkChoice(index=ev.index, delta=delta, logprobs=lp, finish_reason=finish)]))
+        if not (out.text_delta or out.finished or out.logprobs_delta):
+            return chunks
+        finish = out.finish_reason if out.finished else None
+        if out.finished:
+            self._done.add(ev.index)
+        if self._decoders is not None:
+            return chunks + self._tool_chunks(ev.index, out, finish)
+        if not self.want_logprobs:
+            chunks.append(self._fast(ev.index, None, out.text_delta or None, finish))
+            return chunks
+        lp = chat_logprobs(self.job.model.renderer, out.logprobs_delta or [])
+        delta = M.ChatDelta(content=out.text_delta) if out.text_delta else M.ChatDelta()
+        chunks.append(self._chunk([M.ChatChunkChoice(index=ev.index, delta=delta, logprobs=lp, finish_reason=finish)]))
+        return chunks
+
+    def _tool_chunks(self, index: int, out, finish: Optional[str]) -> list[str]:
+        """With tools, the text goes through the choice's decoder: content and tool-call
+        deltas, logprobs in a chunk of their own, the finish reason last."""
+        decoder = self._decoders[index]
+        events = decoder.feed(out.text_delta) + (decoder.finish() if out.finished else [])
+        chunks = []
+        for e in events:
+            if isinstance(e, str):
+                chunks.append(self._fast(index, None, e, None))
+            else:
+                delta = M.ToolCallsDelta(tool_calls=[M.ToolCallDelta(
+                    index=e.index, id=e.id, type="function" if e.id else None,
+                    function=M.FunctionCallDelta(name=e.name, arguments=e.arguments))])
+                chunks.append(self._chunk([M.ChatChunkChoice(index=index, delta=delta)]))
+        if self.want_logprobs and out.logprobs_delta:
+            lp = chat_logprobs(self.job.model.renderer, out.logprobs_delta)
+            chunks.append(self._chunk([M.ChatChunkChoice(index=index, delta=M.ChatDelta(), logprobs=lp)]))
+        if finish is not None:
+            chunks.append(self._fast(index, None, None, tool_finish(finish, decoder.calls)))
         return chunks
 
     def usage_chunk(self) -> Optional[str]:

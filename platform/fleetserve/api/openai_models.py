@@ -1,8 +1,15 @@
 """OpenAI wire format: request and response models for /v1/completions and /v1/chat/completions.
 
-Requests forbid unknown fields (a typo must not be silently ignored) and bound every
-length, so validation is cheap and a hostile body cannot make the ingress do unbounded
-work. Range checks mirror :class:`fleetserve.engine.sampling_params.SamplingParams`.
+Requests are lenient the way OpenAI's and vLLM's servers are: a field either of them
+ignores (``metadata``, ``store``, ``service_tier``, ``refusal: null`` echoed back, vLLM's
+``skip_special_tokens`` ...) is accepted and ignored, and any other unknown top-level field
+is ignored with its *name* logged at debug level (as vLLM does; values are never logged).
+Fields whose value would change the output but that fleetserve cannot honour (``suffix``,
+``use_beam_search``, ``min_tokens``, audio ...) are rejected with a 400 naming the field,
+so nothing that matters is silently dropped (see :mod:`fleetserve.api.openai_extras`).
+Every length is bounded, so validation is cheap and a hostile body cannot make the
+ingress do unbounded work. Range checks mirror
+:class:`fleetserve.engine.sampling_params.SamplingParams`.
 """
 
 from __future__ import annotations
@@ -11,7 +18,11 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetserve.api.openai_extras import ChatExtras, CompletionExtras, SharedExtras, log_ignored
+from fleetserve.api.openai_tools import (AssistantToolCall, FunctionCall, FunctionCallDelta, ToolCallDelta,  # noqa: F401
+                                         ToolCallIn, ToolCallsDelta, ToolsFields)
 from fleetserve.engine.sampling_params import MAX_LOGPROBS
+from fleetserve.errors import InvalidRequestError
 
 MAX_N = 16
 MAX_STOP = 16
@@ -27,7 +38,9 @@ Stop = Union[str, list[str], None]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Nested request objects: unknown keys are ignored (OpenAI adds fields over time)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class StreamOptions(_Request):
@@ -64,8 +77,10 @@ class StructuredOutputsField(_Request):
     json_object: Optional[bool] = Field(None, description="Any JSON object.")
 
 
-class _SamplingFields(_Request):
+class _SamplingFields(SharedExtras):
     """Fields shared by completions and chat."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=128, description="Model name from /v1/models.")
     n: int = Field(1, ge=1, le=MAX_N, description="Completions per prompt.")
@@ -108,6 +123,9 @@ class _SamplingFields(_Request):
     def _stream_options(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidRequestError("best_of: only best_of == n is supported (no server-side ranking)", field="best_of")
+        log_ignored(self)
         return self
 
     @property
@@ -115,13 +133,13 @@ class _SamplingFields(_Request):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(_SamplingFields, CompletionExtras):
     """POST /v1/completions."""
 
     prompt: Union[str, list[str], list[int]] = Field(description="Text, a batch of texts, or token ids.")
     max_tokens: Optional[int] = Field(16, ge=1, le=MAX_TOKEN_IDS, description="Tokens to generate; null: up to the context limit.")
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS, description="Return top-k logprobs per token.")
-    echo: Literal[False] = Field(False, description="Not supported; must be false.")
+    echo: bool = Field(False, description="Put the prompt in front of each choice's text (and its logprobs entries).")
 
     @field_validator("prompt")
     @classmethod
@@ -143,15 +161,30 @@ class CompletionRequest(_SamplingFields):
         return v
 
 
-class TextPart(_Request):
-    type: Literal["text"] = Field(description="Only text parts are supported.")
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="Text.")
+class ContentPart(_Request):
+    type: Literal["text", "refusal", "image_url", "input_audio", "file"] = Field(description="Only text is read.")
+    text: Optional[str] = Field(None, max_length=MAX_TEXT_CHARS, description="Text (type text).")
+    refusal: Optional[str] = Field(None, max_length=MAX_TEXT_CHARS, description="A refusal echoed back (type refusal).")
+
+    @model_validator(mode="after")
+    def _text_only(self):
+        if self.type in ("image_url", "input_audio", "file"):
+            raise ValueError(f"content parts of type {self.type} are not supported (text-only models)")
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs text")
+        return self
+
+
+TextPart = ContentPart  # the old name
 
 
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"] = Field(description="Speaker.")
-    content: Union[str, list[TextPart]] = Field(description="Text or a list of text parts.")
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(description="Speaker.")
+    content: Union[str, list[ContentPart], None] = Field(None, description="Text or parts; null for tool-call turns.")
     name: Optional[str] = Field(None, max_length=64, description="Optional participant name (ignored).")
+    tool_calls: Optional[list[ToolCallIn]] = Field(None, max_length=64, description="Calls an assistant turn made.")
+    tool_call_id: Optional[str] = Field(None, max_length=256, description="The call a tool message answers.")
+    refusal: Optional[str] = Field(None, max_length=MAX_TEXT_CHARS, description="Echoed assistant refusal (ignored).")
 
     @field_validator("content")
     @classmethod
@@ -162,15 +195,33 @@ class ChatMessage(_Request):
             raise ValueError(f"content holds at most {MAX_CONTENT_PARTS} parts")
         return v
 
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.refusal)):
+            raise ValueError("content is required (null only in an assistant turn with tool_calls)")
+        return self
+
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
 
     def as_template_dict(self) -> dict:
+        """The message as transformers' chat templates expect it."""
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": self.text()}
+        out = {"role": role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.as_template_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None and role == "tool":
+            out["name"] = self.name
+        return out
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(_SamplingFields, ToolsFields, ChatExtras):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, description="The conversation.")
@@ -239,7 +290,9 @@ class ChatLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str]
+    refusal: Optional[str] = None
+    tool_calls: Optional[list[AssistantToolCall]] = None
 
 
 class ChatChoice(BaseModel):
@@ -266,7 +319,7 @@ class ChatDelta(BaseModel):
 
 class ChatChunkChoice(BaseModel):
     index: int
-    delta: ChatDelta
+    delta: Union[ChatDelta, ToolCallsDelta]
     logprobs: Optional[ChatLogprobs] = None
     finish_reason: Optional[str] = None
 

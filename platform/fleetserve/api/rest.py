@@ -27,6 +27,8 @@ from fleetserve.api.drain_routes import build_drain_router
 from fleetserve.api.errors import error_body, http_error, validation_error
 from fleetserve.api.json_body import parse_model, parse_object, read_body, read_model
 from fleetserve.api.service import ChoiceEvent, InferenceService
+from fleetserve.api.tokenize_routes import BODY_MODELS as TOKENIZE_BODY_MODELS
+from fleetserve.api.tokenize_routes import build_tokenize_router
 from fleetserve.errors import FleetserveError
 from fleetserve.deployments.replica_control import ReplicaControl
 from fleetserve.tenants.admin_routes import ADMIN_BODY_MODELS, build_admin_router
@@ -56,6 +58,8 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     _install_error_handlers(app)
     _add_ops_routes(app, service)
     _add_inference_routes(app, service, max_body_bytes)
+    app.include_router(build_tokenize_router(service, lambda r, cls: read_model(r, cls, max_body_bytes),
+                                             lambda r: _authenticate(service, r)))
     app.include_router(build_admin_router(service.gatekeeper, read_model))
     app.include_router(build_ab_router(service))
     if control is not None:
@@ -65,7 +69,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     for router in routers:
         app.include_router(router)
     _add_status_route(app, service)
-    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS, *AB_BODY_MODELS, *body_models],
+    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *TOKENIZE_BODY_MODELS, *ADMIN_BODY_MODELS, *AB_BODY_MODELS, *body_models],
                     [M.ChatCompletionChunk, FeedbackResponse], public_paths=["/health", "/metrics"])
     return app
 

@@ -40,6 +40,7 @@ from fleetserve.api.request_metrics import ChoiceTiming, observe_request, predic
 from fleetserve.canary.ab_recorder import ABRecorder
 from fleetserve.api.resume import ResumePolicy, resumable_stream
 from fleetserve.canary.outcomes import OutcomeRecorder
+from fleetserve.api.tool_calls import ToolPlan
 from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
@@ -67,6 +68,7 @@ class ModelSpec:
     version: str = "v1"
     prefix_affinity_blocks: int = 2
     block_size: int = 16
+    tool_call_parser: Optional[str] = "hermes"  # reads tool_choice=auto output; None: the text stays content
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Job:
     may_pin: bool = False  # the caller may pin (admin key, or a tenant flagged for it)
     version: Optional[str] = None  # set by stage 3; None before it: the model's stable version
     log_prediction: bool = False  # set by stage 3: this job is in the sampled prediction log
+    echo: Optional[list[str]] = None  # completions with echo: each prompt's text, put before its choices' text
 
     @property
     def served_version(self) -> str:

@@ -31,7 +31,8 @@ class Ingress:
     def __init__(self, config: dict, handles: dict, deployment_names: dict[str, str]):
         self._cfg = FleetConfig.model_validate(config)
         specs = [
-            ModelSpec(m.name, m.checkpoint, m.version, m.routing.prefix_affinity_blocks, m.routing.block_size)
+            ModelSpec(m.name, m.checkpoint, m.version, m.routing.prefix_affinity_blocks, m.routing.block_size,
+                      tool_call_parser=m.tool_call_parser)
             for m in self._cfg.models
         ]
         link = None

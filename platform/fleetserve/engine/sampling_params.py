@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from fleetserve.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300
 MAX_STRUCTURED_CHARS = 100_000  # schema / regex / grammar text
 MAX_CHOICES = 256
 
@@ -129,6 +130,7 @@ class SamplingParams:
     logprobs: Optional[int] = None  # top-n logprobs per generated token
     include_stop_str_in_output: bool = False
     structured: Optional[StructuredOutput] = None  # constrained decoding (json, regex, ...)
+    logit_bias: Optional[dict[int, float]] = None  # token id -> added to its logit before sampling (OpenAI)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -169,6 +171,9 @@ class SamplingParams:
             bad("stop", "must be at most 16 non-empty strings")
         if any((not isinstance(t, int)) or t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative integers")
+        if self.logit_bias is not None and (len(self.logit_bias) > MAX_LOGIT_BIAS or any(
+                not isinstance(t, int) or t < 0 or not -100.0 <= b <= 100.0 for t, b in self.logit_bias.items())):
+            bad("logit_bias", f"must map at most {MAX_LOGIT_BIAS} token ids to biases in [-100, 100]")
         if self.structured is not None and not isinstance(self.structured, StructuredOutput):
             bad("structured", "must be a StructuredOutput")
 

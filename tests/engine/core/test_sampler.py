@@ -112,3 +112,17 @@ def test_logprobs_top_n_and_sampled_token():
     assert out.logprobs[1] is None
     zero = Sampler().sample(logits[:1], [_req(temperature=0, logprobs=0)]).logprobs[0]
     assert zero.top == {}
+
+
+def test_logit_bias_moves_greedy_and_sampled_choices():
+    logits = _logits(2)
+    top = logits.argmax(-1).tolist()
+    target = (top[0] + 1) % V
+    out = Sampler().sample(logits.clone(), [_req(temperature=0, logit_bias={target: 100.0}),
+                                            _req(temperature=0)])
+    assert out.token_ids == [target, top[1]]  # the other row is untouched
+    banned = Sampler().sample(logits.clone(), [_req(temperature=0, logit_bias={top[0]: -100.0})]).token_ids[0]
+    assert banned != top[0]
+    drawn = {Sampler(seed=s).sample(logits[:1].clone(), [_req(temperature=1.0, logit_bias={target: 100.0})]).token_ids[0]
+             for s in range(10)}
+    assert drawn == {target}

@@ -75,6 +75,24 @@ def test_sampling_params_mapped_field_by_field():
         assert getattr(theirs, name) == getattr(ours, name), name
     assert theirs.n == 1  # the caller fans out n engine requests
     assert theirs.output_kind is RequestOutputKind.DELTA
+    assert theirs.structured_outputs is None and theirs.logit_bias is None
+
+
+@pytest.mark.vllm
+@requires_vllm
+def test_logit_bias_and_structured_outputs_map_to_vllm():
+    """Tool calls' constraints (named, required) reach vLLM as the same json_schema specs."""
+    from fleetserve.engine.sampling_params import StructuredOutput
+    from fleetserve.engine.vllm.convert import to_vllm_sampling_params
+
+    schema = StructuredOutput.json_schema({"type": "object", "properties": {"a": {"type": "integer"}}})
+    theirs = to_vllm_sampling_params(SamplingParams(logit_bias={5: -100.0}, structured=schema), max_tokens=4)
+    assert theirs.logit_bias == {5: -100.0}
+    assert theirs.structured_outputs.json == schema.value
+    choice = to_vllm_sampling_params(SamplingParams(structured=StructuredOutput("choice", choices=("a", "b"))), 4)
+    assert choice.structured_outputs.choice == ["a", "b"]
+    regex = to_vllm_sampling_params(SamplingParams(structured=StructuredOutput("regex", "[0-9]+")), 4)
+    assert regex.structured_outputs.regex == "[0-9]+"
 
 
 @pytest.mark.vllm

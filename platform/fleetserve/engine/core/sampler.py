@@ -37,7 +37,7 @@ def _has_penalty(p: SamplingParams) -> bool:
 
 
 def _is_plain_greedy(p: SamplingParams) -> bool:
-    return p.temperature == 0.0 and p.logprobs is None and not _has_penalty(p)
+    return p.temperature == 0.0 and p.logprobs is None and not _has_penalty(p) and not p.logit_bias
 
 
 class Sampler:
@@ -73,6 +73,9 @@ class Sampler:
         vocab = logits.shape[-1]
         for i, request in enumerate(requests):
             p = request.params
+            if p.logit_bias:  # OpenAI adds the bias to the logit before anything else
+                ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
+                logits[i, ids] += torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
             if not _has_penalty(p):
                 continue
             row = logits[i]

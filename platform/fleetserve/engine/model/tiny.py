@@ -24,10 +24,27 @@ ARCHS = ("llama", "qwen2", "mistral")
 # Role markers are special tokens so a rendered chat prompt tokenizes them atomically.
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, "<|system|>", "<|user|>", "<|assistant|>")
+# Plain conversations render exactly as before tools were added. With ``tools`` the
+# template writes a Hermes/Qwen-style tool section (one JSON schema per line inside
+# <tools>), an assistant turn's tool_calls as <tool_call>{"name", "arguments"}</tool_call>
+# lines, and a tool result as a user turn holding <tool_response>: the format the
+# ``hermes`` tool-call parser reads back (fleetserve.api.tool_calls).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>\n# Tools\n<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    "</tools>\nTo call a function, write <tool_call>{\"name\": <name>, \"arguments\": <object>}</tool_call><|end|>\n"
+    "{% endif %}"
     "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% if message['role'] == 'tool' %}"
+    "<|user|>\n<tool_response>\n{{ message['content'] }}\n</tool_response><|end|>\n"
+    "{% else %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "<tool_call>{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}</tool_call>"
+    "{% endfor %}"
+    "<|end|>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

@@ -112,6 +112,22 @@ def build_engine_args(model: str, engine_args: Optional[dict[str, Any]], tensor_
     )
 
 
+def to_vllm_structured(spec):
+    """A :class:`StructuredOutput` as vLLM's ``StructuredOutputsParams`` (None: unconstrained).
+    Tool calls' constraints (named, required) arrive here as json_schema specs too."""
+    if spec is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if spec.kind == "json_object":
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    if spec.kind == "json_schema":
+        return StructuredOutputsParams(json=spec.value, disable_any_whitespace=True)
+    if spec.kind == "choice":
+        return StructuredOutputsParams(choice=list(spec.choices))
+    return StructuredOutputsParams(**{spec.kind: spec.value})
+
+
 def to_vllm_sampling_params(params: SamplingParams, max_tokens: int):
     """Field-by-field copy; ``n`` is always 1 (the caller fans out ``n`` engine requests)."""
     from vllm.sampling_params import RequestOutputKind
@@ -133,6 +149,8 @@ def to_vllm_sampling_params(params: SamplingParams, max_tokens: int):
         ignore_eos=params.ignore_eos,
         logprobs=params.logprobs,
         include_stop_str_in_output=params.include_stop_str_in_output,
+        logit_bias=dict(params.logit_bias) if params.logit_bias else None,
+        structured_outputs=to_vllm_structured(params.structured),
         skip_special_tokens=True,  # as fleetserve's detokenizer
         # Each output carries only what is new: exactly our incremental RequestOutput.
         output_kind=RequestOutputKind.DELTA,
