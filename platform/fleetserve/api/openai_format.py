@@ -166,7 +166,7 @@ async def collect(events: AsyncIterator[ChoiceEvent], n: int) -> list[_Choice]:
 def completion_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.CompletionResponse:
     r = job.model.renderer
     return M.CompletionResponse(
-        id=f"cmpl-{job.request_id}", created=job.created, model=job.model.spec.name,
+        id=f"cmpl-{job.request_id}", created=job.created, model=job.model.name,
         choices=[
             M.CompletionChoice(index=i, text="".join(c.text), finish_reason=c.finish_reason,
                                logprobs=completion_logprobs(r, c.logprobs, 0) if want_logprobs else None)
@@ -179,7 +179,7 @@ def completion_response(job: Job, choices: list[_Choice], want_logprobs: bool) -
 def chat_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.ChatCompletionResponse:
     r = job.model.renderer
     return M.ChatCompletionResponse(
-        id=f"chatcmpl-{job.request_id}", created=job.created, model=job.model.spec.name,
+        id=f"chatcmpl-{job.request_id}", created=job.created, model=job.model.name,
         choices=[
             M.ChatChoice(index=i, message=M.AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason,
                          logprobs=chat_logprobs(r, c.logprobs) if want_logprobs else None)
@@ -220,7 +220,7 @@ class CompletionChunker:
         self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
-                      f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
+                      f'"created":{int(job.created)},"model":{_dumps(job.model.name)},"choices":[')
         self._fp = _fingerprint_tail(job, keep_null=include_usage)
 
     def chunk(self, ev: ChoiceEvent) -> Optional[str]:
@@ -244,7 +244,7 @@ class CompletionChunker:
         lp = completion_logprobs(self.job.model.renderer, out.logprobs_delta or [], self._offsets[ev.index])
         self._offsets[ev.index] += len(out.text_delta)
         c = M.CompletionResponse(
-            id=f"cmpl-{self.job.request_id}", created=self.job.created, model=self.job.model.spec.name,
+            id=f"cmpl-{self.job.request_id}", created=self.job.created, model=self.job.model.name,
             choices=[M.CompletionChoice(index=ev.index, text=out.text_delta, logprobs=lp, finish_reason=finish)],
             system_fingerprint=self.job.fingerprint,
         )
@@ -254,7 +254,7 @@ class CompletionChunker:
         if not self.include_usage:
             return None
         c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
-                                 model=self.job.model.spec.name, choices=[], usage=usage(self.job, self.completion_tokens),
+                                 model=self.job.model.name, choices=[], usage=usage(self.job, self.completion_tokens),
                                  system_fingerprint=self.job.fingerprint)
         return c.model_dump_json()
 
@@ -264,7 +264,7 @@ class CompletionChunker:
         for i in range(self.job.num_choices):
             if i not in self._done:
                 c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
-                                         model=self.job.model.spec.name,
+                                         model=self.job.model.name,
                                          choices=[M.CompletionChoice(index=i, text="", finish_reason=FINISH_ERROR_CHUNK)])
                 chunks.append(c.model_dump_json(exclude_none=not self.include_usage))
         return chunks
@@ -279,12 +279,12 @@ class ChatChunker:
         self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
-                      f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
+                      f'"created":{int(job.created)},"model":{_dumps(job.model.name)},"choices":[')
         self._tail = ('],"usage":null' if include_usage else "]") + _fingerprint_tail(job, keep_null=True) + "}"
 
     def _chunk(self, choices: list[M.ChatChunkChoice], usage_: Optional[M.Usage] = None) -> str:
         c = M.ChatCompletionChunk(id=f"chatcmpl-{self.job.request_id}", created=self.job.created,
-                                  model=self.job.model.spec.name, choices=choices, usage=usage_,
+                                  model=self.job.model.name, choices=choices, usage=usage_,
                                   system_fingerprint=self.job.fingerprint)
         return c.model_dump_json(exclude_none=False) if self.include_usage else c.model_dump_json(exclude={"usage"})
 

@@ -8,6 +8,8 @@ Serve's HTTP proxy hands HTTP requests to the FastAPI app built in
 
 from __future__ import annotations
 
+from fleetserve.api.adapter_routes import build_adapter_router
+from fleetserve.api.adapters import AdapterCatalog
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
@@ -42,7 +44,8 @@ class Ingress:
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
-                                        versions=build_versions(self._cfg))
+                                        versions=build_versions(self._cfg),
+                                        adapters=AdapterCatalog.from_config(self._cfg.models))
         self._control = HandleReplicaControl(handles)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
@@ -50,8 +53,9 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         versions = build_version_router(self.service.gatekeeper.authenticate_admin, self.service.versions,
                                         self._deployer, {m.name: m.checkpoint for m in self._cfg.models})
+        adapters = build_adapter_router(self.service, self._control)
         return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
-                              routers=(versions,))
+                              routers=(versions, adapters))
 
     def _grpc_servicer(self):
         if self._grpc is None:

@@ -34,7 +34,7 @@ from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
 from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats
 from fleetserve.engine.process.pacing import paced_generate
-from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, LoraRef, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,21 @@ class ModelReplica:
 
     async def check_health(self) -> None:
         await self._engine.check_health()
+
+    # LoRA adapters (the admin API pins each call to one replica with ``target_replica``, read
+    # by the replica router; a call that reached another replica changes nothing here).
+    async def add_adapter(self, ref: LoraRef, target_replica: Optional[str] = None) -> dict:
+        if target_replica is not None and target_replica != self._replica_id:
+            return {"replica": self._replica_id, "applied": False}
+        return {"replica": self._replica_id, "applied": True, **await self._engine.add_adapter(ref)}
+
+    async def remove_adapter(self, name: str, target_replica: Optional[str] = None) -> dict:
+        if target_replica is not None and target_replica != self._replica_id:
+            return {"replica": self._replica_id, "applied": False}
+        return {"replica": self._replica_id, "applied": True, "evicted": await self._engine.remove_adapter(name)}
+
+    async def list_adapters(self, target_replica: Optional[str] = None) -> dict:
+        return {"replica": self._replica_id, "adapters": await self._engine.list_adapters()}
 
     def record_routing_stats(self) -> dict:
         return self.replica_stats().to_dict()
