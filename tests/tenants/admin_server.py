@@ -29,12 +29,17 @@ def admin_app(gatekeeper) -> FastAPI:
     return app
 
 
-@contextmanager
 def serve_admin(gatekeeper, timeout_s: float = 10.0):
+    return serve_app(admin_app(gatekeeper), timeout_s)
+
+
+@contextmanager
+def serve_app(app, timeout_s: float = 10.0):
+    """Any ASGI ``app`` on a free loopback port; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(admin_app(gatekeeper), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

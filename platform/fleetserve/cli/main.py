@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from fleetserve import __version__
-from fleetserve.cli import model, serve, simulate, status, tenants, usage, watch_nodes
+from fleetserve.cli import adapters, model, serve, simulate, status, tenants, usage, watch_nodes
 from fleetserve.cli.console import print_error
 from fleetserve.cli.errors import report
 
@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - typer that still depends on click
 PROG = "fleetserve"
 # `fleetserve --help` order. Owners: serve/status (serving), tenants/usage (multi-tenancy),
 # model (engine), simulate (autoscaler), watch-nodes (kube).
-COMMAND_ORDER = ("serve", "status", "tenants", "usage", "model", "simulate", "watch-nodes")
+COMMAND_ORDER = ("serve", "status", "tenants", "usage", "model", "adapters", "simulate", "watch-nodes")
 
 
 class _OrderedGroup(TyperGroup):
@@ -44,6 +44,7 @@ app.command("status", rich_help_panel="Serving")(status.status)
 app.add_typer(tenants.app, name="tenants", rich_help_panel="Tenants")
 app.command("usage", rich_help_panel="Tenants")(usage.usage)
 app.add_typer(model.app, name="model", rich_help_panel="Models")
+app.add_typer(adapters.app, name="adapters", rich_help_panel="Models")
 app.command("simulate", rich_help_panel="Autoscaling")(simulate.simulate)
 app.command("watch-nodes", rich_help_panel="Kubernetes")(watch_nodes.watch_nodes)
 
