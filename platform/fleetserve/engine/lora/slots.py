@@ -40,7 +40,7 @@ class LoraStep:
             cols, _, b = parts[0]
             return y.addmm_(h[:, cols], b[layer])
         for cols, out, b in parts:
-            y[:, out] += torch.mm(h[:, cols], b[layer])
+            y[:, out].addmm_(h[:, cols], b[layer])  # in place on the column slice: no temporary
         return y
 
 
