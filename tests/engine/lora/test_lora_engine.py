@@ -118,6 +118,7 @@ def test_slots_are_an_lru_and_busy_slots_refuse(tiny_llama_path, make_adapter):
         eng.add_request(GenerateRequest(f"pin{i}", greedy(), prompt_token_ids=[5, 6, 7], lora=r))
     with pytest.raises(ServiceUnavailableError):
         eng.add_request(GenerateRequest("third", greedy(), prompt_token_ids=[5, 6, 7], lora=refs[2]))
+    assert "third" not in eng.scheduler.requests and "third" not in eng._detok  # refused: nothing left behind
     for i in range(2):
         eng.abort(f"pin{i}")
     assert all(a["active_requests"] == 0 for a in eng.list_adapters())

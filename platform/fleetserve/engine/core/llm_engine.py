@@ -107,10 +107,8 @@ class LLMEngine:
         # grammar check altogether (the unconstrained path does no extra work).
         self._grammar_ids: set[str] = set()
         self.last_scheduler_output: Optional[SchedulerOutput] = None
-        self.lora: Optional[LoraManager] = None
-        if config.enable_lora:
-            runner = self.runner
-            self.lora = LoraManager(runner.max_loras, lambda slot, ref: runner.load_lora(slot, ref.path), runner.clear_lora)
+        self.lora: Optional[LoraManager] = None if not config.enable_lora else LoraManager(
+            self.runner.max_loras, lambda slot, ref: self.runner.load_lora(slot, ref.path), self.runner.clear_lora)
 
     def _eos_token_ids(self) -> list[int]:
         ids = list(self.runner.eos_token_ids)
@@ -155,7 +153,7 @@ class LLMEngine:
         if self.tokenizer is not None:
             self._detok[request.request_id] = IncrementalDetokenizer(self.tokenizer, prompt_ids, req.params)
         if req.lora is not None:  # last: nothing after it may fail while the adapter is pinned
-            request.lora_slot = self._lora_manager().acquire(req.lora)
+            request.lora_slot = self._pin_adapter(request, req.lora)
         self.scheduler.add(request)
         return request
 
@@ -165,10 +163,18 @@ class LLMEngine:
             raise InvalidRequestError("this model serves no LoRA adapters (enable_lora is off)", field="model")
         return self.lora
 
+    def _pin_adapter(self, request: Request, ref: LoraRef) -> int:
+        """The adapter's slot, pinned; a refusal (all slots busy, bad files) undoes add_request's setup."""
+        try:
+            return self._lora_manager().acquire(ref)
+        except Exception:
+            self._detok.pop(request.request_id, None)
+            self._grammar_ids.discard(request.request_id)
+            raise
+
     def add_adapter(self, ref: LoraRef) -> dict:
         """Load ``ref`` into a slot now (validates its files against the model)."""
-        slot = self._lora_manager().preload(ref)
-        return {"name": ref.name, "revision": ref.revision, "slot": slot}
+        return {"name": ref.name, "revision": ref.revision, "slot": self._lora_manager().preload(ref)}
 
     def remove_adapter(self, name: str) -> int:
         return self._lora_manager().remove(name)
