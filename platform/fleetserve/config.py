@@ -167,6 +167,33 @@ class RoutingConfig(BaseModel):
     )
 
 
+ADAPTER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class AdapterConfig(BaseModel):
+    """A LoRA adapter served with its base model from startup (more come at runtime through
+    ``/admin/adapters``). Clients call it ``<model>:<id>`` or by one of its aliases."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Adapter id: letters, digits, '_', '.', '-' (at most 64); its model name is '<model>:<id>'.")
+    path: str = Field(description="PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
+                                  "readable at this path on every node that runs the model's replicas.")
+    aliases: list[str] = Field(default_factory=list, description="More model names clients may call the adapter by.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not ADAPTER_ID_RE.match(v):
+            raise ValueError(f"id {v!r} must match {ADAPTER_ID_RE.pattern}")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return str(Path(v).expanduser())
+
+
 class ModelConfig(BaseModel):
     """One served model: its checkpoint, engine and fleet shape."""
 
@@ -219,6 +246,10 @@ class ModelConfig(BaseModel):
             "\"arguments\": {...}}</tool_call> blocks (Hermes, Qwen2.5/3, and the tiny test model's template). null: "
             "the text stays content. tool_choice=required and named functions need no parser (constrained decoding)."
         ),
+    )
+    adapters: list[AdapterConfig] = Field(
+        default_factory=list,
+        description="LoRA adapters served from startup (native: needs engine_args.enable_lora; vllm: enable_lora).",
     )
 
     @field_validator("name")

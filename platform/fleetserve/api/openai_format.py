@@ -194,7 +194,7 @@ async def collect(events: AsyncIterator[ChoiceEvent], n: int) -> list[_Choice]:
 def completion_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.CompletionResponse:
     r = job.model.renderer
     return M.CompletionResponse(
-        id=f"cmpl-{job.request_id}", created=job.created, model=job.model.spec.name,
+        id=f"cmpl-{job.request_id}", created=job.created, model=job.model.name,
         choices=[
             M.CompletionChoice(index=i, text=_echo(job, i) + "".join(c.text), finish_reason=c.finish_reason,
                                logprobs=completion_logprobs(r, c.logprobs, 0) if want_logprobs else None)
@@ -211,7 +211,7 @@ def _echo(job: Job, index: int) -> str:
 def chat_response(job: Job, choices: list[_Choice], want_logprobs: bool) -> M.ChatCompletionResponse:
     r = job.model.renderer
     return M.ChatCompletionResponse(
-        id=f"chatcmpl-{job.request_id}", created=job.created, model=job.model.spec.name,
+        id=f"chatcmpl-{job.request_id}", created=job.created, model=job.model.name,
         choices=[_chat_choice(job, i, c, chat_logprobs(r, c.logprobs) if want_logprobs else None)
                  for i, c in enumerate(choices)],
         usage=usage(job, sum(c.tokens for c in choices)), system_fingerprint=job.fingerprint,
@@ -263,7 +263,7 @@ class CompletionChunker:
         self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("cmpl-" + job.request_id)},"object":"text_completion",'
-                      f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
+                      f'"created":{int(job.created)},"model":{_dumps(job.model.name)},"choices":[')
         self._fp = _fingerprint_tail(job, keep_null=include_usage)
         self._echo_pending = set(range(job.num_choices)) if job.echo else set()
 
@@ -292,7 +292,7 @@ class CompletionChunker:
         lp = completion_logprobs(self.job.model.renderer, out.logprobs_delta or [], self._offsets[ev.index])
         self._offsets[ev.index] += len(out.text_delta)
         c = M.CompletionResponse(
-            id=f"cmpl-{self.job.request_id}", created=self.job.created, model=self.job.model.spec.name,
+            id=f"cmpl-{self.job.request_id}", created=self.job.created, model=self.job.model.name,
             choices=[M.CompletionChoice(index=ev.index, text=out.text_delta, logprobs=lp, finish_reason=finish)],
             system_fingerprint=self.job.fingerprint,
         )
@@ -302,7 +302,7 @@ class CompletionChunker:
         if not self.include_usage:
             return None
         c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
-                                 model=self.job.model.spec.name, choices=[], usage=usage(self.job, self.completion_tokens),
+                                 model=self.job.model.name, choices=[], usage=usage(self.job, self.completion_tokens),
                                  system_fingerprint=self.job.fingerprint)
         return c.model_dump_json()
 
@@ -312,7 +312,7 @@ class CompletionChunker:
         for i in range(self.job.num_choices):
             if i not in self._done:
                 c = M.CompletionResponse(id=f"cmpl-{self.job.request_id}", created=self.job.created,
-                                         model=self.job.model.spec.name,
+                                         model=self.job.model.name,
                                          choices=[M.CompletionChoice(index=i, text="", finish_reason=FINISH_ERROR_CHUNK)])
                 chunks.append(c.model_dump_json(exclude_none=not self.include_usage))
         return chunks
@@ -327,14 +327,14 @@ class ChatChunker:
         self._done: set[int] = set()
         self.completion_tokens = 0
         self._head = (f'{{"id":{_dumps("chatcmpl-" + job.request_id)},"object":"chat.completion.chunk",'
-                      f'"created":{int(job.created)},"model":{_dumps(job.model.spec.name)},"choices":[')
+                      f'"created":{int(job.created)},"model":{_dumps(job.model.name)},"choices":[')
         self._tail = ('],"usage":null' if include_usage else "]") + _fingerprint_tail(job, keep_null=True) + "}"
         plan = job.tool_plan
         self._decoders = [ToolCallDecoder(plan) for _ in range(job.num_choices)] if plan is not None else None
 
     def _chunk(self, choices: list[M.ChatChunkChoice], usage_: Optional[M.Usage] = None) -> str:
         c = M.ChatCompletionChunk(id=f"chatcmpl-{self.job.request_id}", created=self.job.created,
-                                  model=self.job.model.spec.name, choices=choices, usage=usage_,
+                                  model=self.job.model.name, choices=choices, usage=usage_,
                                   system_fingerprint=self.job.fingerprint)
         return c.model_dump_json(exclude_none=False) if self.include_usage else c.model_dump_json(exclude={"usage"})
 

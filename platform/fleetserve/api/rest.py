@@ -102,6 +102,10 @@ def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_byte
             served = service.loaded(name)
             cards.append(M.ModelCard(id=name, created=served.created if served else 0,
                                      max_model_len=served.info.max_model_len if served else None))
+            for entry in service.adapters.list(name):  # LoRA adapters are models of their own
+                if ctx.allowed_adapters is None or entry.name in ctx.allowed_adapters:
+                    cards.append(M.ModelCard(id=entry.name, created=served.created if served else 0,
+                                             max_model_len=served.info.max_model_len if served else None))
         return M.ModelList(data=cards)
 
     @app.post("/v1/completions", response_model=M.CompletionResponse, summary="Text completion (OpenAI).",

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Optional
 
 from fleetserve.admission.queues import AdmissionQueues, AdmissionRequest, Admitted
+from fleetserve.api.adapters import AdapterCatalog, AdapterEntry
 from fleetserve.api.fanout import ChoiceEvent, merge_streams
 from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.request_metrics import ChoiceTiming, observe_request, prediction_record, request_outcome
@@ -45,7 +46,7 @@ from fleetserve.canary.serving import VersionTable, fingerprint, route_key
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
 from fleetserve.deployments.replica_stats import ReplicaStatus
-from fleetserve.engine.protocol import FINISH_ABORT, FINISH_ERROR, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import FINISH_ABORT, FINISH_ERROR, GenerateRequest, LoraRef, ModelInfo, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.errors import (ContextLengthError, EngineError, FleetserveError, InvalidRequestError,
                                ModelNotFoundError, RateLimitError, ServiceUnavailableError)
@@ -77,6 +78,12 @@ class ServedModel:
     info: ModelInfo
     renderer: PromptRenderer
     created: int
+    adapter: Optional[LoraRef] = None  # a LoRA adapter of the model (``spec`` is the base's)
+
+    @property
+    def name(self) -> str:
+        """The name the client called: the adapter's full name, else the model's."""
+        return self.adapter.name if self.adapter is not None else self.spec.name
 
 
 @dataclass
@@ -132,13 +139,14 @@ class InferenceService:
                  metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
                  admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None,
                  versions: Optional[VersionTable] = None, ab: Optional[ABRecorder] = None,
-                 resume: Optional[ResumePolicy] = None, outcomes: Optional[OutcomeRecorder] = None):
+                 resume: Optional[ResumePolicy] = None, outcomes: Optional[OutcomeRecorder] = None,
+                 adapters: Optional[AdapterCatalog] = None):
         """``admission``: the fleet admission queues (None: admit at once); ``router``: the
         replica choice (None: every request through the Serve handle); ``versions``: stage
         3's cached split (None: each model's configured version serves everything); ``ab``: the
         per-variant A/B records, feedback and drift (None: in memory, no prediction log);
         ``resume``: how a broken replica stream is continued elsewhere (api/resume.py);
-        ``outcomes``: per-version outcomes of live rollout steps (None: not recorded)."""
+        ``outcomes``: per-version outcomes of live rollout steps (None: not recorded); ``adapters``: LoRA adapters."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
@@ -153,6 +161,7 @@ class InferenceService:
         self._loading: dict[str, asyncio.Lock] = {}
         self.resume = resume or ResumePolicy()
         self._seeds = random.SystemRandom()
+        self.adapters = adapters or AdapterCatalog(self._specs)
 
     # ----- models ----------------------------------------------------------------------
 
@@ -169,10 +178,20 @@ class InferenceService:
         """The model if a request has loaded it already (``/v1/models`` shows its limits)."""
         return self._served.get(name)
 
+    def resolve(self, name: str) -> tuple[str, Optional[AdapterEntry]]:
+        """A requested model name -> (base model, the LoRA adapter it names or None); 404."""
+        entry = None if name in self._specs else self.adapters.find(name)
+        if entry is None and name not in self._specs:
+            raise ModelNotFoundError(f"The model `{name}` does not exist.", field="model")
+        return (name, None) if entry is None else (entry.base, entry)
+
     async def served(self, name: str) -> ServedModel:
-        """The model with its tokenizer and limits (asks a replica once, then cached)."""
+        """The model with its tokenizer and limits (asked once); an adapter's: its base's, carrying it."""
         if name in self._served:
             return self._served[name]
+        base, entry = self.resolve(name)
+        if entry is not None:
+            return replace(await self.served(base), adapter=entry.ref)
         spec = self.spec(name)
         async with self._loading.setdefault(name, asyncio.Lock()):
             if name not in self._served:
@@ -191,9 +210,11 @@ class InferenceService:
         return await self.gatekeeper.authenticate(api_key)
 
     def authorize(self, ctx: TenantContext, model: str) -> None:
-        """404 for an unknown model, 403 for one this tenant may not use."""
-        self.spec(model)
-        self.gatekeeper.authorize_model(ctx, model)
+        """404 for an unknown model, 403 for one (or an adapter) this tenant may not use."""
+        base, entry = self.resolve(model)
+        self.gatekeeper.authorize_model(ctx, base)
+        if entry is not None:
+            self.gatekeeper.authorize_adapter(ctx, entry.name)
 
     # ----- building jobs -----------------------------------------------------------------
 
@@ -318,7 +339,7 @@ class InferenceService:
 
     def route(self, job: Job, prompt: list[int]) -> Route:
         """Stage 5: where one prompt's engine requests go."""
-        return self.router.choose(job.route_model, self.prefix_key(job.model.spec, job.ctx, prompt))
+        return self.router.choose(job.route_model, self.prefix_key(job.model.spec, job.ctx, prompt, job.model.adapter))
 
     async def account(self, job: Job, ticket: QuotaTicket, admitted: Optional[Admitted], timing: ChoiceTiming,
                       outcome: str, status: str) -> None:
@@ -374,17 +395,21 @@ class InferenceService:
             tenant_id=job.ctx.tenant_id,
             arrival_time=job.arrival,
             stream_interval_s=job.ctx.stream_interval_s,
+            lora=job.model.adapter,
         )
 
     @staticmethod
-    def prefix_key(spec: ModelSpec, ctx: TenantContext, prompt: list[int]) -> Optional[str]:
-        """Tenant + the first full prompt blocks, hashed: the router's prefix-affinity key."""
+    def prefix_key(spec: ModelSpec, ctx: TenantContext, prompt: list[int],
+                   adapter: Optional[LoraRef] = None) -> Optional[str]:
+        """Tenant (+ adapter) + the first full prompt blocks, hashed: the router's prefix-affinity key."""
         n_tokens = spec.prefix_affinity_blocks * spec.block_size
         if n_tokens == 0 or len(prompt) < spec.block_size:
             return None
         head = prompt[: min(n_tokens, len(prompt) // spec.block_size * spec.block_size)]
         h = hashlib.blake2b(digest_size=8)
         h.update((ctx.cache_salt or ctx.tenant_id).encode())
+        if adapter is not None:
+            h.update(b"\1" + adapter.key.encode())
         h.update(b"\0" + b",".join(str(t).encode() for t in head))
         return h.hexdigest()
 

@@ -8,6 +8,8 @@ Serve's HTTP proxy hands HTTP requests to the FastAPI app built in
 
 from __future__ import annotations
 
+from fleetserve.api.adapter_routes import build_adapter_router
+from fleetserve.api.adapters import AdapterCatalog
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
@@ -51,7 +53,8 @@ class Ingress:
         versions = build_versions(self._cfg)
         recorder = OutcomeRecorder(versions.window_for) if self._cfg.canary.enabled else None
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
-                                        versions=versions, ab=build_ab(self._cfg, metrics), outcomes=recorder)
+                                        versions=versions, ab=build_ab(self._cfg, metrics), outcomes=recorder,
+                                        adapters=AdapterCatalog.from_config(self._cfg.models))
         # Guarded rollouts: each ingress replica reports outcomes; the lease holder executes.
         self._rollouts, runner = build_rollouts(self._cfg, versions, self._deployer,
                                                 ServiceProber(client, router, versions), metrics.registry, recorder)
@@ -72,8 +75,9 @@ class Ingress:
                                         read_body=read_model)
         rollouts = build_rollout_router(self.service.gatekeeper.authenticate_admin, read_model, self._rollouts,
                                         self._cfg.canary, {m.name: m.checkpoint for m in self._cfg.models})
+        adapters = build_adapter_router(self.service, self._control)
         return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
-                              routers=(versions, rollouts), scaling=self._scaling, body_models=rollout_body_models())
+                              routers=(versions, rollouts, adapters), scaling=self._scaling, body_models=rollout_body_models())
 
     def _grpc_servicer(self):
         if self._grpc is None:

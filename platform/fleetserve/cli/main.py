@@ -13,7 +13,8 @@ import typer
 from typer.core import TyperGroup
 
 from fleetserve import __version__
-from fleetserve.cli import ab, drain, model, replicas, rollout, scale, serve, simulate, status, tenants, usage, versions, watch_nodes
+from fleetserve.cli import (ab, adapters, drain, model, replicas, rollout, scale, serve, simulate, status, tenants, usage,
+                            versions, watch_nodes)
 from fleetserve.cli.console import print_error
 from fleetserve.cli.errors import report
 
@@ -25,7 +26,7 @@ except ImportError:  # pragma: no cover - typer that still depends on click
 PROG = "fleetserve"
 # `fleetserve --help` order. Owners: serve/status (serving), tenants/usage (multi-tenancy),
 # model (engine), simulate (autoscaler), watch-nodes (kube).
-COMMAND_ORDER = ("serve", "status", "scale", "replicas", "drain", "tenants", "usage", "model", "versions", "rollout",
+COMMAND_ORDER = ("serve", "status", "scale", "replicas", "drain", "tenants", "usage", "model", "adapters", "versions", "rollout",
                  "ab", "simulate", "watch-nodes")
 
 
@@ -48,6 +49,7 @@ app.command("drain", rich_help_panel="Scaling")(drain.drain)
 app.add_typer(tenants.app, name="tenants", rich_help_panel="Tenants")
 app.command("usage", rich_help_panel="Tenants")(usage.usage)
 app.add_typer(model.app, name="model", rich_help_panel="Models")
+app.add_typer(adapters.app, name="adapters", rich_help_panel="Models")
 app.add_typer(versions.app, name="versions", rich_help_panel="Models")
 app.add_typer(rollout.app, name="rollout", rich_help_panel="Models")
 app.add_typer(ab.app, name="ab", rich_help_panel="Models")

@@ -93,6 +93,8 @@ def _q(q: dict, name: str) -> str:
 def add(id: TenantId, tier: Annotated[str, typer.Option(help="Tier.")] = "standard",
         weight: Annotated[float, typer.Option(help="Fair-share weight within its class.")] = 1.0,
         models: Annotated[Optional[str], typer.Option(help="Comma-separated allowed models (default: all).")] = None,
+        adapters: Annotated[Optional[str], typer.Option(help="Comma-separated allowed LoRA adapters, '<model>:<id>' "
+                                                              "(default: all; '' for none).")] = None,
         rpm: Rpm = None, tpm: Tpm = None, max_concurrent: MaxConcurrent = None, max_context: MaxContext = None,
         max_tokens: MaxTokens = None, url: Url = DEFAULT_URL, admin_key: AdminKey = None, json: Json = False) -> int:
     """Create a tenant and print its API key (once)."""
@@ -100,6 +102,8 @@ def add(id: TenantId, tier: Annotated[str, typer.Option(help="Tier.")] = "standa
     body = {"id": id, "tier": tier, "weight": weight, "quotas": quotas}
     if models:
         body["allowed_models"] = [m.strip() for m in models.split(",") if m.strip()]
+    if adapters is not None:
+        body["allowed_adapters"] = [a.strip() for a in adapters.split(",") if a.strip()]
     out = admin_request(url, admin_key, "POST", "/admin/tenants", json=body)
     if json:
         _print_json(out)

@@ -43,7 +43,7 @@ from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats, Standby
 from fleetserve.deployments.standby import node_capacity_type, park, wake
 from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.deployments.fault_injection import FaultInjector
-from fleetserve.engine.protocol import FINISH_ERROR, EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import FINISH_ERROR, EngineProtocol, GenerateRequest, LoraRef, ModelInfo, RequestOutput
 from fleetserve.errors import RequestMigrated, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,21 @@ class ModelReplica:
 
     async def check_health(self) -> None:
         await self._engine.check_health()
+
+    # LoRA adapters (the admin API pins each call to one replica with ``target_replica``, read
+    # by the replica router; a call that reached another replica changes nothing here).
+    async def add_adapter(self, ref: LoraRef, target_replica: Optional[str] = None) -> dict:
+        if target_replica is not None and target_replica != self._replica_id:
+            return {"replica": self._replica_id, "applied": False}
+        return {"replica": self._replica_id, "applied": True, **await self._engine.add_adapter(ref)}
+
+    async def remove_adapter(self, name: str, target_replica: Optional[str] = None) -> dict:
+        if target_replica is not None and target_replica != self._replica_id:
+            return {"replica": self._replica_id, "applied": False}
+        return {"replica": self._replica_id, "applied": True, "evicted": await self._engine.remove_adapter(name)}
+
+    async def list_adapters(self, target_replica: Optional[str] = None) -> dict:
+        return {"replica": self._replica_id, "adapters": await self._engine.list_adapters()}
 
     def record_routing_stats(self) -> dict:
         return self.replica_stats().to_dict()

@@ -7,9 +7,10 @@ keyword (``router/replica_router.py``), and the replica ignores a call meant for
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Protocol
+from typing import Mapping, Optional, Protocol, Sequence
 
 from fleetserve.deployments.replica_stats import DrainAck
+from fleetserve.engine.protocol import LoraRef
 from fleetserve.errors import ModelNotFoundError
 
 TARGET_REPLICA_KWARG = "target_replica"
@@ -22,6 +23,17 @@ class ReplicaControl(Protocol):
         ...
 
 
+class AdapterControl(Protocol):
+    """LoRA adapter calls to each of a model's replicas (``replica_ids``; empty: whichever
+    replica Serve picks, for a model whose replicas have not reported yet). One dict per call."""
+
+    async def add_adapter(self, model: str, replica_ids: Sequence[str], ref: LoraRef) -> list[dict]: ...
+
+    async def remove_adapter(self, model: str, replica_ids: Sequence[str], name: str) -> list[dict]: ...
+
+    async def list_adapters(self, model: str, replica_ids: Sequence[str]) -> list[dict]: ...
+
+
 class HandleReplicaControl:
     def __init__(self, handles: Mapping[str, object]):
         self._handles = dict(handles)
@@ -32,3 +44,19 @@ class HandleReplicaControl:
         if handle is None:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
         return await handle.set_draining.remote(draining, mode=mode, **{TARGET_REPLICA_KWARG: replica_id})
+
+    async def _each(self, model: str, replica_ids: Sequence[str], method: str, *args) -> list[dict]:
+        handle = self._handles.get(model)
+        if handle is None:
+            raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
+        targets: list[Optional[str]] = list(replica_ids) or [None]
+        return [await getattr(handle, method).remote(*args, **{TARGET_REPLICA_KWARG: rid}) for rid in targets]
+
+    async def add_adapter(self, model: str, replica_ids: Sequence[str], ref: LoraRef) -> list[dict]:
+        return await self._each(model, replica_ids, "add_adapter", ref)
+
+    async def remove_adapter(self, model: str, replica_ids: Sequence[str], name: str) -> list[dict]:
+        return await self._each(model, replica_ids, "remove_adapter", name)
+
+    async def list_adapters(self, model: str, replica_ids: Sequence[str]) -> list[dict]:
+        return await self._each(model, replica_ids, "list_adapters")

@@ -110,6 +110,16 @@ class EngineConfig(BaseModel):
         ),
     )
 
+    enable_lora: bool = Field(
+        False, description="Serve LoRA adapters (GenerateRequest.lora): allocates max_loras adapter slots per runner."
+    )
+    max_loras: int = Field(
+        4, ge=1, le=64,
+        description="Adapters resident at once (slots); the least recently used unpinned one is evicted for a new one. "
+                    "Requests of at most this many distinct adapters run at once.",
+    )
+    max_lora_rank: int = Field(16, ge=1, le=256, description="Largest LoRA rank r an adapter may have.")
+
     lift_step_thread_on_arrival: bool = Field(
         True,
         description=(

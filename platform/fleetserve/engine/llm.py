@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.core.llm_engine import LLMEngine
-from fleetserve.engine.protocol import GenerateRequest, TokenLogprob
+from fleetserve.engine.protocol import GenerateRequest, LoraRef, TokenLogprob
 from fleetserve.engine.core.runner_types import ModelRunnerProtocol
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.engine.tokenizer import Tokenizer
@@ -76,17 +76,20 @@ class LLM:
         *,
         priority: Optional[Sequence[int]] = None,
         use_tqdm: bool = False,  # accepted for vLLM compatibility; no progress bar here
+        lora_request: Union[LoraRef, Sequence[Optional[LoraRef]], None] = None,
     ) -> list[LLMOutput]:
-        """Generate for every prompt; results come back in the prompts' order."""
+        """Generate for every prompt; results come back in the prompts' order. ``lora_request``
+        (vLLM's name): one adapter for all prompts, or one (or None) per prompt."""
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(sampling_params, len(prompt_list))
         prios = list(priority) if priority is not None else [0] * len(prompt_list)
-        if len(prios) != len(prompt_list):
-            raise InvalidRequestError("priority must have one entry per prompt", field="priority")
+        loras = list(lora_request) if isinstance(lora_request, (list, tuple)) else [lora_request] * len(prompt_list)
+        if len(prios) != len(prompt_list) or len(loras) != len(prompt_list):
+            raise InvalidRequestError("priority and lora_request need one entry per prompt", field="priority")
         results = []
         try:
-            for prompt, params, prio in zip(prompt_list, params_list, prios):
-                results.append(self._add(prompt, params, prio))
+            for prompt, params, prio, lora in zip(prompt_list, params_list, prios, loras):
+                results.append(self._add(prompt, params, prio, lora))
             self._run_to_completion(results)
         except BaseException:
             # A bad prompt (or Ctrl-C) must not leave the others running in the engine.
@@ -115,7 +118,7 @@ class LLM:
         return self.generate(prompts, sampling_params)
 
     # ---------------------------------------------------------------- internals
-    def _add(self, prompt: PromptType, params: SamplingParams, priority: int):
+    def _add(self, prompt: PromptType, params: SamplingParams, priority: int, lora: Optional[LoraRef] = None):
         text, ids = _split_prompt(prompt)
         base = str(next(self._ids))
         request_ids = []
@@ -124,7 +127,8 @@ class LLM:
             # completion is reproducible on its own.
             sub = replace(params, n=1, seed=None if params.seed is None else params.seed + i)
             rid = f"{base}-{i}" if params.n > 1 else base
-            req = GenerateRequest(rid, sub, prompt=text if ids is None else None, prompt_token_ids=ids, priority=priority)
+            req = GenerateRequest(rid, sub, prompt=text if ids is None else None, prompt_token_ids=ids, priority=priority,
+                                  lora=lora)
             request = self.engine.add_request(req)
             request_ids.append(rid)
             ids = request.prompt_token_ids  # tokenize a text prompt once, not n times

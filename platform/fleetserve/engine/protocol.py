@@ -22,6 +22,21 @@ FINISH_ERROR = "error"      # the engine failed on this request only
 FINISH_REASONS = frozenset({FINISH_STOP, FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR})
 
 
+@dataclass(frozen=True)
+class LoraRef:
+    """The LoRA adapter a request runs with (set by the ingress from its adapter catalog,
+    never by the client). ``revision`` identifies the weights (a content hash), so an adapter
+    re-added under the same name never shares slots or cached KV with the old weights."""
+
+    name: str  # what clients call it: ``base:adapter`` or an alias
+    path: str  # PEFT directory (adapter_config.json + adapter_model.safetensors) on the replica's node
+    revision: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
 @dataclass
 class GenerateRequest:
     """One generation request as the engine sees it (after tokenization is optional).
@@ -50,6 +65,9 @@ class GenerateRequest:
     # position (the position offset is their number) -- and streams only what follows; its
     # detokenizer replays them, so the text continues where the client's text ends.
     resume_token_ids: list[int] = field(default_factory=list)
+    # Run with this LoRA adapter (None: the base model). Its KV never mixes with the base
+    # model's or another adapter's in the prefix cache.
+    lora: Optional[LoraRef] = None
 
 
 @dataclass
@@ -143,6 +161,9 @@ class EngineCapabilities:
     # sleep()/wake_up() release and restore device memory; when False they raise
     # NotSupportedError.
     supports_sleep: bool = False
+    # Serves GenerateRequest.lora and add_adapter/remove_adapter/list_adapters; when False
+    # a request with an adapter is a 400 and the adapter calls raise NotSupportedError.
+    supports_lora: bool = False
 
 
 @runtime_checkable
@@ -158,6 +179,9 @@ class EngineProtocol(Protocol):
     - ``sleep``/``wake_up`` release and restore device memory (warm pools). A sleeping
       engine rejects new requests with ServiceUnavailableError.
     - ``drain`` stops admission and waits up to ``timeout_s`` for in-flight requests.
+    - ``add_adapter`` loads a LoRA adapter now (validating it; it stays resident until the
+      LRU evicts it), ``remove_adapter`` evicts every revision of a name (409 while requests
+      use it), ``list_adapters`` shows the resident ones (``supports_lora``).
     - ``capabilities`` declares what the engine supports beyond that minimum
       (:class:`EngineCapabilities`: whether it paces streams itself, can preempt, can sleep).
     """
@@ -189,3 +213,9 @@ class EngineProtocol(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def apply_chat_template(self, messages: list[dict]) -> list[int]: ...
+
+    async def add_adapter(self, ref: LoraRef) -> dict: ...
+
+    async def remove_adapter(self, name: str) -> int: ...
+
+    async def list_adapters(self) -> list[dict]: ...

@@ -8,7 +8,7 @@ field, 404 unknown tenant, 409 duplicate id); the ingress maps them to HTTP stat
     POST   /admin/tenants                    create; returns the new API key (shown once)
     GET    /admin/tenants                    list (no key material)
     GET    /admin/tenants/{id}               one tenant
-    PATCH  /admin/tenants/{id}               tier / weight / allowed_models / quotas (merged)
+    PATCH  /admin/tenants/{id}               tier / weight / allowed_models / allowed_adapters / quotas
     POST   /admin/tenants/{id}/rotate-key    new key; ?keep_old=true keeps the old ones valid
     DELETE /admin/tenants/{id}               remove
     GET    /admin/usage[?tenant=ID]          usage per tenant and model
@@ -42,6 +42,8 @@ class TenantCreate(BaseModel):
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT, description="Fair-share weight within the tier's class.")
     allowed_models: Optional[list[ModelName]] = Field(None, max_length=MAX_ALLOWED_MODELS,
                                                       description="Allowed models; null allows all.")
+    allowed_adapters: Optional[list[ModelName]] = Field(None, max_length=MAX_ALLOWED_MODELS,
+                                                        description="Allowed LoRA adapters ('<model>:<id>'); null allows all.")
     quotas: QuotaSpec = Field(default_factory=QuotaSpec, description="Quotas.")
 
 
@@ -54,6 +56,8 @@ class TenantPatch(BaseModel):
     weight: Optional[float] = Field(None, gt=0, le=MAX_WEIGHT, description="New weight.")
     allowed_models: Optional[list[ModelName]] = Field(None, max_length=MAX_ALLOWED_MODELS,
                                                       description="New allowed models.")
+    allowed_adapters: Optional[list[ModelName]] = Field(None, max_length=MAX_ALLOWED_MODELS,
+                                                        description="New allowed LoRA adapters.")
     quotas: Optional[dict[QuotaField, Optional[Annotated[int, Field(ge=1, le=MAX_QUOTA)]]]] = Field(
         None, description="Quota fields to change (null clears a limit).")
 
@@ -114,7 +118,8 @@ def build_admin_router(gatekeeper: TenantGatekeeper, read_body: BodyReader) -> A
         reg.get(tenant_id)  # 404 before the body is read
         body = await read_body(request, TenantPatch)
         spec = await reg.update(
-            tenant_id, tier=body.tier, weight=body.weight, allowed_models=body.allowed_models, quotas=body.quotas
+            tenant_id, tier=body.tier, weight=body.weight, allowed_models=body.allowed_models, quotas=body.quotas,
+            allowed_adapters=body.allowed_adapters,
         )
         return {"tenant": spec.public_dict()}
 

@@ -48,6 +48,11 @@ class TenantSpec(BaseModel):
     tier: str = Field("standard", description="Tier name; maps to a priority class through TenantsConfig.tiers.")
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT, description="Weighted fair share between tenants of the same class (VTC weight).")
     allowed_models: Optional[list[str]] = Field(None, description="Models this tenant may call; null allows every model.")
+    allowed_adapters: Optional[list[str]] = Field(
+        None,
+        description="LoRA adapters this tenant may call, by full name ('<model>:<id>'); null allows every adapter "
+                    "of its allowed models, [] none. An alias is checked as the adapter it names.",
+    )
     api_key_hashes: list[str] = Field(
         default_factory=list, description="Hashes of the tenant's API keys ('sha256:<hex>'), never plaintext keys."
     )

@@ -4,7 +4,8 @@ Three stages of :class:`fleetserve.api.service.InferenceService` are the tenants
 request, in order:
 
 1. authenticate: ``authenticate(api_key)`` -> :class:`TenantContext` (AuthenticationError),
-   then ``authorize_model(ctx, model)`` (PermissionDeniedError);
+   then ``authorize_model(ctx, model)`` and, for a LoRA adapter, ``authorize_adapter(ctx,
+   adapter)`` (PermissionDeniedError);
 2. quota: ``reserve_quota(ctx, model, request_id, prompt_tokens, max_tokens)`` ->
    :class:`QuotaTicket` (RateLimitError, or a 400 for sizes over the tenant's limits);
 3. account: ``complete(ticket, prompt_tokens, completion_tokens, outcome)`` exactly once when
@@ -35,6 +36,7 @@ class TenantContext:
     weight: float
     cache_salt: Optional[str]
     allowed_models: Optional[frozenset[str]] = None  # None: every model
+    allowed_adapters: Optional[frozenset[str]] = None  # None: every adapter of its models (full names)
     max_context: Optional[int] = None
     max_tokens_per_request: Optional[int] = None
     stream_interval_s: float = 0.0  # see FleetSchedulingConfig.stream_interval_s
@@ -66,6 +68,8 @@ class Gatekeeper(Protocol):
     async def authenticate_admin(self, api_key: Optional[str]) -> None: ...
 
     def authorize_model(self, ctx: TenantContext, model: str) -> None: ...
+
+    def authorize_adapter(self, ctx: TenantContext, adapter: str) -> None: ...
 
     async def reserve_quota(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int,
                             max_tokens: int) -> QuotaTicket: ...

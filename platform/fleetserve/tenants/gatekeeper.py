@@ -111,6 +111,12 @@ class TenantGatekeeper:
             self.metering.note_rejection(ctx.tenant_id, model, PermissionDeniedError.code)
             raise PermissionDeniedError(f"tenant {ctx.tenant_id!r} may not use model {model!r}", field="model")
 
+    def authorize_adapter(self, ctx: TenantContext, adapter: str) -> None:
+        """``adapter``: the full name ``<model>:<id>`` (aliases are resolved before this)."""
+        if ctx.allowed_adapters is not None and adapter not in ctx.allowed_adapters:
+            self.metering.note_rejection(ctx.tenant_id, adapter, PermissionDeniedError.code)
+            raise PermissionDeniedError(f"tenant {ctx.tenant_id!r} may not use adapter {adapter!r}", field="model")
+
     async def reserve_quota(self, ctx: TenantContext, model: str, request_id: str, prompt_tokens: int,
                             max_tokens: int) -> QuotaTicket:
         try:
@@ -173,6 +179,7 @@ class TenantGatekeeper:
             weight=spec.weight,
             cache_salt=cache_salt_for(spec.id) if self.config.isolation else None,
             allowed_models=frozenset(spec.allowed_models) if spec.allowed_models is not None else None,
+            allowed_adapters=frozenset(spec.allowed_adapters) if spec.allowed_adapters is not None else None,
             max_context=q.max_context,
             max_tokens_per_request=q.max_tokens_per_request,
             stream_interval_s=self.config.scheduling.stream_interval_for(self.config.priority_of(spec.tier)),

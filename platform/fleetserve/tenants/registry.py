@@ -193,6 +193,7 @@ class TenantRegistry:
         weight: Optional[float] = None,
         allowed_models: Optional[list[str]] = None,
         quotas: Optional[dict] = None,
+        allowed_adapters: Optional[list[str]] = None,
     ) -> TenantSpec:
         """Change tier/weight/models or merge quota fields (unset fields keep their value)."""
         spec = self.get(tenant_id)
@@ -204,6 +205,8 @@ class TenantRegistry:
             update["weight"] = weight
         if allowed_models is not None:
             update["allowed_models"] = allowed_models
+        if allowed_adapters is not None:
+            update["allowed_adapters"] = allowed_adapters
         if quotas:
             try:
                 update["quotas"] = QuotaSpec.model_validate({**spec.quotas.model_dump(), **quotas})

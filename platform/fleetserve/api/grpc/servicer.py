@@ -47,7 +47,7 @@ class InferenceServicer:
             self._fail(context, exc)
         total = sum(c.tokens for c in choices)
         return pb.GenerateResponse(
-            id=job.request_id, model=job.model.spec.name, usage=_usage(job, total),
+            id=job.request_id, model=job.model.name, usage=_usage(job, total),
             choices=[
                 pb.Choice(index=i, text="".join(c.text), finish_reason=c.finish_reason or "",
                           logprobs=self._logprobs(job, c.logprobs))

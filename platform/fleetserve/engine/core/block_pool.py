@@ -29,13 +29,14 @@ class Block:
         return f"Block({self.block_id}, ref={self.ref_cnt}, hashed={self.block_hash is not None})"
 
 
-def hash_block(parent: Optional[bytes], salt: Optional[str], token_ids: Sequence[int]) -> bytes:
+def hash_block(parent: Optional[bytes], salt: Optional[str], token_ids: Sequence[int],
+               lora_key: Optional[str] = None) -> bytes:
     """Chained, salted hash of one full block.
 
     The parent's hash makes a block's identity depend on the whole prefix; the salt keeps
     tenants apart (two tenants with the same prompt get different hashes). A cryptographic
     digest rather than Python's ``hash`` so that a collision cannot hand one tenant another
-    tenant's K/V.
+    tenant's K/V. ``lora_key`` (the adapter's name@revision) keeps adapters apart the same way.
     """
     h = hashlib.blake2b(digest_size=16)
     h.update(parent or b"\0" * 16)
@@ -44,6 +45,9 @@ def hash_block(parent: Optional[bytes], salt: Optional[str], token_ids: Sequence
     else:
         encoded = salt.encode()
         h.update(b"\1" + len(encoded).to_bytes(4, "little") + encoded)
+    if lora_key is not None:
+        encoded = lora_key.encode()
+        h.update(b"\2" + len(encoded).to_bytes(4, "little") + encoded)
     h.update(array("q", token_ids).tobytes())
     return h.digest()
 

@@ -88,7 +88,7 @@ class KVCacheManager:
         while len(hashes) < num_full:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            hashes.append(hash_block(parent, request.salt, tokens[i * bs:(i + 1) * bs]))
+            hashes.append(hash_block(parent, request.salt, tokens[i * bs:(i + 1) * bs], request.lora_key))
 
     def find_prefix(self, request: Request) -> PrefixHit:
         """Longest run of cached full blocks matching the request's leading tokens.

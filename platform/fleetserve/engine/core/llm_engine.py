@@ -20,7 +20,8 @@ from fleetserve.engine.core.detokenizer import IncrementalDetokenizer
 from fleetserve.engine.core.kv_budget import KVBudget, plan_kv_budget
 from fleetserve.engine.core.kv_cache_manager import KVCacheManager, KVSlotUsage
 from fleetserve.engine.core.postprocess import Postprocessor
-from fleetserve.engine.protocol import EngineStats, GenerateRequest, RequestOutput
+from fleetserve.engine.lora.manager import LoraManager
+from fleetserve.engine.protocol import EngineStats, GenerateRequest, LoraRef, RequestOutput
 from fleetserve.engine.core.request import Request, RequestStatus
 from fleetserve.engine.core.runner_types import ModelInput, ModelRunnerProtocol, SeqBatchItem
 from fleetserve.engine.core.sampler import Sampler
@@ -106,6 +107,8 @@ class LLMEngine:
         # grammar check altogether (the unconstrained path does no extra work).
         self._grammar_ids: set[str] = set()
         self.last_scheduler_output: Optional[SchedulerOutput] = None
+        self.lora: Optional[LoraManager] = None if not config.enable_lora else LoraManager(
+            self.runner.max_loras, lambda slot, ref: self.runner.load_lora(slot, ref.path), self.runner.clear_lora)
 
     def _eos_token_ids(self) -> list[int]:
         ids = list(self.runner.eos_token_ids)
@@ -143,6 +146,7 @@ class LLMEngine:
             salt=req.cache_salt,
             tenant_id=req.tenant_id,
             resume_token_ids=req.resume_token_ids,
+            lora_key=req.lora.key if req.lora is not None else None,
         )
         detok = None
         if self.tokenizer is not None:
@@ -154,8 +158,35 @@ class LLMEngine:
             self._grammar_ids.add(request.request_id)
         if detok is not None:
             self._detok[request.request_id] = detok
+        if req.lora is not None:  # last: nothing after it may fail while the adapter is pinned
+            request.lora_slot = self._pin_adapter(request, req.lora)
         self.scheduler.add(request)
         return request
+
+    # ---------------------------------------------------------------- LoRA adapters
+    def _lora_manager(self) -> LoraManager:
+        if self.lora is None:
+            raise InvalidRequestError("this model serves no LoRA adapters (enable_lora is off)", field="model")
+        return self.lora
+
+    def _pin_adapter(self, request: Request, ref: LoraRef) -> int:
+        """The adapter's slot, pinned; a refusal (all slots busy, bad files) undoes add_request's setup."""
+        try:
+            return self._lora_manager().acquire(ref)
+        except Exception:
+            self._detok.pop(request.request_id, None)
+            self._grammar_ids.discard(request.request_id)
+            raise
+
+    def add_adapter(self, ref: LoraRef) -> dict:
+        """Load ``ref`` into a slot now (validates its files against the model)."""
+        return {"name": ref.name, "revision": ref.revision, "slot": self._lora_manager().preload(ref)}
+
+    def remove_adapter(self, name: str) -> int:
+        return self._lora_manager().remove(name)
+
+    def list_adapters(self) -> list[dict]:
+        return [a.to_dict() for a in self.lora.resident()] if self.lora is not None else []
 
     @property
     def grammar_compiler(self) -> GrammarCompiler:
@@ -223,7 +254,8 @@ class LLMEngine:
         t1 = time.perf_counter()
         self._apply_swaps(sched)
         batch = ModelInput([
-            SeqBatchItem(it.token_ids, it.start_pos, self.kv.block_table(it.request.request_id), it.needs_logits)
+            SeqBatchItem(it.token_ids, it.start_pos, self.kv.block_table(it.request.request_id), it.needs_logits,
+                         it.request.lora_slot)
             for it in sched.items
         ])
         t2 = time.perf_counter()
@@ -314,6 +346,9 @@ class LLMEngine:
     def _finish_output(self, request: Request, token_ids: list[int], logprobs, error: Optional[str] = None) -> RequestOutput:
         self.num_finished += 1
         self._grammar_ids.discard(request.request_id)
+        if request.lora_slot is not None:
+            self.lora.release(request.lora_key)
+            request.lora_slot = None
         detok = self._detok.pop(request.request_id, None)
         text = ""
         if detok is not None and request.status is not RequestStatus.FINISHED_ERROR:

@@ -54,7 +54,7 @@ class Request:
         "request_id", "prompt_token_ids", "params", "priority", "arrival_time", "salt",
         "output_token_ids", "all_token_ids", "num_computed_tokens", "num_cached_tokens",
         "status", "max_tokens", "generator", "sort_key", "num_preemptions",
-        "block_hashes", "tenant_id", "error", "stop_reason", "grammar",
+        "block_hashes", "tenant_id", "error", "stop_reason", "grammar", "lora_key", "lora_slot",
     )
 
     def __init__(
@@ -69,6 +69,7 @@ class Request:
         salt: Optional[str] = None,
         tenant_id: Optional[str] = None,
         resume_token_ids: Sequence[int] = (),
+        lora_key: Optional[str] = None,
     ):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -77,6 +78,11 @@ class Request:
         self.arrival_time = arrival_time
         self.salt = salt
         self.tenant_id = tenant_id
+        # LoRA adapter identity (LoraRef.key; None: the base model): part of every block hash,
+        # so KV computed under one adapter is never served to another. The slot is the
+        # runner's, pinned by the engine while the request is unfinished.
+        self.lora_key = lora_key
+        self.lora_slot: Optional[int] = None
         # Effective cap after validation: params.max_tokens, or what is left of the context.
         self.max_tokens = max_tokens
         # A continuation starts with the output an earlier attempt already streamed: it is

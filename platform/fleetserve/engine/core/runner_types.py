@@ -8,7 +8,7 @@ and decode tokens of different requests run in one forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 
@@ -29,6 +29,7 @@ class SeqBatchItem:
     start_pos: int
     block_table: Sequence[int]
     needs_logits: bool = True
+    lora_slot: Optional[int] = None  # the runner's adapter slot for these tokens; None: the base model
 
 
 @dataclass

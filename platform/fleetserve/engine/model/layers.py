@@ -34,20 +34,27 @@ class RMSNorm(nn.Module):
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, layer_index: int = 0):
         super().__init__()
         self.intermediate_size = intermediate_size
+        self.layer_index = layer_index  # which LoRA weights apply (LoraStep.add)
         self.gate_up = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
         self.down = nn.Linear(intermediate_size, hidden_size, bias=bias)
         # Optional fused ``[T, 2I] -> silu(gate) * up`` (cpu_kernels.silu_and_mul_kernel).
         self.silu_and_mul: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora=None) -> torch.Tensor:
+        """``lora``: the step's :class:`fleetserve.engine.lora.slots.LoraStep`, or None."""
         gate_up = self.gate_up(x)
+        if lora is not None:
+            lora.add(self.layer_index, "gate_up", x, gate_up)
         if self.silu_and_mul is not None and gate_up.dim() == 2:
-            return self.down(self.silu_and_mul(gate_up))
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return self.down(F.silu(gate) * up)
+            h = self.silu_and_mul(gate_up)
+        else:
+            gate, up = gate_up.split(self.intermediate_size, dim=-1)
+            h = F.silu(gate) * up
+        out = self.down(h)
+        return out if lora is None else lora.add(self.layer_index, "down", h, out)
 
 
 def _base_inv_freq(theta: float, dim: int) -> torch.Tensor:

@@ -24,6 +24,8 @@ from fleetserve.engine.runtime.hugepages import advise_huge_pages
 from fleetserve.engine.model.layers import RMSNorm, SwiGLU, rotary_tables
 from fleetserve.engine.model.loader import load_model
 from fleetserve.engine.model.step_layout import StepBuilder
+from fleetserve.engine.lora.peft_format import load_adapter
+from fleetserve.engine.lora.slots import LoraSlots
 from fleetserve.engine.core.runner_types import ModelInput
 from fleetserve.errors import ConfigError, EngineError
 
@@ -84,6 +86,26 @@ class ModelRunner:
         self.num_host_blocks = 0
         self.timings = RunnerTimings()
         self._builder: Optional[StepBuilder] = None
+        self.lora_slots: Optional[LoraSlots] = None
+        if config.enable_lora:
+            self.lora_slots = LoraSlots(mc, config.max_loras, config.max_lora_rank, self.dtype, self.device)
+
+    # ---------------------------------------------------------------- LoRA slots
+
+    @property
+    def max_loras(self) -> int:
+        """Adapter slots (0: LoRA is off)."""
+        return self.lora_slots.num_slots if self.lora_slots is not None else 0
+
+    def load_lora(self, slot: int, path: str) -> None:
+        """Write the PEFT adapter at ``path`` into ``slot`` (raises ConfigError when it does not fit)."""
+        if self.lora_slots is None:
+            raise ConfigError("this engine runs without LoRA (enable_lora: false)", field="enable_lora")
+        self.lora_slots.write(slot, load_adapter(path, self.model_config, self.lora_slots.max_rank))
+
+    def clear_lora(self, slot: int) -> None:
+        if self.lora_slots is not None:
+            self.lora_slots.clear(slot)
 
     # ---------------------------------------------------------------- K/V pool
 
@@ -178,7 +200,12 @@ class ModelRunner:
         step = self._builder.build(items)
         t1 = time.perf_counter()
         rot = self._rot.index_select(0, step.positions).unsqueeze(1)
-        hidden = self.model(step.token_ids, rot, self.kv_caches, step.meta, between_layers)
+        lora = None
+        if step.lora_rows is not None:
+            if self.lora_slots is None:
+                raise EngineError("a batch item names a LoRA slot but this runner has none")
+            lora = self.lora_slots.step(step.lora_rows)
+        hidden = self.model(step.token_ids, rot, self.kv_caches, step.meta, between_layers, lora)
         if step.logit_rows:
             rows = torch.tensor(step.logit_rows, device=self.device)
             logits = self.model.logits(hidden.index_select(0, rows)).to("cpu")

@@ -33,6 +33,8 @@ class StepLayout:
     positions: torch.Tensor  # [T]
     meta: AttentionMetadata
     logit_rows: list[int]  # flat row of each needs_logits item, in the items' order
+    # Adapter slot of every flat row (None: base model); None when no item uses an adapter.
+    lora_rows: Optional[list[Optional[int]]] = None
 
 
 class StepBuilder:
@@ -96,7 +98,13 @@ class StepBuilder:
         positions = (pos_parts[0] if len(pos_parts) == 1 else torch.cat(pos_parts)).to(dev)
         token_ids = torch.tensor(tokens, dtype=torch.long, device=dev)
         logit_rows = [last_row[i] for i, it in enumerate(items) if it.needs_logits]
-        return StepLayout(token_ids, positions, meta, logit_rows)
+        lora_rows = None
+        if any(it.lora_slot is not None for it in items):
+            # Rows follow the layout: decodes in their sorted order, then each prefill's run.
+            lora_rows = [items[i].lora_slot for i in decodes]
+            for i in prefills:
+                lora_rows += [items[i].lora_slot] * len(items[i].token_ids)
+        return StepLayout(token_ids, positions, meta, logit_rows, lora_rows)
 
     # ------------------------------------------------------------ decodes
 

@@ -38,7 +38,7 @@ from fleetserve.clock import Clock
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.process.front import EngineFront
 from fleetserve.engine.core.llm_engine import LLMEngine, RunnerFactory, default_runner_factory
-from fleetserve.engine.protocol import EngineStats, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import EngineStats, GenerateRequest, LoraRef, ModelInfo, RequestOutput
 from fleetserve.engine.runtime.priority_lane import PriorityLane
 from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
 from fleetserve.errors import EngineError, InvalidRequestError, ServiceUnavailableError
@@ -345,6 +345,15 @@ class AsyncEngine(EngineFront):
 
     def _op_stats(self) -> EngineStats:
         return self.stats()
+
+    def _op_add_adapter(self, ref: LoraRef) -> dict:
+        return self.engine.add_adapter(ref)
+
+    def _op_remove_adapter(self, name: str) -> int:
+        return self.engine.remove_adapter(name)
+
+    def _op_list_adapters(self) -> list[dict]:
+        return self.engine.list_adapters()
 
     # ---------------------------------------------------------------- state
     def stats(self) -> EngineStats:

@@ -29,13 +29,15 @@ import asyncio
 from typing import AsyncIterator
 
 from fleetserve.engine.process.pacing import drain_merged
-from fleetserve.engine.protocol import EngineCapabilities, GenerateRequest, RequestOutput
+from fleetserve.engine.protocol import EngineCapabilities, GenerateRequest, LoraRef, RequestOutput
 from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.errors import InvalidRequestError, ServiceUnavailableError
 
 
-# Both transports pace streams (stream_interval_s), preempt and sleep.
+# Both transports pace streams (stream_interval_s), preempt and sleep; LoRA when configured.
 NATIVE_CAPABILITIES = EngineCapabilities(paces_streams=True, supports_preempt=True, supports_sleep=True)
+NATIVE_LORA_CAPABILITIES = EngineCapabilities(paces_streams=True, supports_preempt=True, supports_sleep=True,
+                                              supports_lora=True)
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -56,7 +58,21 @@ class EngineFront:
         self._draining = False
 
     def capabilities(self) -> EngineCapabilities:
-        return NATIVE_CAPABILITIES
+        return NATIVE_LORA_CAPABILITIES if self.config.enable_lora else NATIVE_CAPABILITIES
+
+    # ---------------------------------------------------------------- LoRA adapters
+    async def add_adapter(self, ref: LoraRef) -> dict:
+        """Load ``ref`` into a slot of the step loop's runner now (validates it)."""
+        await self.start()
+        return await self._call_op("add_adapter", ref)
+
+    async def remove_adapter(self, name: str) -> int:
+        await self.start()
+        return await self._call_op("remove_adapter", name)
+
+    async def list_adapters(self) -> list[dict]:
+        await self.start()
+        return await self._call_op("list_adapters")
 
     # ---------------------------------------------------------------- transport (subclass)
     async def start(self) -> None:

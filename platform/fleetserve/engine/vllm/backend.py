@@ -21,7 +21,8 @@ import logging
 import os
 from typing import Any, AsyncIterator, Optional
 
-from fleetserve.engine.protocol import EngineCapabilities, EngineStats, GenerateRequest, ModelInfo, RequestOutput
+from fleetserve.engine.protocol import (EngineCapabilities, EngineStats, GenerateRequest, LoraRef, ModelInfo,
+                                       RequestOutput)
 from fleetserve.engine.tokenizer import Tokenizer
 from fleetserve.engine.validation import validate_request
 from fleetserve.engine.vllm.convert import (
@@ -77,6 +78,8 @@ class VllmEngine:
         self._draining = False
         self._sleeping = False
         self._start_lock: Optional[asyncio.Lock] = None
+        self._lora_ids: dict[str, int] = {}  # LoraRef.key -> vLLM's lora_int_id (>= 1, never reused)
+        self._lora_refs: dict[str, LoraRef] = {}
 
     @classmethod
     def from_config(
@@ -106,7 +109,41 @@ class VllmEngine:
             paces_streams=False,
             supports_preempt=False,
             supports_sleep=bool(self.engine_args.get("enable_sleep_mode", False)),
+            supports_lora=bool(self.engine_args.get("enable_lora", False)),
         )
+
+    # ---------------------------------------------------------------- LoRA (vLLM's LoRARequest)
+    def _lora_request(self, ref: Optional[LoraRef]):
+        """vLLM's ``LoRARequest`` for ``ref``: one int id per name@revision, so new weights
+        under an old name are a new adapter to vLLM as well (its prefix cache keys on the id)."""
+        if ref is None:
+            return None
+        if not self.capabilities().supports_lora:
+            raise InvalidRequestError("this model serves no LoRA adapters (engine_args.enable_lora is off)",
+                                      field="model")
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(ref.key, len(self._lora_ids) + 1)
+        self._lora_refs[ref.key] = ref
+        return LoRARequest(lora_name=ref.key, lora_int_id=lora_id, lora_path=ref.path)
+
+    async def add_adapter(self, ref: LoraRef) -> dict:
+        await self._admit().add_lora(self._lora_request(ref))
+        return {"name": ref.name, "revision": ref.revision, "slot": None}
+
+    async def remove_adapter(self, name: str) -> int:
+        keys = [k for k, r in self._lora_refs.items() if r.name == name]
+        for k in keys:
+            await self._admit().remove_lora(self._lora_ids[k])
+            del self._lora_refs[k]
+        return len(keys)
+
+    async def list_adapters(self) -> list[dict]:
+        if self._llm is None or not self.capabilities().supports_lora:
+            return []
+        loaded = await self._llm.list_loras()
+        return [{"name": r.name, "path": r.path, "revision": r.revision, "slot": None, "active_requests": None}
+                for k, r in self._lora_refs.items() if self._lora_ids[k] in loaded]
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -180,7 +217,8 @@ class VllmEngine:
         finished = False
         stream = None
         try:
-            stream = llm.generate(prompt, sampling, request.request_id, priority=request.priority)
+            stream = llm.generate(prompt, sampling, request.request_id, priority=request.priority,
+                                  lora_request=self._lora_request(request.lora))
             while not finished:
                 try:
                     out = await stream.__anext__()

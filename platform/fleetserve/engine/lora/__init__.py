@@ -1,0 +1,1 @@
+"""LoRA adapters in the native engine: PEFT files -> padded blocks -> batched slots."""
