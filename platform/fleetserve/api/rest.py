@@ -12,7 +12,7 @@ import json
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncIterator, Callable, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
 from fleetserve.api import openapi
+from fleetserve.api.admin_guard import AdminGuard
 from fleetserve.api.drain_routes import build_drain_router
 from fleetserve.api.errors import error_body, http_error, validation_error
 from fleetserve.api.json_body import parse_model, parse_object, read_body, read_model
@@ -43,29 +44,44 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
+Surface = Literal["all", "tenant", "admin"]
+
+
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
-                   control: Optional[ReplicaControl] = None, routers: tuple = ()) -> FastAPI:
+                   control: Optional[ReplicaControl] = None, routers: tuple = (), surface: Surface = "all") -> FastAPI:
     """``control``: reaches single replicas for the admin drain endpoints (none: not served);
-    ``routers``: more admin routers to mount (the model versions' ones, built by the application)."""
-    app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
+    ``routers``: more admin routers to mount (the model versions' ones, built by the application);
+    ``surface``: 'all' (one port), or the 'tenant' (no /admin/*) and 'admin' (only /admin/* and
+    /health) halves for when the admin API has its own port (``server.admin_port``)."""
+    app = FastAPI(title=title if surface != "admin" else f"{title} admin", version="1",
+                  description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
-    _add_ops_routes(app, service)
-    _add_inference_routes(app, service, max_body_bytes)
-    app.include_router(build_admin_router(service.gatekeeper, read_model))
-    if control is not None:
-        app.include_router(build_drain_router(service, control))
-    for router in routers:
-        app.include_router(router)
-    _add_status_route(app, service)
-    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS],
-                    [M.ChatCompletionChunk], public_paths=["/health", "/metrics"])
+    app.add_middleware(AdminGuard, authenticate_admin=service.gatekeeper.authenticate_admin,
+                       max_body_bytes=max_body_bytes)  # admin key before any /admin/* route reads a body
+    _add_ops_routes(app, service, metrics=surface != "admin")
+    bodies = []
+    if surface != "admin":
+        _add_inference_routes(app, service, max_body_bytes)
+        bodies += [M.CompletionRequest, M.ChatCompletionRequest]
+    if surface != "tenant":
+        app.include_router(build_admin_router(service.gatekeeper, read_model))
+        if control is not None:
+            app.include_router(build_drain_router(service, control))
+        for router in routers:
+            app.include_router(router)
+        _add_status_route(app, service)
+        bodies += list(ADMIN_BODY_MODELS)
+    openapi.install(app, bodies, [M.ChatCompletionChunk], public_paths=["/health", "/metrics"])
     return app
 
 
-def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
+def _add_ops_routes(app: FastAPI, service: InferenceService, metrics: bool = True) -> None:
     @app.get("/health", summary="Liveness of the ingress.")
     async def health() -> dict:
         return {"status": "ok", "models": service.model_names()}
+
+    if not metrics:
+        return
 
     @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def metrics() -> Response:
