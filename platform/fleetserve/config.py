@@ -77,6 +77,15 @@ class ServerConfig(BaseModel):
     max_request_body_bytes: int = Field(
         1 << 20, ge=1024, description="Requests with a larger body are rejected with HTTP 413."
     )
+    stream_send_timeout_s: Optional[float] = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A streamed response whose client accepts no bytes for this long (one write blocked on TCP flow control) "
+            "is cancelled like a disconnect: the request is aborted in the engine (its KV blocks freed), metered as "
+            "aborted, and the connection closed. null: wait for ever."
+        ),
+    )
     ingress_replicas: int = Field(1, ge=1, description="Number of ingress (API) replicas.")
     request_timeout_s: Optional[float] = Field(
         None, gt=0, description="End-to-end timeout Serve's proxies apply to one request; null: none."

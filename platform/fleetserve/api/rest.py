@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetserve.api import openai_format as F
@@ -27,6 +27,7 @@ from fleetserve.api.drain_routes import build_drain_router
 from fleetserve.api.errors import error_body, http_error, validation_error
 from fleetserve.api.json_body import parse_model, parse_object, read_body, read_model
 from fleetserve.api.service import ChoiceEvent, InferenceService
+from fleetserve.api.sse_response import BoundedSendStreamingResponse
 from fleetserve.errors import FleetserveError
 from fleetserve.deployments.replica_control import ReplicaControl
 from fleetserve.tenants.admin_routes import ADMIN_BODY_MODELS, build_admin_router
@@ -48,11 +49,13 @@ Surface = Literal["all", "tenant", "admin"]
 
 
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
-                   control: Optional[ReplicaControl] = None, routers: tuple = (), surface: Surface = "all") -> FastAPI:
+                   control: Optional[ReplicaControl] = None, routers: tuple = (), surface: Surface = "all",
+                   stream_send_timeout_s: Optional[float] = 30.0) -> FastAPI:
     """``control``: reaches single replicas for the admin drain endpoints (none: not served);
     ``routers``: more admin routers to mount (the model versions' ones, built by the application);
     ``surface``: 'all' (one port), or the 'tenant' (no /admin/*) and 'admin' (only /admin/* and
-    /health) halves for when the admin API has its own port (``server.admin_port``)."""
+    /health) halves for when the admin API has its own port (``server.admin_port``);
+    ``stream_send_timeout_s``: how long one SSE write may wait for a client (api/sse_response.py)."""
     app = FastAPI(title=title if surface != "admin" else f"{title} admin", version="1",
                   description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
@@ -61,7 +64,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     _add_ops_routes(app, service, metrics=surface != "admin")
     bodies = []
     if surface != "admin":
-        _add_inference_routes(app, service, max_body_bytes)
+        _add_inference_routes(app, service, _Limits(max_body_bytes, stream_send_timeout_s))
         bodies += [M.CompletionRequest, M.ChatCompletionRequest]
     if surface != "tenant":
         app.include_router(build_admin_router(service.gatekeeper, read_model))
@@ -94,7 +97,13 @@ def _add_ops_routes(app: FastAPI, service: InferenceService, metrics: bool = Tru
         return Response(body, media_type=ctype)
 
 
-def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_bytes: int) -> None:
+@dataclass(frozen=True)
+class _Limits:
+    max_body_bytes: int
+    stream_send_timeout_s: Optional[float]
+
+
+def _add_inference_routes(app: FastAPI, service: InferenceService, limits: _Limits) -> None:
     @app.get("/v1/models", response_model=M.ModelList, summary="Models this key may use.",
              responses=openapi.errors(401, 503))
     async def list_models(request: Request) -> M.ModelList:
@@ -112,7 +121,7 @@ def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_byte
               openapi_extra=openapi.json_body(M.CompletionRequest),
               responses={**openapi.streamed_ok(M.CompletionResponse), **openapi.errors(*GENERATE_ERRORS)})
     async def completions(request: Request):
-        return await _generate(service, request, max_body_bytes, _Endpoint(
+        return await _generate(service, request, limits, _Endpoint(
             M.CompletionRequest, F.completion_job, F.completion_response, F.CompletionChunker,
             want_logprobs=lambda r: r.logprobs is not None))
 
@@ -120,7 +129,7 @@ def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_byte
               openapi_extra=openapi.json_body(M.ChatCompletionRequest),
               responses={**openapi.streamed_ok(M.ChatCompletionChunk), **openapi.errors(*GENERATE_ERRORS)})
     async def chat_completions(request: Request):
-        return await _generate(service, request, max_body_bytes, _Endpoint(
+        return await _generate(service, request, limits, _Endpoint(
             M.ChatCompletionRequest, F.chat_job, F.chat_response, F.ChatChunker, want_logprobs=lambda r: r.logprobs))
 
 
@@ -135,11 +144,11 @@ class _Endpoint:
     want_logprobs: Callable
 
 
-async def _generate(service: InferenceService, request: Request, max_body_bytes: int, ep: _Endpoint):
+async def _generate(service: InferenceService, request: Request, limits: _Limits, ep: _Endpoint):
     """Body -> key -> JSON -> schema -> model and permission -> job; then run it."""
     ctx, model = None, ""
     try:
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes)
         ctx = await _authenticate(service, request)
         data = parse_object(body)
         model = data.get("model") if isinstance(data.get("model"), str) else ""
@@ -166,8 +175,9 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
         await events.aclose()
         raise
     chunker = ep.chunker_cls(job, lp, req.include_usage)
-    return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_headers(job)})
+    return BoundedSendStreamingResponse(_sse(first, events, chunker), send_timeout_s=limits.stream_send_timeout_s,
+                                        media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_headers(job)})
 
 
 VERSION_HEADER = "x-fleetserve-version"  # on every response: "<model>@<version>" that served it

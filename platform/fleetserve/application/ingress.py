@@ -52,7 +52,8 @@ class Ingress:
         versions = build_version_router(self.service.gatekeeper.authenticate_admin, self.service.versions,
                                         self._deployer, {m.name: m.checkpoint for m in self._cfg.models})
         server = self._cfg.server
-        kw = dict(max_body_bytes=server.max_request_body_bytes, control=self._control, routers=(versions,))
+        kw = dict(max_body_bytes=server.max_request_body_bytes, control=self._control, routers=(versions,),
+                  stream_send_timeout_s=server.stream_send_timeout_s)
         if server.admin_port is None:
             return build_rest_app(self.service, **kw)
         from fleetserve.application.admin_listener import AdminListener
