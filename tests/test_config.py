@@ -83,3 +83,47 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(scalar)
+
+
+STRONG_ADMIN_KEY = "fs-admin-Q3v9xLk2pR7tW1mZ8yB4nC6dF0hJ5sGaUe"
+
+
+@pytest.mark.parametrize("weak", ["change-me-admin-key-0123456789", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                  "fs-admin-0123456789abcdef", "Example-Admin-Key-Qw3rty-Zx9v-PlkM-4321"])
+def test_a_weak_admin_key_is_refused_beyond_loopback(weak):
+    with pytest.raises(ConfigError, match="refusing to serve the admin API on 0.0.0.0") as info:
+        parse_config({**minimal(), "server": {"host": "0.0.0.0", "admin_key": weak}})
+    assert info.value.field == "server" and weak not in str(info.value)
+    for server in ({"host": "127.0.0.1"}, {"host": "::1"}, {"host": "0.0.0.0", "admin_port": 8001}):
+        parse_config({**minimal(), "server": {**server, "admin_key": weak}})  # only this machine reaches it
+    with pytest.raises(ConfigError, match="refusing"):
+        parse_config({**minimal(), "server": {"host": "0.0.0.0", "admin_port": 8001, "admin_host": "10.0.0.5",
+                                              "admin_key": weak}})
+
+
+def test_a_strong_admin_key_serves_on_any_host():
+    cfg = parse_config({**minimal(), "server": {"host": "0.0.0.0", "admin_key": STRONG_ADMIN_KEY}})
+    assert cfg.server.admin_key == STRONG_ADMIN_KEY and cfg.server.admin_port is None
+
+
+def test_a_published_placeholder_hash_is_refused_beyond_loopback():
+    from fleetserve.exposure import PLACEHOLDER_ADMIN_HASHES
+
+    placeholder = sorted(PLACEHOLDER_ADMIN_HASHES)[0]
+    with pytest.raises(ConfigError, match="placeholder"):
+        parse_config({**minimal(), "server": {"host": "0.0.0.0"}, "tenants": {"admin_key_hash": placeholder}})
+    parse_config({**minimal(), "tenants": {"admin_key_hash": placeholder}})  # loopback: a local experiment
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOYMENTS.glob("*.yaml")) + sorted(
+    (DEPLOYMENTS.parent / "helm" / "fleetserve" / "examples").glob("*.yaml")) + [DEPLOYMENTS.parent / "tenants" / "example.yaml"],
+    ids=lambda p: p.name)
+def test_example_configs_carry_no_admin_key(path):
+    import re
+
+    from fleetserve.exposure import PLACEHOLDER_ADMIN_HASHES
+
+    text = path.read_text()
+    assert not re.search(r"^\s*admin_key\s*:", text, re.M), f"{path} carries an admin key"
+    assert not re.search(r"fs-admin-[A-Za-z0-9_-]{8,}", text), f"{path} carries an admin key in a comment"
+    assert not any(h in text for h in PLACEHOLDER_ADMIN_HASHES)

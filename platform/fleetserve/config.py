@@ -20,6 +20,7 @@ from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.errors import ConfigError
 from fleetserve.tenants.config import TenantsConfig
+from fleetserve.exposure import PLACEHOLDER_ADMIN_HASHES, admin_key_problem, is_loopback, refusal
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -37,13 +38,53 @@ class ServerConfig(BaseModel):
     app_name: str = Field("fleetserve", description="Ray Serve application name (gRPC calls name it in 'application' metadata).")
     route_prefix: str = Field("/", description="HTTP route prefix of the application.")
     admin_key: Optional[str] = Field(
-        None, min_length=16, description="Admin API key (Bearer) for /admin/*. Null: only demo mode generates one."
+        None,
+        min_length=16,
+        description=(
+            "Admin API key (Bearer) for /admin/*. Null: `fleetserve serve` reads FLEETSERVE_ADMIN_KEY, demo mode "
+            "generates one, else the admin API is off. Hashed before the config leaves the process that parsed it. "
+            "Where the admin API is reachable beyond loopback, a short, low-entropy or placeholder key is refused."
+        ),
+    )
+    admin_host: str = Field(
+        "127.0.0.1",
+        description="Interface of the separate admin listener (with admin_port); loopback by default.",
+    )
+    admin_port: Optional[int] = Field(
+        None,
+        ge=0,
+        le=65535,
+        description=(
+            "Serve /admin/* on this port of admin_host only (every ingress replica listens there, SO_REUSEPORT), and "
+            "refuse it (404) on the tenant REST port. Null: /admin/* is served on the tenant REST port, as the "
+            "local demo and `fleetserve tenants` expect; set it in production so tenants cannot reach the admin API."
+        ),
+    )
+    grpc_max_message_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        le=(1 << 31) - 1,
+        description=(
+            "Largest gRPC message Serve's gRPC listeners receive or send (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE; Ray's "
+            "default is 2 GiB). Larger messages end with RESOURCE_EXHAUSTED before they are buffered; requests "
+            "between max_request_body_bytes and this get the 413-equivalent from the servicer. Like "
+            "serve_throughput_optimized it must be in the environment Ray starts with."
+        ),
     )
     demo: bool = Field(
         False, description="Create a demo tenant and key at start (for `fleetserve serve` on a laptop; never in production)."
     )
     max_request_body_bytes: int = Field(
         1 << 20, ge=1024, description="Requests with a larger body are rejected with HTTP 413."
+    )
+    stream_send_timeout_s: Optional[float] = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A streamed response whose client accepts no bytes for this long (one write blocked on TCP flow control) "
+            "is cancelled like a disconnect: the request is aborted in the engine (its KV blocks freed), metered as "
+            "aborted, and the connection closed. null: wait for ever."
+        ),
     )
     ingress_replicas: int = Field(1, ge=1, description="Number of ingress (API) replicas.")
     request_timeout_s: Optional[float] = Field(
@@ -113,6 +154,19 @@ class ServerConfig(BaseModel):
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v
+
+    @property
+    def admin_listen_host(self) -> str:
+        """The interface the admin API is reachable on."""
+        return self.admin_host if self.admin_port is not None else self.host
+
+    @model_validator(mode="after")
+    def _admin_key_strength(self) -> "ServerConfig":
+        if self.admin_key is not None:
+            problem = admin_key_problem(self.admin_key)
+            if problem and not is_loopback(self.admin_listen_host):
+                raise ValueError(refusal(problem, self.admin_listen_host, "server.admin_key"))
+        return self
 
 
 class ReplicasConfig(BaseModel):
@@ -296,6 +350,14 @@ class FleetConfig(BaseModel):
             if m.name in seen:
                 raise ValueError(f"duplicate model name {m.name!r}")
             seen.add(m.name)
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_admin_hash(self) -> "FleetConfig":
+        host = self.server.admin_listen_host
+        if self.tenants is not None and self.tenants.admin_key_hash in PLACEHOLDER_ADMIN_HASHES and not is_loopback(host):
+            raise ValueError(refusal("it is a placeholder published in fleetserve's examples", host,
+                                     "tenants.admin_key_hash"))
         return self
 
     def model(self, name: str) -> ModelConfig:

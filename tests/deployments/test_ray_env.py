@@ -16,16 +16,20 @@ from fleetserve.deployments.ray_env import (
 from fleetserve.errors import ConfigError
 
 
-DEFAULT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0", "FLEETSERVE_GC_GEN2_THRESHOLD": "1000"}
+DEFAULT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0", "FLEETSERVE_GC_GEN2_THRESHOLD": "1000",
+               "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(4 << 20)}
 
 
 def test_defaults_and_operator_value_wins():
     assert serve_env(ServerConfig(), proxy="python") == DEFAULT_ENV
-    assert serve_env(ServerConfig(serve_throughput_optimized=False, ray_worker_niceness=None, gc_gen2_threshold=None), proxy="python") == {}
+    assert serve_env(ServerConfig(serve_throughput_optimized=False, ray_worker_niceness=None, gc_gen2_threshold=None),
+                     proxy="python") == {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(4 << 20)}  # never Ray's 2 GiB
+    assert serve_env(ServerConfig(grpc_max_message_bytes=65536), proxy="python")["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == "65536"
     assert serve_env(ServerConfig(ray_worker_niceness=5), proxy="python")["RAY_worker_niceness"] == "5"
     env: dict[str, str] = {}
     assert apply_serve_env(ServerConfig(proxy="python"), env) == DEFAULT_ENV and env == DEFAULT_ENV
-    explicit = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_worker_niceness": "15", "FLEETSERVE_GC_GEN2_THRESHOLD": "10"}
+    explicit = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_worker_niceness": "15", "FLEETSERVE_GC_GEN2_THRESHOLD": "10",
+                "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": "1048576"}
     assert apply_serve_env(ServerConfig(proxy="python"), explicit) == {} and explicit["RAY_worker_niceness"] == "15"
 
 

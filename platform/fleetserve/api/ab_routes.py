@@ -67,10 +67,19 @@ def _query_params() -> dict:
     return {"parameters": params}
 
 
-def build_ab_router(service) -> APIRouter:
-    """``service``: the :class:`fleetserve.api.service.InferenceService` (its ``ab`` recorder)."""
+def build_ab_router(service, *, feedback: bool = True, report: bool = True) -> APIRouter:
+    """``service``: the :class:`fleetserve.api.service.InferenceService` (its ``ab`` recorder);
+    ``feedback``/``report``: mount the tenant route and/or the admin route (split when the
+    admin API has its own port)."""
     router = APIRouter()
+    if feedback:
+        _add_feedback_route(router, service)
+    if report:
+        _add_report_route(router, service)
+    return router
 
+
+def _add_feedback_route(router: APIRouter, service) -> None:
     @router.post("/v1/feedback", response_model=FeedbackResponse, summary="Feedback on a response (A/B outcome).",
                  openapi_extra=openapi.json_body(FeedbackRequest),
                  responses=openapi.errors(400, 401, 404, 409, 413, 503))
@@ -85,6 +94,8 @@ def build_ab_router(service) -> APIRouter:
             raise ServiceUnavailableError(f"the feedback store is unreachable ({type(exc).__name__})") from exc
         return FeedbackResponse(id=req.id, model=served.model, version=served.version, outcome=outcome)
 
+
+def _add_report_route(router: APIRouter, service) -> None:
     @router.get("/admin/ab/{model}", summary="A/B report of a model's versions (admin key).", tags=["admin"],
                 openapi_extra=_query_params(), responses=openapi.errors(400, 401, 403, 404, 503))
     async def ab_report(model: str, request: Request) -> dict:
@@ -97,8 +108,6 @@ def build_ab_router(service) -> APIRouter:
         except STORE_ERRORS as exc:
             raise ServiceUnavailableError(f"the A/B store is unreachable ({type(exc).__name__})") from exc
         return {**report.to_dict(), "stable": stable, "drift": service.ab.drift_report(model)}
-
-    return router
 
 
 def _bearer(request: Request) -> Optional[str]:

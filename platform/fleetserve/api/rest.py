@@ -12,23 +12,25 @@ import json
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncIterator, Callable, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
 from fleetserve.api import openapi
 from fleetserve.api.ab_routes import AB_BODY_MODELS, FeedbackResponse, build_ab_router
+from fleetserve.api.admin_guard import AdminGuard
 from fleetserve.api.drain_routes import build_drain_router
 from fleetserve.api.errors import error_body, http_error, validation_error
 from fleetserve.api.json_body import parse_model, parse_object, read_body, read_model
 from fleetserve.api.service import ChoiceEvent, InferenceService
 from fleetserve.api.tokenize_routes import BODY_MODELS as TOKENIZE_BODY_MODELS
 from fleetserve.api.tokenize_routes import build_tokenize_router
+from fleetserve.api.sse_response import BoundedSendStreamingResponse
 from fleetserve.errors import FleetserveError
 from fleetserve.deployments.replica_control import ReplicaControl
 from fleetserve.tenants.admin_routes import ADMIN_BODY_MODELS, build_admin_router
@@ -47,21 +49,49 @@ def bearer_key(authorization: Optional[str]) -> Optional[str]:
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
+Surface = Literal["all", "tenant", "admin"]
+
+
 def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, title: str = "fleetserve",
                    control: Optional[ReplicaControl] = None, routers: tuple = (),
-                   scaling: Optional[ScalingControl] = None, body_models: tuple = ()) -> FastAPI:
+                   scaling: Optional[ScalingControl] = None, body_models: tuple = (), surface: Surface = "all",
+                   stream_send_timeout_s: Optional[float] = 30.0) -> FastAPI:
     """``control``: reaches single replicas for the admin drain endpoints (none: not served);
     ``routers``: more admin routers to mount (the model versions' ones, built by the application);
     ``scaling``: the scaling controller (none: ``/admin/scaling`` and ``/admin/replicas`` not served);
-    ``body_models``: the mounted routers' request bodies, added to the OpenAPI components."""
-    app = FastAPI(title=title, version="1", description="OpenAI-compatible LLM serving on Ray Serve.")
+    ``body_models``: the mounted routers' request bodies, added to the OpenAPI components;
+    ``surface``: 'all' (one port), or the 'tenant' (no /admin/*) and 'admin' (only /admin/* and
+    /health) halves for when the admin API has its own port (``server.admin_port``);
+    ``stream_send_timeout_s``: how long one SSE write may wait for a client (api/sse_response.py)."""
+    app = FastAPI(title=title if surface != "admin" else f"{title} admin", version="1",
+                  description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
-    _add_ops_routes(app, service)
-    _add_inference_routes(app, service, max_body_bytes)
-    app.include_router(build_tokenize_router(service, lambda r, cls: read_model(r, cls, max_body_bytes),
+    app.add_middleware(AdminGuard, authenticate_admin=service.gatekeeper.authenticate_admin,
+                       max_body_bytes=max_body_bytes)  # admin key before any /admin/* route reads a body
+    _add_ops_routes(app, service, metrics=surface != "admin")
+    bodies, responses = [], [M.ChatCompletionChunk]
+    if surface != "admin":
+        _add_tenant_routes(app, service, _Limits(max_body_bytes, stream_send_timeout_s))
+        bodies += [M.CompletionRequest, M.ChatCompletionRequest, *TOKENIZE_BODY_MODELS, *AB_BODY_MODELS]
+        responses.append(FeedbackResponse)
+    if surface != "tenant":
+        _add_admin_routes(app, service, control, scaling, routers)
+        bodies += [*ADMIN_BODY_MODELS, *body_models]
+    openapi.install(app, bodies, responses, public_paths=["/health", "/metrics"])
+    return app
+
+
+def _add_tenant_routes(app: FastAPI, service: InferenceService, limits: "_Limits") -> None:
+    _add_inference_routes(app, service, limits)
+    app.include_router(build_tokenize_router(service, lambda r, cls: read_model(r, cls, limits.max_body_bytes),
                                              lambda r: _authenticate(service, r)))
+    app.include_router(build_ab_router(service, report=False))
+
+
+def _add_admin_routes(app: FastAPI, service: InferenceService, control: Optional[ReplicaControl],
+                      scaling: Optional[ScalingControl], routers: tuple) -> None:
     app.include_router(build_admin_router(service.gatekeeper, read_model))
-    app.include_router(build_ab_router(service))
+    app.include_router(build_ab_router(service, feedback=False))
     if control is not None:
         app.include_router(build_drain_router(service, control))
     if scaling is not None:
@@ -69,15 +99,15 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     for router in routers:
         app.include_router(router)
     _add_status_route(app, service)
-    openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *TOKENIZE_BODY_MODELS, *ADMIN_BODY_MODELS, *AB_BODY_MODELS, *body_models],
-                    [M.ChatCompletionChunk, FeedbackResponse], public_paths=["/health", "/metrics"])
-    return app
 
 
-def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
+def _add_ops_routes(app: FastAPI, service: InferenceService, metrics: bool = True) -> None:
     @app.get("/health", summary="Liveness of the ingress.")
     async def health() -> dict:
         return {"status": "ok", "models": service.model_names()}
+
+    if not metrics:
+        return
 
     @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def metrics() -> Response:
@@ -90,7 +120,13 @@ def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
         return Response(body, media_type=ctype)
 
 
-def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_bytes: int) -> None:
+@dataclass(frozen=True)
+class _Limits:
+    max_body_bytes: int
+    stream_send_timeout_s: Optional[float]
+
+
+def _add_inference_routes(app: FastAPI, service: InferenceService, limits: _Limits) -> None:
     @app.get("/v1/models", response_model=M.ModelList, summary="Models this key may use.",
              responses=openapi.errors(401, 503))
     async def list_models(request: Request) -> M.ModelList:
@@ -112,7 +148,7 @@ def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_byte
               openapi_extra=openapi.json_body(M.CompletionRequest),
               responses={**openapi.streamed_ok(M.CompletionResponse), **openapi.errors(*GENERATE_ERRORS)})
     async def completions(request: Request):
-        return await _generate(service, request, max_body_bytes, _Endpoint(
+        return await _generate(service, request, limits, _Endpoint(
             M.CompletionRequest, F.completion_job, F.completion_response, F.CompletionChunker,
             want_logprobs=lambda r: r.logprobs is not None))
 
@@ -120,7 +156,7 @@ def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_byte
               openapi_extra=openapi.json_body(M.ChatCompletionRequest),
               responses={**openapi.streamed_ok(M.ChatCompletionChunk), **openapi.errors(*GENERATE_ERRORS)})
     async def chat_completions(request: Request):
-        return await _generate(service, request, max_body_bytes, _Endpoint(
+        return await _generate(service, request, limits, _Endpoint(
             M.ChatCompletionRequest, F.chat_job, F.chat_response, F.ChatChunker, want_logprobs=lambda r: r.logprobs))
 
 
@@ -135,11 +171,11 @@ class _Endpoint:
     want_logprobs: Callable
 
 
-async def _generate(service: InferenceService, request: Request, max_body_bytes: int, ep: _Endpoint):
+async def _generate(service: InferenceService, request: Request, limits: _Limits, ep: _Endpoint):
     """Body -> key -> JSON -> schema -> model and permission -> job; then run it."""
     ctx, model = None, ""
     try:
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes)
         ctx = await _authenticate(service, request)
         data = parse_object(body)
         model = data.get("model") if isinstance(data.get("model"), str) else ""
@@ -166,8 +202,9 @@ async def _generate(service: InferenceService, request: Request, max_body_bytes:
         await events.aclose()
         raise
     chunker = ep.chunker_cls(job, lp, req.include_usage)
-    return StreamingResponse(_sse(first, events, chunker), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_headers(job)})
+    return BoundedSendStreamingResponse(_sse(first, events, chunker), send_timeout_s=limits.stream_send_timeout_s,
+                                        media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_headers(job)})
 
 
 VERSION_HEADER = "x-fleetserve-version"  # on every response: "<model>@<version>" that served it

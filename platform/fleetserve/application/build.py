@@ -124,8 +124,10 @@ def build_app(cfg: FleetConfig, engine_factory=None):
     from ray import serve
 
     from fleetserve.application.ingress import Ingress
+    from fleetserve.application.wiring import cluster_config
     from fleetserve.deployments.replica import ModelReplica
 
+    cfg = cluster_config(cfg)  # only the admin key's hash enters the bound (GCS-stored) arguments
     handles, names = {}, {}
     for m in cfg.models:
         dep = serve.deployment(ModelReplica).options(**model_options(m, cfg))

@@ -67,17 +67,28 @@ class Ingress:
 
             self._scaling = ActorScalingControl(start_controller(self._cfg))
         self._grpc = None
+        self._admin = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates
 
-    def __serve_build_asgi_app__(self):
+    async def __serve_build_asgi_app__(self):
         versions = build_version_router(self.service.gatekeeper.authenticate_admin, self.service.versions,
                                         self._deployer, {m.name: m.checkpoint for m in self._cfg.models},
                                         read_body=read_model)
         rollouts = build_rollout_router(self.service.gatekeeper.authenticate_admin, read_model, self._rollouts,
                                         self._cfg.canary, {m.name: m.checkpoint for m in self._cfg.models})
         adapters = build_adapter_router(self.service, self._control)
-        return build_rest_app(self.service, max_body_bytes=self._cfg.server.max_request_body_bytes, control=self._control,
-                              routers=(versions, rollouts, adapters), scaling=self._scaling, body_models=rollout_body_models())
+        server = self._cfg.server
+        kw = dict(max_body_bytes=server.max_request_body_bytes, control=self._control,
+                  routers=(versions, rollouts, adapters), scaling=self._scaling, body_models=rollout_body_models(),
+                  stream_send_timeout_s=server.stream_send_timeout_s)
+        if server.admin_port is None:
+            return build_rest_app(self.service, **kw)
+        from fleetserve.application.admin_listener import AdminListener
+
+        self._admin = AdminListener(build_rest_app(self.service, surface="admin", **kw), server.admin_host,
+                                    server.admin_port)
+        await self._admin.start()  # a port taken by something else fails the replica's start, loudly
+        return build_rest_app(self.service, surface="tenant", **kw)
 
     def _grpc_servicer(self):
         if self._grpc is None:

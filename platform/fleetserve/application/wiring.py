@@ -2,6 +2,7 @@
 
 - :func:`tenants_config`: the ``tenants`` section plus ``server.admin_key`` (hashed here,
   never stored in plaintext by the gatekeeper);
+- :func:`cluster_config`: the config without the plaintext admin key, as it is shipped;
 - :func:`build_gatekeeper`: the tenants' stages (authenticate, quota, account);
 - :func:`build_versions`: stage 3's cached view of the version registry;
 - :func:`build_ab`: the A/B records (per-variant counters, feedback ids, drift, prediction log);
@@ -46,6 +47,17 @@ def tenants_config(cfg: FleetConfig) -> TenantsConfig:
     if cfg.server.admin_key and tcfg.admin_key_hash is None:
         tcfg = tcfg.model_copy(update={"admin_key_hash": hash_api_key(cfg.server.admin_key)})
     return tcfg
+
+
+def cluster_config(cfg: FleetConfig) -> FleetConfig:
+    """``cfg`` as it may leave this process: ``server.admin_key`` replaced by its hash in
+    ``tenants.admin_key_hash``. What :func:`fleetserve.application.build.build_app` binds is
+    stored in Ray's control store (GCS) and shipped to every ingress replica, so the
+    plaintext key must never be part of it; the gatekeeper compares hashes in constant time."""
+    if cfg.server.admin_key is None:
+        return cfg
+    server = cfg.server.model_copy(update={"admin_key": None})
+    return cfg.model_copy(update={"server": server, "tenants": tenants_config(cfg)})
 
 
 def build_gatekeeper(cfg: FleetConfig, metrics_registry: Optional[object] = None) -> TenantGatekeeper:

@@ -24,6 +24,7 @@ from fleetserve.cli.errors import CLIError
 DEFAULT_MODEL_NAME = "tiny-llama"
 DEFAULT_CHECKPOINT = Path("~/.cache/fleetserve/models/tiny-llama").expanduser()
 READY_TIMEOUT_S = 300.0
+ADMIN_KEY_ENV = "FLEETSERVE_ADMIN_KEY"  # read by `fleetserve tenants|status` and the Kubernetes entry point too
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,24 @@ def _load_config(opts: ServeOptions, progress: Progress):
     except ConfigError as exc:
         raise CLIError(str(exc), 2, prefix="fleetserve serve: ") from exc
     overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("grpc_port", opts.grpc_port)) if v is not None}
+    if cfg.server.admin_key is None and not cfg.server.demo and os.environ.get(ADMIN_KEY_ENV):
+        overrides["admin_key"] = os.environ[ADMIN_KEY_ENV]  # keeps the key out of the YAML file
     if overrides:
-        cfg.server = cfg.server.model_copy(update=overrides)
+        cfg.server = _server_with(cfg, overrides)
     return cfg
+
+
+def _server_with(cfg, overrides: dict):
+    """``cfg.server`` with ``overrides``, validated again: a ``--host 0.0.0.0`` must meet the
+    same admin key rules as a host written in the file."""
+    from pydantic import ValidationError
+
+    from fleetserve.config import ServerConfig, _config_error
+
+    try:
+        return ServerConfig.model_validate({**cfg.server.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise CLIError(str(_config_error(exc, ("server",))), 2, prefix="fleetserve serve: ") from None
 
 
 def _start_ray(cfg, address: Optional[str]) -> None:
@@ -252,7 +268,7 @@ def _print_banner(cfg, creds, detached: bool = False) -> None:
         from fleetserve.tenants.demo import print_demo_credentials
 
         print_demo_credentials(creds)
-        print(f"  try: curl http://{host}:{cfg.server.port}/v1/completions -H 'Authorization: Bearer {creds.api_key}' "
+        print(f"  try: curl http://{host}:{cfg.server.port}/v1/completions -H \"Authorization: Bearer $DEMO_KEY\" "
               f"-H 'Content-Type: application/json' -d '{{\"model\": \"{cfg.models[0].name}\", \"prompt\": \"def \", \"max_tokens\": 16}}'")
     if detached:
         print(f"  left running on the cluster; remove with serve.delete({cfg.server.app_name!r}).", flush=True)

@@ -19,6 +19,7 @@ from fleetserve.engine.runtime.heap_freeze import GEN2_THRESHOLD_ENV
 from fleetserve.errors import ConfigError
 
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
+GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 
 
 def haproxy_binary(environ: Mapping[str, str] = os.environ) -> Optional[str]:
@@ -61,6 +62,8 @@ def serve_env(server: ServerConfig, proxy: Optional[Literal["haproxy", "python"]
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if server.serve_throughput_optimized else {}
     if server.ray_worker_niceness is not None:
         env["RAY_worker_niceness"] = str(server.ray_worker_niceness)
+    # Serve's gRPC listeners (proxy and the ingress replicas' own ports) otherwise take 2 GiB messages.
+    env[GRPC_MAX_MESSAGE_ENV] = str(server.grpc_max_message_bytes)
     if server.gc_gen2_threshold is not None:
         env[GEN2_THRESHOLD_ENV] = str(server.gc_gen2_threshold)
     if (proxy or resolve_proxy(server)) == "haproxy":

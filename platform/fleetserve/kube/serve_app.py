@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 from fleetserve.config import FleetConfig, parse_config
 from fleetserve.errors import ConfigError
+from fleetserve.exposure import admin_key_problem, is_loopback, refusal
 from fleetserve.tenants.keys import hash_api_key
 
 ADMIN_KEY_ENV = "FLEETSERVE_ADMIN_KEY"  # the name `fleetserve tenants` reads too
@@ -45,6 +46,7 @@ def resolve_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Fleet
         tenants = cfg.get("tenants") or {}
         cfg["tenants"] = tenants
         if admin_key:
+            _refuse_weak_admin_key(admin_key, parse_config(cfg).server.admin_listen_host)
             # Only the hash enters the config: it is shipped to the Serve controller and every ingress.
             tenants["admin_key_hash"] = hash_api_key(admin_key)
         if redis_url:
@@ -52,6 +54,13 @@ def resolve_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Fleet
         if keys_dir and Path(keys_dir).is_dir():
             _apply_key_hashes(tenants, read_key_hashes(Path(keys_dir)))
     return parse_config(cfg)
+
+
+def _refuse_weak_admin_key(admin_key: Optional[str], host: str) -> None:
+    """The same rule as ``server.admin_key`` in a file: a weak key only on loopback."""
+    problem = admin_key_problem(admin_key) if admin_key else None
+    if problem and not is_loopback(host):
+        raise ConfigError(refusal(problem, host, ADMIN_KEY_ENV), field="server.admin_key")
 
 
 def _apply_key_hashes(tenants: dict, hashes: dict[str, list[str]]) -> None:

@@ -44,10 +44,10 @@ def demo_tenants_config(base: Optional[TenantsConfig] = None) -> tuple[TenantsCo
 
 
 def print_demo_credentials(creds: DemoCredentials, out: TextIO = sys.stdout) -> None:
-    """The one place the demo keys are shown (stdout, not the log)."""
+    """The one place the demo keys are shown: once, on stdout (the terminal), never through ``logging``."""
     out.write(
         f"  demo tenant : {creds.tenant_id}\n"
-        f"  API key     : {creds.api_key}\n"
+        f"  API key     : {creds.api_key}   (export DEMO_KEY=... for the curl below)\n"
         f"  admin key   : {creds.admin_key}   (export FLEETSERVE_ADMIN_KEY=... for `fleetserve tenants`)\n"
     )
     out.flush()

@@ -83,15 +83,23 @@ class Metering:
         self._pending[(tenant_id, model)][REJECTED] += 1
 
     async def _add(self, tenant_id: str, model: str, deltas: dict[str, int]) -> None:
-        pending = self._pending[(tenant_id, model)]
+        self._merge((tenant_id, model), deltas)
+        # Each series is taken out before its write is awaited, so concurrent callers never
+        # write (and count) the same increments twice or delete what another one added
+        # meanwhile (found by the Redis fault test: a KeyError turned requests into 500s).
+        while self._pending:
+            key, d = self._pending.popitem()
+            try:
+                await self._store.add_usage(key[0], key[1], dict(d))
+            except STORE_ERRORS as e:
+                self._merge(key, d)
+                log.warning("usage store unreachable (%s); buffering %d series", type(e).__name__, len(self._pending))
+                return
+
+    def _merge(self, key: tuple[str, str], deltas: dict[str, int]) -> None:
+        pending = self._pending[key]
         for k, v in deltas.items():
             pending[k] += v
-        try:
-            for (t, mdl), d in list(self._pending.items()):
-                await self._store.add_usage(t, mdl, dict(d))
-                del self._pending[(t, mdl)]
-        except STORE_ERRORS as e:
-            log.warning("usage store unreachable (%s); buffering %d series", type(e).__name__, len(self._pending))
 
     async def usage(self, tenant_id: Optional[str] = None) -> Usage:
         """Fleet-wide usage from the store plus this replica's unflushed increments."""
