@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from fleetserve.api.admin_guard import route_path
-from fleetserve.api.json_body import ADMIN_MAX_BODY_BYTES
+from fleetserve.api.json_body import ADMIN_MAX_BODY_BYTES, read_model
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.canary.admin_routes import build_version_router
@@ -35,7 +35,7 @@ def make_app(tmp_path, surface="all", max_body_bytes=1 << 20):
     gk = TenantGatekeeper(make_config(make_spec(id="acme", key=TENANT_KEY)))
     service = InferenceService([ModelSpec(MODEL, str(tmp_path))], client=None, gatekeeper=gk, metrics=FleetMetrics())
     table = VersionTable({MODEL: "v1"}, VersionRegistry(MemoryCanaryStore()))
-    versions = build_version_router(gk.authenticate_admin, table, NoDeployer(), {MODEL: str(tmp_path)})
+    versions = build_version_router(gk.authenticate_admin, table, NoDeployer(), {MODEL: str(tmp_path)}, read_body=read_model)
     return build_rest_app(service, max_body_bytes=max_body_bytes, routers=(versions,), surface=surface)
 
 

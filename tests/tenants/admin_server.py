@@ -29,6 +29,7 @@ def admin_app(gatekeeper) -> FastAPI:
     return app
 
 
+@contextmanager
 def serve_admin(gatekeeper, timeout_s: float = 10.0):
     with serve_asgi(admin_app(gatekeeper), timeout_s) as url:
         yield url

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from fleetserve.clock import Clock, SystemClock
@@ -26,6 +25,7 @@ from fleetserve.engine.core.request import Request, RequestStatus
 from fleetserve.engine.core.runner_types import ModelInput, ModelRunnerProtocol, SeqBatchItem
 from fleetserve.engine.core.sampler import Sampler
 from fleetserve.engine.core.scheduler import ScheduledItem, Scheduler, SchedulerOutput
+from fleetserve.engine.core.step_timings import StepTimings
 from fleetserve.engine.core.structured import GrammarBatch, GrammarCompiler, GrammarState
 from fleetserve.engine.tokenizer import Tokenizer, load_tokenizer
 from fleetserve.engine.validation import validate_request
@@ -40,26 +40,6 @@ def default_runner_factory(config: EngineConfig) -> ModelRunnerProtocol:
     from fleetserve.engine.model.runner import ModelRunner
 
     return ModelRunner(config)
-
-
-@dataclass
-class StepTimings:
-    """Cumulative seconds per phase, so a benchmark can report the scheduler's and Python's
-    share of step time (everything but ``execute_s`` is engine overhead)."""
-
-    steps: int = 0
-    schedule_s: float = 0.0
-    prepare_s: float = 0.0     # swaps + building the runner's batch description
-    execute_s: float = 0.0     # runner.execute (the forward pass)
-    sample_s: float = 0.0
-    postprocess_s: float = 0.0  # stop checks, detokenization, outputs
-
-    @property
-    def total_s(self) -> float:
-        return self.schedule_s + self.prepare_s + self.execute_s + self.sample_s + self.postprocess_s
-
-    def reset(self) -> None:
-        self.__init__()
 
 
 class LLMEngine:
