@@ -116,6 +116,7 @@ async def test_tenant_and_admin_halves(tmp_path):
         assert (await tenant.get("/health")).status_code == 200
         assert (await tenant.get("/v1/models", headers=AUTH)).status_code == 200
         assert (await tenant.get("/admin/tenants", headers=ADMIN)).status_code == 404
+        assert (await tenant.post("/admin/tenants", content=b"{")).status_code == 404  # no key check reveals it
         assert (await tenant.get("/admin/status", headers=ADMIN)).status_code == 404
         assert "/admin/tenants" not in (await tenant.get("/openapi.json")).json()["paths"]
     async with client(make_app(tmp_path, surface="admin")) as admin:

@@ -18,6 +18,14 @@ pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.redis]
 DOCUMENTED = {200, 502, 503, "RemoteProtocolError", "ReadError", "ConnectError", "ConnectTimeout"}
 
 
+def serve_proxy_actor_died(outcome: tuple) -> bool:
+    """Serve's Python proxy (haproxy's fallback while no ingress replica is registered) answers
+    a request whose replica died under it with a plain-text 500 naming the dead actor; Serve's
+    behaviour, documented in docs/operations.md ("Failure modes"), never fleetserve's JSON."""
+    _, status, detail = outcome
+    return status == 500 and "actor" in detail.lower() and not detail.startswith("{")
+
+
 def kill_ingress() -> int:
     import ray
 
@@ -42,7 +50,7 @@ def test_ingress_killed_under_load(healthy):
         back = time.monotonic()
         wait_for(lambda: load.count(200, since=back) >= 6, 60, "load to flow through the new ingress")
     seen = load.summary()
-    odd = [o for o in load.outcomes if o[1] not in DOCUMENTED]
+    odd = [o for o in load.outcomes if o[1] not in DOCUMENTED and not serve_proxy_actor_died(o)]
     assert not odd, f"undocumented outcomes: {seen}: {odd[:5]}"
     complete = [d for _, s, d in load.outcomes if s == 200]
     assert all(d in ("complete", "error-event") for d in complete), "a 200 stream ended as neither complete nor an error"

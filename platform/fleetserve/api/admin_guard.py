@@ -40,9 +40,11 @@ def is_admin_path(path: str) -> bool:
 
 
 class AdminGuard:
-    """Authenticates ``/admin/*`` from the headers, then passes the request on with its body bounded."""
+    """Authenticates ``/admin/*`` from the headers, then passes the request on with its body bounded.
+    ``authenticate_admin`` None: the app serves no admin routes (the tenant half), so they are
+    answered 404 by the app, as unknown paths, without a key check that would reveal them."""
 
-    def __init__(self, app, authenticate_admin: AuthenticateAdmin, *, max_body_bytes: int,
+    def __init__(self, app, authenticate_admin: Optional[AuthenticateAdmin], *, max_body_bytes: int,
                  admin_max_body_bytes: int = ADMIN_MAX_BODY_BYTES):
         self.app = app
         self._authenticate_admin = authenticate_admin
@@ -56,7 +58,7 @@ class AdminGuard:
         admin = is_admin_path(path)
         limit = self._admin_max_body if admin else self._max_body
         try:
-            if admin and path not in TENANT_READABLE:
+            if admin and path not in TENANT_READABLE and self._authenticate_admin is not None:
                 await self._authenticate_admin(_header(scope, b"authorization"))
             _check_declared_length(scope, limit)
         except FleetserveError as exc:

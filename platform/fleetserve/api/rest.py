@@ -66,7 +66,8 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     app = FastAPI(title=title if surface != "admin" else f"{title} admin", version="1",
                   description="OpenAI-compatible LLM serving on Ray Serve.")
     _install_error_handlers(app)
-    app.add_middleware(AdminGuard, authenticate_admin=service.gatekeeper.authenticate_admin,
+    admin_auth = service.gatekeeper.authenticate_admin if surface != "tenant" else None
+    app.add_middleware(AdminGuard, authenticate_admin=admin_auth,
                        max_body_bytes=max_body_bytes)  # admin key before any /admin/* route reads a body
     _add_ops_routes(app, service, metrics=surface != "admin")
     bodies, responses = [], [M.ChatCompletionChunk]
