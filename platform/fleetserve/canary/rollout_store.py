@@ -68,7 +68,7 @@ class DecisionRecord:
     at: float
     event: Optional[str]
     phase: str
-    step: Optional[float]
+    step_index: Optional[int]  # 0-based index into the rollout's steps, None before the canary serves
     weights: Mapping[str, float]
     reason: Optional[str] = None
     verdict: Optional[dict[str, Any]] = None
