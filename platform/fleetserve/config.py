@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.errors import ConfigError
+from fleetserve.metrics.config import MetricsConfig
 from fleetserve.tenants.config import TenantsConfig
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -240,6 +241,9 @@ class FleetConfig(BaseModel):
     tenants: Optional[TenantsConfig] = Field(None, description="Multi-tenancy (fleetserve.tenants.config).")
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary rollouts (fleetserve.canary.config).")
     autoscaler: Optional[AutoscalerConfig] = Field(None, description="Autoscaler (fleetserve.autoscaler.config).")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Private Prometheus listeners of the ingress and replicas (fleetserve.metrics.config)."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "FleetConfig":

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetserve.api import openai_format as F
@@ -58,7 +58,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
         app.include_router(router)
     _add_status_route(app, service)
     openapi.install(app, [M.CompletionRequest, M.ChatCompletionRequest, *ADMIN_BODY_MODELS],
-                    [M.ChatCompletionChunk], public_paths=["/health", "/metrics"])
+                    [M.ChatCompletionChunk], public_paths=["/health"])
     return app
 
 
@@ -67,15 +67,8 @@ def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
     async def health() -> dict:
         return {"status": "ok", "models": service.model_names()}
 
-    @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
-    async def metrics() -> Response:
-        versions = {n: service.spec(n).version for n in service.model_names()}
-        service.metrics.set_replica_stats(
-            (r.model, versions.get(r.model, ""), r.replica, r.num_waiting, r.num_running, r.kv_usage)
-            for r in service.replica_status()
-        )
-        body, ctype = service.metrics.render()
-        return Response(body, media_type=ctype)
+    # No /metrics here: the series name tenants, so they live on the private metrics
+    # listener (fleetserve.metrics.server; /admin/status lists its address).
 
 
 def _add_inference_routes(app: FastAPI, service: InferenceService, max_body_bytes: int) -> None:
@@ -197,11 +190,11 @@ def _add_status_route(app: FastAPI, service: InferenceService) -> None:
                      "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
                      "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
                      "transport": "link" if r.link else "handle", "link_streams": r.link_streams,
-                     "node_id": r.node_id, "node_ip": r.node_ip}
+                     "node_id": r.node_id, "node_ip": r.node_ip, "metrics": r.metrics}
                     for r in reps
                 ],
             })
-        return {"models": models}
+        return {"models": models, "metrics": service.metrics.address}
 
 
 async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent], chunker) -> AsyncIterator[bytes]:

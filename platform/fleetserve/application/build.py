@@ -98,12 +98,14 @@ def build_app(cfg: FleetConfig, engine_factory=None):
     from ray import serve
 
     from fleetserve.application.ingress import Ingress
+    from fleetserve.application.metrics_port import listener_settings
     from fleetserve.deployments.replica import ModelReplica
 
     handles, names = {}, {}
     for m in cfg.models:
         dep = serve.deployment(ModelReplica).options(**model_options(m, cfg))
-        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct")
+        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct",
+                                   metrics=listener_settings(cfg))
         names[m.name] = deployment_name(m)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS_DEPLOYMENT,

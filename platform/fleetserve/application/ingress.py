@@ -17,7 +17,9 @@ from fleetserve.application.wiring import build_admission, build_gatekeeper, bui
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_control import HandleReplicaControl
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
+from fleetserve.application.metrics_port import listener_settings
 from fleetserve.metrics.registry import FleetMetrics
+from fleetserve.metrics.server import MetricsServer
 from fleetserve.router.chooser import ReplicaChooser
 
 
@@ -43,6 +45,10 @@ class Ingress:
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
                                         versions=build_versions(self._cfg))
+        # Tenant series never go out on the REST port: only on this private listener.
+        metrics.set_warm_replicas((m.name, m.version, 0) for m in self._cfg.models)  # no warm pool yet
+        self._metrics_listener = MetricsServer.start(metrics.registry, listener_settings(self._cfg))
+        metrics.address = self._metrics_listener.address
         self._control = HandleReplicaControl(handles)
         self._grpc = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates

@@ -32,10 +32,12 @@ from typing import AsyncIterator, Callable, Optional
 from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
+from fleetserve.deployments.replica_metrics import ReplicaMetrics
 from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats
 from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import EngineProtocol, GenerateRequest, ModelInfo, RequestOutput
 from fleetserve.errors import ServiceUnavailableError
+from fleetserve.metrics.server import ListenerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +46,12 @@ EngineFactory = Callable[[ModelConfig], EngineProtocol]
 
 class ModelReplica:
     async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None, link: bool = False,
-                       verify_checkpoint: Optional[Callable[[], None]] = None):
+                       verify_checkpoint: Optional[Callable[[], None]] = None,
+                       metrics: Optional[ListenerSettings] = None):
         """``verify_checkpoint``: raises when the checkpoint is not the one registered for this
         version (``canary.versions.verify``, injected by the application): the replica then
-        refuses to start, and the version is blocked."""
+        refuses to start, and the version is blocked. ``metrics``: where this replica serves
+        its engine's series (None: recorded, not served)."""
         from fleetserve.deployments.engine_factory import build_engine
 
         self._cfg = ModelConfig.model_validate(model)
@@ -60,6 +64,7 @@ class ModelReplica:
         self._replica_id = _replica_id()
         self._node_id, self._node_ip = _node_id(), _node_ip()
         await self._engine.start()
+        self._metrics = ReplicaMetrics(self._cfg, self._replica_id, self._engine, metrics)
         self._link: Optional[ReplicaLinkServer] = None
         if link:
             self._link = ReplicaLinkServer(self.generate, cluster_secret(), host=_node_ip())
@@ -78,13 +83,16 @@ class ModelReplica:
         if interval != request.stream_interval_s:
             request = replace(request, stream_interval_s=interval)
         stream = paced_generate(self._engine, request)  # vLLM: paced here; native: by the engine
+        timer, last = self._metrics.start_request(), None
         try:
             async for out in stream:
-                finished = out.finished
+                finished, last = out.finished, out
+                self._metrics.on_output(timer, out)
                 yield out
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)
+            self._metrics.finish(timer, last, finished)
             if not finished:  # caller cancelled: free the engine's slot and KV blocks now
                 await self._engine.abort(request.request_id)
                 await stream.aclose()  # a paced stream's pending pull ends with it
@@ -128,6 +136,7 @@ class ModelReplica:
             ts=time.time(),
             node_id=self._node_id,
             node_ip=self._node_ip,
+            metrics=self._metrics.address,
         )
 
     async def set_draining(self, draining: bool, target_replica: Optional[str] = None) -> DrainAck:
@@ -154,6 +163,7 @@ class ModelReplica:
                 logger.warning("replica %s shut down with %d requests unfinished after drain", self._replica_id, left)
         finally:
             await self._engine.shutdown()
+            self._metrics.close()
             if self._link is not None:
                 await self._link.close()
 

@@ -29,6 +29,7 @@ class ReplicaStats:
     ts: Optional[float] = None  # wall-clock time the stats were taken (time.time()); None when unknown
     node_id: Optional[str] = None  # the Ray node it runs on (node drains)
     node_ip: Optional[str] = None  # that node's IP (a Kubernetes drain names pods by IP)
+    metrics: Optional[str] = None  # "host:port" of its metrics listener; None: not served
 
     @property
     def accepting(self) -> bool:
@@ -58,6 +59,7 @@ class ReplicaStats:
             ts=None if ts is None else float(ts),
             node_id=_optional_str(d.get("node_id")),
             node_ip=_optional_str(d.get("node_ip")),
+            metrics=_optional_str(d.get("metrics")),
         )
 
 
@@ -81,6 +83,7 @@ class ReplicaStatus:
     link_streams: int = 0  # requests this ingress process sent over that link
     node_id: Optional[str] = None
     node_ip: Optional[str] = None
+    metrics: Optional[str] = None  # its metrics listener, "host:port"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ STATUS = "status"
 OUTCOME = "outcome"
 REASON = "reason"
 PRIORITY_CLASS = "priority_class"
+MODEL_NAME = "model_name"  # vLLM's label for the served model (engine-level series use it, as vLLM does)
+FINISHED_REASON = "finished_reason"  # vLLM's: stop, length, abort, error
 
 # Latency buckets (seconds): fine below 100 ms where TTFT/TPOT live, coarse up to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -46,11 +48,40 @@ TTFT = MetricSpec("fleetserve_time_to_first_token_seconds", "histogram", "Arriva
 TPOT = MetricSpec("fleetserve_time_per_output_token_seconds", "histogram", "Mean time between output tokens after the first, per choice.", (TENANT, MODEL, VERSION), TOKEN_LATENCY_BUCKETS)
 E2E = MetricSpec("fleetserve_e2e_request_latency_seconds", "histogram", "Arrival at the ingress to the last token.", (TENANT, MODEL, VERSION), LATENCY_BUCKETS)
 IN_FLIGHT = MetricSpec("fleetserve_requests_in_flight", "gauge", "Requests being served by this ingress.", (MODEL, VERSION))
-QUEUE_DEPTH = MetricSpec("fleetserve_replica_queue_depth", "gauge", "Requests waiting in a replica's engine queue.", (MODEL, VERSION, REPLICA))
-RUNNING = MetricSpec("fleetserve_replica_running_requests", "gauge", "Requests running in a replica's engine.", (MODEL, VERSION, REPLICA))
-KV_USAGE = MetricSpec("fleetserve_replica_kv_usage_ratio", "gauge", "Fraction of a replica's KV blocks in use.", (MODEL, VERSION, REPLICA))
+WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
+                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
+                           (MODEL, VERSION))
 
-INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, QUEUE_DEPTH, RUNNING, KV_USAGE)
+INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, WARM_REPLICAS)
+
+# ---- engine, per model replica (fleetserve.metrics.engine_metrics) ---------------------------
+# vLLM's names and its ``model_name`` label (vllm/v1/metrics/loggers.py, vLLM 0.32), so vLLM
+# dashboards, autoscalers reading vLLM metrics and the Gateway API inference extension work on
+# fleetserve. Each replica serves its own on its metrics port; a replica with ``engine: vllm``
+# serves vLLM's own series of these names instead (plus fleetserve's version/replica labels).
+# Latencies here are the engine's (arrival at the replica), not the client's: those are the
+# ``fleetserve_*`` series of the ingress above.
+
+ENGINE_LABELS = (MODEL_NAME, VERSION, REPLICA)
+VLLM_RUNNING = MetricSpec("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", ENGINE_LABELS)
+VLLM_WAITING = MetricSpec("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", ENGINE_LABELS)
+VLLM_KV_USAGE = MetricSpec("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", ENGINE_LABELS)
+VLLM_PREEMPTIONS = MetricSpec("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions from the engine.", ENGINE_LABELS)
+VLLM_PROMPT_TOKENS = MetricSpec("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", ENGINE_LABELS)
+VLLM_GENERATION_TOKENS = MetricSpec("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", ENGINE_LABELS)
+VLLM_REQUEST_SUCCESS = MetricSpec("vllm:request_success_total", "counter", "Count of finished requests, by finished reason.",
+                                  ENGINE_LABELS + (FINISHED_REASON,))
+VLLM_TTFT = MetricSpec("vllm:time_to_first_token_seconds", "histogram", "Histogram of time to first token in seconds.",
+                       ENGINE_LABELS, LATENCY_BUCKETS)
+VLLM_ITL = MetricSpec("vllm:inter_token_latency_seconds", "histogram", "Histogram of inter-token latency in seconds.",
+                      ENGINE_LABELS, TOKEN_LATENCY_BUCKETS)
+VLLM_TPOT = MetricSpec("vllm:request_time_per_output_token_seconds", "histogram",
+                       "Histogram of time_per_output_token_seconds per request.", ENGINE_LABELS, TOKEN_LATENCY_BUCKETS)
+VLLM_E2E = MetricSpec("vllm:e2e_request_latency_seconds", "histogram", "Histogram of e2e request latency in seconds.",
+                      ENGINE_LABELS, LATENCY_BUCKETS)
+
+ENGINE = (VLLM_RUNNING, VLLM_WAITING, VLLM_KV_USAGE, VLLM_PREEMPTIONS, VLLM_PROMPT_TOKENS, VLLM_GENERATION_TOKENS,
+          VLLM_REQUEST_SUCCESS, VLLM_TTFT, VLLM_ITL, VLLM_TPOT, VLLM_E2E)
 
 # ---- tenant metering (fleetserve.tenants.metering) -------------------------------------------
 
@@ -68,6 +99,10 @@ FLEET_PREEMPTIONS = MetricSpec("fleetserve_fleet_preemptions_total", "counter", 
 TENANT_METERING = (TENANT_REQUESTS, TENANT_PROMPT_TOKENS, TENANT_COMPLETION_TOKENS, TENANT_REJECTED,
                    FLEET_QUEUE_WAIT, FLEET_SHED, FLEET_PREEMPTIONS)
 
-ALL = INGRESS + TENANT_METERING
+ALL = INGRESS + TENANT_METERING + ENGINE
 """Every metric fleetserve exports. The ingress and the tenant metering register theirs in
-one Prometheus registry (one /metrics), so no two specs may share a name."""
+one Prometheus registry (the ingress's metrics port), the engine series in each replica's;
+no two specs may share a name."""
+
+TENANT_SERIES = tuple(s for s in ALL if TENANT in s.labels)
+"""Series that carry a tenant id: private to the metrics port, dropped when a tenant is deleted."""
