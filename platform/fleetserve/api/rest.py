@@ -190,7 +190,8 @@ def _add_status_route(app: FastAPI, service: InferenceService) -> None:
                      "kv_usage": round(r.kv_usage, 4), "healthy": r.healthy, "draining": r.draining,
                      "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
                      "transport": "link" if r.link else "handle", "link_streams": r.link_streams,
-                     "node_id": r.node_id, "node_ip": r.node_ip, "metrics": r.metrics}
+                     "node_id": r.node_id, "node_ip": r.node_ip, "metrics": r.metrics,
+                     "link_address": r.link_address}
                     for r in reps
                 ],
             })

@@ -84,6 +84,7 @@ class ReplicaStatus:
     node_id: Optional[str] = None
     node_ip: Optional[str] = None
     metrics: Optional[str] = None  # its metrics listener, "host:port"
+    link_address: Optional[str] = None  # its replica link, "host:port"
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,6 @@ class ReplicaChooser:
                     kv_usage=s.kv_usage, healthy=s.healthy, draining=s.draining,
                     age_s=None if s.ts is None else max(0.0, now - s.ts),
                     link=s.link is not None, link_streams=self._counts.link_streams.get(e.replica, 0),
-                    node_id=s.node_id, node_ip=s.node_ip, metrics=s.metrics,
+                    node_id=s.node_id, node_ip=s.node_ip, metrics=s.metrics, link_address=s.link,
                 ))
         return out
