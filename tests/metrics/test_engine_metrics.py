@@ -72,3 +72,27 @@ def test_a_deleted_tenant_leaves_every_tenant_series():
     assert 'tenant="gone"' not in text
     assert 'fleetserve_requests_total{model="m",status="200",tenant="kept",version="v1"} 1.0' in text
     assert 'fleetserve_tenant_rejected_total{model="m",reason="quota",tenant="kept"} 1.0' in text
+
+
+def test_replica_finish_reasons_stop_abort_error():
+    from fleetserve.config import ModelConfig
+    from fleetserve.deployments.replica_metrics import ReplicaMetrics
+    from fleetserve.engine.protocol import EngineStats, RequestOutput
+
+    class IdleEngine:
+        def stats(self) -> EngineStats:
+            return EngineStats()
+
+    rm = ReplicaMetrics(ModelConfig(name="m", checkpoint="/ckpt"), "r1", IdleEngine())
+    done = RequestOutput(request_id="a", finished=True, finish_reason="stop", prompt_tokens=3)
+    rm.finish(rm.start_request(), done, finished=True)
+    rm.finish(rm.start_request(), None, finished=False)  # caller went away
+    rm.finish(rm.start_request(), None, finished=False, failed=True)  # the stream raised
+    rm.finish(rm.start_request(), RequestOutput(request_id="b", finished=True, error="boom"), finished=True)
+    rm.refresh()
+    text = generate_latest(rm.registry).decode()
+    labels = 'model_name="m",replica="r1",version="v1"'
+    assert sample(text, f'vllm:request_success_total{{finished_reason="stop",{labels}}}') == 1
+    assert sample(text, f'vllm:request_success_total{{finished_reason="abort",{labels}}}') == 1
+    assert sample(text, f'vllm:request_success_total{{finished_reason="error",{labels}}}') == 2
+    assert sample(text, f"vllm:num_requests_running{{{labels}}}") == 0

@@ -83,16 +83,19 @@ class ModelReplica:
         if interval != request.stream_interval_s:
             request = replace(request, stream_interval_s=interval)
         stream = paced_generate(self._engine, request)  # vLLM: paced here; native: by the engine
-        timer, last = self._metrics.start_request(), None
+        timer, last, failed = self._metrics.start_request(), None, False
         try:
             async for out in stream:
                 finished, last = out.finished, out
                 self._metrics.on_output(timer, out)
                 yield out
+        except Exception:
+            failed = True  # the engine failed it; a cancelled caller (GeneratorExit) is an abort
+            raise
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)
-            self._metrics.finish(timer, last, finished)
+            self._metrics.finish(timer, last, finished, failed)
             if not finished:  # caller cancelled: free the engine's slot and KV blocks now
                 await self._engine.abort(request.request_id)
                 await stream.aclose()  # a paced stream's pending pull ends with it

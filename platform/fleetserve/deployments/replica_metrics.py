@@ -55,10 +55,14 @@ class ReplicaMetrics:
     def on_output(self, timer: RequestTimer, out: RequestOutput) -> None:
         timer.on_output(time.monotonic(), len(out.token_ids_delta) or (1 if out.text_delta else 0))
 
-    def finish(self, timer: RequestTimer, last: Optional[RequestOutput], finished: bool) -> None:
+    def finish(self, timer: RequestTimer, last: Optional[RequestOutput], finished: bool, failed: bool = False) -> None:
+        """``finished``: the engine's last output said so; ``failed``: the stream raised."""
         if self._own is None:
             return
-        reason = (last.finish_reason if last is not None and last.error is None else "error") if finished else "abort"
+        if failed or (finished and (last is None or last.error is not None)):
+            reason: Optional[str] = "error"
+        else:
+            reason = last.finish_reason if finished and last is not None else "abort"
         prompt = last.prompt_tokens if last is not None else 0
         self._own.observe_finished(timer, time.monotonic(), reason, prompt)
 
