@@ -67,6 +67,8 @@ from _stats import pct, ratio_interval  # noqa: E402
 
 MODEL = "tiny-llama"
 PREMIUM_KEY = "fs-bench-premium-0123456789abcdefghij"
+ADMIN_KEY = "fs-bench-admin-key-0123456789abcdef"  # reads the ingress metrics listener
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 BATCH_KEYS = [f"fs-bench-batch-{i}-0123456789abcdefghij" for i in range(3)]
 PROMPT = "def fibonacci(n):\n    " * 4
 MODES = ("fleetserve", "fleetserve-serve-handle", "fleetserve-per-token", "fleetserve-plain-engine", "fleetserve-normal-step",
@@ -99,7 +101,8 @@ def make_config(mode: str, http_port: int, inflight: int, batch_slot_share: floa
     tenants = [{"id": "premium", "tier": "premium", "api_key_hashes": [hash_api_key(PREMIUM_KEY)]}]
     tenants += [{"id": f"batch-{i}", "tier": "batch", "api_key_hashes": [hash_api_key(k)]} for i, k in enumerate(BATCH_KEYS)]
     return parse_config({
-        "server": {"port": http_port, "app_name": "bench-overload", "ingress_replicas": ingress_replicas} | (
+        "server": {"port": http_port, "app_name": "bench-overload", "ingress_replicas": ingress_replicas,
+                   "admin_key": ADMIN_KEY} | (
             {"replica_transport": "serve"} if mode == "fleetserve-serve-handle" else {}),
         "models": [{
             "name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT),
@@ -175,10 +178,16 @@ async def one_request(http, url: str, key: str, cls: str, max_tokens: int) -> Re
     return res
 
 
+async def ingress_metrics_url(http, base: str) -> str:
+    """The ingress's private metrics listener (named by /admin/status; never the REST port)."""
+    async with http.get(base + "/admin/status", headers=ADMIN_AUTH) as r:
+        return f"http://{(await r.json())['metrics']}/metrics"
+
+
 async def scrape_fleet_metrics(http, url: str) -> dict:
-    """Cumulative counters from the ingress's /metrics: ingress-side TTFT per class, fleet
-    queue wait, preemptions and sheds per priority class."""
-    async with http.get(url) as r:
+    """Cumulative counters from the ingress's metrics listener: ingress-side TTFT per class,
+    fleet queue wait, preemptions and sheds per priority class."""
+    async with http.get(url, headers=ADMIN_AUTH) as r:
         text = await r.text()
     out: dict = {}
     for line in text.splitlines():
@@ -428,7 +437,7 @@ async def run(args) -> dict:
                         print(f"premium alone at its overload rate: TTFT p50 {alone['p50_s']:.4f}s p99 {alone['p99_s']:.4f}s "
                               f"(n={alone['n']})", flush=True)
                 rate = args.overload * results["capacity_rps"]
-                metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+                metrics_url = await ingress_metrics_url(http, f"http://127.0.0.1:{http_port}")
                 before = await scrape_fleet_metrics(http, metrics_url)
                 dump = f"{args.dump_requests}.{mode}.json" if args.dump_requests else None
                 results[mode] = await overload(http, url, rate, args.seconds, args.premium_frac, args.max_tokens, args.seed,

@@ -20,6 +20,7 @@ from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.engine.lora.config import ADAPTER_ID_RE, AdapterConfig  # noqa: F401 - re-exported
 from fleetserve.errors import ConfigError
+from fleetserve.metrics.config import MetricsConfig
 from fleetserve.tenants.config import TenantsConfig
 from fleetserve.exposure import PLACEHOLDER_ADMIN_HASHES, admin_key_problem, is_loopback, refusal
 
@@ -316,6 +317,9 @@ class FleetConfig(BaseModel):
     tenants: Optional[TenantsConfig] = Field(None, description="Multi-tenancy (fleetserve.tenants.config).")
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary rollouts (fleetserve.canary.config).")
     autoscaler: Optional[AutoscalerConfig] = Field(None, description="Autoscaler (fleetserve.autoscaler.config).")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Private Prometheus listeners of the ingress and replicas (fleetserve.metrics.config)."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "FleetConfig":

@@ -11,7 +11,8 @@ def one_slot_config(serve_app, app_name: str, route_prefix: str, batch_key: str,
 
     return parse_config({
         "server": {"host": "127.0.0.1", "port": int(serve_app.base_url.rsplit(":", 1)[1]), "grpc_port": None,
-                   "app_name": app_name, "route_prefix": route_prefix} | server,
+                   "app_name": app_name, "route_prefix": route_prefix, "admin_key": serve_app.admin_key} | server,
+        "metrics": {"port": 0},
         "models": [{
             "name": serve_app.model, "checkpoint": serve_app.checkpoint,
             "engine_args": {"num_kv_blocks": 256, "max_num_seqs": 1, "num_threads": 1},

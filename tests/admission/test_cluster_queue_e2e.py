@@ -68,13 +68,11 @@ def queue_stats(model: str) -> dict:
 
 
 def preemptions(urls: list[str]) -> float:
-    """``fleetserve_fleet_preemptions_total`` summed over the ingress replicas' own /metrics."""
-    total = 0.0
-    for base in urls:
-        text = httpx.get(base + "/metrics", timeout=30).text
-        total += sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-                     if line.startswith("fleetserve_fleet_preemptions_total{"))
-    return total
+    """``fleetserve_fleet_preemptions_total`` summed over the ingress replicas' own metrics listeners."""
+    from tests.fixtures.metrics_scrape import ingress_metrics, metric_sum
+    from tests.fixtures.ray_serve import TEST_ADMIN_KEY
+
+    return sum(metric_sum(ingress_metrics(base, TEST_ADMIN_KEY), "fleetserve_fleet_preemptions_total{") for base in urls)
 
 
 class Stream(threading.Thread):

@@ -48,9 +48,10 @@ def complete(base: str, key: str, model: str, max_tokens: int, stream: bool = Fa
 
 
 def preemptions(base: str) -> float:
-    text = httpx.get(base + "/metrics", timeout=30).text
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith("fleetserve_fleet_preemptions_total{"))
+    from tests.fixtures.metrics_scrape import ingress_metrics, metric_sum
+    from tests.fixtures.ray_serve import TEST_ADMIN_KEY
+
+    return metric_sum(ingress_metrics(base, TEST_ADMIN_KEY), "fleetserve_fleet_preemptions_total{")
 
 
 def test_premium_preempts_a_batch_stream_which_resumes_losing_nothing(one_slot_app):

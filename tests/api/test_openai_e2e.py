@@ -194,10 +194,19 @@ def test_models_health_openapi_metrics_admin(serve_app):
     assert httpx.get(base + "/health").json()["status"] == "ok"
     spec = httpx.get(base + "/openapi.json").json()
     assert {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(spec["paths"])
-    metrics = httpx.get(base + "/metrics").text
+    from tests.fixtures.metrics_scrape import listeners, scrape
+
+    public = httpx.get(base + "/metrics")  # tenant series never on the REST port
+    assert public.status_code == 404 and "tenant" not in public.text and "test" not in public.text
+    found = listeners(base, serve_app.admin_key)
+    metrics = scrape(found.ingress, serve_app.admin_key)
     assert 'fleetserve_requests_total{model="tiny-llama",status="200",tenant="test",version="v1"}' in metrics
     assert "fleetserve_time_to_first_token_seconds_bucket" in metrics
-    assert "fleetserve_replica_kv_usage_ratio{" in metrics
+    assert httpx.get(f"http://{found.ingress}/metrics").status_code == 401
+    assert httpx.get(f"http://{found.ingress}/metrics", headers=auth).status_code == 401  # a tenant key is not enough
+    (replica,) = found.replicas
+    assert 'vllm:kv_cache_usage_perc{model_name="tiny-llama"' in scrape(replica, serve_app.admin_key)
+    assert httpx.get(f"http://{replica}/metrics").status_code == 401
     assert httpx.get(base + "/admin/status").status_code == 401
     assert httpx.get(base + "/admin/status", headers=auth).status_code == 403
     status = httpx.get(base + "/admin/status", headers={"Authorization": f"Bearer {serve_app.admin_key}"}).json()

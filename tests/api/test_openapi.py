@@ -84,6 +84,7 @@ def test_streaming_responses_are_documented_as_sse(spec, path, chunk):
     assert _resolve(spec, sse["x-sse-data"]["$ref"]) is spec["components"]["schemas"][chunk]
 
 
-def test_health_and_metrics_need_no_key(spec):
-    assert spec["paths"]["/health"]["get"]["security"] == [] and spec["paths"]["/metrics"]["get"]["security"] == []
+def test_health_needs_no_key_and_metrics_are_not_on_the_rest_port(spec):
+    assert spec["paths"]["/health"]["get"]["security"] == []
+    assert "/metrics" not in spec["paths"]  # tenant series: on the private metrics listener only
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

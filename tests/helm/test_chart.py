@@ -19,7 +19,8 @@ CRD_DIR = Path(__file__).parent / "crds"
 CUSTOM_KINDS = {
     "RayService": "KubeRay CRD schema (tests/helm/crds)",
     "PrometheusRule": "promtool (test_alert_rules.py)",
-    "ServiceMonitor": "test_service_monitor_scrapes_every_pod",
+    "ServiceMonitor": "test_every_pod_and_listener_is_scraped_individually",
+    "PodMonitor": "test_every_pod_and_listener_is_scraped_individually",
 }
 
 
@@ -235,8 +236,10 @@ def test_network_policy_guards_the_ray_pods(rendered):
             continue
         by_ports[frozenset(p["port"] for p in rule["ports"])] = rule.get("from")
     serving = {8000, 9000} if any(9000 in ports for ports in by_ports) else {8000}
-    monitoring = frozenset({8080, 30000, 8000})
+    monitoring = frozenset({8080, 9464})  # Ray's export; fleetserve's listeners from 9464 (endPort below)
     assert set(by_ports) == {frozenset(serving), frozenset({8265, 52365}), monitoring}
+    (listeners,) = [p for rule in ray["ingress"] for p in rule.get("ports", []) if p["port"] == 9464]
+    assert listeners["endPort"] == 9464 + 8 - 1
     assert by_ports[frozenset({8265, 52365})][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kuberay-system"}
     assert by_ports[monitoring][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
 
@@ -256,23 +259,41 @@ def test_spot_watcher_rbac_is_minimal(helm):
     assert contexts[-1].command.name == "watch-nodes" and contexts[-1].params["drain_on_advisory"] is True
 
 
-def test_service_monitor_scrapes_every_pod_and_ingress(helm):
+def test_every_pod_and_listener_is_scraped_individually(helm):
+    """Ray's export per pod through a headless Service; fleetserve's listeners (the ingress and
+    each model replica, one port each of the metrics range) per pod through a PodMonitor that
+    presents the scrape token from its Secret, never through the load-balanced serve Service."""
     r = render(helm, "multi-node-spot")
-    sm = r.one("ServiceMonitor")
+    sm, pm = r.one("ServiceMonitor"), r.one("PodMonitor")
     services = {s["metadata"]["name"]: s for s in r.of_kind("Service")}
-    ray_metrics, ingress_metrics = services["fs-fleetserve-metrics"], services["fs-fleetserve-ingress-metrics"]
-    for svc in (ray_metrics, ingress_metrics):
-        assert svc["spec"]["clusterIP"] == "None"  # headless: one target per pod, not one behind a VIP
-        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert {e["port"] for e in sm["spec"]["endpoints"]} == {"ray-metrics", "ingress"}
-    assert [p["name"] for p in ray_metrics["spec"]["ports"]] == ["ray-metrics"]
-    # fleetserve's /metrics is read from each ingress replica's own port, on the pods that may host one.
-    assert ingress_metrics["spec"]["ports"] == [{"name": "ingress", "port": 30000, "targetPort": 30000}]
-    assert ingress_metrics["spec"]["selector"]["fleetserve.io/capacity-type"] == "on_demand"
+    ray_metrics = services["fs-fleetserve-metrics"]
+    assert ray_metrics["spec"]["clusterIP"] == "None"  # headless: one target per pod, not one behind a VIP
+    assert sm["spec"]["selector"]["matchLabels"].items() <= ray_metrics["metadata"]["labels"].items()
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["ray-metrics"]
+    assert "fs-fleetserve-ingress-metrics" not in services  # the direct-ingress port no longer serves /metrics
+    fleet = serve_config(r)["applications"][0]["args"]["config"]
+    assert fleet["metrics"] == {"host": "0.0.0.0", "port": 9464, "port_range": 8}
+    names = [f"fs-metrics-{i}" for i in range(8)]
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == names
+    secret_name = "fs-fleetserve-metrics"
+    for e in pm["spec"]["podMetricsEndpoints"]:
+        assert e["path"] == "/metrics"
+        assert e["authorization"] == {"type": "Bearer", "credentials": {"name": secret_name, "key": "scrape-token"}}
+    secret = next(s for s in r.of_kind("Secret") if s["metadata"]["name"] == secret_name)
+    assert "scrape-token" in secret["data"]
     spec = r.one("RayService")["spec"]["rayClusterConfig"]
-    for group, hosts_ingress in ((spec["headGroupSpec"], True), *((g, g["groupName"] == "on-demand-gpu") for g in spec["workerGroupSpecs"])):
-        ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
-        assert ("direct-ingress" in ports) == hosts_ingress and ports.get("direct-ingress", 30000) == 30000
+    for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+        pod = group["template"]
+        assert pm["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        container = pod["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert [ports[n] for n in names] == list(range(9464, 9472))
+        env = {e["name"]: e for e in container["env"]}
+        assert env["FLEETSERVE_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret_name, "key": "scrape-token"}
+    from fleetserve.kube.serve_app import resolve_config
+
+    cfg = resolve_config(fleet, {"FLEETSERVE_METRICS_TOKEN": "a-scrape-token-0123456789"})
+    assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.scrape_token_hash.startswith("sha256:")
 
 
 def test_ingress_placement_matches_the_scrape(rendered):

@@ -55,7 +55,7 @@ def test_dashboard_covers_the_issue(helm):
     dash = json.loads(DASHBOARD.read_text())
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
     for topic in ("request rate", "time to first token", "time per output token", "queue depth", "kv cache", "preemptions",
-                  "shed", "rejections", "serving replicas", "by tenant"):
+                  "shed", "rejections", "serving replicas", "by tenant", "warm pool", "engine"):
         assert topic in titles, topic
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "model", "version", "tenant"}
     cm = render(helm, "default").one("ConfigMap")
@@ -64,17 +64,22 @@ def test_dashboard_covers_the_issue(helm):
 
 
 def test_referenced_metrics_are_declared(helm):
-    """Offline: the names fleetserve's registries declare (an ingress's /metrics renders all three)."""
+    """Offline: the names fleetserve's registries declare (an ingress's listener renders the first
+    three, a model replica's the engine series)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from fleetserve.admission.metrics import admission_metrics
     from fleetserve.metrics.registry import FleetMetrics
     from fleetserve.tenants.metering import tenant_metrics
 
+    from fleetserve.metrics.engine_metrics import EngineMetrics
+
     fleet = FleetMetrics(CollectorRegistry(auto_describe=True))
     tenant_metrics(fleet.registry)
     admission_metrics(fleet.registry)
-    declared = exported_names(generate_latest(fleet.registry).decode())
+    replica = CollectorRegistry(auto_describe=True)  # a model replica's listener
+    EngineMetrics(replica, "m", "v1", "r1")
+    declared = exported_names(generate_latest(fleet.registry).decode() + generate_latest(replica).decode())
     missing = referenced_metrics(helm) - declared
     assert not missing, f"dashboard/rules read metrics fleetserve does not export: {sorted(missing)}"
 
@@ -104,7 +109,7 @@ def test_promtool_rule_unit_tests(helm, promtool, tmp_path):
     rules = write_rules(tmp_path, render(helm, "default"))
     model = render(helm, "default").one("RayService")
     first_model = yaml.safe_load(model["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]["models"][0]["name"]
-    replica = f'fleetserve_replica_running_requests{{model="{first_model}", version="v1", replica="r1"}}'
+    replica = f'vllm:num_requests_running{{model_name="{first_model}", version="v1", replica="r1"}}'
     tests = {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": [
         {"name": "TTFT: half the requests slow burns the budget fast", "interval": "1m",
          "input_series": ttft_series(slow_per_min=50, total_per_min=100),
@@ -129,19 +134,19 @@ def test_promtool_rule_unit_tests(helm, promtool, tmp_path):
          "input_series": requests_series(errors_per_min=1, ok_per_min=99),
          "alert_rule_test": [{"eval_time": "30m", "alertname": "FleetserveHighErrorRate", "exp_alerts": []}]},
         {"name": "queue depth: growing past the threshold", "interval": "1m",
-         "input_series": [{"series": 'fleetserve_replica_queue_depth{model="m", version="v1", replica="r1"}', "values": "0+2x60"}],
+         "input_series": [{"series": 'vllm:num_requests_waiting{model_name="m", version="v1", replica="r1"}', "values": "0+2x60"}],
          "alert_rule_test": [
              {"eval_time": "10m", "alertname": "FleetserveQueueDepthGrowing", "exp_alerts": []},
              {"eval_time": "30m", "alertname": "FleetserveQueueDepthGrowing", "exp_alerts": [
-                 {"exp_labels": {"severity": "warning", "model": "m", "version": "v1"},
+                 {"exp_labels": {"severity": "warning", "model_name": "m", "version": "v1"},
                   "exp_annotations": {"summary": "m: 60 requests waiting in replica queues and still growing"}}]}]},
         {"name": "queue depth: high but draining", "interval": "1m",
-         "input_series": [{"series": 'fleetserve_replica_queue_depth{model="m", version="v1", replica="r1"}', "values": "100-1x60"}],
+         "input_series": [{"series": 'vllm:num_requests_waiting{model_name="m", version="v1", replica="r1"}', "values": "100-1x60"}],
          "alert_rule_test": [{"eval_time": "40m", "alertname": "FleetserveQueueDepthGrowing", "exp_alerts": []}]},
         {"name": "replicas: none reporting is below min", "interval": "1m",
-         "input_series": [{"series": f'fleetserve_replica_running_requests{{model="other", version="v1", replica="x"}}', "values": "1x30"}],
+         "input_series": [{"series": 'vllm:num_requests_running{model_name="other", version="v1", replica="x"}', "values": "1x30"}],
          "alert_rule_test": [{"eval_time": "15m", "alertname": "FleetserveReplicasBelowMin", "exp_alerts": [
-             {"exp_labels": {"severity": "page", "model": first_model},
+             {"exp_labels": {"severity": "page", "model_name": first_model},
               "exp_annotations": {"summary": f"{first_model}: 0 serving replicas, fewer than the minimum of 1"}}]}]},
         {"name": "replicas: one reporting meets min", "interval": "1m",
          "input_series": [{"series": replica, "values": "1x30"}],

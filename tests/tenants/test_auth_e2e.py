@@ -69,7 +69,9 @@ def test_grpc_auth_and_permission(serve_app):
 
 def test_metrics_carry_tenant_and_fleet_series(serve_app):
     completion(serve_app, serve_app.api_key)
-    text = httpx.get(serve_app.base_url + "/metrics", timeout=30).text
+    from tests.fixtures.metrics_scrape import ingress_metrics
+
+    text = ingress_metrics(serve_app.base_url, serve_app.admin_key)
     assert 'fleetserve_tenant_requests_total{model="%s",outcome="ok",tenant="test"}' % serve_app.model in text
     assert 'fleetserve_fleet_queue_wait_seconds_count{model="%s",priority_class="1"}' % serve_app.model in text
 

@@ -96,3 +96,36 @@ async def test_fallback_tenants_are_written_back_to_an_empty_store():
     clock.advance(1.0)
     await reg.refresh_if_due()  # version 0 with tenants in hand: the store lost them, restore
     assert await store.version() == 1 and "yaml" in await store.load_tenants()
+
+
+async def test_a_removed_tenant_is_reported_once_here_and_on_a_peers_reload():
+    store = MemoryStore()
+    removed_here, removed_peer = [], []
+    here = TenantRegistry(make_config(make_spec(key="fs-k1")), store, on_removed=removed_here.append)
+    await here.start()
+    await here.add(make_spec(id="gone", api_key_hashes=[]))
+    clock = FakeClock()
+    peer = TenantRegistry(make_config(make_spec(key="fs-k1")), store, clock=clock, on_removed=removed_peer.append)
+    await peer.start()
+    await here.remove("gone")
+    assert removed_here == ["gone"] and removed_peer == []
+    clock.advance(3600)
+    await peer.refresh_if_due()  # another replica deleted it: seen on the reload
+    assert removed_peer == ["gone"]
+
+
+async def test_gatekeeper_drops_a_deleted_tenants_series():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from fleetserve.tenants.gatekeeper import TenantGatekeeper
+
+    registry = CollectorRegistry()
+    gk = TenantGatekeeper(make_config(make_spec(key="fs-k1")), MemoryStore(), metrics_registry=registry)
+    await gk.start()
+    await gk.registry.add(make_spec(id="gone", api_key_hashes=[]))
+    await gk.metering.record_completion("gone", "m", 3, 2, "ok")
+    await gk.metering.record_completion("acme", "m", 3, 2, "ok")
+    assert 'tenant="gone"' in generate_latest(registry).decode()
+    await gk.registry.remove("gone")
+    text = generate_latest(registry).decode()
+    assert 'tenant="gone"' not in text and 'tenant="acme"' in text

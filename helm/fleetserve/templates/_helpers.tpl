@@ -35,6 +35,10 @@ fleetserve.io/component: ray
 {{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 
+{{- define "fleetserve.metricsSecretName" -}}
+{{- .Values.secrets.metrics.existingSecret | default (printf "%s-metrics" (include "fleetserve.fullname" .)) -}}
+{{- end -}}
+
 {{- define "fleetserve.adminSecretName" -}}
 {{- .Values.secrets.admin.existingSecret | default (printf "%s-admin" (include "fleetserve.fullname" .)) -}}
 {{- end -}}
@@ -76,6 +80,11 @@ proxy "auto" means haproxy here: the image's ray[serve] bundles the binary on Li
     secretKeyRef:
       name: {{ include "fleetserve.adminSecretName" . }}
       key: {{ .Values.secrets.admin.key }}
+- name: FLEETSERVE_METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fleetserve.metricsSecretName" . }}
+      key: {{ .Values.secrets.metrics.key }}
 {{- if eq .Values.redis.mode "internal" }}
 - name: REDIS_PASSWORD
   valueFrom:

@@ -62,6 +62,10 @@ containers:
       - {name: grpc, containerPort: {{ $server.grpc_port }}}
       {{- end }}
       - {name: ray-metrics, containerPort: 8080}
+      {{- /* fleetserve's metrics listeners: the ingress and each model replica take one port of the range. */}}
+      {{- range $i := until (int $root.Values.fleet.metrics.port_range) }}
+      - {name: fs-metrics-{{ $i }}, containerPort: {{ add $root.Values.fleet.metrics.port $i }}}
+      {{- end }}
       {{- if and $server.serve_throughput_optimized (or .head (eq .capacity "on_demand")) }}
       - {name: direct-ingress, containerPort: 30000}
       {{- end }}

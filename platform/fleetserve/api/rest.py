@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetserve.api import openai_format as F
@@ -69,7 +69,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     admin_auth = service.gatekeeper.authenticate_admin if surface != "tenant" else None
     app.add_middleware(AdminGuard, authenticate_admin=admin_auth,
                        max_body_bytes=max_body_bytes)  # admin key before any /admin/* route reads a body
-    _add_ops_routes(app, service, metrics=surface != "admin")
+    _add_ops_routes(app, service)
     bodies, responses = [], [M.ChatCompletionChunk]
     if surface != "admin":
         _add_tenant_routes(app, service, _Limits(max_body_bytes, stream_send_timeout_s))
@@ -78,7 +78,7 @@ def build_rest_app(service: InferenceService, *, max_body_bytes: int = 1 << 20, 
     if surface != "tenant":
         _add_admin_routes(app, service, control, scaling, routers)
         bodies += [*ADMIN_BODY_MODELS, *body_models]
-    openapi.install(app, bodies, responses, public_paths=["/health", "/metrics"])
+    openapi.install(app, bodies, responses, public_paths=["/health"])
     return app
 
 
@@ -102,23 +102,13 @@ def _add_admin_routes(app: FastAPI, service: InferenceService, control: Optional
     _add_status_route(app, service)
 
 
-def _add_ops_routes(app: FastAPI, service: InferenceService, metrics: bool = True) -> None:
+def _add_ops_routes(app: FastAPI, service: InferenceService) -> None:
     @app.get("/health", summary="Liveness of the ingress.")
     async def health() -> dict:
         return {"status": "ok", "models": service.model_names()}
 
-    if not metrics:
-        return
-
-    @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
-    async def metrics() -> Response:
-        versions = {n: service.spec(n).version for n in service.model_names()}
-        service.metrics.set_replica_stats(
-            (r.model, versions.get(r.model, ""), r.replica, r.num_waiting, r.num_running, r.kv_usage)
-            for r in service.replica_status()
-        )
-        body, ctype = service.metrics.render()
-        return Response(body, media_type=ctype)
+    # No /metrics here: the series name tenants, so they live on the private metrics
+    # listener (fleetserve.metrics.server; /admin/status lists its address).
 
 
 @dataclass(frozen=True)
@@ -252,11 +242,12 @@ def _add_status_route(app: FastAPI, service: InferenceService) -> None:
                      "stats_age_s": None if r.age_s is None else round(r.age_s, 2),
                      "transport": "link" if r.link else "handle", "link_streams": r.link_streams,
                      "node_id": r.node_id, "node_ip": r.node_ip, "standby": r.standby,
-                     "capacity_type": r.capacity_type, "in_flight": r.in_flight}
+                     "capacity_type": r.capacity_type, "in_flight": r.in_flight, "metrics": r.metrics,
+                     "link_address": r.link_address}
                     for r in reps
                 ],
             })
-        return {"models": models}
+        return {"models": models, "metrics": service.metrics.address}
 
 
 async def _sse(first: Optional[ChoiceEvent], events: AsyncIterator[ChoiceEvent], chunker) -> AsyncIterator[bytes]:

@@ -125,13 +125,15 @@ def build_app(cfg: FleetConfig, engine_factory=None):
 
     from fleetserve.application.ingress import Ingress
     from fleetserve.application.wiring import cluster_config
+    from fleetserve.application.metrics_port import listener_settings
     from fleetserve.deployments.replica import ModelReplica
 
     cfg = cluster_config(cfg)  # only the admin key's hash enters the bound (GCS-stored) arguments
     handles, names = {}, {}
     for m in cfg.models:
         dep = serve.deployment(ModelReplica).options(**model_options(m, cfg))
-        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct")
+        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct",
+                                   metrics=listener_settings(cfg))
         names[m.name] = deployment_name(m)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS_DEPLOYMENT,

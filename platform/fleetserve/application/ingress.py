@@ -25,7 +25,9 @@ from fleetserve.canary.rollout_routes import build_rollout_router
 from fleetserve.deployments.handle_client import HandleModelClient
 from fleetserve.deployments.replica_control import HandleReplicaControl
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
+from fleetserve.application.metrics_port import listener_settings
 from fleetserve.metrics.registry import FleetMetrics
+from fleetserve.metrics.server import MetricsServer
 from fleetserve.router.chooser import ReplicaChooser
 
 
@@ -60,6 +62,10 @@ class Ingress:
                                                 ServiceProber(client, router, versions), metrics.registry, recorder)
         if runner is not None:
             runner.start()  # Serve runs __init__ on the replica's event loop
+        # Tenant series never go out on the REST port: only on this private listener.
+        metrics.set_warm_replicas((m.name, m.version, 0) for m in self._cfg.models)  # the controller exports the live pool
+        self._metrics_listener = MetricsServer.start(metrics.registry, listener_settings(self._cfg))
+        metrics.address = self._metrics_listener.address
         self._control = HandleReplicaControl(handles)
         self._scaling = None
         if controller_enabled(self._cfg):

@@ -71,6 +71,7 @@ class ServeVersionDeployer:
         """Start the version's application (returns once Serve accepted it; replicas load after)."""
         from ray import serve
 
+        from fleetserve.application.metrics_port import listener_settings
         from fleetserve.deployments.replica import ModelReplica
 
         base = self._cfg.model(version.model)
@@ -85,7 +86,8 @@ class ServeVersionDeployer:
         check = functools.partial(verify, version.checkpoint, version.checksum, label=version.label,
                                   expected_files=dict(version.files))
         app = serve.deployment(ModelReplica).options(**opts).bind(
-            m.model_dump(mode="json"), None, link=self._cfg.server.replica_transport == "direct", verify_checkpoint=check)
+            m.model_dump(mode="json"), None, link=self._cfg.server.replica_transport == "direct", verify_checkpoint=check,
+            metrics=listener_settings(self._cfg))
         try:
             await asyncio.to_thread(serve.run, app, name=self.app_name(version.model, version.version_id),
                                     route_prefix=None, blocking=False)

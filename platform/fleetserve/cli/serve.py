@@ -264,6 +264,8 @@ def _print_banner(cfg, creds, detached: bool = False) -> None:
     if cfg.server.grpc_port is not None:
         print(f"  gRPC          : {host}:{cfg.server.grpc_port}   (fleetserve.v1.Inference, reflection on)")
     print(f"  models        : {', '.join(m.name for m in cfg.models)}")
+    print(f"  metrics       : http://{cfg.metrics.host}:{cfg.metrics.port}/metrics and up (private; Bearer admin key or "
+          "scrape token; /admin/status lists each ingress's and replica's)")
     if creds is not None:
         from fleetserve.tenants.demo import print_demo_credentials
 

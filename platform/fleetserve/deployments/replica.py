@@ -39,12 +39,14 @@ from typing import AsyncIterator, Callable, Optional
 from fleetserve.config import ModelConfig
 from fleetserve.engine.runtime.heap_freeze import freeze_startup_heap
 from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secret
+from fleetserve.deployments.fault_injection import FaultInjector
+from fleetserve.deployments.replica_metrics import ReplicaMetrics
 from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats, StandbyAck
 from fleetserve.deployments.standby import node_capacity_type, park, wake
 from fleetserve.engine.process.pacing import paced_generate
-from fleetserve.deployments.fault_injection import FaultInjector
 from fleetserve.engine.protocol import FINISH_ERROR, EngineProtocol, GenerateRequest, LoraRef, ModelInfo, RequestOutput
 from fleetserve.errors import RequestMigrated, ServiceUnavailableError
+from fleetserve.metrics.server import ListenerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,12 @@ EngineFactory = Callable[[ModelConfig], EngineProtocol]
 
 class ModelReplica:
     async def __init__(self, model: dict, engine_factory: Optional[EngineFactory] = None, link: bool = False,
-                       verify_checkpoint: Optional[Callable[[], None]] = None):
+                       verify_checkpoint: Optional[Callable[[], None]] = None,
+                       metrics: Optional[ListenerSettings] = None):
         """``verify_checkpoint``: raises when the checkpoint is not the one registered for this
         version (``canary.versions.verify``, injected by the application): the replica then
-        refuses to start, and the version is blocked."""
+        refuses to start, and the version is blocked. ``metrics``: where this replica serves
+        its engine's series (None: recorded, not served)."""
         from fleetserve.deployments.engine_factory import build_engine
 
         self._faults, engine_args = FaultInjector.split_args(model.get("engine_args", {}))  # test only
@@ -73,6 +77,7 @@ class ModelReplica:
         self._node_id, self._node_ip = _node_id(), _node_ip()
         self._capacity_type = node_capacity_type()
         await self._engine.start()
+        self._metrics = ReplicaMetrics(self._cfg, self._replica_id, self._engine, metrics)
         self._link: Optional[ReplicaLinkServer] = None
         if link:
             self._link = ReplicaLinkServer(self.generate, cluster_secret(), host=_node_ip())
@@ -96,16 +101,22 @@ class ModelReplica:
         if interval != request.stream_interval_s:
             request = replace(request, stream_interval_s=interval)
         stream = paced_generate(self._engine, request)  # vLLM: paced here; native: by the engine
+        timer, last, failed = self._metrics.start_request(), None, False
         try:
             async for out in stream:
                 if request.request_id in self._migrating:  # what is not yet sent is regenerated elsewhere
                     raise RequestMigrated(f"replica {self._replica_id} is draining", replica=self._replica_id)
-                finished = out.finished
+                finished, last = out.finished, out
+                self._metrics.on_output(timer, out)
                 yield out
+        except Exception:
+            failed = True  # the engine failed it; a cancelled caller (GeneratorExit) is an abort
+            raise
         finally:
             self._in_flight -= 1
             self._live.discard(request.request_id)
             self._migrating.discard(request.request_id)
+            self._metrics.finish(timer, last, finished, failed)
             if not finished:  # caller cancelled: free the engine's slot and KV blocks now
                 await self._engine.abort(request.request_id)
                 await stream.aclose()  # a paced stream's pending pull ends with it
@@ -166,6 +177,7 @@ class ModelReplica:
             node_ip=self._node_ip,
             standby=self._standby,
             capacity_type=self._capacity_type,
+            metrics=self._metrics.address,
         )
 
     async def set_draining(self, draining: bool, target_replica: Optional[str] = None,
@@ -224,6 +236,7 @@ class ModelReplica:
                 logger.warning("replica %s shut down with %d requests unfinished after drain", self._replica_id, left)
         finally:
             await self._engine.shutdown()
+            self._metrics.close()
             if self._link is not None:
                 await self._link.close()
 

@@ -31,6 +31,7 @@ class ReplicaStats:
     node_ip: Optional[str] = None  # that node's IP (a Kubernetes drain names pods by IP)
     standby: bool = False  # a warm-pool standby: loaded, engine asleep, out of routing
     capacity_type: Optional[str] = None  # "spot" | "on_demand" where its deployment says; None: unknown
+    metrics: Optional[str] = None  # "host:port" of its metrics listener; None: not served
 
     @property
     def accepting(self) -> bool:
@@ -62,6 +63,7 @@ class ReplicaStats:
             node_ip=_optional_str(d.get("node_ip")),
             standby=bool(d.get("standby", False)),
             capacity_type=_optional_str(d.get("capacity_type")),
+            metrics=_optional_str(d.get("metrics")),
         )
 
 
@@ -88,6 +90,8 @@ class ReplicaStatus:
     standby: bool = False
     capacity_type: Optional[str] = None
     in_flight: int = 0
+    metrics: Optional[str] = None  # its metrics listener, "host:port"
+    link_address: Optional[str] = None  # its replica link, "host:port"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ SECRET_FIELDS: tuple[tuple[str, str], ...] = (
     ("TenantsConfig", "redis_url"),  # may embed a password: redis.* builds it from a Secret
     ("TenantsConfig", "registry_file"),  # a file on the driver's disk; tenants are inline in values
     ("TenantSpec", "api_key_hashes"),  # Secret secrets.tenantKeyHashes: one key per tenant id
+    ("MetricsConfig", "scrape_token_hash"),  # computed from the scrape token Secret (secrets.metrics)
 )
 
 K8sObject = dict[str, Any]
@@ -52,6 +53,14 @@ class SecretsValues(_Values):
         description=(
             "Admin API key (plaintext, for `fleetserve status` and the spot watcher). The chart creates a random "
             "one, kept across upgrades, when existingSecret is empty; the cluster only ever sees its sha256 hash."
+        ),
+    )
+    metrics: SecretRef = Field(
+        default_factory=lambda: SecretRef(key="scrape-token"),
+        description=(
+            "Bearer token Prometheus presents to fleetserve's metrics listeners (the PodMonitor reads it from this "
+            "Secret). The chart creates a random one, kept across upgrades, when existingSecret is empty; the cluster "
+            "only ever sees its sha256 hash."
         ),
     )
     tenantKeyHashes: str = Field(
@@ -128,7 +137,13 @@ class IngressValues(_Values):
 
 
 class MetricsValues(_Values):
-    serviceMonitor: bool = Field(True, description="Create a ServiceMonitor (Prometheus Operator CRDs must exist).")
+    serviceMonitor: bool = Field(
+        True,
+        description=(
+            "Scrape every pod (Prometheus Operator CRDs must exist): a PodMonitor for fleetserve's metrics listeners "
+            "(the ingress's and each model replica's, with the scrape token) and a ServiceMonitor for Ray's per-node export."
+        ),
+    )
     prometheusRule: bool = Field(True, description="Create the PrometheusRule with alerts.")
     dashboard: bool = Field(True, description="Create the Grafana dashboard ConfigMap (sidecar label grafana_dashboard=1).")
     interval: str = Field("15s", description="Scrape interval.")

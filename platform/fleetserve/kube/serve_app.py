@@ -22,6 +22,7 @@ from fleetserve.tenants.keys import hash_api_key
 ADMIN_KEY_ENV = "FLEETSERVE_ADMIN_KEY"  # the name `fleetserve tenants` reads too
 REDIS_URL_ENV = "FLEETSERVE_REDIS_URL"
 TENANT_KEYS_DIR_ENV = "FLEETSERVE_TENANT_KEYS_DIR"
+METRICS_TOKEN_ENV = "FLEETSERVE_METRICS_TOKEN"  # the scrape token Prometheus presents (chart: a Secret)
 
 
 def read_key_hashes(directory: Path) -> dict[str, list[str]]:
@@ -53,6 +54,9 @@ def resolve_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Fleet
             tenants["redis_url"] = redis_url
         if keys_dir and Path(keys_dir).is_dir():
             _apply_key_hashes(tenants, read_key_hashes(Path(keys_dir)))
+    metrics_token = environ.get(METRICS_TOKEN_ENV)
+    if metrics_token:
+        cfg["metrics"] = {**(cfg.get("metrics") or {}), "scrape_token_hash": hash_api_key(metrics_token)}
     return parse_config(cfg)
 
 

@@ -24,6 +24,8 @@ PRIORITY_CLASS = "priority_class"
 FEATURE = "feature"
 EVENT = "event"
 CHECK = "check"
+MODEL_NAME = "model_name"  # vLLM's label for the served model (engine-level series use it, as vLLM does)
+FINISHED_REASON = "finished_reason"  # vLLM's: stop, length, abort, error
 
 # Latency buckets (seconds): fine below 100 ms where TTFT/TPOT live, coarse up to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -50,9 +52,9 @@ TPOT = MetricSpec("fleetserve_time_per_output_token_seconds", "histogram", "Mean
 E2E = MetricSpec("fleetserve_e2e_request_latency_seconds", "histogram", "Arrival at the ingress to the last token.", (TENANT, MODEL, VERSION), LATENCY_BUCKETS)
 STREAM_RESUMES = MetricSpec("fleetserve_stream_resumes_total", "counter", "Replica streams continued on another replica (reason: migrated on a drain, or lost: replica died, link closed, request ended under it).", (MODEL, VERSION, REASON))
 IN_FLIGHT = MetricSpec("fleetserve_requests_in_flight", "gauge", "Requests being served by this ingress.", (MODEL, VERSION))
-QUEUE_DEPTH = MetricSpec("fleetserve_replica_queue_depth", "gauge", "Requests waiting in a replica's engine queue.", (MODEL, VERSION, REPLICA))
-RUNNING = MetricSpec("fleetserve_replica_running_requests", "gauge", "Requests running in a replica's engine.", (MODEL, VERSION, REPLICA))
-KV_USAGE = MetricSpec("fleetserve_replica_kv_usage_ratio", "gauge", "Fraction of a replica's KV blocks in use.", (MODEL, VERSION, REPLICA))
+WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
+                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
+                           (MODEL, VERSION))
 
 # ---- A/B analysis per variant (fleetserve.canary.ab_recorder) -------------------------------
 
@@ -62,7 +64,40 @@ DRIFT_PSI = MetricSpec("fleetserve_drift_psi", "gauge", "PSI of a version's rece
 
 AB = (FEEDBACK, PREDICTIONS_LOGGED, DRIFT_PSI)
 
-INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, STREAM_RESUMES, QUEUE_DEPTH, RUNNING, KV_USAGE) + AB
+WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
+                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
+                           (MODEL, VERSION))
+
+INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, STREAM_RESUMES, WARM_REPLICAS) + AB
+
+# ---- engine, per model replica (fleetserve.metrics.engine_metrics) ---------------------------
+# vLLM's names and its ``model_name`` label (vllm/v1/metrics/loggers.py, vLLM 0.32), so vLLM
+# dashboards, autoscalers reading vLLM metrics and the Gateway API inference extension work on
+# fleetserve. Each replica serves its own on its metrics port; a replica with ``engine: vllm``
+# serves vLLM's own series of these names instead (plus fleetserve's version/replica labels).
+# Latencies here are the engine's (arrival at the replica), not the client's: those are the
+# ``fleetserve_*`` series of the ingress above.
+
+ENGINE_LABELS = (MODEL_NAME, VERSION, REPLICA)
+VLLM_RUNNING = MetricSpec("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", ENGINE_LABELS)
+VLLM_WAITING = MetricSpec("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", ENGINE_LABELS)
+VLLM_KV_USAGE = MetricSpec("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", ENGINE_LABELS)
+VLLM_PREEMPTIONS = MetricSpec("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions from the engine.", ENGINE_LABELS)
+VLLM_PROMPT_TOKENS = MetricSpec("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", ENGINE_LABELS)
+VLLM_GENERATION_TOKENS = MetricSpec("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", ENGINE_LABELS)
+VLLM_REQUEST_SUCCESS = MetricSpec("vllm:request_success_total", "counter", "Count of finished requests, by finished reason.",
+                                  ENGINE_LABELS + (FINISHED_REASON,))
+VLLM_TTFT = MetricSpec("vllm:time_to_first_token_seconds", "histogram", "Histogram of time to first token in seconds.",
+                       ENGINE_LABELS, LATENCY_BUCKETS)
+VLLM_ITL = MetricSpec("vllm:inter_token_latency_seconds", "histogram", "Histogram of inter-token latency in seconds.",
+                      ENGINE_LABELS, TOKEN_LATENCY_BUCKETS)
+VLLM_TPOT = MetricSpec("vllm:request_time_per_output_token_seconds", "histogram",
+                       "Histogram of time_per_output_token_seconds per request.", ENGINE_LABELS, TOKEN_LATENCY_BUCKETS)
+VLLM_E2E = MetricSpec("vllm:e2e_request_latency_seconds", "histogram", "Histogram of e2e request latency in seconds.",
+                      ENGINE_LABELS, LATENCY_BUCKETS)
+
+ENGINE = (VLLM_RUNNING, VLLM_WAITING, VLLM_KV_USAGE, VLLM_PREEMPTIONS, VLLM_PROMPT_TOKENS, VLLM_GENERATION_TOKENS,
+          VLLM_REQUEST_SUCCESS, VLLM_TTFT, VLLM_ITL, VLLM_TPOT, VLLM_E2E)
 
 # ---- tenant metering (fleetserve.tenants.metering) -------------------------------------------
 
@@ -85,9 +120,6 @@ TENANT_METERING = (TENANT_REQUESTS, TENANT_PROMPT_TOKENS, TENANT_COMPLETION_TOKE
 ACTION = "action"
 CAPACITY_TYPE = "capacity_type"
 
-WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
-                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
-                           (MODEL, VERSION))
 SERVING_REPLICAS = MetricSpec("fleetserve_serving_replicas", "gauge", "Replicas serving (active), per model/version and capacity type.", (MODEL, VERSION, CAPACITY_TYPE))
 TARGET_REPLICAS = MetricSpec("fleetserve_target_replicas", "gauge", "Serving replicas the scaling policy wants now.", (MODEL, VERSION))
 SCALING_ACTIONS = MetricSpec("fleetserve_scaling_actions_total", "counter", "Actions the scaling controller applied (activate, cold_start, park, drain, stop).", (MODEL, VERSION, ACTION))
@@ -107,6 +139,10 @@ ROLLOUT_GUARDRAIL_LIMIT = MetricSpec("fleetserve_rollout_guardrail_limit", "gaug
 ROLLOUT = (ROLLOUT_DECISIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_STEP, ROLLOUT_GUARDRAIL_VALUE, ROLLOUT_GUARDRAIL_LIMIT)
 
 
-ALL = INGRESS + TENANT_METERING + CONTROLLER + ROLLOUT
+ALL = INGRESS + TENANT_METERING + ENGINE + CONTROLLER + ROLLOUT
 """Every metric fleetserve exports. The ingress and the tenant metering register theirs in
-one Prometheus registry (one /metrics), so no two specs may share a name."""
+one Prometheus registry (the ingress's metrics port), the engine series in each replica's;
+no two specs may share a name."""
+
+TENANT_SERIES = tuple(s for s in ALL if TENANT in s.labels)
+"""Series that carry a tenant id: private to the metrics port, dropped when a tenant is deleted."""

@@ -5,11 +5,15 @@
 
 Each :class:`FleetMetrics` owns its own ``CollectorRegistry`` (not the process-global
 one) so two ingress apps built in one process, as tests do, never collide.
+
+:func:`drop_tenant` removes a deleted tenant's series from every collector built here in
+one registry, so a removed tenant does not linger on the metrics port.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import weakref
+from typing import Iterable, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -19,6 +23,7 @@ from fleetserve.metrics import names as N
 class FleetMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.address: Optional[str] = None  # "host:port" of the listener serving this registry, once started
         self._m = {spec.name: build_metric(spec, self.registry) for spec in N.INGRESS}
 
     def get(self, spec: N.MetricSpec):
@@ -35,24 +40,35 @@ class FleetMetrics:
     def observe_latency(self, spec: N.MetricSpec, seconds: float, *, tenant: str, model: str, version: str) -> None:
         self.get(spec).labels(tenant, model, version).observe(seconds)
 
-    def set_replica_stats(self, rows: Iterable[tuple[str, str, str, int, int, float]]) -> None:
-        """Replace the per-replica gauges with ``(model, version, replica, waiting, running, kv_usage)`` rows."""
-        gauges = [self.get(N.QUEUE_DEPTH), self.get(N.RUNNING), self.get(N.KV_USAGE)]
-        for g in gauges:
-            g.clear()  # replicas that went away must not linger
-        for model, version, replica, waiting, running, kv in rows:
-            gauges[0].labels(model, version, replica).set(waiting)
-            gauges[1].labels(model, version, replica).set(running)
-            gauges[2].labels(model, version, replica).set(kv)
+    def set_warm_replicas(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Replace the warm-pool gauge with ``(model, version, warm replicas)`` rows."""
+        gauge = self.get(N.WARM_REPLICAS)
+        gauge.clear()  # versions that went away must not linger
+        for model, version, warm in rows:
+            gauge.labels(model, version).set(warm)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+# Collectors with a tenant label, per registry (weakly keyed: registries of finished tests go).
+_TENANT_COLLECTORS: "weakref.WeakKeyDictionary[CollectorRegistry, list]" = weakref.WeakKeyDictionary()
+
+
 def build_metric(spec: N.MetricSpec, registry: CollectorRegistry):
     """The Prometheus collector for ``spec``, registered in ``registry``."""
     if spec.kind == "counter":
-        return Counter(spec.name, spec.help, spec.labels, registry=registry)
-    if spec.kind == "gauge":
-        return Gauge(spec.name, spec.help, spec.labels, registry=registry)
-    return Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=registry)
+        metric = Counter(spec.name, spec.help, spec.labels, registry=registry)
+    elif spec.kind == "gauge":
+        metric = Gauge(spec.name, spec.help, spec.labels, registry=registry)
+    else:
+        metric = Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=registry)
+    if N.TENANT in spec.labels:
+        _TENANT_COLLECTORS.setdefault(registry, []).append(metric)
+    return metric
+
+
+def drop_tenant(registry: CollectorRegistry, tenant_id: str) -> None:
+    """Remove every series of ``tenant_id`` from the collectors built in ``registry``."""
+    for metric in _TENANT_COLLECTORS.get(registry, ()):
+        metric.remove_by_labels({N.TENANT: tenant_id})

@@ -112,5 +112,6 @@ class ReplicaChooser:
                     link=s.link is not None, link_streams=self._counts.link_streams.get(e.replica, 0),
                     node_id=s.node_id, node_ip=s.node_ip, standby=s.standby, capacity_type=s.capacity_type,
                     in_flight=s.in_flight,
+                    metrics=s.metrics, link_address=s.link,
                 ))
         return out

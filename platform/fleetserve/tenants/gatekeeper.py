@@ -52,10 +52,10 @@ class TenantGatekeeper:
         if store is None:
             store = RedisStore.from_url(config.redis_url, config.redis_key_prefix, config.redis_timeout_s) if config.redis_url else MemoryStore()
         self._store = store
-        self.registry = TenantRegistry(config, store, self._clock)
         redis_client = store.client if isinstance(store, RedisStore) else None
         self.quotas = QuotaManager(config, redis_client, self._clock)
         self.metering = Metering(store, metrics_registry) if metrics_registry is not None else Metering(store)
+        self.registry = TenantRegistry(config, store, self._clock, on_removed=self.metering.forget_tenant)
         self._started = False
 
     # ---- lifecycle ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from fleetserve.errors import ServiceUnavailableError
 from fleetserve.metrics import names as N
-from fleetserve.metrics.registry import build_metric
+from fleetserve.metrics.registry import build_metric, drop_tenant
 from fleetserve.tenants.store import STORE_ERRORS, TenantStore, Usage
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,18 @@ class Metering:
 
     def __init__(self, store: TenantStore, registry: CollectorRegistry = REGISTRY) -> None:
         self._store = store
+        self._registry = registry
         self._metrics = tenant_metrics(registry)
         self._pending: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     @property
     def metrics(self) -> TenantMetrics:
         return self._metrics
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """A deleted tenant: drop its series from this registry (every tenant-labelled one,
+        the ingress's included). Its usage stays in the store for billing."""
+        drop_tenant(self._registry, tenant_id)
 
     async def record_completion(self, tenant_id: str, model: str, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
         m = self._metrics

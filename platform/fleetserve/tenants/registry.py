@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 from pydantic import ValidationError
@@ -52,8 +52,12 @@ def load_tenants_yaml(path: str | Path) -> list[TenantSpec]:
 class TenantRegistry:
     """Tenant specs with a key-hash index, synchronised through a :class:`TenantStore`."""
 
-    def __init__(self, config: TenantsConfig, store: TenantStore, clock: Optional[Clock] = None) -> None:
+    def __init__(self, config: TenantsConfig, store: TenantStore, clock: Optional[Clock] = None,
+                 on_removed: Optional[Callable[[str], None]] = None) -> None:
+        """``on_removed``: called with the id of each tenant that leaves the registry (deleted
+        here or, seen on a reload, by another replica): the metrics drop its series."""
         self._config = config
+        self._on_removed = on_removed
         self._store = store
         self._clock = clock or SystemClock()
         self._tenants: dict[str, TenantSpec] = {}
@@ -100,7 +104,11 @@ class TenantRegistry:
 
     def _set(self, tenants: dict[str, TenantSpec], version: Optional[int]) -> None:
         by_hash = {h: t.id for t in tenants.values() for h in t.api_key_hashes}
+        removed = set(self._tenants) - set(tenants)
         self._tenants, self._by_hash, self._version = tenants, by_hash, version
+        if self._on_removed is not None:
+            for tenant_id in sorted(removed):
+                self._on_removed(tenant_id)
         self._last_check = self._clock.now()
 
     async def refresh_if_due(self) -> None:

@@ -153,7 +153,7 @@ class VllmEngine:
             if self._llm is not None:
                 return
             apply_env_defaults()
-            args = build_engine_args(self.model, self.engine_args, self.tensor_parallel_size)
+            args = build_engine_args(self.model, self.engine_args, self.tensor_parallel_size, self.served_model_name)
             # Starting spawns processes and blocks for the whole model load: keep it off the
             # event loop so a replica stays responsive (its health checks) meanwhile.
             self._llm = await asyncio.to_thread(self._make_llm, args)

@@ -90,8 +90,10 @@ def check_engine_args(engine_args: Optional[dict[str, Any]], tensor_parallel_siz
         )
 
 
-def build_engine_args(model: str, engine_args: Optional[dict[str, Any]], tensor_parallel_size: int):
-    """``AsyncEngineArgs`` for one model; config mistakes raise ConfigError naming the key."""
+def build_engine_args(model: str, engine_args: Optional[dict[str, Any]], tensor_parallel_size: int,
+                      served_model_name: Optional[str] = None):
+    """``AsyncEngineArgs`` for one model; config mistakes raise ConfigError naming the key.
+    ``served_model_name``: the fleetserve model name, which vLLM's metrics carry as ``model_name``."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     check_engine_args(engine_args, tensor_parallel_size)
@@ -100,9 +102,12 @@ def build_engine_args(model: str, engine_args: Optional[dict[str, Any]], tensor_
     for key in engine_args:
         if key not in known:
             raise ConfigError(f"engine_args.{key} is not an argument of vLLM's AsyncEngineArgs", field=f"engine_args.{key}")
-    # Our stat logger reads the scheduler stats; vLLM's own loggers (a log line every 5 s
-    # and a process-global Prometheus registry) stay off unless the config turns them on.
+    # Our stat logger reads the scheduler stats; vLLM's log line every 5 s stays off unless the
+    # config turns it on. (vLLM still adds its Prometheus logger next to ours: the replica
+    # exports that, see deployments/replica_metrics.py.)
     engine_args.setdefault("disable_log_stats", True)
+    if served_model_name and "served_model_name" not in engine_args:
+        engine_args["served_model_name"] = served_model_name
     return AsyncEngineArgs(
         model=model,
         tensor_parallel_size=tensor_parallel_size,
