@@ -27,6 +27,7 @@ import time
 import httpx
 import pytest
 
+from tests.fixtures.metrics_scrape import ingress_metrics
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, TEST_MODEL, free_port, make_fleet_config, wait_for
 
 pytestmark = pytest.mark.ray
@@ -50,7 +51,7 @@ class Fleet:
         return row
 
     def resumes(self, reason: str) -> float:
-        text = httpx.get(self.base_url + "/metrics", timeout=30).text
+        text = ingress_metrics(self.base_url, TEST_ADMIN_KEY)
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("fleetserve_stream_resumes_total{") and f'reason="{reason}"' in line)
 

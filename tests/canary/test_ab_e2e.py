@@ -6,6 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.fixtures.metrics_scrape import ingress_metrics
+
 pytestmark = pytest.mark.ray
 
 
@@ -47,7 +49,7 @@ def test_feedback_and_report_through_serve(client, serve_app):
     assert v["ttft_s"]["p50"] is not None
     from prometheus_client.parser import text_string_to_metric_families
 
-    metrics = httpx.get(serve_app.base_url + "/metrics", timeout=30).text
+    metrics = ingress_metrics(serve_app.base_url, serve_app.admin_key)
     want = {"tenant": "test", "model": serve_app.model, "version": v["version"], "outcome": "positive"}
     samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples
                if s.name == "fleetserve_feedback_total" and s.labels == want]

@@ -13,6 +13,8 @@ from typing import Optional
 import httpx
 import psutil
 
+from tests.fixtures.metrics_scrape import ingress_metrics
+
 APP = "fleetserve-faults"
 PREFIX = "/faults"
 KEY = "fs-faults-tenant-key-Z8q2Lm4Rt6Yw1Px9Kc3V"
@@ -33,6 +35,7 @@ def fault_config(checkpoint: str, rest_port: int, admin_port: int, redis_url: st
     return parse_config({
         "server": {"host": "127.0.0.1", "port": rest_port, "grpc_port": None, "app_name": APP, "route_prefix": PREFIX,
                    "admin_key": ADMIN_KEY, "admin_port": admin_port, "stream_send_timeout_s": STALL_TIMEOUT_S},
+        "metrics": {"port": 0},  # any free port; /admin/status names it
         "models": [{
             "name": "tiny-llama", "checkpoint": checkpoint,
             "engine_args": {"num_kv_blocks": 256, "max_num_seqs": 16, "num_threads": 1},
@@ -71,7 +74,7 @@ class FaultApp:
         return self.complete(max_tokens=1, timeout=20).status_code == 200
 
     def metric(self, name: str, **labels) -> float:
-        text = httpx.get(self.base_url + "/metrics", timeout=30).text
+        text = ingress_metrics(self.admin_url, ADMIN_KEY)
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
