@@ -22,21 +22,21 @@ def test_the_ingress_registry_exports_exactly_the_declared_metrics_with_their_la
     fm = FleetMetrics(CollectorRegistry())
     tm = tenant_metrics(fm.registry)  # the gatekeeper's series share the ingress's registry
     am = admission_metrics(fm.registry)  # so do the admission queues
-    cm = ControllerMetrics(fm.registry)  # the scaling controller's series, mirrored by the ingress
+    cm = ControllerMetrics(CollectorRegistry())  # the scaling controller actor's own registry
     rm = RolloutMetrics(fm.registry)  # and the rollout executor
     collectors = {spec: fm.get(spec) for spec in N.INGRESS}
-    collectors.update(cm.collectors)
+    collectors.update({spec: c for spec, c in cm.collectors.items() if spec not in collectors})
     collectors.update({N.TENANT_REQUESTS: tm.requests, N.TENANT_PROMPT_TOKENS: tm.prompt_tokens,
                        N.TENANT_COMPLETION_TOKENS: tm.completion_tokens, N.TENANT_REJECTED: tm.rejected,
                        N.FLEET_QUEUE_WAIT: am.queue_wait, N.FLEET_SHED: am.shed, N.FLEET_PREEMPTIONS: am.preemptions})
     collectors.update({spec: rm.get(spec) for spec in N.ROLLOUT})
-    assert set(collectors) == set(N.ALL)
+    assert set(collectors) == set(N.ALL) - set(N.ENGINE)  # engine series: each replica's own registry (test below)
     for spec, c in collectors.items():
         c.labels(**{label: "x" for label in spec.labels})  # raises on any other label set
     exported = {m.name for m in fm.registry.collect()}
     # prometheus_client names a counter's family without its _total suffix
     assert exported == {s.name.removesuffix("_total") if s.kind == "counter" else s.name
-                        for s in N.INGRESS + N.TENANT_METERING}
+                        for s in N.INGRESS + N.TENANT_METERING + N.ROLLOUT}
 
 
 def test_engine_series_use_vllm_names_and_labels():

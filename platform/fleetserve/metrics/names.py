@@ -139,7 +139,7 @@ ROLLOUT_GUARDRAIL_LIMIT = MetricSpec("fleetserve_rollout_guardrail_limit", "gaug
 ROLLOUT = (ROLLOUT_DECISIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_STEP, ROLLOUT_GUARDRAIL_VALUE, ROLLOUT_GUARDRAIL_LIMIT)
 
 
-ALL = INGRESS + TENANT_METERING + ENGINE + CONTROLLER + ROLLOUT
+ALL = tuple(dict.fromkeys(INGRESS + TENANT_METERING + ENGINE + CONTROLLER + ROLLOUT))  # WARM_REPLICAS is in two
 """Every metric fleetserve exports. The ingress and the tenant metering register theirs in
 one Prometheus registry (the ingress's metrics port), the engine series in each replica's;
 no two specs may share a name."""
