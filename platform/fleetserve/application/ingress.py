@@ -17,7 +17,8 @@ from fleetserve.application.build import controller_enabled
 from fleetserve.application.versions import ServeVersionDeployer
 from fleetserve.canary.admin_routes import build_version_router
 from fleetserve.application.probe import ServiceProber
-from fleetserve.application.wiring import build_ab, build_admission, build_gatekeeper, build_rollouts, build_versions
+from fleetserve.application.wiring import (build_ab, build_admission, build_gatekeeper, build_rollouts, build_versions,
+                                           warm_pool_rows)
 from fleetserve.api.json_body import read_model
 from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.rollout_routes import body_models as rollout_body_models
@@ -63,8 +64,14 @@ class Ingress:
         if runner is not None:
             runner.start()  # Serve runs __init__ on the replica's event loop
         # Tenant series never go out on the REST port: only on this private listener.
-        metrics.set_warm_replicas((m.name, m.version, 0) for m in self._cfg.models)  # the controller exports the live pool
-        self._metrics_listener = MetricsServer.start(metrics.registry, listener_settings(self._cfg))
+        versions_of = {m.name: m.version for m in self._cfg.models}
+
+        def refresh_warm_pool() -> None:  # at scrape time: the standbys this ingress routes around
+            metrics.set_warm_replicas(warm_pool_rows(versions_of, self.service.replica_status()))
+
+        refresh_warm_pool()
+        self._metrics_listener = MetricsServer.start(metrics.registry, listener_settings(self._cfg),
+                                                     before_scrape=refresh_warm_pool)
         metrics.address = self._metrics_listener.address
         self._control = HandleReplicaControl(handles)
         self._scaling = None

@@ -113,3 +113,14 @@ def build_rollouts(cfg: FleetConfig, table: VersionTable, deployer, prober, metr
                                {m.name: m.version for m in cfg.models}, WallClock(), RolloutMetrics(metrics_registry),
                                on_change=table.invalidate)
     return executor, RolloutRunner(executor, recorder, rollouts, cfg.canary.tick_s, cfg.canary.lease_s)
+
+
+def warm_pool_rows(versions: dict[str, str], replicas) -> list[tuple[str, str, int]]:
+    """``(model, version, standby replicas)`` for the warm-pool gauge, from the replica stats
+    the ingress routes on (``versions``: each model's configured version; a model without a
+    standby gets a 0 row, so the series exists before the first one parks)."""
+    counts = {(m, v): 0 for m, v in versions.items()}
+    for r in list(replicas):
+        if r.standby and r.model in versions:
+            counts[(r.model, versions[r.model])] += 1
+    return [(m, v, n) for (m, v), n in counts.items()]
