@@ -146,7 +146,9 @@ async def test_every_per_request_series_carries_the_version(tiny_llama_path):
     rest = make_ab_rest(tiny_llama_path)
     async with rest.client() as http:
         await chat_id(http)
-        text = (await http.get("/metrics")).text
+    from prometheus_client import generate_latest
+
+    text = generate_latest(rest.service.metrics.registry).decode()  # what the private listener serves
     per_request = [line for line in text.splitlines() if line.startswith((
         "fleetserve_requests_total", "fleetserve_prompt_tokens_total", "fleetserve_completion_tokens_total",
         "fleetserve_time_to_first_token_seconds", "fleetserve_time_per_output_token_seconds",
