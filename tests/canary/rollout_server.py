@@ -4,13 +4,8 @@ answers, and the rollout runner ticking: what the CLI tests talk to."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -27,6 +22,7 @@ from fleetserve.canary.serving import VersionTable
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.errors import AuthenticationError, FleetserveError
 from tests.canary.factories import make_config
+from tests.tenants.admin_server import serve_asgi
 
 ADMIN = "fs-admin-test"
 MODEL = "m"
@@ -86,20 +82,6 @@ def rollout_app(root: Path) -> FastAPI:
     return app
 
 
-@contextmanager
 def serve_rollouts(root: Path, timeout_s: float = 10.0):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(rollout_app(root), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "rollout server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout_s)
+    """The rollout app on a free loopback port for the duration of the block."""
+    return serve_asgi(rollout_app(root), timeout_s)

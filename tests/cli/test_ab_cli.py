@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
-from contextlib import contextmanager
 
 import pytest
-import uvicorn
 
 from fleetserve.cli.ab import duration
 from fleetserve.cli.main import main
 from tests.api.rest_harness import ADMIN_KEY, MODEL
 from tests.api.test_feedback import make_ab_rest
-
-
-@contextmanager
-def serve(app, timeout_s: float = 10.0):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout_s)
+from tests.tenants.admin_server import serve_asgi as serve
 
 
 @pytest.fixture
