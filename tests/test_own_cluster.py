@@ -27,9 +27,15 @@ OWN_CLUSTER_MODULES = [
 def test_module_in_its_own_process(module):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "ray", "-rs", module],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=1200,
+        cwd=ROOT, env=_fresh_env(), capture_output=True, text=True, timeout=1200,
     )
     tail = (proc.stdout[-4000:] + "\n" + proc.stderr[-2000:]).strip()
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary and "deselected" not in summary, tail
+
+
+def _fresh_env() -> dict:
+    """This process's environment without the Ray/Serve settings the shared session put there
+    (``apply_serve_env`` keeps what is already set: inherited haproxy ports would collide)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleetserve.tenants.keys import generate_api_key
+
 from tests.helm.conftest import CHART, NAMESPACE, VALUE_SETS, render, values_args
 from tests.helm.tools import run
 
@@ -117,7 +119,7 @@ def test_serve_config_loads_into_fleet_config(rendered, tmp_path):
     keys.mkdir()
     for t in (fleet.get("tenants") or {}).get("tenants", []):
         (keys / t["id"]).write_text("sha256:" + "ab" * 32 + "\n")
-    environ = {serve_app.ADMIN_KEY_ENV: "fs-admin-" + "x" * 43, serve_app.REDIS_URL_ENV: "redis://:pw@redis:6379/0",
+    environ = {serve_app.ADMIN_KEY_ENV: generate_api_key("fs-admin-"), serve_app.REDIS_URL_ENV: "redis://:pw@redis:6379/0",
                serve_app.TENANT_KEYS_DIR_ENV: str(keys)}
     cfg = serve_app.resolve_config(fleet, environ)
     assert cfg.tenants.admin_key_hash.startswith("sha256:")
@@ -377,5 +379,5 @@ def test_serve_app_builds_from_rendered_config(helm, name):
     app_cfg = serve_config(render(helm, name))["applications"][0]
     module, _, attr = app_cfg["import_path"].partition(":")
     builder = getattr(importlib.import_module(module), attr)
-    app = builder(app_cfg["args"], environ={serve_app.ADMIN_KEY_ENV: "fs-admin-" + "a" * 30})
+    app = builder(app_cfg["args"], environ={serve_app.ADMIN_KEY_ENV: generate_api_key("fs-admin-")})
     assert isinstance(app, Application)

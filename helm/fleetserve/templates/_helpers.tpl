@@ -71,6 +71,10 @@ proxy "auto" means haproxy here: the image's ray[serve] bundles the binary on Li
 - name: FLEETSERVE_GC_GEN2_THRESHOLD
   value: {{ $server.gc_gen2_threshold | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $server.grpc_max_message_bytes) }}
+- name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE
+  value: {{ $server.grpc_max_message_bytes | int64 | toString | quote }}
+{{- end }}
 {{- if ne $server.proxy "python" }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
