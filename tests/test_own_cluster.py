@@ -23,10 +23,11 @@ OWN_CLUSTER_MODULES = [
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("module", OWN_CLUSTER_MODULES)
 def test_module_in_its_own_process(module):
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "ray", "-rs", module],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "ray and slow", "-rs", module],
         cwd=ROOT, env=_fresh_env(), capture_output=True, text=True, timeout=1200,
     )
     tail = (proc.stdout[-4000:] + "\n" + proc.stderr[-2000:]).strip()

@@ -30,7 +30,7 @@ import pytest
 from tests.fixtures.metrics_scrape import ingress_metrics
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, TEST_MODEL, free_port, make_fleet_config, wait_for
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 N_STREAMS = 32
 MAX_TOKENS = 160  # long enough that every stream is mid-flight when the interruption lands

@@ -17,7 +17,7 @@ import pytest
 
 from tests.fixtures.ray_serve import free_port
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 from tests.canary.test_versions_e2e import perturbed_copy
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, wait_for
 
-pytestmark = [pytest.mark.ray, pytest.mark.redis]
+pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.slow]
 
 APP = "fleetserve-rollout-test"
 PREFIX = "/ro"
