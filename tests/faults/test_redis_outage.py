@@ -28,8 +28,16 @@ def test_redis_killed_and_restarted_under_load(healthy):
     assert set(seen) <= {200, 503}, f"only 200s and fail-closed 503s are allowed: {seen} {unexpected(load)}"
     assert all("error" in detail for _, status, detail in load.outcomes if status == 503)  # OpenAI-shaped body
     # Quotas recover: the registry was written back and the limited tenant is limited again.
-    statuses = [app.complete(key=LIMITED_KEY, max_tokens=1).status_code for _ in range(4)]
-    assert statuses == [200, 200, 200, 429], statuses
+    # Fail-closed 503s may go on for this tenant until its state is back; they are not counted.
+    replies, deadline = [], time.monotonic() + 60
+    while len(replies) < 4 and time.monotonic() < deadline:
+        r = app.complete(key=LIMITED_KEY, max_tokens=1)
+        if r.status_code == 503 and not replies:
+            time.sleep(0.5)  # wait-for-recovery poll; the quota checks start at the first answer
+            continue
+        replies.append(r)
+    statuses = [r.status_code for r in replies]
+    assert statuses == [200, 200, 200, 429], [(r.status_code, r.text[:200]) for r in replies]
 
 
 def unexpected(load: Load) -> list:
