@@ -7,17 +7,11 @@ import asyncio
 import json
 from typing import Annotated, Literal
 
-import httpx
 import openai
 import pytest
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
-from fleetserve.api.rest import build_rest_app
-from fleetserve.api.service import InferenceService, ModelSpec
-from fleetserve.engine.process.async_engine import AsyncEngine
-from fleetserve.tenants.gatekeeper import TenantGatekeeper
-from tests.tenants.factories import make_config, make_spec
+from tests.api.inprocess_openai import inprocess_openai
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_torch_thread")]
 MODEL = "tiny"
@@ -31,29 +25,11 @@ class Item(BaseModel):
     tags: list[Annotated[str, Field(max_length=12)]] = Field(max_length=3)
 
 
-class EngineClient:
-    """ModelClient over one in-process engine."""
-
-    def __init__(self, engine: AsyncEngine):
-        self.engine = engine
-
-    def generate(self, request, route):
-        return self.engine.generate(request)
-
-    async def model_info(self, model):
-        return self.engine.model_info()
-
 
 @pytest.fixture(scope="module")
 async def client(tiny_llama_path):
-    engine = AsyncEngine.from_config(model=str(tiny_llama_path), max_model_len=1024, num_kv_blocks=512, max_num_seqs=64)
-    gatekeeper = TenantGatekeeper(make_config(make_spec(key=KEY)), metrics_registry=CollectorRegistry())
-    service = InferenceService([ModelSpec(MODEL, str(tiny_llama_path))], EngineClient(engine), gatekeeper)
-    transport = httpx.ASGITransport(app=build_rest_app(service))
-    http = httpx.AsyncClient(transport=transport, base_url="http://fleetserve.test")
-    yield openai.AsyncOpenAI(api_key=KEY, base_url="http://fleetserve.test/v1", http_client=http, max_retries=0)
-    await http.aclose()
-    await engine.shutdown()
+    async with inprocess_openai(str(tiny_llama_path), MODEL, KEY) as c:
+        yield c
 
 
 async def test_parse_with_pydantic_model_50_of_50(client):

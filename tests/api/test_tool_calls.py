@@ -9,18 +9,11 @@ import asyncio
 import json
 from typing import Literal
 
-import httpx
 import openai
 import pytest
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
-from fleetserve.api.rest import build_rest_app
-from fleetserve.api.service import InferenceService, ModelSpec
-from fleetserve.engine.process.async_engine import AsyncEngine
-from fleetserve.tenants.gatekeeper import TenantGatekeeper
-from tests.api.test_structured_outputs import EngineClient
-from tests.tenants.factories import make_config, make_spec
+from tests.api.inprocess_openai import inprocess_openai
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_torch_thread")]
 MODEL = "tiny"
@@ -50,14 +43,8 @@ MESSAGES = [{"role": "user", "content": "Weather in Oslo?"}]
 
 @pytest.fixture(scope="module")
 async def client(tiny_llama_path):
-    engine = AsyncEngine.from_config(model=str(tiny_llama_path), max_model_len=1024, num_kv_blocks=512, max_num_seqs=64)
-    gatekeeper = TenantGatekeeper(make_config(make_spec(key=KEY)), metrics_registry=CollectorRegistry())
-    service = InferenceService([ModelSpec(MODEL, str(tiny_llama_path))], EngineClient(engine), gatekeeper)
-    transport = httpx.ASGITransport(app=build_rest_app(service))
-    http = httpx.AsyncClient(transport=transport, base_url="http://fleetserve.test")
-    yield openai.AsyncOpenAI(api_key=KEY, base_url="http://fleetserve.test/v1", http_client=http, max_retries=0)
-    await http.aclose()
-    await engine.shutdown()
+    async with inprocess_openai(str(tiny_llama_path), MODEL, KEY) as c:
+        yield c
 
 
 def named(name: str) -> dict:
