@@ -9,17 +9,13 @@ import pytest
 
 from tests.faults.harness import APP, PREFIX, FaultApp, fault_config
 from tests.fixtures.ray_serve import free_port, wait_for
-from tests.fixtures.redis_server import REDIS_BIN, RedisServer, _free_port
+from tests.fixtures.redis_server import running_redis
 
 
 @pytest.fixture(scope="session")
 def fault_redis():
-    if REDIS_BIN is None:
-        pytest.skip("redis-server binary not installed (apt-get install -y redis-server; .ci/run installs it)")
-    server = RedisServer(_free_port())
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:  # its own server: the tests kill and restart it
+        yield server
 
 
 @pytest.fixture(scope="session")
