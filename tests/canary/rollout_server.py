@@ -13,7 +13,7 @@ from fleetserve.api.errors import http_error
 from fleetserve.api.json_body import read_model
 from fleetserve.canary.admin_routes import build_version_router
 from fleetserve.canary.executor import RolloutExecutor
-from fleetserve.canary.outcomes import OutcomeRecorder
+from fleetserve.canary.ab_recorder import ABRecorder
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.rollout_routes import build_rollout_router
 from fleetserve.canary.rollout_store import RolloutStore
@@ -66,9 +66,9 @@ def rollout_app(root: Path) -> FastAPI:
     table = VersionTable({MODEL: "v1"}, VersionRegistry(MemoryCanaryStore()), refresh_s=0.05)
     deployer = ReadyDeployer()
     rollouts = RolloutStore(table.registry.store)
-    executor = RolloutExecutor(config, table.registry, rollouts, deployer, OkProber(), {MODEL: "v1"},
-                               on_change=table.invalidate)
-    runner = RolloutRunner(executor, OutcomeRecorder(table.window_for), rollouts, config.tick_s, config.lease_s)
+    executor = RolloutExecutor(config, table.registry, rollouts, deployer, OkProber(), ABRecorder.in_memory(),
+                               {MODEL: "v1"}, on_change=table.invalidate)
+    runner = RolloutRunner(executor, rollouts, config.tick_s, config.lease_s)
     checkpoints = {MODEL: checkpoint(root, "v1")}
     app = FastAPI(on_startup=[runner.start])
     app.include_router(build_version_router(authenticate_admin, table, deployer, checkpoints, read_body=read_model))

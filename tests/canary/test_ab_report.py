@@ -1,12 +1,12 @@
-"""The A/B report: histogram percentiles, the z-test and sample size through the report, the ETA."""
+"""The A/B report: sketch percentiles, the z-test and sample size through the report, the ETA."""
 
 from __future__ import annotations
 
 import pytest
 
-from fleetserve.canary.ab_records import (TTFT_BUCKETS, RequestOutcome, ServedRequest, VariantTotals,
-                                          feedback_increments)
-from fleetserve.canary.ab_report import bucket_quantile, build_report
+from fleetserve.canary.ab_records import RequestOutcome, ServedRequest, VariantTotals, feedback_increments
+from fleetserve.canary.ab_report import build_report
+from fleetserve.canary.window import GROWTH, LatencySketch, bucket_of
 from fleetserve.canary.stats import sample_size_per_arm, two_proportion_ztest
 from fleetserve.errors import InvalidRequestError
 
@@ -22,23 +22,25 @@ def report(control: VariantTotals, canary: VariantTotals, now: float = 1000.0, *
     return build_report("m", "v1", {"v1": control, "v2": canary}, **args)
 
 
-def test_bucket_quantile_interpolates_like_histogram_quantile():
-    bounds = (0.1, 0.2, 0.4)
-    # 10 in (0, 0.1], 10 in (0.1, 0.2], 0 in (0.2, 0.4], 0 above
-    assert bucket_quantile(0.5, bounds, (10, 10, 0, 0)) == pytest.approx(0.1)
-    assert bucket_quantile(0.75, bounds, (10, 10, 0, 0)) == pytest.approx(0.15)
-    assert bucket_quantile(0.25, bounds, (10, 10, 0, 0)) == pytest.approx(0.05)
-    assert bucket_quantile(0.99, bounds, (0, 0, 0, 5)) == 0.4  # +Inf bucket: the highest finite bound
-    assert bucket_quantile(0.5, bounds, (0, 0, 0, 0)) is None
+def test_report_percentiles_are_within_one_sketch_bucket_of_the_exact_ones():
+    ttfts = [0.01 * (i + 1) for i in range(100)]  # 0.01 .. 1.0 s: p50 = 0.5, p95 = 0.95, p99 = 0.99
+    t = VariantTotals(requests=100, ttft=LatencySketch())
+    for x in ttfts:
+        t.ttft.add(x)
+    ttft = report(t, VariantTotals()).variants[0].ttft_s
+    for name, exact in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        assert exact <= ttft[name] <= exact * GROWTH * 1.0001
+    assert report(VariantTotals(), VariantTotals()).variants[0].tpot_s == {"p50": None, "p95": None, "p99": None}
 
 
 def test_outcome_increments_land_in_the_right_buckets():
     served = ServedRequest("r", "acme", "m", "v1", 0.0)
-    inc = RequestOutcome(served, error=True, ttft_s=0.03, tpots=(0.0005, 0.0005, 7.0)).increments()
-    t = VariantTotals.decode(inc)
-    assert (t.requests, t.errors) == (1, 1)
-    assert t.ttft_buckets[TTFT_BUCKETS.index(0.05)] == 1  # 0.03 <= 0.05
-    assert t.tpot_buckets[0] == 2 and t.tpot_buckets[-1] == 1
+    ok = VariantTotals.decode(RequestOutcome(served, error=False, ttft_s=0.03, tpots=(0.0005, 0.0005, 7.0)).increments())
+    assert (ok.requests, ok.errors) == (1, 0)
+    assert ok.ttft.buckets == {bucket_of(0.03): 1} and ok.tpot.buckets == {bucket_of(0.0005): 2, bucket_of(7.0): 1}
+    assert ok.ttft.quantile(0.5) == pytest.approx(0.03, rel=GROWTH - 1)
+    failed = VariantTotals.decode(RequestOutcome(served, error=True, ttft_s=0.03, tpots=(0.01,)).increments())
+    assert (failed.requests, failed.errors, failed.ttft.count, failed.tpot.count) == (1, 1, 0, 0)  # a fast error is no speed-up
 
 
 def test_the_report_reproduces_the_openintro_cpr_example():
@@ -94,14 +96,29 @@ def test_arm_window_is_the_difference_of_two_reads_and_feeds_the_guardrails():
     from fleetserve.canary.guardrails import evaluate
     from tests.canary.factories import make_config
 
-    def served_totals(requests: int, errors: int, ttft_bucket: int) -> VariantTotals:
-        return VariantTotals.decode({"requests": requests, "errors": errors, f"ttft:{ttft_bucket}": requests})
+    def served_totals(requests: int, errors: int, ttft_s: float) -> VariantTotals:
+        return VariantTotals.decode({"requests": requests, "errors": errors, f"ttft:{bucket_of(ttft_s)}": requests})
 
-    start = served_totals(1000, 0, 3)
-    assert VariantTotals.decode(start.to_fields()) == start  # persists through the rollout state
-    stable = arm_window(start, served_totals(1200, 2, 3))
-    canary = arm_window(None, served_totals(200, 20, 8))
+    start = served_totals(1000, 0, 0.04)
+    assert VariantTotals.decode(start.to_fields()) == start  # persists through the rollout store
+    stable = arm_window(start, served_totals(1200, 2, 0.04))
+    canary = arm_window(None, served_totals(200, 20, 0.2))
     assert (stable.requests, stable.errors, canary.requests, canary.errors) == (200, 2, 200, 20)
-    assert stable.ttft_p95_s == pytest.approx(0.025 + (0.05 - 0.025) * 0.95) and canary.ttft_p95_s > 0.15
+    assert stable.ttft_p95_s == pytest.approx(0.04, rel=GROWTH - 1) and canary.ttft_p95_s > 0.15
     verdict = evaluate(stable, canary, make_config())
     assert {c.name for c in verdict.checks if c.breached} == {"error_rate", "ttft_p95_s"}
+
+
+def test_a_latency_within_the_margin_is_no_breach():
+    # Prometheus buckets (0.1 -> 0.15) would put 0.115 s at ~0.148 s, over a 20 % margin on 0.1 s.
+    from fleetserve.canary.ab_window import arm_window
+    from fleetserve.canary.guardrails import evaluate
+    from tests.canary.factories import make_config
+
+    def served(ttft_s: float) -> VariantTotals:
+        return VariantTotals.decode({"requests": 500, f"ttft:{bucket_of(ttft_s)}": 500})
+
+    config = make_config(guardrails={"error_rate_margin": 0.01, "ttft_p95_margin": 0.2, "tpot_p95_margin": 0.2})
+    ok = evaluate(arm_window(None, served(0.1)), arm_window(None, served(0.115)), config)
+    slow = evaluate(arm_window(None, served(0.1)), arm_window(None, served(0.13)), config)
+    assert ok.passed and not slow.passed

@@ -54,7 +54,7 @@ async def test_redis_store_is_shared_and_expires(redis_url):
         assert await b.recall("r1") == served("r1", "v1")
         totals = {v: VariantTotals.decode(f) for v, f in (await a.totals("m")).items()}
         assert sorted(totals) == ["v1", "v2"]
-        assert (totals["v1"].requests, totals["v1"].errors, totals["v1"].ttft_buckets[2]) == (1, 1, 1)
+        assert (totals["v1"].requests, totals["v1"].errors, totals["v1"].ttft.buckets) == (1, 1, {2: 1})
         assert (totals["v1"].feedback_binary, totals["v1"].first_seen, totals["v1"].last_seen) == (1, 1000.0, 1001.0)
         assert await a.claim_feedback("r1", 60) and not await b.claim_feedback("r1", 60)
         import asyncio

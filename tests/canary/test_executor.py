@@ -1,5 +1,6 @@
-"""The rollout executor over a real store (memory; Redis for the restart case), with a fake
-deployer and prober and a fake clock: every action it takes on each transition."""
+"""The rollout executor over real stores (memory; Redis for the restart case), with a fake
+deployer and prober and a fake clock: every action it takes on each transition. Traffic goes
+through the A/B recorder, the one per-request recorder the guardrails read."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Optional
 
 import pytest
 
+from fleetserve.canary.ab_recorder import ABRecorder
+from fleetserve.canary.ab_records import RequestOutcome, ServedRequest
+from fleetserve.canary.ab_store import MemoryABStore, RedisABStore
 from fleetserve.canary.executor import RolloutExecutor
-from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.rollout_metrics import RolloutMetrics
 from fleetserve.canary.rollout_store import RolloutSettings, RolloutStore
@@ -16,7 +19,6 @@ from fleetserve.canary.snapshot import Command
 from fleetserve.canary.state import Phase
 from fleetserve.canary.store import MemoryCanaryStore, RedisCanaryStore
 from fleetserve.canary.versions import VersionState
-from fleetserve.canary.window import window_id
 from fleetserve.clock import FakeClock
 from fleetserve.metrics import names as N
 from tests.canary.factories import make_config, make_version
@@ -55,12 +57,13 @@ CONFIG = make_config(steps=[10, 50, 100], step_interval_s=30, min_sample_per_ste
                      retire_delay_s=10, registry_refresh_s=2)
 
 
-async def setup(store=None, prober=None, clock=None, config=CONFIG):
+async def setup(store=None, prober=None, clock=None, config=CONFIG, ab_store=None):
     store = store or MemoryCanaryStore()
     reg = VersionRegistry(store)
     clock = clock or FakeClock(1000.0)
     deployer = FakeDeployer()
-    ex = RolloutExecutor(config, reg, RolloutStore(store), deployer, prober or FakeProber(), {"m": "v1"}, clock,
+    ab = ABRecorder(ab_store or MemoryABStore())
+    ex = RolloutExecutor(config, reg, RolloutStore(store), deployer, prober or FakeProber(), ab, {"m": "v1"}, clock,
                          RolloutMetrics())
     if await reg.get("m", "v1") is None:
         await reg.register(make_version("v1", state=VersionState.STABLE))
@@ -68,16 +71,13 @@ async def setup(store=None, prober=None, clock=None, config=CONFIG):
     return ex, reg, deployer, clock
 
 
-async def traffic(ex: RolloutExecutor, stable: int, canary: int, canary_errors: int = 0, source: str = "a"):
-    """Outcomes recorded by an ingress replica in the current window, flushed to the store."""
-    state = await ex.rollouts.state("m")
-    rec = OutcomeRecorder(lambda model: window_id(state), source=source)
-    for i in range(stable):
-        rec.record("m", "v1", "200", 0.1, [0.01])
-    for i in range(canary):
-        rec.record("m", "v2", "500" if i < canary_errors else "200", 0.1, [0.01])
-    rec.record("m", "v2", "429", None)  # not the version's fault: not counted
-    await rec.flush(ex.rollouts)
+async def traffic(ex: RolloutExecutor, stable: int, canary: int, canary_errors: int = 0, ab: ABRecorder = None):
+    """Outcomes recorded by an ingress replica's stage 7 (``ab``: another replica's recorder)."""
+    ab = ab or ex.outcomes
+    for version, n, errors in (("v1", stable, 0), ("v2", canary, canary_errors)):
+        for i in range(n):
+            served = ServedRequest(f"{version}-{i}", "acme", "m", version, 1000.0)
+            await ab.record(RequestOutcome(served, error=i < errors, ttft_s=0.1, tpots=(0.01,)), "v1")
 
 
 async def bring_up(ex, reg, deployer, clock):
@@ -201,32 +201,33 @@ async def test_a_second_rollout_is_refused_while_one_is_live_and_bad_settings_ar
     assert ei.value.field == "steps"
 
 
-async def _resume_from_the_same_step(store):
-    ex, reg, deployer, clock = await setup(store=store)
+async def _resume_from_the_same_step(store, ab_store):
+    ex, reg, deployer, clock = await setup(store=store, ab_store=ab_store)
     await bring_up(ex, reg, deployer, clock)
-    await traffic(ex, 30, 25, source="ingress-a")
+    await traffic(ex, 30, 25)
     clock.advance(31)
     assert (await ex.tick("m")).event == "advance"
-    await traffic(ex, 10, 10, source="ingress-a")  # then the ingress dies
-    # a new executor (restarted ingress) over the same store: same step, same window
-    ex2, _, deployer2, _ = await setup(store=store, clock=clock)
+    await traffic(ex, 10, 10)  # then the ingress dies
+    # a new executor (restarted ingress) over the same stores: same step, same window
+    ex2, _, deployer2, _ = await setup(store=store, clock=clock, ab_store=ab_store)
     deployer2.statuses["v2"] = ("ready", "")
     state = await ex2.rollouts.state("m")
     assert state.phase is Phase.CANARY and state.step_index == 1
-    await traffic(ex2, 20, 15, source="ingress-b")
+    await traffic(ex2, 20, 15)
     clock.advance(31)
     rec = await ex2.tick("m")
-    assert rec.event == "advance" and rec.canary["requests"] == 25  # both replicas' rows add up
+    assert rec.event == "advance" and rec.canary["requests"] == 25  # both replicas' counts add up
     assert deployer2.deployed == []  # it did not redeploy a serving canary
 
 
 async def test_a_new_executor_resumes_from_the_same_step():
-    await _resume_from_the_same_step(MemoryCanaryStore())
+    await _resume_from_the_same_step(MemoryCanaryStore(), MemoryABStore())
 
 
 @pytest.mark.redis
 async def test_a_new_executor_resumes_from_the_same_step_over_redis(redis_url):
-    await _resume_from_the_same_step(RedisCanaryStore.from_url(redis_url, timeout_s=2.0))
+    await _resume_from_the_same_step(RedisCanaryStore.from_url(redis_url, timeout_s=2.0),
+                                     RedisABStore.from_url(redis_url, timeout_s=2.0))
 
 
 @pytest.mark.redis

@@ -14,7 +14,8 @@ stage              owner         in -> out
 6. stream          deployments   (:class:`GenerateRequest`, :class:`Route`) -> outputs
 7. account         tenants       tokens and outcome -> quotas settled, usage metered;
                                  the admission slot released, metrics observed,
-                                 the variant's A/B record kept (canary.ab_recorder)
+                                 the variant's outcome counted (canary.ab_recorder:
+                                 the A/B report and the rollout guardrails)
 =================  ============  ===================================================
 
 :meth:`InferenceService.run` is that list; each stage is a method below calling into the
@@ -41,7 +42,7 @@ from fleetserve.api.prompts import PromptRenderer
 from fleetserve.api.request_metrics import ChoiceTiming, observe_request, prediction_record, request_outcome
 from fleetserve.api.resume import ResumePolicy, resumable_stream
 from fleetserve.canary.ab_recorder import ABRecorder
-from fleetserve.canary.outcomes import OutcomeRecorder
+from fleetserve.canary.ab_records import counts_as
 from fleetserve.canary.serving import VersionTable
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.deployments.model_client import ModelClient, Route
@@ -65,14 +66,13 @@ class InferenceService:
                  metrics: Optional[FleetMetrics] = None, clock: Optional[Clock] = None,
                  admission: Optional[AdmissionQueues] = None, router: Optional[RouteChooser] = None,
                  versions: Optional[VersionTable] = None, ab: Optional[ABRecorder] = None,
-                 resume: Optional[ResumePolicy] = None, outcomes: Optional[OutcomeRecorder] = None,
-                 adapters: Optional[AdapterCatalog] = None):
+                 resume: Optional[ResumePolicy] = None, adapters: Optional[AdapterCatalog] = None):
         """``admission``: the fleet admission queues (None: admit at once); ``router``: the
         replica choice (None: every request through the Serve handle); ``versions``: stage
         3's cached split (None: each model's configured version serves everything); ``ab``: the
         per-variant A/B records, feedback and drift (None: in memory, no prediction log);
         ``resume``: how a broken replica stream is continued elsewhere (api/resume.py);
-        ``outcomes``: per-version outcomes of live rollout steps (None: not recorded); ``adapters``: LoRA adapters."""
+        ``adapters``: LoRA adapters."""
         self._specs = {s.name: s for s in specs}
         self._client = client
         self.gatekeeper = gatekeeper
@@ -82,7 +82,6 @@ class InferenceService:
         self._clock = clock or SystemClock()
         self.versions = versions or VersionTable({s.name: s.version for s in specs})
         self.ab = ab or ABRecorder.in_memory(self.metrics)
-        self.outcomes = outcomes
         self._served: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self.resume = resume or ResumePolicy()
@@ -274,11 +273,8 @@ class InferenceService:
             self.admission.release(admitted, timing.completion_tokens)
         now = self._clock.now()
         observe_request(self.metrics, job.labels, job.arrival, now, timing, status, job.prompt_tokens)
-        if self.outcomes is not None and job.version is not None:  # the rollout's guardrails read these
-            ttft = timing.first - job.arrival if timing.first is not None else None
-            self.outcomes.record(job.model.spec.name, job.version, status, ttft, timing.tpots())
         await self.gatekeeper.complete(ticket, job.prompt_tokens, timing.completion_tokens, outcome)
-        if outcome != OUTCOME_ABORTED:  # a response the client never read gets no feedback
+        if counts_as(status) is not None:  # not a 4xx or a response the client never read (499)
             wall = time.time()  # shared with other replicas through the store: wall clock, not monotonic
             await self.ab.record(request_outcome(job, timing, status, wall), job.model.spec.version,
                                  prediction_record(job, timing, status, wall))

@@ -20,7 +20,6 @@ from fleetserve.application.probe import ServiceProber
 from fleetserve.application.wiring import (build_ab, build_admission, build_gatekeeper, build_rollouts, build_versions,
                                            warm_pool_rows)
 from fleetserve.api.json_body import read_model
-from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.rollout_routes import body_models as rollout_body_models
 from fleetserve.canary.rollout_routes import build_rollout_router
 from fleetserve.deployments.handle_client import HandleModelClient
@@ -54,13 +53,12 @@ class Ingress:
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
         admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
         versions = build_versions(self._cfg)
-        recorder = OutcomeRecorder(versions.window_for) if self._cfg.canary.enabled else None
+        ab = build_ab(self._cfg, metrics)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
-                                        versions=versions, ab=build_ab(self._cfg, metrics), outcomes=recorder,
-                                        adapters=AdapterCatalog.from_config(self._cfg.models))
-        # Guarded rollouts: each ingress replica reports outcomes; the lease holder executes.
+                                        versions=versions, ab=ab, adapters=AdapterCatalog.from_config(self._cfg.models))
+        # Guarded rollouts: every ingress replica counts outcomes into the A/B totals; the lease holder executes.
         self._rollouts, runner = build_rollouts(self._cfg, versions, self._deployer,
-                                                ServiceProber(client, router, versions), metrics.registry, recorder)
+                                                ServiceProber(client, router, versions), metrics.registry, ab)
         if runner is not None:
             runner.start()  # Serve runs __init__ on the replica's event loop
         # Tenant series never go out on the REST port: only on this private listener.

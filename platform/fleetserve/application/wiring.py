@@ -26,7 +26,6 @@ from fleetserve.canary.ab_store import MemoryABStore, RedisABStore
 from fleetserve.canary.drift_monitor import DriftMonitor
 from fleetserve.canary.prediction_log import PredictionLogger
 from fleetserve.canary.executor import RolloutExecutor
-from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.rollout_metrics import RolloutMetrics
 from fleetserve.canary.rollout_store import RolloutStore
@@ -103,16 +102,17 @@ def build_versions(cfg: FleetConfig) -> VersionTable:
 
 
 def build_rollouts(cfg: FleetConfig, table: VersionTable, deployer, prober, metrics_registry: CollectorRegistry,
-                   recorder: Optional[OutcomeRecorder]) -> tuple[Optional[RolloutExecutor], Optional[RolloutRunner]]:
-    """The rollout executor and its loop over the version table's store; (None, None) when
-    ``canary.enabled`` is false (the rollout routes then answer 409)."""
-    if not cfg.canary.enabled or table.registry is None or recorder is None:
+                   ab: ABRecorder) -> tuple[Optional[RolloutExecutor], Optional[RolloutRunner]]:
+    """The rollout executor and its loop over the version table's store, its step windows cut
+    from ``ab``'s per-variant counters; (None, None) when ``canary.enabled`` is false (the
+    rollout routes then answer 409)."""
+    if not cfg.canary.enabled or table.registry is None:
         return None, None
     rollouts = RolloutStore(table.registry.store)
-    executor = RolloutExecutor(cfg.canary, table.registry, rollouts, deployer, prober,
+    executor = RolloutExecutor(cfg.canary, table.registry, rollouts, deployer, prober, ab,
                                {m.name: m.version for m in cfg.models}, WallClock(), RolloutMetrics(metrics_registry),
                                on_change=table.invalidate)
-    return executor, RolloutRunner(executor, recorder, rollouts, cfg.canary.tick_s, cfg.canary.lease_s)
+    return executor, RolloutRunner(executor, rollouts, cfg.canary.tick_s, cfg.canary.lease_s)
 
 
 def warm_pool_rows(versions: dict[str, str], replicas) -> list[tuple[str, str, int]]:

@@ -2,22 +2,36 @@
 flat encoding (field -> number) shared by the in-memory and the Redis store.
 
 A variant is one (model, version). Its totals are counters only (requests, 5xx errors,
-latency histogram buckets, feedback sums), so every ingress replica can add to them with
-``HINCRBYFLOAT`` and the report reads them back with one ``HGETALL``.
+latency sketch buckets, feedback sums), so every ingress replica can add to them with
+``HINCRBYFLOAT`` and the report reads them back with one ``HGETALL``. The same totals feed
+the rollout guardrails (:mod:`fleetserve.canary.ab_window`): one recorder per request.
+
+Latencies are ``ttft:<i>`` / ``tpot:<i>`` counters of :class:`fleetserve.canary.window.LatencySketch`
+buckets (4 % wide, sparse), fine enough for a 20 % guardrail margin.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
 
-from fleetserve.metrics.names import LATENCY_BUCKETS, TOKEN_LATENCY_BUCKETS
+from fleetserve.canary.window import LatencySketch, bucket_of
 
-TTFT_BUCKETS = LATENCY_BUCKETS  # upper bounds (s); one more bucket catches everything above
-TPOT_BUCKETS = TOKEN_LATENCY_BUCKETS
 FIRST_SEEN, LAST_SEEN = "first_seen", "last_seen"
+TTFT, TPOT = "ttft", "tpot"  # the counter prefixes of the two latency sketches
+
+
+def counts_as(status: str) -> Optional[bool]:
+    """Whether a finished request counts for its variant, and as a failure: a 5xx (engine
+    error, replica gone, truncated stream) failed, a 2xx did not. A 4xx (the client's input,
+    its quota, shedding) says nothing about the version and a 499 (the client left) neither:
+    None, not counted."""
+    if status.startswith("5"):
+        return True
+    if status.startswith("2"):
+        return False
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,13 +67,14 @@ class RequestOutcome:
     first_token: Optional[int] = None
 
     def increments(self) -> dict[str, float]:
-        out = {"requests": 1.0}
+        """Latencies of a failed request are not counted (a fast error is no speed-up)."""
         if self.error:
-            out["errors"] = 1.0
+            return {"requests": 1.0, "errors": 1.0}
+        out = {"requests": 1.0}
         if self.ttft_s is not None:
-            out[f"ttft:{bisect.bisect_left(TTFT_BUCKETS, self.ttft_s)}"] = 1.0
+            out[f"{TTFT}:{bucket_of(self.ttft_s)}"] = 1.0
         for t in self.tpots:
-            key = f"tpot:{bisect.bisect_left(TPOT_BUCKETS, t)}"
+            key = f"{TPOT}:{bucket_of(t)}"
             out[key] = out.get(key, 0.0) + 1.0
         return out
 
@@ -80,8 +95,8 @@ class VariantTotals:
 
     requests: int = 0
     errors: int = 0
-    ttft_buckets: tuple[int, ...] = field(default_factory=lambda: (0,) * (len(TTFT_BUCKETS) + 1))
-    tpot_buckets: tuple[int, ...] = field(default_factory=lambda: (0,) * (len(TPOT_BUCKETS) + 1))
+    ttft: LatencySketch = field(default_factory=LatencySketch)
+    tpot: LatencySketch = field(default_factory=LatencySketch)
     feedback_binary: int = 0
     feedback_positive: int = 0
     feedback_numeric: int = 0
@@ -93,12 +108,13 @@ class VariantTotals:
     @classmethod
     def decode(cls, fields: Mapping[str, Union[str, float]]) -> "VariantTotals":
         f = {k: float(v) for k, v in fields.items()}
-
-        def buckets(prefix: str, n: int) -> tuple[int, ...]:
-            return tuple(int(f.get(f"{prefix}:{i}", 0)) for i in range(n + 1))
-
-        return cls(int(f.get("requests", 0)), int(f.get("errors", 0)), buckets("ttft", len(TTFT_BUCKETS)),
-                   buckets("tpot", len(TPOT_BUCKETS)), int(f.get("fb_binary", 0)), int(f.get("fb_positive", 0)),
+        sketches: dict[str, dict[int, int]] = {TTFT: {}, TPOT: {}}
+        for k, v in f.items():
+            prefix, _, i = k.partition(":")
+            if prefix in sketches and v > 0:
+                sketches[prefix][int(i)] = int(v)
+        return cls(int(f.get("requests", 0)), int(f.get("errors", 0)), LatencySketch(sketches[TTFT]),
+                   LatencySketch(sketches[TPOT]), int(f.get("fb_binary", 0)), int(f.get("fb_positive", 0)),
                    int(f.get("fb_numeric", 0)), f.get("num_sum", 0.0), f.get("num_sumsq", 0.0),
                    f.get(FIRST_SEEN), f.get(LAST_SEEN))
 
@@ -107,8 +123,8 @@ class VariantTotals:
         out = {"requests": float(self.requests), "errors": float(self.errors),
                "fb_binary": float(self.feedback_binary), "fb_positive": float(self.feedback_positive),
                "fb_numeric": float(self.feedback_numeric), "num_sum": self.numeric_sum, "num_sumsq": self.numeric_sumsq}
-        out.update({f"ttft:{i}": float(c) for i, c in enumerate(self.ttft_buckets)})
-        out.update({f"tpot:{i}": float(c) for i, c in enumerate(self.tpot_buckets)})
+        out.update({f"{TTFT}:{i}": float(c) for i, c in self.ttft.buckets.items()})
+        out.update({f"{TPOT}:{i}": float(c) for i, c in self.tpot.buckets.items()})
         for name, v in ((FIRST_SEEN, self.first_seen), (LAST_SEEN, self.last_seen)):
             if v is not None:
                 out[name] = v

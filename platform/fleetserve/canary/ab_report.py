@@ -3,36 +3,21 @@ then each treatment against the control: the two-proportion z-test on the positi
 rate with its confidence interval, and the sample size the experiment needs.
 
 Pure: counters in (:class:`VariantTotals`), a report out. Latency percentiles come from the
-bucketed histograms by linear interpolation inside the bucket, as Prometheus's
-``histogram_quantile`` does (so they agree with the dashboard to within a bucket).
+variant's latency sketches: the upper edge of the bucket holding the rank, at most 4 % above
+the exact percentile (finer than the dashboard's ``histogram_quantile`` over Prometheus buckets).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
-from fleetserve.canary.ab_records import TPOT_BUCKETS, TTFT_BUCKETS, VariantTotals
+from fleetserve.canary.ab_records import VariantTotals
+from fleetserve.canary.window import LatencySketch
 from fleetserve.canary.stats import sample_size_per_arm, two_proportion_ztest
 from fleetserve.errors import InvalidRequestError
 
 QUANTILES = (0.5, 0.95, 0.99)
-
-
-def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> Optional[float]:
-    """The ``q`` quantile of a histogram with upper ``bounds`` (+Inf bucket last in ``counts``)."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank, seen = q * total, 0
-    for i, c in enumerate(counts):
-        if seen + c >= rank and c > 0:
-            if i == len(bounds):  # +Inf bucket: the highest finite bound, as Prometheus answers
-                return bounds[-1]
-            lo = bounds[i - 1] if i > 0 else 0.0
-            return lo + (bounds[i] - lo) * (rank - seen) / c
-        seen += c
-    return bounds[-1]
 
 
 @dataclass(frozen=True)
@@ -86,13 +71,13 @@ class ABReport:
 
 
 def variant_report(version: str, t: VariantTotals) -> VariantReport:
-    def pct(bounds, counts) -> dict[str, Optional[float]]:
-        return {f"p{round(q * 100)}": bucket_quantile(q, bounds, counts) for q in QUANTILES}
+    def pct(sketch: LatencySketch) -> dict[str, Optional[float]]:
+        return {f"p{round(q * 100)}": sketch.quantile(q) for q in QUANTILES}
 
     feedback = t.feedback_binary + t.feedback_numeric
     return VariantReport(
         version, t.requests, t.errors, t.errors / t.requests if t.requests else 0.0,
-        pct(TTFT_BUCKETS, t.ttft_buckets), pct(TPOT_BUCKETS, t.tpot_buckets),
+        pct(t.ttft), pct(t.tpot),
         feedback, feedback / t.requests if t.requests else 0.0, t.feedback_positive,
         t.feedback_positive / t.feedback_binary if t.feedback_binary else None,
         t.feedback_numeric, t.numeric_sum / t.feedback_numeric if t.feedback_numeric else None, t.first_seen)

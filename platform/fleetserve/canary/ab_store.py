@@ -11,13 +11,25 @@ Redis layout (prefix ``fleetserve:ab:``):
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Mapping, Optional, Protocol
 
-import redis.asyncio as aioredis
-
 from fleetserve.canary.ab_records import FIRST_SEEN, LAST_SEEN, ServedRequest
-from fleetserve.tenants.store import make_redis_client
+from fleetserve.canary.backing import ExpiringMap, RedisBacked, ttl_ms
+
+# One script call per request, not a pipeline of one HINCRBYFLOAT per field: a request's TPOTs
+# touch tens of latency-sketch buckets, and the client-side cost is per command.
+_COUNT_FN = """
+local function count(hash, set, args, from)
+  redis.call('sadd', set, args[from])
+  for i = from + 2, #args, 2 do redis.call('hincrbyfloat', hash, args[i], args[i + 1]) end
+  redis.call('hsetnx', hash, '%s', args[from + 1])
+  redis.call('hset', hash, '%s', args[from + 1])
+end
+""" % (FIRST_SEEN, LAST_SEEN)
+# KEYS: variant hash, variants set; ARGV: version, now, then field, amount pairs.
+_COUNT_LUA = _COUNT_FN + "count(KEYS[1], KEYS[2], ARGV, 1)"
+# KEYS: the request's key, then _COUNT_LUA's; ARGV: its JSON, its TTL in ms, then _COUNT_LUA's.
+_REMEMBER_LUA = _COUNT_FN + "redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])\ncount(KEYS[2], KEYS[3], ARGV, 3)"
 
 
 class ABStore(Protocol):
@@ -46,28 +58,19 @@ class MemoryABStore:
     """Process-local; remembers at most ``max_records`` ids (oldest dropped first)."""
 
     def __init__(self, max_records: int = 100_000, clock=time.time) -> None:
-        self._records: OrderedDict[str, tuple[ServedRequest, float]] = OrderedDict()
-        self._claimed: OrderedDict[str, float] = OrderedDict()
+        self._records: ExpiringMap[ServedRequest] = ExpiringMap(clock, max_records)
+        self._claimed: ExpiringMap[bool] = ExpiringMap(clock, max_records)
         self._variants: dict[tuple[str, str], dict[str, float]] = {}
-        self._max = max_records
-        self._now = clock
 
     async def remember(self, served: ServedRequest, increments: Mapping[str, float], ttl_s: float) -> None:
-        self._put(self._records, served.request_id, (served, self._now() + ttl_s))
+        self._records.put(served.request_id, served, ttl_s)
         await self.add(served.model, served.version, increments, served.created)
 
     async def recall(self, request_id: str) -> Optional[ServedRequest]:
-        row = self._records.get(request_id)
-        if row is None or row[1] <= self._now():
-            return None
-        return row[0]
+        return self._records.get(request_id)
 
     async def claim_feedback(self, request_id: str, ttl_s: float) -> bool:
-        expires = self._claimed.get(request_id)
-        if expires is not None and expires > self._now():
-            return False
-        self._put(self._claimed, request_id, self._now() + ttl_s)
-        return True
+        return self._claimed.put_new(request_id, True, ttl_s)
 
     async def add(self, model: str, version: str, increments: Mapping[str, float], now: float) -> None:
         row = self._variants.setdefault((model, version), {})
@@ -82,57 +85,46 @@ class MemoryABStore:
     async def close(self) -> None:
         return None
 
-    def _put(self, table: OrderedDict, key: str, value) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        while len(table) > self._max:
-            table.popitem(last=False)
 
+class RedisABStore(RedisBacked):
+    """Shared by every ingress replica; one script call (one round trip) per finished request."""
 
-class RedisABStore:
-    """Shared by every ingress replica; one pipeline (one round trip) per finished request."""
+    PREFIX = "fleetserve:ab:"
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "fleetserve:ab:") -> None:
-        self._r = client
-        self._p = prefix
-
-    @classmethod
-    def from_url(cls, url: str, prefix: str = "fleetserve:ab:", timeout_s: float = 0.5) -> "RedisABStore":
-        return cls(make_redis_client(url, timeout_s), prefix)
+    def __init__(self, client, prefix: Optional[str] = None) -> None:
+        super().__init__(client, prefix)
+        self._remember = self._r.register_script(_REMEMBER_LUA)
+        self._count = self._r.register_script(_COUNT_LUA)
 
     async def remember(self, served: ServedRequest, increments: Mapping[str, float], ttl_s: float) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        pipe.set(self._p + "req:" + served.request_id, served.to_json(), px=max(1, int(ttl_s * 1000)))
-        self._count(pipe, served.model, served.version, increments, served.created)
-        await pipe.execute()
+        keys = [self.key("req:" + served.request_id), *self._variant_keys(served.model, served.version)]
+        await self._remember(keys, [served.to_json(), ttl_ms(ttl_s),
+                                    *self._count_args(served.version, increments, served.created)])
 
     async def recall(self, request_id: str) -> Optional[ServedRequest]:
-        raw = await self._r.get(self._p + "req:" + request_id)
+        raw = await self._r.get(self.key("req:" + request_id))
         return ServedRequest.from_json(request_id, raw.decode()) if raw is not None else None
 
     async def claim_feedback(self, request_id: str, ttl_s: float) -> bool:
-        return bool(await self._r.set(self._p + "fb:" + request_id, b"1", nx=True, px=max(1, int(ttl_s * 1000))))
+        return bool(await self._r.set(self.key("fb:" + request_id), b"1", nx=True, px=ttl_ms(ttl_s)))
 
     async def add(self, model: str, version: str, increments: Mapping[str, float], now: float) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        self._count(pipe, model, version, increments, now)
-        await pipe.execute()
+        await self._count(self._variant_keys(model, version), self._count_args(version, increments, now))
 
     async def totals(self, model: str) -> dict[str, dict[str, float]]:
-        versions = sorted(v.decode() for v in await self._r.smembers(f"{self._p}variants:{model}"))
+        versions = sorted(v.decode() for v in await self._r.smembers(self.key(f"variants:{model}")))
         out = {}
         for v in versions:
-            raw = await self._r.hgetall(f"{self._p}variant:{model}:{v}")
+            raw = await self._r.hgetall(self.key(f"variant:{model}:{v}"))
             out[v] = {k.decode(): float(x) for k, x in raw.items()}
         return out
 
-    async def close(self) -> None:
-        await self._r.aclose()
+    def _variant_keys(self, model: str, version: str) -> list[str]:
+        return [self.key(f"variant:{model}:{version}"), self.key(f"variants:{model}")]
 
-    def _count(self, pipe, model: str, version: str, increments: Mapping[str, float], now: float) -> None:
-        key = f"{self._p}variant:{model}:{version}"
-        pipe.sadd(f"{self._p}variants:{model}", version)
+    @staticmethod
+    def _count_args(version: str, increments: Mapping[str, float], now: float) -> list:
+        args: list = [version, repr(now)]
         for k, v in increments.items():
-            pipe.hincrbyfloat(key, k, v)
-        pipe.hsetnx(key, FIRST_SEEN, repr(now))
-        pipe.hset(key, LAST_SEEN, repr(now))
+            args += (k, v)
+        return args

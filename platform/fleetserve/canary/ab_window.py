@@ -2,33 +2,29 @@
 
 The A/B store's per-variant counters are cumulative and shared by every ingress replica
 (Redis), so a step's window is the difference between two reads: the totals saved when the
-step began and the totals now. The rollout executor's use, per tick::
+step began (``RolloutStore.save_window_start``) and the totals now. The rollout executor's
+use, per tick (``RolloutExecutor.arms``)::
 
     totals = await recorder.variant_totals(model)            # version -> VariantTotals
-    stable = arm_window(at_step_start[stable_v], totals[stable_v], recorder.drift_histograms(model, stable_v))
-    canary = arm_window(at_step_start[canary_v], totals[canary_v], recorder.drift_histograms(model, canary_v))
-
-``VariantTotals.to_fields()`` / ``VariantTotals.decode()`` persist the step's starting totals
-in the rollout state.
+    canary = arm_window(at_step_start.get(canary_v), totals.get(canary_v, VariantTotals()),
+                        recorder.drift_histograms(model, canary_v))
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from fleetserve.canary.ab_records import TPOT_BUCKETS, TTFT_BUCKETS, VariantTotals
-from fleetserve.canary.ab_report import bucket_quantile
+from fleetserve.canary.ab_records import VariantTotals
 from fleetserve.canary.snapshot import ArmWindow
 
 
 def arm_window(start: Optional[VariantTotals], now: VariantTotals,
                histograms: Optional[Mapping[str, tuple[int, ...]]] = None) -> ArmWindow:
     """The traffic between ``start`` (None: since the counters began) and ``now``; p95s from
-    the bucket differences (None while the window has no latency sample)."""
-    s = start or VariantTotals()
-    requests = max(0, now.requests - s.requests)
+    the sketch differences (None while the window has no latency sample). Counters below
+    ``start`` (a Redis that lost its data) count from zero again rather than from ``start``."""
+    s = start if start is not None and start.requests <= now.requests else VariantTotals()
+    requests = now.requests - s.requests
     errors = min(requests, max(0, now.errors - s.errors))
-    ttft = tuple(max(0, a - b) for a, b in zip(now.ttft_buckets, s.ttft_buckets))
-    tpot = tuple(max(0, a - b) for a, b in zip(now.tpot_buckets, s.tpot_buckets))
-    return ArmWindow(requests, errors, bucket_quantile(0.95, TTFT_BUCKETS, ttft),
-                     bucket_quantile(0.95, TPOT_BUCKETS, tpot), dict(histograms or {}))
+    return ArmWindow(requests, errors, now.ttft.minus(s.ttft).quantile(0.95), now.tpot.minus(s.tpot).quantile(0.95),
+                     dict(histograms or {}))

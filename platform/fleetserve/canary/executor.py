@@ -4,7 +4,8 @@ One :meth:`RolloutExecutor.tick` per live rollout:
 
 1. *observe*: the stored state, the pending operator command, the canary's bring-up
    (deployment status from the deployer; warm-up and health requests through the prober),
-   and both arms' outcomes in the current step window (summed over every ingress replica);
+   and both arms' outcomes in the current step window: the A/B recorder's per-variant
+   totals (shared by every ingress replica) minus those saved when the window began;
 2. *decide*: ``canary.policy.decide(snapshot, state, now, config)``, pure;
 3. *apply*: weights and version states into the registry, the new state and a decision
    record (with the guardrail numbers) into the store, the deployment started on ``load``
@@ -23,6 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Protocol
 
+from fleetserve.canary.ab_records import VariantTotals
+from fleetserve.canary.ab_window import arm_window
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.canary.decision import RolloutDecision, Verdict
 from fleetserve.canary.errors import RolloutConflictError, VersionConflictError
@@ -52,6 +55,14 @@ class Deployer(Protocol):
     async def delete(self, model: str, version: str) -> None: ...
 
 
+class VariantCounters(Protocol):
+    """Each variant's cumulative outcome counters (``ab_recorder.ABRecorder``)."""
+
+    async def variant_totals(self, model: str) -> dict[str, VariantTotals]: ...
+
+    def drift_histograms(self, model: str, version: str) -> dict[str, tuple[int, ...]]: ...
+
+
 class Prober(Protocol):
     """Sends one synthetic request straight to a version's replicas (no tenant, no metrics)."""
 
@@ -73,6 +84,7 @@ class RolloutExecutor:
     """Applies the policy to every live rollout in the store (see the module docstring).
 
     ``config``: the ``canary`` section (a rollout's own settings override it);
+    ``outcomes``: the per-variant counters the step windows are cut from;
     ``configured``: model -> the version in the main application (never deleted here);
     ``on_change``: called with a model after its split changed (the local VersionTable
     reloads at once instead of after ``registry_refresh_s``).
@@ -83,6 +95,7 @@ class RolloutExecutor:
     rollouts: RolloutStore
     deployer: Deployer
     prober: Prober
+    outcomes: VariantCounters
     configured: Mapping[str, str]
     clock: Clock = field(default_factory=WallClock)
     metrics: Optional[RolloutMetrics] = None
@@ -121,12 +134,22 @@ class RolloutExecutor:
 
     async def observe(self, state: RolloutState, config: CanaryConfig, command: Optional[Command]) -> RolloutSnapshot:
         health = await self._health(state, config)
-        stable, canary = ArmWindow(), ArmWindow()
-        window = window_id(state)
-        if window is not None:
-            arms = await self.rollouts.window_arms(state.model, window)
-            stable, canary = arms.arm(state.stable_version), arms.arm(state.canary_version)
+        stable, canary = await self.arms(state) or (ArmWindow(), ArmWindow())
         return RolloutSnapshot(health, stable, canary, command)
+
+    async def arms(self, state: RolloutState) -> Optional[tuple[ArmWindow, ArmWindow]]:
+        """(stable, canary) over the live step window; None when the canary serves no traffic."""
+        window = window_id(state)
+        if window is None:
+            return None
+        totals = await self.outcomes.variant_totals(state.model)
+        start = await self.rollouts.window_start(state.model, window)
+        if start is None:  # the save at the window's start did not happen (a crash): start now
+            await self.rollouts.save_window_start(state.model, window, totals)
+            start = await self.rollouts.window_start(state.model, window) or totals
+        return tuple(arm_window(start.get(v), totals.get(v, VariantTotals()),
+                                self.outcomes.drift_histograms(state.model, v))
+                     for v in (state.stable_version, state.canary_version))
 
     async def _health(self, state: RolloutState, config: CanaryConfig) -> CanaryHealth:
         model, version = state.model, state.canary_version
@@ -198,6 +221,8 @@ class RolloutExecutor:
             await self.rollouts.save_state(new)
         if window_id(new) != window_id(before):
             await self.rollouts.drop_windows(model, window_id(new))
+            if window_id(new) is not None:
+                await self.rollouts.save_window_start(model, window_id(new), await self.outcomes.variant_totals(model))
         now = self.clock.now()
         if decision.event == "load":
             self._deploy_soon(model, new.canary_version)

@@ -28,7 +28,6 @@ from fleetserve.canary.rollout_store import RolloutSettings
 from fleetserve.canary.snapshot import Command
 from fleetserve.canary.state import RolloutState
 from fleetserve.canary.versions import ModelVersion, VersionState, make_version
-from fleetserve.canary.window import window_id
 from fleetserve.errors import ModelNotFoundError, NotFoundError
 
 COMMANDS = tuple(c.value for c in Command)
@@ -144,8 +143,7 @@ async def status_of(ex: RolloutExecutor, model: str) -> dict:
     if state is None:
         raise NotFoundError(f"no rollout of `{model}` was started", field="model")
     config = (await ex.rollouts.settings(model)).apply(ex.config)
-    window = window_id(state)
-    arms = await ex.rollouts.window_arms(model, window) if window else None
+    arms = await ex.arms(state)
     step = state.step_index
     return {
         "model": model, "stable": state.stable_version, "canary": state.canary_version, "phase": state.phase.value,
@@ -154,8 +152,7 @@ async def status_of(ex: RolloutExecutor, model: str) -> dict:
         "step": None if step is None else {"index": step + 1, "of": len(config.steps), "percent": config.steps[step]},
         "steps": list(config.steps), "step_interval_s": config.step_interval_s,
         "min_sample_per_step": config.min_sample_per_step, "weights": await ex.registry.weights(model),
-        "window": None if arms is None else {"stable": arms.arm(state.stable_version).to_dict(),
-                                             "canary": arms.arm(state.canary_version).to_dict()},
+        "window": None if arms is None else {"stable": arms[0].to_dict(), "canary": arms[1].to_dict()},
         "pending_command": (c.value if (c := await ex.rollouts.pending_command(model)) else None),
         "decisions": [r.to_dict() for r in await ex.rollouts.decisions(model, last=50)],
     }

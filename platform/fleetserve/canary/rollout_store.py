@@ -10,24 +10,25 @@ Tables (all JSON values, see :mod:`fleetserve.canary.store`):
                                transition and every guardrail verdict, with the numbers)
 - ``rollout_commands``         model -> pending operator command (pause, resume, promote, rollback)
 - ``rollout_retire``           ``model|version`` -> wall time after which its deployment is deleted
-- ``rollout_windows:<model>``  ``window|version|source`` -> :class:`ArmCounts` of one ingress replica
+- ``rollout_windows:<model>``  window id -> every variant's A/B totals (``VariantTotals``
+                               fields) when that step window began
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 from pydantic import ValidationError
 
+from fleetserve.canary.ab_records import VariantTotals
 from fleetserve.canary.config import CanaryConfig
 from fleetserve.canary.errors import VersionConflictError
 from fleetserve.canary.registry import ROLLOUTS
-from fleetserve.canary.snapshot import ArmWindow, Command
+from fleetserve.canary.snapshot import Command
 from fleetserve.canary.state import RolloutState
 from fleetserve.canary.store import CanaryStore
-from fleetserve.canary.window import ArmCounts
 
 SETTINGS, COMMANDS, RETIRE = "rollout_settings", "rollout_commands", "rollout_retire"
 LOG_KEEP = 500  # decisions kept per model (the oldest go first)
@@ -86,17 +87,6 @@ class DecisionRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DecisionRecord":
         return cls(**{**d, "notes": tuple(d.get("notes", ()))})
-
-
-@dataclass
-class WindowArms:
-    """The summed counts of each version in one window, over every ingress replica."""
-
-    by_version: dict[str, ArmCounts] = field(default_factory=dict)
-
-    def arm(self, version: str) -> ArmWindow:
-        counts = self.by_version.get(version)
-        return counts.window() if counts is not None else ArmWindow()
 
 
 def _log(model: str) -> str:
@@ -167,21 +157,21 @@ class RolloutStore:
     async def retired(self, model: str, version: str) -> None:
         await self.store.delete(RETIRE, f"{model}|{version}")
 
-    async def put_window_row(self, model: str, window: str, version: str, source: str, counts: ArmCounts) -> None:
-        await self.store.put(_windows(model), f"{window}|{version}|{source}", json.dumps(counts.to_dict()))
+    async def save_window_start(self, model: str, window: str, totals: Mapping[str, VariantTotals]) -> bool:
+        """Keep every variant's totals as ``window`` begins. The first save wins: a second one
+        (a tick racing it after a lease change) would cut traffic already counted out of the window."""
+        raw = json.dumps({v: t.to_fields() for v, t in totals.items()})
+        return await self.store.put_new(_windows(model), window, raw)
 
-    async def window_arms(self, model: str, window: str) -> WindowArms:
-        out = WindowArms()
-        for key, raw in (await self.store.get_all(_windows(model))).items():
-            w, version, _ = key.rsplit("|", 2)
-            if w == window:
-                out.by_version.setdefault(version, ArmCounts()).merge(ArmCounts.from_dict(json.loads(raw)))
-        return out
+    async def window_start(self, model: str, window: str) -> Optional[dict[str, VariantTotals]]:
+        """The totals saved when ``window`` began; None before the first save."""
+        raw = await self.store.get(_windows(model), window)
+        return None if raw is None else {v: VariantTotals.decode(f) for v, f in json.loads(raw).items()}
 
     async def drop_windows(self, model: str, keep: Optional[str]) -> None:
         """Delete every window's rows except ``keep``'s."""
         for key in await self.store.get_all(_windows(model)):
-            if keep is None or key.rsplit("|", 2)[0] != keep:
+            if key != keep:
                 await self.store.delete(_windows(model), key)
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:

@@ -1,12 +1,12 @@
 """The rollout executor's loop, owned by each ingress replica.
 
-Every ``tick_s`` each ingress replica writes its per-version outcomes of the live step
-windows to the store; the one replica holding the executor lease (``lease_s``) then ticks
-every live rollout. Why in the ingress (and not a dedicated actor): the ingress is where
-the outcomes are measured and where the split is read, it is already supervised and
-restarted by Serve, and with an in-process store (no Redis) it is the only process that sees
-the registry at all. With Redis, several ingress replicas share the work: one executes, all
-report, and a replica that dies hands the lease over after at most ``lease_s``.
+Every ``tick_s`` the one ingress replica holding the executor lease (``lease_s``) ticks every
+live rollout. Every replica records its requests' outcomes into the A/B counters as they
+finish (stage 7), so there is nothing to flush here. Why in the ingress (and not a dedicated
+actor): the ingress is where the outcomes are measured and where the split is read, it is
+already supervised and restarted by Serve, and with an in-process store (no Redis) it is the
+only process that sees the registry at all. With Redis, a replica that dies hands the lease
+over after at most ``lease_s``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import uuid
 from typing import Optional
 
 from fleetserve.canary.executor import RolloutExecutor
-from fleetserve.canary.outcomes import OutcomeRecorder
 from fleetserve.canary.rollout_store import RolloutStore
 from fleetserve.tenants.store import STORE_ERRORS
 
@@ -27,11 +26,11 @@ LEASE = "rollout-executor"
 
 
 class RolloutRunner:
-    """Flush outcomes, take or renew the lease, tick; forever, never raising."""
+    """Take or renew the lease, tick; forever, never raising."""
 
-    def __init__(self, executor: RolloutExecutor, recorder: OutcomeRecorder, rollouts: RolloutStore,
-                 tick_s: float, lease_s: float, holder: Optional[str] = None) -> None:
-        self.executor, self.recorder, self.rollouts = executor, recorder, rollouts
+    def __init__(self, executor: RolloutExecutor, rollouts: RolloutStore, tick_s: float, lease_s: float,
+                 holder: Optional[str] = None) -> None:
+        self.executor, self.rollouts = executor, rollouts
         self.tick_s, self.lease_s = tick_s, lease_s
         self.holder = holder or f"ingress-{uuid.uuid4().hex[:12]}"
         self.leader = False
@@ -48,9 +47,8 @@ class RolloutRunner:
             await asyncio.sleep(self.tick_s)  # the loop's period, not a synchronisation
 
     async def step(self) -> None:
-        """One period: report, then execute if this replica holds the lease."""
+        """One period: execute if this replica holds the lease."""
         try:
-            await self.recorder.flush(self.rollouts)
             self.leader = await self.rollouts.lease(LEASE, self.holder, self.lease_s)
             if self.leader:
                 await self.executor.tick_all()

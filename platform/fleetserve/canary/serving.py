@@ -22,7 +22,6 @@ from typing import Mapping, Optional
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.split import VersionChoice, assign, resolve_pin, sticky_key
 from fleetserve.canary.state import RolloutState
-from fleetserve.canary.window import window_id
 from fleetserve.canary.versions import VersionState
 from fleetserve.clock import Clock, SystemClock
 from fleetserve.tenants.store import STORE_ERRORS
@@ -51,7 +50,6 @@ class ModelSplit:
     weights: Mapping[str, float] = field(default_factory=dict)
     servable: frozenset[str] = frozenset()
     experiment_id: str = ""
-    window: Optional[str] = None  # the live rollout's step window (canary.window.window_id), if it serves
 
 
 class VersionTable:
@@ -97,11 +95,6 @@ class VersionTable:
         except STORE_ERRORS as exc:
             log.warning("version registry unreachable (%s); keeping the cached split of %s", type(exc).__name__, model)
 
-    def window_for(self, model: str) -> Optional[str]:
-        """The step window request outcomes of ``model`` count towards now (None: no rollout serving)."""
-        split = self._splits.get(model)
-        return split.window if split is not None else None
-
     def invalidate(self, model: str) -> None:
         """Make the next request reload (after an admin change made through this process)."""
         self._checked.pop(model, None)
@@ -131,8 +124,7 @@ class VersionTable:
         rollout = _rollout(await reg.load_rollout(model))
         # The running rollout's experiment id, else the model name (a stable assignment).
         experiment = f"{model}:{rollout.experiment_id}" if rollout is not None else model
-        window = window_id(rollout) if rollout is not None else None
-        return ModelSplit(weights, servable, experiment, window)
+        return ModelSplit(weights, servable, experiment)
 
 
 def _rollout(raw: Optional[str]) -> Optional[RolloutState]:
@@ -141,5 +133,5 @@ def _rollout(raw: Optional[str]) -> Optional[RolloutState]:
     try:
         return RolloutState.from_json(raw)
     except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("unreadable rollout state in the registry; serving without a rollout window")
+        log.warning("unreadable rollout state in the registry; keying the split by the model name")
         return None

@@ -13,11 +13,9 @@ Values are JSON strings; a *table* is a named map of keys to values. Redis layou
 from __future__ import annotations
 
 import time
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
-import redis.asyncio as aioredis
-
-from fleetserve.tenants.store import make_redis_client
+from fleetserve.canary.backing import ExpiringMap, RedisBacked, ttl_ms
 
 
 _LEASE_LUA = """
@@ -54,9 +52,9 @@ class CanaryStore(Protocol):
 class MemoryCanaryStore:
     """Process-local tables (no Redis configured, and tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._tables: dict[str, dict[str, str]] = {}
-        self._leases: dict[str, tuple[str, float]] = {}
+        self._leases: ExpiringMap[str] = ExpiringMap(clock)
 
     async def get(self, table: str, key: str) -> Optional[str]:
         return self._tables.get(table, {}).get(key)
@@ -78,30 +76,20 @@ class MemoryCanaryStore:
         return self._tables.get(table, {}).pop(key, None) is not None
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        now = time.monotonic()
         current = self._leases.get(name)
-        if current is not None and current[0] != holder and current[1] > now:
+        if current is not None and current != holder:
             return False
-        self._leases[name] = (holder, now + ttl_s)
+        self._leases.put(name, holder, ttl_s)
         return True
 
     async def close(self) -> None:
         return None
 
 
-class RedisCanaryStore:
+class RedisCanaryStore(RedisBacked):
     """Tables as Redis hashes, shared by every ingress replica and the rollout executor."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "fleetserve:canary:") -> None:
-        self._r = client
-        self._p = prefix
-
-    @classmethod
-    def from_url(cls, url: str, prefix: str = "fleetserve:canary:", timeout_s: float = 0.5) -> "RedisCanaryStore":
-        return cls(make_redis_client(url, timeout_s), prefix)
-
-    def key(self, table: str) -> str:
-        return self._p + table
+    PREFIX = "fleetserve:canary:"
 
     async def get(self, table: str, key: str) -> Optional[str]:
         v = await self._r.hget(self.key(table), key)
@@ -122,8 +110,4 @@ class RedisCanaryStore:
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         # One script: renew if ours, else take if free (atomic, so two holders never both win).
-        ms = max(1, int(ttl_s * 1000))
-        return bool(await self._r.eval(_LEASE_LUA, 1, self.key("lease:" + name), holder, ms))
-
-    async def close(self) -> None:
-        await self._r.aclose()
+        return bool(await self._r.eval(_LEASE_LUA, 1, self.key("lease:" + name), holder, ttl_ms(ttl_s)))

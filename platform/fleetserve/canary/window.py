@@ -1,24 +1,22 @@
-"""One arm's outcomes over a rollout step window, in a form several ingress replicas can add up.
+"""Rollout step windows and the latency sketch both the A/B report and the guardrails read.
 
-The request path (stage 7, ``account``) records each finished request of a model under a live
-rollout: its version, whether it failed (5xx, engine error), its time to first token and its
-time per output token. Latencies go into a :class:`LatencySketch`: log-spaced buckets 4 %
-wide, so a p95 is within 4 % of the exact one whatever the range, and two sketches merge by
-adding counts (each ingress replica flushes its own; the executor sums them). Prometheus's
-histogram buckets are too coarse for a 20 % margin (0.1 -> 0.15 -> 0.25 s).
+A *window id* names one rollout step window: ``<canary>/<phase>/<step>/<phase_since>``. The
+executor saves each variant's A/B totals when a window begins
+(:meth:`fleetserve.canary.rollout_store.RolloutStore.save_window_start`); the window's
+traffic is the totals now minus those (:func:`fleetserve.canary.ab_window.arm_window`).
 
-A *window id* names one rollout step window: ``<canary>/<phase>/<step>/<phase_since>``.
-Samples are counted only under the window id the recorder's cached rollout state names, so
-a step's verdict sees only that step's traffic.
+Latencies are counted in a :class:`LatencySketch`: log-spaced buckets 4 % wide, so a p95 is
+within 4 % of the exact one whatever the range, and sketches add and subtract by bucket (every
+ingress replica adds to the same Redis hash; a window is a difference of two reads).
+Prometheus's histogram buckets are too coarse for a 20 % guardrail margin (0.1 -> 0.15 -> 0.25 s).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
-from fleetserve.canary.snapshot import ArmWindow
 from fleetserve.canary.state import Phase, RolloutState
 
 GROWTH = 1.04  # bucket i holds values in (GROWTH**(i-1), GROWTH**i] * MIN_S
@@ -34,6 +32,11 @@ def window_id(state: RolloutState) -> Optional[str]:
     return f"{state.canary_version}/{state.phase.value}/{state.step_index}/{state.phase_since:.3f}"
 
 
+def bucket_of(seconds: float) -> int:
+    """The sketch bucket of one latency (its upper edge is ``MIN_S * GROWTH ** i``)."""
+    return 0 if seconds <= MIN_S else math.ceil(math.log(seconds / MIN_S, GROWTH))
+
+
 @dataclass
 class LatencySketch:
     """Counts per log-spaced bucket (sparse). ``quantile`` answers with the bucket's upper edge."""
@@ -45,12 +48,17 @@ class LatencySketch:
         return sum(self.buckets.values())
 
     def add(self, seconds: float) -> None:
-        i = 0 if seconds <= MIN_S else math.ceil(math.log(seconds / MIN_S, GROWTH))
+        i = bucket_of(seconds)
         self.buckets[i] = self.buckets.get(i, 0) + 1
 
     def merge(self, other: "LatencySketch") -> None:
         for i, c in other.buckets.items():
             self.buckets[i] = self.buckets.get(i, 0) + c
+
+    def minus(self, start: "LatencySketch") -> "LatencySketch":
+        """The samples added since ``start`` was read (a bucket never goes below 0)."""
+        out = {i: c - start.buckets.get(i, 0) for i, c in self.buckets.items()}
+        return LatencySketch({i: c for i, c in out.items() if c > 0})
 
     def quantile(self, q: float) -> Optional[float]:
         n = self.count
@@ -70,40 +78,3 @@ class LatencySketch:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencySketch":
         return cls({int(i): int(c) for i, c in d.items()})
-
-
-@dataclass
-class ArmCounts:
-    """One version's requests, errors and latency sketches in one window (mergeable)."""
-
-    requests: int = 0
-    errors: int = 0
-    ttft: LatencySketch = field(default_factory=LatencySketch)
-    tpot: LatencySketch = field(default_factory=LatencySketch)
-
-    def record(self, failed: bool, ttft_s: Optional[float], tpots_s: Iterable[float]) -> None:
-        self.requests += 1
-        self.errors += int(failed)
-        if ttft_s is not None:
-            self.ttft.add(ttft_s)
-        for t in tpots_s:
-            self.tpot.add(t)
-
-    def merge(self, other: "ArmCounts") -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.ttft.merge(other.ttft)
-        self.tpot.merge(other.tpot)
-
-    def window(self) -> ArmWindow:
-        """What the policy reads: counts and p95s."""
-        return ArmWindow(self.requests, self.errors, self.ttft.quantile(0.95), self.tpot.quantile(0.95))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "ttft": self.ttft.to_dict(),
-                "tpot": self.tpot.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ArmCounts":
-        return cls(int(d["requests"]), int(d["errors"]), LatencySketch.from_dict(d.get("ttft", {})),
-                   LatencySketch.from_dict(d.get("tpot", {})))
