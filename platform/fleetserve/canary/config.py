@@ -105,8 +105,8 @@ class CanaryConfig(_Strict):
     )
     tick_s: float = Field(
         2.0, gt=0,
-        description="How often the rollout executor observes each live rollout and applies the policy's decision "
-        "(and how often each ingress replica writes its per-version request outcomes to the store).",
+        description="How often the rollout executor observes each live rollout (the per-version request "
+        "counters every ingress replica adds to as requests finish) and applies the policy's decision.",
     )
     lease_s: float = Field(
         10.0, gt=0,
