@@ -133,7 +133,9 @@ class InferenceService:
     # ----- stage 1: authenticate (the edges call these before parsing the body) -----------
 
     async def authenticate(self, api_key: Optional[str]) -> TenantContext:
-        return await self.gatekeeper.authenticate(api_key)
+        ctx = await self.gatekeeper.authenticate(api_key)
+        await self.adapters.refresh_if_due()  # adapters other ingress replicas added (at most every few s)
+        return ctx
 
     def authorize(self, ctx: TenantContext, model: str) -> None:
         """404 for an unknown model, 403 for one (or an adapter) this tenant may not use."""
