@@ -170,7 +170,8 @@ async def test_required_tools_and_a_tool_conversation(edges):
                 {"id": "call_1", "type": "function", "function": {"name": "set_alarm", "arguments": '{"hour": 7}'}}]},
             {"role": "tool", "content": "ok", "tool_call_id": "call_1", "name": "set_alarm"},
             {"role": "user", "content": "and the weather?"}],
-        "tools": [{"type": "function", "function": {"name": t.name, "parameters": json.loads(t.parameters_json)}}
+        "tools": [{"type": "function", "function": {"name": t.name, "parameters": json.loads(t.parameters_json),
+                                                    **({"description": t.description} if t.description else {})}}
                   for t in (WEATHER, ALARM)]})).json()
     assert r.usage.prompt_tokens == rest["usage"]["prompt_tokens"]  # the same template render
     rest_calls = [(t["function"]["name"], t["function"]["arguments"]) for t in rest["choices"][0]["message"].get(
@@ -221,7 +222,8 @@ async def test_adapter_by_name_and_alias_matches_rest_and_is_listed(edges):
      grpc.StatusCode.INVALID_ARGUMENT, "response_format.json_schema.schema"),
     (chat(response_format=pb.ResponseFormat(type="xml")), grpc.StatusCode.INVALID_ARGUMENT, "response_format.type"),
     (chat(response_format=pb.ResponseFormat(type="json_schema", json_schema=pb.JsonSchema(
-        schema_json='{"type": "object", "not": {"type": "string"}}'))), grpc.StatusCode.INVALID_ARGUMENT, None),
+        schema_json='{"type": "object", "not": {"type": "string"}}'))), grpc.StatusCode.INVALID_ARGUMENT,
+     "response_format"),
     (chat(tools=[WEATHER], tool_choice=pb.ToolChoice(function="nope")), grpc.StatusCode.INVALID_ARGUMENT,
      "tool_choice"),
     (chat(tools=[pb.Tool(name="bad name!")]), grpc.StatusCode.INVALID_ARGUMENT, "tools.0.function.name"),
