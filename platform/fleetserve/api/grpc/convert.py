@@ -47,7 +47,10 @@ def request_body(req: pb.GenerateRequest) -> tuple[str, dict]:
     _scalars(req, data)
     _max_tokens(req, kind, data)
     if req.HasField("logprobs"):
-        data.update(logprobs=True, top_logprobs=req.logprobs) if kind == "chat" else data.update(logprobs=req.logprobs)
+        if kind == "chat":
+            data.update(logprobs=True, top_logprobs=req.logprobs)
+        else:
+            data["logprobs"] = req.logprobs
     if req.echo:
         data["echo"] = True  # chat has no echo: the chat model ignores it, as REST does
     _structured(req, data)
