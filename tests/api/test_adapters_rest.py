@@ -109,3 +109,28 @@ async def test_a_bad_adapter_is_refused_and_not_kept(rest, tmp_path, tiny_llama_
         assert unknown.status_code == 404
         assert (await c.get("/admin/adapters", headers=ADMIN)).json()["adapters"] == []
         assert (await c.post("/v1/chat/completions", json=chat(f"{MODEL}:x"), headers=ALLOWED)).status_code == 404
+
+
+async def test_usage_is_metered_per_adapter_not_against_the_base(rest, tiny_llama_path, make_adapter):
+    """An adapter request is metered as ``<model>:<id>`` (alias resolved), in the store the
+    usage API reads and in the tenant series; the base model's row counts only its own."""
+    path = str(make_adapter(tiny_llama_path, seed=1))
+    async with rest.client() as c:
+        r = await c.post("/admin/adapters", json={"model": MODEL, "id": "a", "path": path, "aliases": ["my-a"]},
+                         headers=ADMIN)
+        assert r.status_code == 201, r.text
+        for model in (MODEL, f"{MODEL}:a", "my-a"):
+            assert (await c.post("/v1/chat/completions", json=chat(model), headers=ALLOWED)).status_code == 200
+        assert (await c.post("/v1/chat/completions", json=chat("my-a"), headers=DENIED)).status_code == 403
+        usage = (await c.get("/admin/usage", headers=ADMIN)).json()["usage"]
+        own = (await c.get("/admin/usage", headers=ALLOWED)).json()["usage"]
+    assert usage["allowed"] == own["allowed"]
+    assert set(usage["allowed"]) == {MODEL, f"{MODEL}:a"}
+    assert usage["allowed"][MODEL]["requests"] == 1 and usage["allowed"][f"{MODEL}:a"]["requests"] == 2
+    assert usage["allowed"][f"{MODEL}:a"]["completion_tokens"] == 16  # 2 x max_tokens 8, ignore_eos
+    assert usage["denied"][f"{MODEL}:a"]["rejected"] == 1 and usage["denied"][f"{MODEL}:a"]["requests"] == 0
+    sample = lambda name, model, **kw: rest.registry.get_sample_value(  # noqa: E731
+        name, {"tenant": "allowed", "model": model, **kw})
+    assert sample("fleetserve_tenant_requests_total", f"{MODEL}:a", outcome="ok") == 2
+    assert sample("fleetserve_tenant_requests_total", MODEL, outcome="ok") == 1
+    assert sample("fleetserve_tenant_completion_tokens_total", f"{MODEL}:a") == 16

@@ -85,3 +85,46 @@ def test_list_models_and_reflection(channel, serve_app):
     responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert "fleetserve.v1.Inference" in names
+
+
+def test_new_fields_and_an_adapter_through_serve(channel, serve_app, make_adapter):
+    """Issue 24's fields over Serve's gRPC proxy: a runtime adapter by name, a json_schema
+    output, a named tool call streamed, and a stream without the usage message."""
+    import json
+
+    import httpx
+
+    admin = {"Authorization": f"Bearer {serve_app.admin_key}"}
+    path = str(make_adapter(serve_app.checkpoint, seed=11))
+    added = httpx.post(serve_app.base_url + "/admin/adapters", headers=admin, timeout=60,
+                       json={"model": serve_app.model, "id": "grpc", "path": path})
+    assert added.status_code == 201, added.text
+    stub, name = pbg.InferenceStub(channel), f"{serve_app.model}:grpc"
+    try:
+        kw = dict(prompt="import os", max_tokens=8, temperature=0.0, ignore_eos=True)
+        tuned = stub.Generate(pb.GenerateRequest(model=name, **kw), metadata=meta(serve_app), timeout=60)
+        base = stub.Generate(pb.GenerateRequest(model=serve_app.model, **kw), metadata=meta(serve_app), timeout=60)
+        assert tuned.model == name and tuned.choices[0].text != base.choices[0].text
+        cards = stub.ListModels(pb.ListModelsRequest(), metadata=meta(serve_app)).models
+        assert (name, serve_app.model) in [(m.id, m.parent) for m in cards]
+
+        schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                  "required": ["n"], "additionalProperties": False}
+        msgs = [pb.ChatMessage(role="user", content="a number")]
+        js = stub.Generate(pb.GenerateRequest(model=name, messages=msgs, seed=1, max_completion_tokens=50,
+                                              response_format=pb.ResponseFormat(type="json_schema", json_schema=pb.JsonSchema(
+                                                  name="n", schema_json=json.dumps(schema)))),
+                           metadata=meta(serve_app), timeout=60)
+        assert 0 <= json.loads(js.choices[0].text)["n"] <= 9
+
+        tool = pb.Tool(name="pick", parameters_json=json.dumps(schema))
+        chunks = list(stub.GenerateStream(pb.GenerateRequest(
+            model=serve_app.model, messages=msgs, tools=[tool], tool_choice=pb.ToolChoice(function="pick"), seed=2,
+            max_completion_tokens=50, include_usage=False), metadata=meta(serve_app), timeout=60))
+        assert not any(c.HasField("usage") for c in chunks)
+        deltas = [d for c in chunks for d in c.tool_calls]
+        assert deltas[0].name == "pick" and deltas[0].id.startswith("call_")
+        assert 0 <= json.loads("".join(d.arguments for d in deltas))["n"] <= 9
+        assert chunks[-1].finish_reason == "tool_calls"
+    finally:
+        assert httpx.delete(serve_app.base_url + f"/admin/adapters/{name}", headers=admin, timeout=60).status_code == 200

@@ -1,6 +1,6 @@
 """Admin REST routes for LoRA adapters (admin key; checked before any body is read).
 
-    GET    /admin/adapters[?model=M]     adapters in this ingress's catalog (and, with
+    GET    /admin/adapters[?model=M]     adapters in the shared catalog (and, with
                                          ?replicas=true, what each replica holds resident)
     POST   /admin/adapters               add one: {"model", "id", "path", "aliases"}; pushed
                                          to every live replica of the model, which loads and
@@ -58,6 +58,7 @@ def build_adapter_router(service, control: Optional[AdapterControl]) -> APIRoute
     async def list_adapters(request: Request, model: Optional[str] = Query(None, max_length=128),
                             replicas: bool = Query(False)) -> dict:
         await admin(request)
+        await catalog.reload()  # the fleet's catalog, not this replica's copy of it
         out: dict = {"adapters": [e.to_dict() for e in catalog.list(model)]}
         if replicas and control is not None:
             models = [model] if model is not None else service.model_names()
@@ -71,13 +72,13 @@ def build_adapter_router(service, control: Optional[AdapterControl]) -> APIRoute
         await admin(request)
         body = await read_model(request, AdapterCreate)
         revision = await asyncio.to_thread(adapter_revision, body.path)
-        entry = catalog.put(AdapterEntry(body.model, body.id, body.path, revision, tuple(body.aliases)))
+        entry = await catalog.put(AdapterEntry(body.model, body.id, body.path, revision, tuple(body.aliases)))
         results: list[dict] = []
         if control is not None:
             try:
                 results = await _push(control.add_adapter, entry.base, replicas_of(entry.base), entry.ref)
             except FleetserveError:
-                catalog.remove(entry.name)
+                await catalog.remove(entry.name)
                 raise
         return {"adapter": entry.to_dict(), "replicas": results}
 
@@ -85,11 +86,12 @@ def build_adapter_router(service, control: Optional[AdapterControl]) -> APIRoute
                    responses={404: {"description": "Unknown adapter."}, 409: {"description": "In use."}})
     async def remove_adapter(name: str, request: Request) -> dict:
         await admin(request)
+        await catalog.reload()
         entry = catalog.get(name)
         results: list[dict] = []
         if control is not None:
             results = await _push(control.remove_adapter, entry.base, replicas_of(entry.base), entry.name)
-        catalog.remove(entry.name)
+        await catalog.remove(entry.name)
         return {"deleted": entry.name, "replicas": results}
 
     return router

@@ -132,7 +132,9 @@ class InferenceService:
     # ----- stage 1: authenticate (the edges call these before parsing the body) -----------
 
     async def authenticate(self, api_key: Optional[str]) -> TenantContext:
-        return await self.gatekeeper.authenticate(api_key)
+        ctx = await self.gatekeeper.authenticate(api_key)
+        await self.adapters.refresh_if_due()  # adapters other ingress replicas added (at most every few s)
+        return ctx
 
     def authorize(self, ctx: TenantContext, model: str) -> None:
         """404 for an unknown model, 403 for one (or an adapter) this tenant may not use."""
@@ -211,9 +213,11 @@ class InferenceService:
             await asyncio.shield(self.account(job, ticket, admitted, timing, outcome, status))  # 7
 
     async def reserve_quota(self, job: Job) -> QuotaTicket:
-        """Stage 2: the tenant's quotas and size limits (raises 429/400)."""
+        """Stage 2: the tenant's quotas and size limits (raises 429/400). Quotas are the
+        tenant's; metering keys the request by the name called, so an adapter's usage is its
+        own (``<model>:<id>``; a bounded, registered set) and not its base model's."""
         max_total = job.params.max_tokens * job.num_choices
-        return await self.gatekeeper.reserve_quota(job.ctx, job.model.spec.name, job.request_id, job.prompt_tokens,
+        return await self.gatekeeper.reserve_quota(job.ctx, job.model.name, job.request_id, job.prompt_tokens,
                                                    max_total)
 
     async def choose_version(self, job: Job) -> Job:

@@ -9,7 +9,6 @@ Serve's HTTP proxy hands HTTP requests to the FastAPI app built in
 from __future__ import annotations
 
 from fleetserve.api.adapter_routes import build_adapter_router
-from fleetserve.api.adapters import AdapterCatalog
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
@@ -17,8 +16,8 @@ from fleetserve.application.build import controller_enabled
 from fleetserve.application.versions import ServeVersionDeployer
 from fleetserve.canary.admin_routes import build_version_router
 from fleetserve.application.probe import ServiceProber
-from fleetserve.application.wiring import (build_ab, build_admission, build_gatekeeper, build_rollouts, build_versions,
-                                           warm_pool_rows)
+from fleetserve.application.wiring import (build_ab, build_adapters, build_admission, build_gatekeeper, build_rollouts,
+                                           build_versions, warm_pool_rows)
 from fleetserve.api.json_body import read_model
 from fleetserve.canary.rollout_routes import body_models as rollout_body_models
 from fleetserve.canary.rollout_routes import build_rollout_router
@@ -55,7 +54,7 @@ class Ingress:
         versions = build_versions(self._cfg)
         ab = build_ab(self._cfg, metrics)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
-                                        versions=versions, ab=ab, adapters=AdapterCatalog.from_config(self._cfg.models))
+                                        versions=versions, ab=ab, adapters=build_adapters(self._cfg))
         # Guarded rollouts: every ingress replica counts outcomes into the A/B totals; the lease holder executes.
         self._rollouts, runner = build_rollouts(self._cfg, versions, self._deployer,
                                                 ServiceProber(client, router, versions), metrics.registry, ab)

@@ -5,6 +5,7 @@
 - :func:`cluster_config`: the config without the plaintext admin key, as it is shipped;
 - :func:`build_gatekeeper`: the tenants' stages (authenticate, quota, account);
 - :func:`build_versions`: stage 3's cached view of the version registry;
+- :func:`build_adapters`: the LoRA adapter catalog, shared by the ingress replicas;
 - :func:`build_ab`: the A/B records (per-variant counters, feedback ids, drift, prediction log);
 - :func:`build_admission`: the fleet admission queues, with ``tenants.scheduling.scope``
   honoured: 'cluster' (or 'auto' with several ingress replicas) shares one queue actor
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
 from fleetserve.admission.queues import AdmissionQueues
+from fleetserve.api.adapters import AdapterCatalog
 from fleetserve.canary.ab_recorder import ABRecorder
 from fleetserve.canary.ab_store import MemoryABStore, RedisABStore
 from fleetserve.canary.drift_monitor import DriftMonitor
@@ -99,6 +101,16 @@ def build_versions(cfg: FleetConfig) -> VersionTable:
     store = RedisCanaryStore.from_url(url) if url else MemoryCanaryStore()
     return VersionTable({m.name: m.version for m in cfg.models}, VersionRegistry(store),
                         refresh_s=cfg.canary.registry_refresh_s, pin_header=cfg.canary.pin_header)
+
+
+def build_adapters(cfg: FleetConfig) -> AdapterCatalog:
+    """The adapter catalog in the store the registries use (Redis when ``canary.redis_url``
+    or ``tenants.redis_url`` is set, keys under the tenants' prefix; else in process),
+    seeded with the config's adapters, reloaded every ``canary.registry_refresh_s``."""
+    url = canary_redis_url(cfg)
+    prefix = cfg.tenants.redis_key_prefix if cfg.tenants is not None else "fleetserve:"
+    store = RedisCanaryStore.from_url(url, prefix=prefix) if url else MemoryCanaryStore()
+    return AdapterCatalog.from_config(cfg.models, store, refresh_s=cfg.canary.registry_refresh_s)
 
 
 def build_rollouts(cfg: FleetConfig, table: VersionTable, deployer, prober, metrics_registry: CollectorRegistry,

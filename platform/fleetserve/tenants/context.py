@@ -49,7 +49,7 @@ class QuotaTicket:
     """What the quota stage charged for one request; hand it back exactly once."""
 
     ctx: TenantContext
-    model: str
+    model: str  # what metering keys usage by: the model called (a LoRA adapter's full name, else the model)
     request_id: str
     lease: QuotaLease
     reserved_at: float

@@ -24,37 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fleetserve/api/grpc/inference.proto\x12\rfleetserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xe4\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.fleetserve.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x0e\n\x01n\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x04H\x04\x88\x01\x01\x12\x15\n\x08logprobs\x18\n \x01(\rH\x05\x88\x01\x01\x12\x12\n\x05top_k\x18\x0b \x01(\x05H\x06\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x04\n\x02_nB\x07\n\x05_seedB\x0b\n\t_logprobsB\x08\n\x06_top_k\"\x9f\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x31\n\x03top\x18\x04 \x03(\x0b\x32$.fleetserve.v1.TokenLogprob.TopEntry\x1a*\n\x08TopEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"k\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1b.fleetserve.v1.TokenLogprob\"z\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x07\x63hoices\x18\x03 \x03(\x0b\x32\x15.fleetserve.v1.Choice\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.fleetserve.v1.Usage\"\xa3\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12-\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1b.fleetserve.v1.TokenLogprob\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.fleetserve.v1.Usage\"\x13\n\x11ListModelsRequest\".\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.fleetserve.v1.ModelCard2\xfd\x01\n\tInference\x12K\n\x08Generate\x12\x1e.fleetserve.v1.GenerateRequest\x1a\x1f.fleetserve.v1.GenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.fleetserve.v1.GenerateRequest\x1a\x1c.fleetserve.v1.GenerateChunk0\x01\x12Q\n\nListModels\x12 .fleetserve.v1.ListModelsRequest\x1a!.fleetserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fleetserve/api/grpc/inference.proto\x12\rfleetserve.v1\"\xb2\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x14\n\x07\x63ontent\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.fleetserve.v1.ToolCall\x12\x19\n\x0ctool_call_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04name\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\n\n\x08_contentB\x0f\n\r_tool_call_idB\x07\n\x05_name\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\x90\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0fparameters_json\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x06strict\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\x0e\n\x0c_descriptionB\x12\n\x10_parameters_jsonB\t\n\x07_strict\":\n\nToolChoice\x12\x0e\n\x04mode\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"y\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_strictB\x0e\n\x0c_description\"N\n\x0eResponseFormat\x12\x0c\n\x04type\x18\x01 \x01(\t\x12.\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x19.fleetserve.v1.JsonSchema\"\xa9\x01\n\x11StructuredOutputs\x12\x11\n\x04json\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05regex\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x06\x63hoice\x18\x03 \x03(\t\x12\x14\n\x07grammar\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0bjson_object\x18\x05 \x01(\x08H\x03\x88\x01\x01\x42\x07\n\x05_jsonB\x08\n\x06_regexB\n\n\x08_grammarB\x0e\n\x0c_json_object\"\xef\x08\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.fleetserve.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x0e\n\x01n\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x04H\x04\x88\x01\x01\x12\x15\n\x08logprobs\x18\n \x01(\rH\x05\x88\x01\x01\x12\x12\n\x05top_k\x18\x0b \x01(\x05H\x06\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x36\n\x0fresponse_format\x18\r \x01(\x0b\x32\x1d.fleetserve.v1.ResponseFormat\x12<\n\x12structured_outputs\x18\x0e \x01(\x0b\x32 .fleetserve.v1.StructuredOutputs\x12\"\n\x05tools\x18\x0f \x03(\x0b\x32\x13.fleetserve.v1.Tool\x12.\n\x0btool_choice\x18\x10 \x01(\x0b\x32\x19.fleetserve.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x11 \x01(\x08H\x07\x88\x01\x01\x12\x0c\n\x04\x65\x63ho\x18\x12 \x01(\x08\x12\"\n\x15max_completion_tokens\x18\x13 \x01(\rH\x08\x88\x01\x01\x12\x11\n\x04user\x18\x14 \x01(\tH\t\x88\x01\x01\x12\x1a\n\rinclude_usage\x18\x15 \x01(\x08H\n\x88\x01\x01\x12\x12\n\x05min_p\x18\x16 \x01(\x02H\x0b\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x17 \x01(\x02H\x0c\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x18 \x01(\x02H\r\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x19 \x01(\x02H\x0e\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x1a \x03(\r\x12\x41\n\nlogit_bias\x18\x1b \x03(\x0b\x32-.fleetserve.v1.GenerateRequest.LogitBiasEntry\x12\"\n\x1ainclude_stop_str_in_output\x18\x1c \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x04\n\x02_nB\x07\n\x05_seedB\x0b\n\t_logprobsB\x08\n\x06_top_kB\x16\n\x14_parallel_tool_callsB\x18\n\x16_max_completion_tokensB\x07\n\x05_userB\x10\n\x0e_include_usageB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penalty\"\x9f\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x31\n\x03top\x18\x04 \x03(\x0b\x32$.fleetserve.v1.TokenLogprob.TopEntry\x1a*\n\x08TopEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\x98\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1b.fleetserve.v1.TokenLogprob\x12+\n\ntool_calls\x18\x05 \x03(\x0b\x32\x17.fleetserve.v1.ToolCall\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"z\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x07\x63hoices\x18\x03 \x03(\x0b\x32\x15.fleetserve.v1.Choice\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.fleetserve.v1.Usage\"\xd5\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12-\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1b.fleetserve.v1.TokenLogprob\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.fleetserve.v1.Usage\x12\x30\n\ntool_calls\x18\x07 \x03(\x0b\x32\x1c.fleetserve.v1.ToolCallDelta\"\x13\n\x11ListModelsRequest\">\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x0e\n\x06parent\x18\x03 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.fleetserve.v1.ModelCard2\xfd\x01\n\tInference\x12K\n\x08Generate\x12\x1e.fleetserve.v1.GenerateRequest\x1a\x1f.fleetserve.v1.GenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.fleetserve.v1.GenerateRequest\x1a\x1c.fleetserve.v1.GenerateChunk0\x01\x12Q\n\nListModels\x12 .fleetserve.v1.ListModelsRequest\x1a!.fleetserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetserve.api.grpc.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._loaded_options = None
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_TOKENLOGPROB_TOPENTRY']._loaded_options = None
   _globals['_TOKENLOGPROB_TOPENTRY']._serialized_options = b'8\001'
-  _globals['_CHATMESSAGE']._serialized_start=54
-  _globals['_CHATMESSAGE']._serialized_end=98
-  _globals['_GENERATEREQUEST']._serialized_start=101
-  _globals['_GENERATEREQUEST']._serialized_end=457
-  _globals['_TOKENLOGPROB']._serialized_start=460
-  _globals['_TOKENLOGPROB']._serialized_end=619
-  _globals['_TOKENLOGPROB_TOPENTRY']._serialized_start=577
-  _globals['_TOKENLOGPROB_TOPENTRY']._serialized_end=619
-  _globals['_USAGE']._serialized_start=621
-  _globals['_USAGE']._serialized_end=700
-  _globals['_CHOICE']._serialized_start=702
-  _globals['_CHOICE']._serialized_end=809
-  _globals['_GENERATERESPONSE']._serialized_start=811
-  _globals['_GENERATERESPONSE']._serialized_end=933
-  _globals['_GENERATECHUNK']._serialized_start=936
-  _globals['_GENERATECHUNK']._serialized_end=1099
-  _globals['_LISTMODELSREQUEST']._serialized_start=1101
-  _globals['_LISTMODELSREQUEST']._serialized_end=1120
-  _globals['_MODELCARD']._serialized_start=1122
-  _globals['_MODELCARD']._serialized_end=1168
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1170
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1232
-  _globals['_INFERENCE']._serialized_start=1235
-  _globals['_INFERENCE']._serialized_end=1488
+  _globals['_CHATMESSAGE']._serialized_start=55
+  _globals['_CHATMESSAGE']._serialized_end=233
+  _globals['_TOOLCALL']._serialized_start=235
+  _globals['_TOOLCALL']._serialized_end=290
+  _globals['_TOOL']._serialized_start=293
+  _globals['_TOOL']._serialized_end=437
+  _globals['_TOOLCHOICE']._serialized_start=439
+  _globals['_TOOLCHOICE']._serialized_end=497
+  _globals['_JSONSCHEMA']._serialized_start=499
+  _globals['_JSONSCHEMA']._serialized_end=620
+  _globals['_RESPONSEFORMAT']._serialized_start=622
+  _globals['_RESPONSEFORMAT']._serialized_end=700
+  _globals['_STRUCTUREDOUTPUTS']._serialized_start=703
+  _globals['_STRUCTUREDOUTPUTS']._serialized_end=872
+  _globals['_GENERATEREQUEST']._serialized_start=875
+  _globals['_GENERATEREQUEST']._serialized_end=2010
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_start=1730
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_end=1778
+  _globals['_TOKENLOGPROB']._serialized_start=2013
+  _globals['_TOKENLOGPROB']._serialized_end=2172
+  _globals['_TOKENLOGPROB_TOPENTRY']._serialized_start=2130
+  _globals['_TOKENLOGPROB_TOPENTRY']._serialized_end=2172
+  _globals['_USAGE']._serialized_start=2174
+  _globals['_USAGE']._serialized_end=2253
+  _globals['_CHOICE']._serialized_start=2256
+  _globals['_CHOICE']._serialized_end=2408
+  _globals['_TOOLCALLDELTA']._serialized_start=2410
+  _globals['_TOOLCALLDELTA']._serialized_end=2485
+  _globals['_GENERATERESPONSE']._serialized_start=2487
+  _globals['_GENERATERESPONSE']._serialized_end=2609
+  _globals['_GENERATECHUNK']._serialized_start=2612
+  _globals['_GENERATECHUNK']._serialized_end=2825
+  _globals['_LISTMODELSREQUEST']._serialized_start=2827
+  _globals['_LISTMODELSREQUEST']._serialized_end=2846
+  _globals['_MODELCARD']._serialized_start=2848
+  _globals['_MODELCARD']._serialized_end=2910
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2912
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2974
+  _globals['_INFERENCE']._serialized_start=2977
+  _globals['_INFERENCE']._serialized_end=3230
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,8 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Incremental text per choice; the last message carries usage.
+        """Incremental text (and tool-call deltas) per choice; the last message carries usage
+        unless include_usage is false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,10 +1,11 @@
 """``fleetserve.v1.Inference``: the gRPC face of :class:`fleetserve.api.service.InferenceService`.
 
 A proto request is turned into the same pydantic request the REST API validates
-(``prompt`` -> completion, ``messages`` -> chat), so bounds, defaults and error messages are
-identical. Errors are mapped by :func:`fleetserve.api.errors.grpc_error`: the code and
-details are set on the context and an exception is raised, which both a plain
-``grpc.aio`` server and Ray Serve's gRPC proxy turn into that status.
+(``prompt`` -> completion, ``messages`` -> chat; :mod:`.convert`), so bounds, defaults, error
+messages, structured outputs, tools and adapters behave as they do over REST. Errors are
+mapped by :func:`fleetserve.api.errors.grpc_error`: the code and details are set on the
+context and an exception is raised, which both a plain ``grpc.aio`` server and Ray Serve's
+gRPC proxy turn into that status.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
-from pydantic import ValidationError
-
 from fleetserve.api import openai_format as F
 from fleetserve.api import openai_models as M
-from fleetserve.api.errors import grpc_error, validation_error
-from fleetserve.api.json_body import check_tree
+from fleetserve.api.errors import grpc_error
+from fleetserve.api.json_body import check_tree, parse_model
+from fleetserve.api.grpc import convert as C
 from fleetserve.api.grpc import inference_pb2 as pb
 from fleetserve.api.service import InferenceService, Job
 from fleetserve.engine.protocol import TokenLogprob
-from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
-
-_OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "n", "seed", "top_k")
+from fleetserve.errors import FleetserveError, PayloadTooLargeError
 
 
 class GrpcStatusRaised(Exception):
@@ -48,29 +46,22 @@ class InferenceServicer:
         total = sum(c.tokens for c in choices)
         return pb.GenerateResponse(
             id=job.request_id, model=job.model.name, usage=_usage(job, total),
-            choices=[
-                pb.Choice(index=i, text="".join(c.text), finish_reason=c.finish_reason or "",
-                          logprobs=self._logprobs(job, c.logprobs))
-                for i, c in enumerate(choices)
-            ],
+            choices=[C.unary_choice(job, i, "".join(c.text), c.finish_reason, self._logprobs(job, c.logprobs))
+                     for i, c in enumerate(choices)],
         )
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
         try:
             job = await self._job(request, context)
+            writer = C.ChunkWriter(job, lambda lps: self._logprobs(job, lps))
             total = 0
             async with aclosing(self._service.run(job)) as events:
                 async for ev in events:
-                    out = ev.output
-                    total += len(out.token_ids_delta)
-                    if not out.text_delta and not out.finished and not out.logprobs_delta:
-                        continue
-                    yield pb.GenerateChunk(
-                        id=job.request_id, index=ev.index, text=out.text_delta,
-                        finish_reason=(out.finish_reason or "") if out.finished else "",
-                        logprobs=self._logprobs(job, out.logprobs_delta or []),
-                    )
-            yield pb.GenerateChunk(id=job.request_id, usage=_usage(job, total))
+                    total += len(ev.output.token_ids_delta)
+                    for chunk in writer.chunks(ev):
+                        yield chunk
+            if not request.HasField("include_usage") or request.include_usage:
+                yield pb.GenerateChunk(id=job.request_id, usage=_usage(job, total))
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, GeneratorExit):
                 raise
@@ -86,7 +77,11 @@ class InferenceServicer:
             if ctx.allowed_models is not None and name not in ctx.allowed_models:
                 continue
             served = self._service.loaded(name)
-            cards.append(pb.ModelCard(id=name, max_model_len=served.info.max_model_len if served else 0))
+            max_len = served.info.max_model_len if served else 0
+            cards.append(pb.ModelCard(id=name, max_model_len=max_len))
+            for entry in self._service.adapters.list(name):  # LoRA adapters are models of their own (as REST)
+                if ctx.allowed_adapters is None or entry.name in ctx.allowed_adapters:
+                    cards.append(pb.ModelCard(id=entry.name, max_model_len=max_len, parent=name))
         return pb.ListModelsResponse(models=cards)
 
     # ----- helpers -----------------------------------------------------------------------
@@ -97,12 +92,9 @@ class InferenceServicer:
             ctx = await self._service.authenticate(_bearer(context))
             if request.ByteSize() > self._max_message_bytes:
                 raise PayloadTooLargeError(f"request message exceeds {self._max_message_bytes} bytes")
-            kind, data = _as_dict(request)
+            kind, data = C.request_body(request)
             check_tree(data)  # the REST body's checks (protobuf already refuses invalid UTF-8)
-            try:
-                req = (M.ChatCompletionRequest if kind == "chat" else M.CompletionRequest).model_validate(data)
-            except ValidationError as exc:
-                raise validation_error(exc.errors()) from None
+            req = parse_model(M.ChatCompletionRequest if kind == "chat" else M.CompletionRequest, data)
             self._service.authorize(ctx, req.model)
             if kind == "chat":
                 return await F.chat_job(self._service, ctx, req)
@@ -138,35 +130,6 @@ def _bearer(context) -> Optional[str]:
         if key.lower() == "authorization":
             return bearer_key(value)
     return None
-
-
-def _as_dict(req: pb.GenerateRequest) -> tuple[str, dict]:
-    if req.prompt and len(req.messages):
-        raise InvalidRequestError("set exactly one of prompt and messages", field="prompt")
-    data: dict = {"model": req.model, "ignore_eos": req.ignore_eos}
-    if len(req.messages):
-        kind = "chat"
-        data["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
-    elif req.prompt:
-        kind = "completion"
-        data["prompt"] = req.prompt
-    else:
-        raise InvalidRequestError("prompt or messages is required", field="prompt")
-    for f in _OPTIONAL_FIELDS:
-        if req.HasField(f):
-            data[f] = getattr(req, f)
-    if "temperature" in data:
-        data["temperature"] = round(data["temperature"], 6)  # float32 on the wire
-    if "top_p" in data:
-        data["top_p"] = round(data["top_p"], 6)
-    if len(req.stop):
-        data["stop"] = list(req.stop)
-    if req.HasField("logprobs"):
-        if kind == "chat":
-            data.update(logprobs=True, top_logprobs=req.logprobs)
-        else:
-            data["logprobs"] = req.logprobs
-    return kind, data
 
 
 def _usage(job: Job, completion_tokens: int) -> pb.Usage:
