@@ -22,19 +22,15 @@ Usage: nice -n 10 python bench/bench_fuzz.py [--target inprocess|live|both] [--e
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _results import write_results  # noqa: E402  (bench/ is this script's directory: first on sys.path)
+from _live_server import RAY_LOCK, live_server  # noqa: E402  (bench/ is this script's directory: first on sys.path)
+from _results import write_results  # noqa: E402
 
 TENANT_KEY = "fs-bench-fuzz-tenant-0123456789abcdef"
 ADMIN_KEY = "fs-bench-fuzz-admin-0123456789abcdef"
@@ -94,44 +90,6 @@ def live_config(port: int, metrics_port: int) -> dict:
     }
 
 
-def start_server(cfg: dict, workdir: Path) -> subprocess.Popen:
-    """``fleetserve serve --config`` in its own process group (Ray's children go with it)."""
-    import yaml
-
-    path = workdir / "fleet.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    log = open(workdir / "serve.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "fleetserve", "serve", "--config", str(path)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
-
-
-def wait_healthy(proc: subprocess.Popen, base: str, timeout_s: float = 300.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"fleetserve serve exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise TimeoutError(f"fleetserve serve not ready within {timeout_s:.0f}s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """Ctrl-C, as an operator stops it (Serve and Ray shut down); kill the group if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def run_live(examples: int, lock_path: str) -> dict:
     import schemathesis
 
@@ -140,25 +98,16 @@ def run_live(examples: int, lock_path: str) -> dict:
 
     port, metrics_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
-    with open(lock_path, "a") as lock, tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp:
-        print(f"waiting for the Ray lock {lock_path} ...", flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = start_server(live_config(port, metrics_port), Path(tmp))
-        try:
-            wait_healthy(proc, base)
-            schema = schemathesis.openapi.from_url(base + "/openapi.json")
-            t0 = time.monotonic()
-            tally = fuzz_schema(schema, examples, admin_headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                                tenant_headers={"Authorization": f"Bearer {TENANT_KEY}"}, tenant_id="acme",
-                                model=LIVE_MODEL, cap_tokens=True, call_kwargs={"timeout": 60},
-                                progress=progress_printer(t0))
-            out = summarize(tally, time.monotonic() - t0, examples)
-            out["server_alive_after"] = proc.poll() is None
-            return out
-        finally:
-            stop_server(proc)
-            if proc.returncode not in (0, -signal.SIGINT):
-                print((Path(tmp) / "serve.log").read_text()[-4000:], file=sys.stderr)
+    with live_server(live_config(port, metrics_port), base, lock_path) as proc:
+        schema = schemathesis.openapi.from_url(base + "/openapi.json")
+        t0 = time.monotonic()
+        tally = fuzz_schema(schema, examples, admin_headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            tenant_headers={"Authorization": f"Bearer {TENANT_KEY}"}, tenant_id="acme",
+                            model=LIVE_MODEL, cap_tokens=True, call_kwargs={"timeout": 60},
+                            progress=progress_printer(t0))
+        out = summarize(tally, time.monotonic() - t0, examples)
+        out["server_alive_after"] = proc.poll() is None
+        return out
 
 
 def print_table(name: str, r: dict) -> None:
@@ -183,7 +132,7 @@ def main() -> int:
                    help="In-process: examples per operation and generation mode (500: about 11k cases).")
     p.add_argument("--live-examples", type=int, default=25,
                    help="Live server: examples per operation and generation mode (25: about 800 cases).")
-    p.add_argument("--lock", default="/tmp/fleetserve-ray.lock", help="File lock held while the live server's Ray runs.")
+    p.add_argument("--lock", default=RAY_LOCK, help="File lock held while the live server's Ray runs.")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fuzz.json"))
     args = p.parse_args()
     results: dict = {"config": vars(args)}
