@@ -22,6 +22,7 @@ Usage: nice -n 10 python bench/bench_fuzz.py [--target inprocess|live|both] [--e
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,10 +38,16 @@ ADMIN_KEY = "fs-bench-fuzz-admin-0123456789abcdef"
 LIVE_MODEL = "tiny-llama"
 
 
-def progress_printer(t0: float):
+def progress_printer(t0: float, partial_out: Path, examples: int):
+    """Prints each finished (operation, mode) and rewrites ``partial_out`` with the tally so far,
+    so a run stopped early still leaves its counts."""
+
     def show(step: str, tally) -> None:
         print(f"[{time.monotonic() - t0:7.1f}s] {step}: {tally.cases()} cases so far, {tally.at_least_500()} >= 500",
               flush=True)
+        partial = summarize(tally, time.monotonic() - t0, examples) | {"partial": True, "last_step": step}
+        partial_out.parent.mkdir(parents=True, exist_ok=True)
+        partial_out.write_text(json.dumps(partial, indent=2) + "\n")
 
     return show
 
@@ -59,7 +66,7 @@ def summarize(tally, wall_s: float, examples: int) -> dict:
     }
 
 
-def run_inprocess(examples: int) -> dict:
+def run_inprocess(examples: int, partial_out: Path) -> dict:
     import schemathesis
 
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT, ensure_tiny_checkpoint
@@ -72,7 +79,7 @@ def run_inprocess(examples: int) -> dict:
     schema = schemathesis.openapi.from_asgi("/openapi.json", rest.app)
     t0 = time.monotonic()
     tally = fuzz_schema(schema, examples, admin_headers=ADMIN, tenant_headers=AUTH, tenant_id="acme", model=MODEL,
-                        progress=progress_printer(t0))
+                        progress=progress_printer(t0, partial_out, examples))
     return summarize(tally, time.monotonic() - t0, examples)
 
 
@@ -90,7 +97,7 @@ def live_config(port: int, metrics_port: int) -> dict:
     }
 
 
-def run_live(examples: int, lock_path: str) -> dict:
+def run_live(examples: int, lock_path: str, partial_out: Path) -> dict:
     import schemathesis
 
     from tests.api.openapi_fuzz import fuzz_schema
@@ -104,7 +111,7 @@ def run_live(examples: int, lock_path: str) -> dict:
         tally = fuzz_schema(schema, examples, admin_headers={"Authorization": f"Bearer {ADMIN_KEY}"},
                             tenant_headers={"Authorization": f"Bearer {TENANT_KEY}"}, tenant_id="acme",
                             model=LIVE_MODEL, cap_tokens=True, call_kwargs={"timeout": 60},
-                            progress=progress_printer(t0))
+                            progress=progress_printer(t0, partial_out, examples))
         out = summarize(tally, time.monotonic() - t0, examples)
         out["server_alive_after"] = proc.poll() is None
         return out
@@ -137,12 +144,14 @@ def main() -> int:
     args = p.parse_args()
     results: dict = {"config": vars(args)}
     if args.target in ("inprocess", "both"):
-        results["inprocess"] = run_inprocess(args.examples)
+        results["inprocess"] = run_inprocess(args.examples, Path(args.out).with_suffix(".inprocess.partial.json"))
         print_table("in-process", results["inprocess"])
     if args.target in ("live", "both"):
-        results["live"] = run_live(args.live_examples, args.lock)
+        results["live"] = run_live(args.live_examples, args.lock, Path(args.out).with_suffix(".live.partial.json"))
         print_table("live server", results["live"])
     write_results(results, args.out)
+    for target in ("inprocess", "live"):
+        Path(args.out).with_suffix(f".{target}.partial.json").unlink(missing_ok=True)
     bad = sum(results[t]["responses_at_least_500"] for t in ("inprocess", "live") if t in results)
     return 1 if bad else 0
 
