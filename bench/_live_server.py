@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 RAY_LOCK = "/tmp/fleetserve-ray.lock"
+READY_LINE = b"Ctrl-C to stop"  # the last line of `fleetserve serve`'s banner
 
 
 def start_server(cfg: dict, workdir: Path) -> subprocess.Popen:
@@ -32,7 +33,9 @@ def start_server(cfg: dict, workdir: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
 
 
-def wait_healthy(proc: subprocess.Popen, base: str, timeout_s: float = 300.0) -> None:
+def wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout_s: float = 300.0) -> None:
+    """Until the CLI printed its banner (it waits for every deployment, model replicas
+    included: the ingress answers /health before a replica can serve) and /health answers."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -40,7 +43,7 @@ def wait_healthy(proc: subprocess.Popen, base: str, timeout_s: float = 300.0) ->
         if proc.poll() is not None:
             raise RuntimeError(f"fleetserve serve exited with {proc.returncode} before it was ready")
         try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
+            if READY_LINE in log.read_bytes() and httpx.get(base + "/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -65,7 +68,7 @@ def live_server(cfg: dict, base: str, lock_path: str = RAY_LOCK) -> Iterator[sub
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = start_server(cfg, Path(tmp))
         try:
-            wait_healthy(proc, base)
+            wait_healthy(proc, base, Path(tmp) / "serve.log")
             yield proc
         finally:
             stop_server(proc)

@@ -155,6 +155,16 @@ async def one_request(http, base: str, tenant: str, tier: str, stream: bool, cha
     return res
 
 
+async def wait_serving(http, base: str, args, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = await one_request(http, base, "premium-a", "premium", True, False, args.max_tokens, 0.0)
+        if r.done:
+            return
+        await asyncio.sleep(1.0)
+    raise TimeoutError(f"no request succeeded within {timeout_s:.0f}s (last: {r.status} {r.error})")
+
+
 async def ramp(http, base: str, args) -> dict:
     """Closed-loop steps of doubling concurrency (premium tenant, streamed)."""
     from _stats import pct
@@ -174,7 +184,8 @@ async def ramp(http, base: str, args) -> dict:
         ok = [r for r in results if r.done]
         rps = len(ok) / (time.monotonic() - t)
         p99 = pct([r.ttft for r in ok if r.ttft is not None], 0.99)
-        steps.append({"concurrency": conc, "rps": round(rps, 2), "ttft_p99_s": p99, "errors": len(results) - len(ok)})
+        steps.append({"concurrency": conc, "rps": round(rps, 2), "ttft_p99_s": p99, "errors": len(results) - len(ok),
+                      "error_samples": sorted({f"{r.status} {r.error}"[:120] for r in results if not r.done})[:5]})
         print(f"ramp: concurrency {conc}: {rps:.2f} req/s, TTFT p99 {p99}", flush=True)
         if p99 is None or p99 > args.ttft_slo_s or len(ok) < len(results):
             break
@@ -185,6 +196,8 @@ async def ramp(http, base: str, args) -> dict:
         conc *= 2
     if best == 0.0 and steps:  # even one stream at a time misses the SLO (a loaded machine): soak at what it did
         best = steps[0]["rps"]
+    if best <= 0.0:
+        raise RuntimeError(f"no capacity measured: {steps}")
     return {"steps": steps, "capacity_rps": round(best, 2)}
 
 
@@ -216,6 +229,7 @@ async def run(args) -> dict:
         timeout = aiohttp.ClientTimeout(total=args.request_timeout)
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
+                await wait_serving(http, base, args)
                 out["capacity"] = await ramp(http, base, args)
                 rate = args.load * out["capacity"]["capacity_rps"]
                 out["offered_rps"] = round(rate, 3)
