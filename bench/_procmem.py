@@ -25,6 +25,8 @@ def label(proc: psutil.Process) -> str:
     if cmd and cmd[0].startswith("ray::"):
         return cmd[0].split(" ")[0][:80]
     name = proc.name()
+    if name.startswith("python") and len(cmd) > 2 and cmd[1] == "-c":  # a spawned child (the engine core)
+        return f"{name} -c {cmd[2][:50]}"
     if name.startswith("python") and len(cmd) > 1:
         tail = next((c for c in cmd[1:] if not c.startswith("-")), cmd[1])
         return f"{name} {tail.rsplit('/', 1)[-1]}"[:80]
