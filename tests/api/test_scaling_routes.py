@@ -4,6 +4,8 @@ does, and the replica listing shows state, node and capacity type."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,6 +20,7 @@ from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.clock import FakeClock
 from fleetserve.deployments.replica_stats import ReplicaStatus
+from fleetserve.metrics.server import MetricsServer, token_hash
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
 from tests.autoscaler.fake_fleet import FakeFleet
 from tests.tenants.factories import make_config, make_spec
@@ -52,7 +55,7 @@ def setup():
     control = LocalScalingControl(ctrl, registry)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(build_rest_app(service, scaling=control)),
                                base_url="http://test")
-    return client, ctrl, fleet, clock
+    return client, ctrl, fleet, clock, control
 
 
 async def test_scale_needs_the_admin_key_before_the_body_is_read(setup):
@@ -66,7 +69,7 @@ async def test_scale_needs_the_admin_key_before_the_body_is_read(setup):
 
 
 async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
-    client, ctrl, fleet, clock = setup
+    client, ctrl, fleet, clock, control = setup
     r = await client.post("/admin/scaling/m", json={"min_replicas": 2, "max_replicas": 4, "warm": 1}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["override"] == {"min_replicas": 2, "max_replicas": 4, "warm": 1}
     for _ in range(20):
@@ -76,7 +79,19 @@ async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
     body = (await client.get("/admin/scaling", headers=ADMIN)).json()["fleets"]["m@v1"]
     assert len(body["serving"]) == 2 and len(body["standby"]) == 1 and body["last_decision"]["target"] == 2
     assert (await client.get("/admin/scaling", headers={"Authorization": "Bearer fs-acme"})).status_code in (401, 403)
-    text = (await client.get("/metrics/scaling")).text
+    # The controller's series are not on the REST app; the ingress's metrics listener serves them.
+    assert (await client.get("/metrics/scaling")).status_code == 404
+    loop = asyncio.get_running_loop()
+    listener = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, accepted_hashes=[token_hash("fs-admin-test")],
+                             extra_paths={"/metrics/scaling": lambda: asyncio.run_coroutine_threadsafe(
+                                 control.metrics_text(), loop).result(10)})
+    try:
+        async with httpx.AsyncClient() as scraper:
+            url = f"http://{listener.address}/metrics/scaling"
+            assert (await scraper.get(url)).status_code == 401
+            text = (await scraper.get(url, headers=ADMIN)).text
+    finally:
+        listener.close()
     assert 'fleetserve_warm_replicas{model="m",version="v1"} 1.0' in text
 
 

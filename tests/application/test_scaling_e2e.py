@@ -10,6 +10,7 @@ import threading
 import httpx
 import pytest
 
+from tests.fixtures.metrics_scrape import scrape
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, wait_for
 
 pytestmark = pytest.mark.ray
@@ -53,7 +54,11 @@ def fleet(base: str) -> dict:
 
 
 def actions(base: str, action: str) -> float:
-    text = httpx.get(base + "/metrics/scaling", timeout=30).text
+    """From the ingress's private metrics listener (the REST port serves no metrics)."""
+    assert httpx.get(base + "/metrics/scaling", timeout=30).status_code == 404
+    address = httpx.get(base + "/admin/status", headers=ADMIN, timeout=30).json()["metrics"]
+    assert httpx.get(f"http://{address}/metrics/scaling", timeout=30).status_code == 401
+    text = scrape(address, TEST_ADMIN_KEY, "/metrics/scaling")
     for line in text.splitlines():
         if line.startswith("fleetserve_scaling_actions_total{") and f'action="{action}"' in line:
             return float(line.rsplit(" ", 1)[1])

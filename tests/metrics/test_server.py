@@ -75,3 +75,19 @@ def test_before_scrape_runs_on_every_scrape():
         assert len(calls) == 2
     finally:
         srv.close()
+
+
+def test_extra_pages_need_the_same_token_and_a_failing_one_answers_500():
+    pages = {"/metrics/scaling": lambda: b"fleetserve_warm_replicas 1.0\n", "/metrics/broken": lambda: 1 / 0}
+    srv = MetricsServer(registry_with_sample(), "127.0.0.1", 0, accepted_hashes=[token_hash(TOKEN)], extra_paths=pages)
+    try:
+        url = f"http://{srv.address}/metrics/scaling"
+        assert httpx.get(url, timeout=10).status_code == 401
+        ok = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert ok.status_code == 200 and ok.text == "fleetserve_warm_replicas 1.0\n"
+        broken = httpx.get(f"http://{srv.address}/metrics/broken", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert broken.status_code == 500
+        assert httpx.get(f"http://{srv.address}/metrics/other", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=10).status_code == 404
+    finally:
+        srv.close()

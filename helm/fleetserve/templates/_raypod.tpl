@@ -61,6 +61,9 @@ containers:
       {{- if not (kindIs "invalid" $server.grpc_port) }}
       - {name: grpc, containerPort: {{ $server.grpc_port }}}
       {{- end }}
+      {{- if and (not (kindIs "invalid" $server.admin_port)) (eq .capacity "on_demand") }}
+      - {name: admin, containerPort: {{ $server.admin_port }}}
+      {{- end }}
       - {name: ray-metrics, containerPort: 8080}
       {{- /* fleetserve's metrics listeners: the ingress and each model replica take one port of the range. */}}
       {{- range $i := until (int $root.Values.fleet.metrics.port_range) }}

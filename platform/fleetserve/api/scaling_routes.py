@@ -4,18 +4,19 @@
   why (inputs, notes), its serving/standby/draining replicas and operator overrides;
 - ``POST /admin/scaling/{model}``: ``{"version", "min_replicas", "max_replicas", "warm"}``
   overrides the profile's bounds and warm-pool size (``fleetserve scale``);
-- ``GET  /metrics/scaling`` (no key, like ``/metrics``): the controller's Prometheus series;
 - ``GET  /admin/replicas``: one row per replica: state (serving, standby, draining,
   unhealthy), version, node, spot/on-demand, load (``fleetserve replicas``).
 
-Drains use the drain routes (``api/drain_routes.py``).
+Drains use the drain routes (``api/drain_routes.py``). The controller's Prometheus series are
+not served here: the ingress's private metrics listener serves them at ``/metrics/scaling``
+(``metrics/server.py``, same credentials as its ``/metrics``).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Protocol
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetserve.api.json_body import parse_model, parse_object, read_body
@@ -89,11 +90,6 @@ def build_scaling_router(service, control: ScalingControl) -> APIRouter:
         body = parse_model(ScaleBody, parse_object(await read_body(request, MAX_SCALE_BODY_BYTES)))
         version = body.version or service.spec(model).version
         return await control.set_override(model, version, body.min_replicas, body.max_replicas, body.warm)
-
-    @router.get("/metrics/scaling", summary="The scaling controller's Prometheus series.", response_class=Response)
-    async def scaling_metrics() -> Response:
-        text = await control.metrics_text()
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @router.get("/admin/replicas", summary="Every replica: state, version, node, capacity type, load (admin key).")
     async def replicas(request: Request) -> dict:

@@ -67,15 +67,17 @@ class Ingress:
             metrics.set_warm_replicas(warm_pool_rows(versions_of, self.service.replica_status()))
 
         refresh_warm_pool()
-        self._metrics_listener = MetricsServer.start(metrics.registry, listener_settings(self._cfg),
-                                                     before_scrape=refresh_warm_pool)
-        metrics.address = self._metrics_listener.address
         self._control = HandleReplicaControl(handles)
         self._scaling = None
         if controller_enabled(self._cfg):
             from fleetserve.application.scaling_controller import ActorScalingControl, start_controller
 
             self._scaling = ActorScalingControl(start_controller(self._cfg))
+        # The controller's series: on this listener too (/metrics/scaling), never on the REST port.
+        extra = {"/metrics/scaling": self._scaling.metrics_text_blocking} if self._scaling is not None else None
+        self._metrics_listener = MetricsServer.start(metrics.registry, listener_settings(self._cfg),
+                                                     before_scrape=refresh_warm_pool, extra_paths=extra)
+        metrics.address = self._metrics_listener.address
         self._grpc = None
         self._admin = None
         freeze_startup_heap()  # GC pauses under load scan only what serving allocates

@@ -115,3 +115,9 @@ class ActorScalingControl:
 
     async def metrics_text(self) -> bytes:
         return await self._actor.metrics_text.remote()
+
+    def metrics_text_blocking(self, timeout_s: float = 10.0) -> bytes:
+        """``metrics_text`` for the metrics listener's threads (``/metrics/scaling``)."""
+        import ray
+
+        return ray.get(self._actor.metrics_text.remote(), timeout=timeout_s)

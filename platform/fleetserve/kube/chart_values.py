@@ -171,6 +171,11 @@ class NetworkPolicyValues(_Values):
     servingFrom: list[K8sObject] = Field(
         default_factory=list, description="NetworkPolicyPeers allowed to the REST/gRPC ports; empty: any source."
     )
+    adminFrom: list[K8sObject] = Field(
+        default_factory=list,
+        description=("NetworkPolicyPeers allowed to fleet.server.admin_port besides this release's pods; empty: "
+                     "those pods only (kubectl port-forward is not subject to the policy)."),
+    )
     operatorNamespace: str = Field("kuberay-system", description="Namespace of the KubeRay operator (reaches the dashboard port).")
     monitoringNamespace: str = Field("monitoring", description="Namespace of Prometheus (reaches the metrics ports).")
 

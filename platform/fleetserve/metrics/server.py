@@ -2,7 +2,9 @@
 
 Each fleetserve process that holds series (the ingress, every model replica) runs one,
 on the configured internal host, apart from the tenant-facing REST port. A threaded
-standard-library HTTP server keeps scrapes off the serving event loop.
+standard-library HTTP server keeps scrapes off the serving event loop. A process may serve
+more text-format pages beside ``/metrics`` (``extra_paths``: the ingress serves the scaling
+controller's series at ``/metrics/scaling``), under the same auth.
 
 Auth: when ``accepted_hashes`` is non-empty a scrape must carry ``Authorization: Bearer
 <token>`` whose ``sha256:<hex>`` is one of them (401 otherwise); an empty set is allowed
@@ -20,7 +22,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -58,8 +60,10 @@ class MetricsServer:
     """Serves ``registry`` at ``http://host:port/metrics`` from a daemon thread."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int, *, port_range: int = 1,
-                 accepted_hashes: Iterable[str] = (), before_scrape: Optional[Callable[[], None]] = None) -> None:
+                 accepted_hashes: Iterable[str] = (), before_scrape: Optional[Callable[[], None]] = None,
+                 extra_paths: Optional[Mapping[str, Callable[[], bytes]]] = None) -> None:
         self._registry = registry
+        self._extra = dict(extra_paths or {})
         self._hashes = tuple(h for h in accepted_hashes if h)
         if not self._hashes and not is_loopback(host):
             raise ConfigError(f"metrics.host {host!r} is not loopback: set metrics.scrape_token_hash or an admin key "
@@ -73,9 +77,12 @@ class MetricsServer:
 
     @classmethod
     def start(cls, registry: CollectorRegistry, settings: ListenerSettings,
-              before_scrape: Optional[Callable[[], None]] = None) -> "MetricsServer":
+              before_scrape: Optional[Callable[[], None]] = None,
+              extra_paths: Optional[Mapping[str, Callable[[], bytes]]] = None) -> "MetricsServer":
+        """``extra_paths``: path -> renderer of a Prometheus text page (called from a listener
+        thread, so it may block; an exception answers 500 and is logged)."""
         return cls(registry, settings.host, settings.port, port_range=settings.port_range,
-                   accepted_hashes=settings.accepted_hashes, before_scrape=before_scrape)
+                   accepted_hashes=settings.accepted_hashes, before_scrape=before_scrape, extra_paths=extra_paths)
 
     @property
     def address(self) -> str:
@@ -93,7 +100,12 @@ class MetricsServer:
             found |= hmac.compare_digest(presented, h.encode())
         return found
 
-    def render(self) -> bytes:
+    def serves(self, path: str) -> bool:
+        return path == "/metrics" or path in self._extra
+
+    def render(self, path: str = "/metrics") -> bytes:
+        if path in self._extra:
+            return self._extra[path]()
         if self._before is not None:
             self._before()
         return generate_latest(self._registry)
@@ -107,12 +119,13 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path.split("?", 1)[0] != "/metrics":
+                path = self.path.split("?", 1)[0]
+                if not server.serves(path):
                     return self._reply(404, b"not found\n", "text/plain")
                 if not server.authorized(self.headers.get("Authorization")):
                     return self._reply(401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": "Bearer"})
                 try:
-                    body = server.render()
+                    body = server.render(path)
                 except Exception:  # a broken collector must not kill the listener
                     log.exception("rendering metrics failed")
                     return self._reply(500, b"metrics unavailable\n", "text/plain")

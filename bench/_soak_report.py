@@ -1,0 +1,131 @@
+"""Windows, drift verdicts and the plot of bench/bench_soak.py's raw results."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+from _procmem import Series, drift
+from _stats import pct
+
+LATENCIES = (("ttft", "stream"), ("tpot", "stream"), ("e2e", "unary"))
+
+
+def _ms(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(1000.0 * x, 2)
+
+
+def window_rows(requests: list[dict], window_s: float, seconds: float) -> list[dict]:
+    rows = []
+    n = max(1, int(round(seconds / window_s)))
+    for i in range(n):
+        rs = [r for r in requests if i * window_s <= r["t"] < (i + 1) * window_s or (i == n - 1 and r["t"] >= n * window_s)]
+        ok = [r for r in rs if r["status"] == 200 and r["done"]]
+        row = {"window": i, "start_s": i * window_s, "requests": len(rs), "errors": len(rs) - len(ok),
+               "statuses": dict(Counter(str(r["status"]) for r in rs if r["status"] != 200)),
+               "completed_rps": round(len(ok) / window_s, 3), "tokens_per_s": round(sum(r["tokens"] for r in ok) / window_s, 1)}
+        for name, kind in LATENCIES:
+            xs = [r[name] for r in ok if r[name] is not None and r["stream"] == (kind == "stream")]
+            row[f"{name}_p50_ms"], row[f"{name}_p99_ms"] = _ms(pct(xs, 0.5)), _ms(pct(xs, 0.99))
+        rows.append(row)
+    return rows
+
+
+def latency_drift(rows: list[dict], warmup_s: float) -> dict:
+    """Each percentile's last window over its first window after warm-up, in %."""
+    after = [r for r in rows if r["start_s"] >= warmup_s and r["requests"]] or rows[-1:]
+    out = {}
+    for name, _ in LATENCIES:
+        for q in ("p50", "p99"):
+            key = f"{name}_{q}_ms"
+            first, last = after[0].get(key), after[-1].get(key)
+            out[key] = None if not first or last is None else round(100.0 * (last - first) / first, 1)
+    return out
+
+
+def report(raw: dict, args) -> dict:
+    requests = raw["requests"]
+    rows = window_rows(requests, args.window_s, args.minutes * 60.0)
+    series = [Series(**s) for s in raw["memory"].values()]
+    mem = [d for d in (drift(s, args.warmup_s) for s in series) if d is not None]
+    mem.sort(key=lambda d: -(d.get("rss_last_mb") or 0))
+    lat = latency_drift(rows, args.warmup_s)
+    errors = sum(r["errors"] for r in rows)
+    mem_drifts = [abs(d[k]) for d in mem for k in ("rss_drift_pct", "pss_drift_pct") if d.get(k) is not None]
+    lat_drifts = [abs(v) for v in lat.values() if v is not None]
+    return {
+        "config": raw["config"], "capacity": raw["capacity"], "offered_rps": raw["offered_rps"],
+        "requests": len(requests), "errors": errors,
+        "error_samples": [r["error"] or str(r["status"]) for r in requests if not (r["status"] == 200 and r["done"])][:20],
+        "windows": rows, "latency_drift_pct": lat, "memory_drift": mem,
+        "verdicts": {
+            "errors_zero": errors == 0,
+            "latency_flat": bool(lat_drifts) and max(lat_drifts) <= args.latency_drift_pct,
+            "latency_max_drift_pct": max(lat_drifts) if lat_drifts else None,
+            "memory_flat": bool(mem_drifts) and max(mem_drifts) <= args.memory_drift_pct,
+            "memory_max_drift_pct": max(mem_drifts) if mem_drifts else None,
+        },
+    }
+
+
+def _table(rows: list[tuple]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+
+
+def print_report(s: dict) -> None:
+    print(f"\ncapacity {s['capacity']['capacity_rps']} req/s (ramp {[(x['concurrency'], x['rps']) for x in s['capacity']['steps']]}); "
+          f"offered {s['offered_rps']} req/s; {s['requests']} requests, {s['errors']} errors")
+    head = ("window", "start s", "reqs", "errors", "done/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
+            "unary p50", "unary p99")
+    rows = [head] + [(w["window"], w["start_s"], w["requests"], w["errors"], w["completed_rps"], w["tokens_per_s"],
+                      w["ttft_p50_ms"], w["ttft_p99_ms"], w["tpot_p50_ms"], w["tpot_p99_ms"], w["e2e_p50_ms"],
+                      w["e2e_p99_ms"]) for w in s["windows"]]
+    print("latencies in ms")
+    _table(rows)
+    print("\nlatency drift, last vs first window after warm-up (%):", s["latency_drift_pct"])
+    rows = [("process", "pid", "RSS first MB", "RSS last MB", "RSS drift %", "PSS drift %")]
+    rows += [(d["label"], d["pid"], d.get("rss_first_mb"), d.get("rss_last_mb"), d.get("rss_drift_pct"),
+              d.get("pss_drift_pct")) for d in s["memory_drift"]]
+    print()
+    _table(rows)
+    print("\nverdicts:", s["verdicts"])
+    for e in s["error_samples"]:
+        print("  error:", e)
+
+
+def write_plot(raw: dict, s: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 9))
+    mids = [(w["start_s"] + s["config"]["window_s"] / 2) / 60 for w in s["windows"]]
+    for key, style in (("ttft_p50_ms", "-o"), ("ttft_p99_ms", "--o"), ("tpot_p50_ms", "-s"), ("tpot_p99_ms", "--s"),
+                       ("e2e_p50_ms", "-^"), ("e2e_p99_ms", "--^")):
+        ys = [w[key] for w in s["windows"]]
+        if any(y is not None for y in ys):
+            ax1.plot(mids, ys, style, label=key.replace("_ms", "").replace("e2e", "unary e2e"))
+    ax1.set_yscale("log")
+    ax1.set_xlabel("minutes into the soak (window midpoints)")
+    ax1.set_ylabel("ms")
+    ax1.set_title(f"latency per window at {s['offered_rps']} req/s ({s['errors']} errors of {s['requests']})")
+    ax1.legend(fontsize=8, ncol=3)
+    top = sorted(raw["memory"].values(), key=lambda m: -max(m["rss"]))[:10]
+    for m in top:
+        line = ax2.plot([t / 60 for t in m["t"]], [v / 2**20 for v in m["rss"]], label=f"{m['label']} ({m['pid']})")[0]
+        if all(v is not None for v in m["pss"]):
+            ax2.plot([t / 60 for t in m["t"]], [v / 2**20 for v in m["pss"]], ":", color=line.get_color())
+    ax2.set_xlabel("minutes into the soak (negative: ramp)")
+    ax2.set_ylabel("MiB (solid RSS, dotted PSS)")
+    ax2.set_title("memory of the 10 largest processes of the server's tree")
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
