@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Optional
 
-from fleetserve.application.build import deployment_name
+from fleetserve.application.build import deployment_name, spot_twin_models, twin_deployment_name
 from fleetserve.application.serve_fleet import DeploymentRef, ServeFleetActuator
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.control import LocalScalingControl
@@ -31,18 +31,15 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "fleetserve-controller"
 
 
-def spot_app_name(cfg: FleetConfig, model: str) -> str:
-    return f"{cfg.server.app_name}--{model}--spot"
-
-
 def fleet_deployments(cfg: FleetConfig) -> dict:
-    """fleet key -> {capacity type: DeploymentRef}: the on-demand deployment in the main
-    application, and the spot twin in its own application where spot is enabled."""
+    """fleet key -> {capacity type: DeploymentRef}: the on-demand deployment and, where spot
+    is enabled, its spot twin, both in the main application (``build.build_app``)."""
     out = {}
+    twins = {m.name for m in spot_twin_models(cfg)}
     for m in cfg.models:
         refs = {CapacityType.ON_DEMAND: DeploymentRef(cfg.server.app_name, deployment_name(m))}
-        if cfg.autoscaler.for_model(m.name).spot.enabled:
-            refs[CapacityType.SPOT] = DeploymentRef(spot_app_name(cfg, m.name), deployment_name(m) + "--spot")
+        if m.name in twins:
+            refs[CapacityType.SPOT] = DeploymentRef(cfg.server.app_name, twin_deployment_name(m))
         out[FleetId(m.name, m.version).key] = refs
     return out
 
