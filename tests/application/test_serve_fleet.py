@@ -84,8 +84,10 @@ async def test_role_calls_are_pinned_to_the_named_replica():
     await act.activate(FLEET, "b")
     await act.park(FLEET, "a")
     await act.drain(FLEET, "d")
+    await act.drain(FLEET, "a", migrate=True)
     assert log == [("set_standby", (False,), {"target_replica": "b"}), ("set_standby", (True,), {"target_replica": "a"}),
-                   ("set_draining", (True,), {"target_replica": "d"})]
+                   ("set_draining", (True,), {"mode": None, "target_replica": "d"}),
+                   ("set_draining", (True,), {"mode": "migrate", "target_replica": "a"})]
 
 
 def test_placement_resources_per_capacity_type():

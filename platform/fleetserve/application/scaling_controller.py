@@ -17,7 +17,7 @@ import logging
 from typing import Optional
 
 from fleetserve.application.build import deployment_name, spot_twin_models, twin_deployment_name
-from fleetserve.application.serve_fleet import DeploymentRef, ServeFleetActuator
+from fleetserve.application.serve_fleet import DeploymentRef, RayNodeDrains, ServeFleetActuator, spot_nodes_alive
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.control import LocalScalingControl
 from fleetserve.autoscaler.controller import ScalingController
@@ -55,10 +55,14 @@ class ControllerActor:
         store = RedisCanaryStore.from_url(url, prefix="fleetserve:") if url else MemoryCanaryStore()
         fleets = fleet_deployments(self.cfg)
         self.registry = CollectorRegistry()
+        drains = RayNodeDrains()
+        placement = self.cfg.autoscaler.placement
+        actuator = ServeFleetActuator(fleets, placement,
+                                      spot_available=lambda: spot_nodes_alive(placement, drains.draining_nodes()))
         self.controller = ScalingController(
-            self.cfg.autoscaler, [FleetId.parse(k) for k in fleets], ServeFleetActuator(fleets, self.cfg.autoscaler.placement),
+            self.cfg.autoscaler, [FleetId.parse(k) for k in fleets], actuator,
             SystemClock(), store, observer=ControllerMetrics(self.registry),
-            drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0)
+            drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0, node_drains=drains)
         self.control = LocalScalingControl(self.controller, self.registry)
         self._task: Optional[asyncio.Task] = None
 
