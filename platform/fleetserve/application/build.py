@@ -89,6 +89,16 @@ def controller_options(opts: dict, m: ModelConfig, placement, capacity_type, nam
     return out
 
 
+def on_demand_resources(cfg: FleetConfig) -> dict:
+    """What keeps an actor off spot nodes (the ingress, the controller): the on-demand resource
+    when the scaling controller places replicas and ``placement.on_demand_resource`` is set."""
+    if not controller_enabled(cfg):
+        return {}
+    from fleetserve.autoscaler.snapshot import CapacityType
+
+    return cfg.autoscaler.placement.ray_resources(CapacityType.ON_DEMAND)
+
+
 def _autoscaling(m: ModelConfig, cfg: FleetConfig):
     """Ray autoscaling driven by fleetserve's policy when an autoscaler section is set."""
     if cfg.autoscaler is None or not hasattr(cfg.autoscaler, "for_model"):
@@ -162,7 +172,7 @@ def build_app(cfg: FleetConfig, engine_factory=None):
         max_ongoing_requests=ingress_max_ongoing(cfg),
         graceful_shutdown_timeout_s=ingress_graceful_shutdown_s(cfg),
         graceful_shutdown_wait_loop_s=0.5,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": on_demand_resources(cfg)},
     )
     return ingress.bind(cfg.model_dump(mode="json"), handles, names, twins)
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Optional
 
-from fleetserve.application.build import deployment_name, spot_twin_models, twin_deployment_name
+from fleetserve.application.build import deployment_name, on_demand_resources, spot_twin_models, twin_deployment_name
 from fleetserve.application.serve_fleet import DeploymentRef, RayNodeDrains, ServeFleetActuator, spot_nodes_alive
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.control import LocalScalingControl
@@ -95,7 +95,8 @@ def start_controller(cfg: FleetConfig):
     import ray
 
     actor = ray.remote(ControllerActor).options(name=ACTOR_NAME, namespace="serve", lifetime="detached",
-                                                get_if_exists=True, num_cpus=0, max_restarts=-1,
+                                                get_if_exists=True, num_cpus=0, resources=on_demand_resources(cfg),
+                                                max_restarts=-1,
                                                 max_task_retries=-1)
     handle = actor.remote(cfg.model_dump(mode="json"))
     ray.get(handle.start.remote())
