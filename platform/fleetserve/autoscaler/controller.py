@@ -33,6 +33,7 @@ from fleetserve.autoscaler.node_drains import NodeDrain, NodeDrainSource, interr
 from fleetserve.autoscaler.policy import PolicyState
 from fleetserve.autoscaler.registry import make_policy
 from fleetserve.autoscaler.snapshot import ModelSnapshot, ReplicaState, ReplicaView
+from fleetserve.autoscaler.version_split import FleetCatalog, weighted_demand
 from fleetserve.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,12 @@ class ScalingController:
     def __init__(self, config: AutoscalerConfig, fleets: Iterable[FleetId], actuator: FleetActuator, clock: Clock,
                  store, observer: Optional[Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]] = None,
                  start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0,
-                 node_drains: Optional[NodeDrainSource] = None, wall_clock: Callable[[], float] = time.time):
+                 node_drains: Optional[NodeDrainSource] = None, wall_clock: Callable[[], float] = time.time,
+                 catalog: Optional[FleetCatalog] = None):
         """``node_drains``: the nodes Ray is draining (read once per tick; their replicas get
-        interruption notices); ``wall_clock`` dates those drains' deadlines."""
+        interruption notices); ``wall_clock`` dates those drains' deadlines; ``catalog``: the
+        model versions to plan for and their traffic weights (read once per tick; None:
+        ``fleets`` only, no split)."""
         self.config = config
         self.fleets = list(fleets)
         self.actuator = actuator
@@ -60,6 +64,7 @@ class ScalingController:
         self.drain_timeout_s = drain_timeout_s
         self.node_drains = node_drains
         self.wall_clock = wall_clock
+        self.catalog = catalog
         self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
 
     # -- persistence -------------------------------------------------------------------
@@ -97,9 +102,29 @@ class ScalingController:
     async def tick(self) -> Dict[str, ScalingDecision]:
         out = {}
         drains = self._node_drains()
-        for f in list(self.fleets):
-            out[f.key] = await self.tick_fleet(f, drains)
+        weights = await self._sync_fleets()
+        observed = {f: await self.actuator.observe(f) for f in list(self.fleets)}
+        extra = weighted_demand({f: o.queued + sum(r.running for r in o.replicas) for f, o in observed.items()}, weights)
+        for f, obs in observed.items():
+            out[f.key] = await self.tick_fleet(f, drains, obs, extra.get(f, 0))
         return out
+
+    async def _sync_fleets(self) -> Mapping[FleetId, Optional[float]]:
+        """Plan for the catalog's versions: new ones start from their stored state (a
+        controller restart keeps a canary's memory), removed ones are no longer ticked."""
+        if self.catalog is None:
+            return {}
+        try:
+            weights = dict(await self.catalog.fleets())
+        except Exception:  # noqa: BLE001 - the registry unreachable for a tick: keep the fleets we have
+            log.exception("reading the model versions failed")
+            return {}
+        for f in weights:
+            if f.key not in self.states or f not in self.fleets:
+                self.states[f.key] = FleetState.from_json(await self.store.get(TABLE, f.key))
+                self.fleets.append(f)
+        self.fleets = [f for f in self.fleets if f in weights]
+        return weights
 
     def _node_drains(self) -> Mapping[str, NodeDrain]:
         if self.node_drains is None:
@@ -110,10 +135,13 @@ class ScalingController:
             log.exception("reading the draining nodes failed")
             return {}
 
-    async def tick_fleet(self, f: FleetId, drains: Optional[Mapping[str, NodeDrain]] = None) -> ScalingDecision:
+    async def tick_fleet(self, f: FleetId, drains: Optional[Mapping[str, NodeDrain]] = None,
+                         obs: Optional[ObservedFleet] = None, extra_demand: int = 0) -> ScalingDecision:
+        """One fleet's tick; ``extra_demand``: requests its traffic weight sends its way that
+        it does not carry yet (counted as queued at the router)."""
         now = self.clock.now()
         st = self.states.setdefault(f.key, FleetState())
-        obs = await self.actuator.observe(f)
+        obs = obs if obs is not None else await self.actuator.observe(f)
         if drains:
             notices = interruptions_on_draining_nodes(obs.replicas, drains, now, self.wall_clock(),
                                                       self.policy_config(f).spot.migration_margin_s)
@@ -123,7 +151,7 @@ class ScalingController:
         await self._finish_drains(f, obs, st, now)
         # Stopped by us but still up until Serve acts on the lower count: no longer ours to plan.
         obs = replace(obs, replicas=tuple(r for r in obs.replicas if r.replica_id not in st.stopping))
-        snap = self.snapshot(obs, st, now)
+        snap = self.snapshot(replace(obs, queued=obs.queued + extra_demand), st, now)
         decision, pstate = make_policy(self.policy_config(f)).decide(snap, PolicyState.from_dict(st.policy), now)
         st.policy = pstate.to_dict()
         await self._apply(f, obs, st, decision, now)
