@@ -77,7 +77,8 @@ async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
     assert len(body["serving"]) == 2 and len(body["standby"]) == 1 and body["last_decision"]["target"] == 2
     assert (await client.get("/admin/scaling", headers={"Authorization": "Bearer fs-acme"})).status_code in (401, 403)
     text = (await client.get("/metrics/scaling")).text
-    assert 'fleetserve_warm_replicas{model="m",version="v1"} 1.0' in text
+    assert 'fleetserve_target_replicas{model="m",version="v1"} 2.0' in text
+    assert "fleetserve_warm_replicas" not in text  # one source: the ingress exports the warm pool
 
 
 async def test_replica_listing_shows_state_node_capacity_and_load(setup):
