@@ -117,3 +117,29 @@ async def test_an_unreadable_gcs_skips_the_notices_not_the_tick():
     ctrl = make(clock, fleet, source)
     await ctrl.tick()
     assert fleet.actions("start")  # scaled up all the same
+
+
+async def test_a_stopped_replica_still_up_until_serve_acts_is_neither_woken_nor_planned():
+    from dataclasses import replace
+
+    from fleetserve.autoscaler.snapshot import ReplicaState
+
+    clock, source = FakeClock(0.0), FakeNodeDrains()
+    fleet = FakeFleet(clock, cold_start_s=5)
+    fleet.add()
+    spot = fleet.add(capacity_type=CapacityType.SPOT)
+    ctrl = make(clock, fleet, source, scaling={"min_replicas": 2}, spot={"enabled": True})
+    source.drains = {"node-spot": NodeDrain("node-spot")}
+    fleet.spot = SpotMarket(available=False)
+    await ctrl.tick()
+    clock.advance(1)
+    await ctrl.tick()  # empty: stopped
+    assert fleet.actions("stop") == [("stop", spot)]
+    row = replace(fleet.replicas.get(spot) or next(iter(fleet.replicas.values())), replica_id=spot,
+                  state=ReplicaState.DRAINING, capacity_type=CapacityType.SPOT, node_id="node-spot")
+    fleet.replicas[spot] = row  # Serve has not removed it yet
+    calls = len(fleet.calls)
+    for _ in range(3):
+        clock.advance(1)
+        await ctrl.tick()
+    assert [c for c in fleet.calls[calls:] if c[1] == spot] == []  # not woken, drained or stopped again
