@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OWN_CLUSTER_MODULES = [
     "tests/api/test_migration_e2e.py",  # drain and SIGKILL mid-stream on a two-node cluster
     "tests/application/test_spot_placement.py",  # spot / on-demand placement by node resources
+    "tests/application/test_spot_routing_e2e.py",  # traffic to the spot twin; Ray DrainNode migrates its streams
 ]
 
 

@@ -92,7 +92,8 @@ async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
             text = (await scraper.get(url, headers=ADMIN)).text
     finally:
         listener.close()
-    assert 'fleetserve_warm_replicas{model="m",version="v1"} 1.0' in text
+    assert 'fleetserve_target_replicas{model="m",version="v1"} 2.0' in text
+    assert "fleetserve_warm_replicas" not in text  # one source: the ingress exports the warm pool
 
 
 async def test_replica_listing_shows_state_node_capacity_and_load(setup):

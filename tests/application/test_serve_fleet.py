@@ -84,8 +84,10 @@ async def test_role_calls_are_pinned_to_the_named_replica():
     await act.activate(FLEET, "b")
     await act.park(FLEET, "a")
     await act.drain(FLEET, "d")
+    await act.drain(FLEET, "a", migrate=True)
     assert log == [("set_standby", (False,), {"target_replica": "b"}), ("set_standby", (True,), {"target_replica": "a"}),
-                   ("set_draining", (True,), {"target_replica": "d"})]
+                   ("set_draining", (True,), {"mode": None, "target_replica": "d"}),
+                   ("set_draining", (True,), {"mode": "migrate", "target_replica": "a"})]
 
 
 def test_placement_resources_per_capacity_type():
@@ -123,3 +125,22 @@ def test_policy_hook_returns_the_controllers_count_or_keeps_serves(monkeypatch):
     assert controller_target(Ctx()) == (5, {"k": 1})
     Ctx.deployment_name = "other"
     assert controller_target(Ctx()) == (2, {"k": 1})
+
+
+def test_spot_twin_lives_in_the_main_app_and_the_ingress_stays_on_demand():
+    from fleetserve.application.build import on_demand_resources, spot_twin_models
+    from fleetserve.application.scaling_controller import fleet_deployments
+    from fleetserve.config import parse_config
+
+    models = [{"name": "m", "checkpoint": "/x"}, {"name": "n", "checkpoint": "/y"}]
+    auto = {"controller": True, "placement": {"on_demand_resource": "on_demand"},
+            "models": {"m": {"spot": {"enabled": True}}}}
+    cfg = parse_config({"server": {"app_name": "app"}, "models": models, "autoscaler": auto})
+    assert [m.name for m in spot_twin_models(cfg)] == ["m"]
+    refs = fleet_deployments(cfg)
+    assert refs["m@v1"] == {CapacityType.ON_DEMAND: DeploymentRef("app", "model-m"),
+                            CapacityType.SPOT: DeploymentRef("app", "model-m--spot")}
+    assert refs["n@v1"] == {CapacityType.ON_DEMAND: DeploymentRef("app", "model-n")}
+    assert on_demand_resources(cfg) == {"on_demand": 0.001}
+    plain = parse_config({"models": models, "autoscaler": {**auto, "controller": False}})
+    assert spot_twin_models(plain) == [] and on_demand_resources(plain) == {}

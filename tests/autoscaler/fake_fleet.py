@@ -65,8 +65,8 @@ class FakeFleet:
         assert r.running == 0, f"parking {replica_id} with {r.running} requests in flight"
         self.replicas[replica_id] = replace(r, state=ReplicaState.WARM_STANDBY)
 
-    async def drain(self, fleet: FleetId, replica_id: str) -> None:
-        self.calls.append(("drain", replica_id))
+    async def drain(self, fleet: FleetId, replica_id: str, migrate: bool = False) -> None:
+        self.calls.append(("drain", replica_id) + (("migrate",) if migrate else ()))
         self.replicas[replica_id] = replace(self.replicas[replica_id], state=ReplicaState.DRAINING)
 
     async def stop(self, fleet: FleetId, replica_id: str) -> None:

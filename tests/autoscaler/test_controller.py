@@ -132,7 +132,7 @@ async def test_operator_override_sets_bounds_and_pool_and_metrics_follow():
     await ctrl.set_override(FLEET, ScaleOverride(min_replicas=2, max_replicas=4, warm=1))
     await run_until(ctrl, clock, lambda: len(fleet.serving()) == 2 and len(fleet.standby()) == 1)
     await ctrl.tick()
-    assert registry.get_sample_value("fleetserve_warm_replicas", {"model": "m", "version": "v1"}) == 1
+    assert registry.get_sample_value("fleetserve_warm_replicas", {"model": "m", "version": "v1"}) is None  # the ingress's
     assert registry.get_sample_value("fleetserve_target_replicas", {"model": "m", "version": "v1"}) == 2
     assert registry.get_sample_value("fleetserve_serving_replicas",
                                      {"model": "m", "version": "v1", "capacity_type": "on_demand"}) == 2

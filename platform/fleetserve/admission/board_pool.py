@@ -27,15 +27,21 @@ UNKNOWN_REPLICA = "unknown"
 class BoardReplicaPool:
     """Capacity of one deployment's replicas, as last published on the stats board."""
 
-    def __init__(self, deployment: str, board: Optional[ReplicaStatsBoard] = None, preempt: Optional[PreemptFn] = None) -> None:
+    def __init__(self, deployment: str, board: Optional[ReplicaStatsBoard] = None, preempt: Optional[PreemptFn] = None,
+                 twin: Optional[str] = None) -> None:
+        """``twin``: the deployment of the same model version on spot capacity, whose replicas
+        count as capacity too (the router sends requests to both)."""
         self._deployment = deployment
         self._board = board or process_board()
         self._preempt = preempt
+        self._twin = twin
 
     def capacity_snapshot(self) -> tuple[ReplicaCapacity, ...]:
         rows = self._board.replicas(self._deployment)
         if rows is None:
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
+        if self._twin is not None:
+            rows = rows + (self._board.replicas(self._twin) or [])
         return tuple(
             ReplicaCapacity(replica_id=e.replica, num_running=e.stats.num_running, num_waiting=e.stats.num_waiting,
                             kv_usage=e.stats.kv_usage, healthy=e.stats.healthy, accepting=e.stats.accepting)
@@ -74,11 +80,14 @@ def handle_preempt(handle, deployment: str, board: Optional[ReplicaStatsBoard] =
 
 
 def board_pools(
-    deployment_names: Mapping[str, str], handles: Optional[Mapping[str, object]] = None, board: Optional[ReplicaStatsBoard] = None
+    deployment_names: Mapping[str, str], handles: Optional[Mapping[str, object]] = None, board: Optional[ReplicaStatsBoard] = None,
+    twins: Optional[Mapping[str, str]] = None,
 ) -> dict[str, BoardReplicaPool]:
-    """Model name -> pool, for ``TenantGatekeeper(pool=...)``; with ``handles``, preemption works too."""
-    handles = handles or {}
+    """Model name -> pool, for ``TenantGatekeeper(pool=...)``; with ``handles``, preemption works too
+    (on the model's own deployment); ``twins``: model name -> its spot twin's deployment."""
+    handles, twins = handles or {}, twins or {}
     return {
-        model: BoardReplicaPool(dep, board, handle_preempt(handles[model], dep, board) if model in handles else None)
+        model: BoardReplicaPool(dep, board, handle_preempt(handles[model], dep, board) if model in handles else None,
+                                twin=twins.get(model))
         for model, dep in deployment_names.items()
     }

@@ -52,7 +52,9 @@ def build_adapter_router(service, control: Optional[AdapterControl]) -> APIRoute
         await service.gatekeeper.authenticate_admin(bearer_key(request.headers.get("authorization")))
 
     def replicas_of(model: str) -> list[str]:
-        return [r.replica for r in service.replica_status() if r.model == model]
+        # The model's own deployment (reached through its handle); spot-twin replicas load
+        # an adapter lazily, with the first request that names it.
+        return [r.replica for r in service.replica_status() if r.model == model and r.target is None]
 
     @router.get("/adapters", summary="LoRA adapters served (admin key).")
     async def list_adapters(request: Request, model: Optional[str] = Query(None, max_length=128),

@@ -69,7 +69,7 @@ def build_drain_router(service, control: ReplicaControl) -> APIRouter:
         raise NotFoundError(f"no replica `{replica_id}`", field="replica_id")
 
     async def set_draining(row: ReplicaStatus, draining: bool, mode: Optional[str] = None) -> dict:
-        ack = await control.set_draining(row.model, row.replica, draining, mode)
+        ack = await control.set_draining(row.target or row.model, row.replica, draining, mode)
         return {"replica": row.replica, "model": row.model, "applied": ack.applied, "draining": ack.draining,
                 "in_flight": ack.in_flight, "migrated": ack.migrated}
 

@@ -22,6 +22,18 @@ def deployment_name(model: ModelConfig) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_-]", "-", model.name)
 
 
+def twin_deployment_name(model: ModelConfig) -> str:
+    """The spot twin of a model's deployment: same version, replicas on spot capacity."""
+    return deployment_name(model) + "--spot"
+
+
+def spot_twin_models(cfg: FleetConfig) -> list[ModelConfig]:
+    """Models that get a spot twin deployment: the scaling controller is on and bursts them onto spot."""
+    if not controller_enabled(cfg):
+        return []
+    return [m for m in cfg.models if cfg.autoscaler.for_model(m.name).spot.enabled]
+
+
 def model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
     from ray.serve.config import RequestRouterConfig
 
@@ -77,6 +89,16 @@ def controller_options(opts: dict, m: ModelConfig, placement, capacity_type, nam
     return out
 
 
+def on_demand_resources(cfg: FleetConfig) -> dict:
+    """What keeps an actor off spot nodes (the ingress, the controller): the on-demand resource
+    when the scaling controller places replicas and ``placement.on_demand_resource`` is set."""
+    if not controller_enabled(cfg):
+        return {}
+    from fleetserve.autoscaler.snapshot import CapacityType
+
+    return cfg.autoscaler.placement.ray_resources(CapacityType.ON_DEMAND)
+
+
 def _autoscaling(m: ModelConfig, cfg: FleetConfig):
     """Ray autoscaling driven by fleetserve's policy when an autoscaler section is set."""
     if cfg.autoscaler is None or not hasattr(cfg.autoscaler, "for_model"):
@@ -129,21 +151,30 @@ def build_app(cfg: FleetConfig, engine_factory=None):
     from fleetserve.deployments.replica import ModelReplica
 
     cfg = cluster_config(cfg)  # only the admin key's hash enters the bound (GCS-stored) arguments
-    handles, names = {}, {}
+    handles, names, twins = {}, {}, {}
+    link = cfg.server.replica_transport == "direct"
     for m in cfg.models:
         dep = serve.deployment(ModelReplica).options(**model_options(m, cfg))
-        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=cfg.server.replica_transport == "direct",
-                                   metrics=listener_settings(cfg))
+        handles[m.name] = dep.bind(m.model_dump(mode="json"), engine_factory, link=link, metrics=listener_settings(cfg))
         names[m.name] = deployment_name(m)
+    for m in spot_twin_models(cfg):
+        # In the main application (not an ingress of its own, so it keeps fleetserve's replica
+        # router); the controller raises its count from 0 when it bursts onto spot.
+        from fleetserve.autoscaler.snapshot import CapacityType
+
+        opts = controller_options(model_options(m, cfg), m, cfg.autoscaler.placement, CapacityType.SPOT,
+                                  twin_deployment_name(m), initial=0)
+        twins[m.name] = serve.deployment(ModelReplica).options(**opts).bind(
+            m.model_dump(mode="json"), engine_factory, link=link, metrics=listener_settings(cfg))
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS_DEPLOYMENT,
         num_replicas=cfg.server.ingress_replicas,
         max_ongoing_requests=ingress_max_ongoing(cfg),
         graceful_shutdown_timeout_s=ingress_graceful_shutdown_s(cfg),
         graceful_shutdown_wait_loop_s=0.5,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": on_demand_resources(cfg)},
     )
-    return ingress.bind(cfg.model_dump(mode="json"), handles, names)
+    return ingress.bind(cfg.model_dump(mode="json"), handles, names, twins)
 
 
 def start_serve(cfg: FleetConfig) -> None:

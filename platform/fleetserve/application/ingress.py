@@ -8,11 +8,13 @@ Serve's HTTP proxy hands HTTP requests to the FastAPI app built in
 
 from __future__ import annotations
 
+from typing import Optional
+
 from fleetserve.api.adapter_routes import build_adapter_router
 from fleetserve.api.rest import build_rest_app
 from fleetserve.api.service import InferenceService, ModelSpec
 from fleetserve.config import FleetConfig
-from fleetserve.application.build import controller_enabled
+from fleetserve.application.build import controller_enabled, twin_deployment_name
 from fleetserve.application.versions import ServeVersionDeployer
 from fleetserve.canary.admin_routes import build_version_router
 from fleetserve.application.probe import ServiceProber
@@ -31,7 +33,9 @@ from fleetserve.router.chooser import ReplicaChooser
 
 
 class Ingress:
-    def __init__(self, config: dict, handles: dict, deployment_names: dict[str, str]):
+    def __init__(self, config: dict, handles: dict, deployment_names: dict[str, str], twins: Optional[dict] = None):
+        """``twins``: model name -> the handle of its spot twin deployment (scaling controller
+        with spot): routed to together with the model's own deployment."""
         self._cfg = FleetConfig.model_validate(config)
         specs = [
             ModelSpec(m.name, m.checkpoint, m.version, m.routing.prefix_affinity_blocks, m.routing.block_size,
@@ -45,12 +49,15 @@ class Ingress:
             link = ReplicaLinkClient(cluster_secret())
         # Versions deployed at runtime are separate Serve applications, found by name on first use.
         self._deployer = ServeVersionDeployer(self._cfg)
-        client = HandleModelClient(handles, link=link, resolve=self._deployer.handle_for_key)
+        twin_names = {m.name: twin_deployment_name(m) for m in self._cfg.models if m.name in (twins or {})}
+        by_target = {**handles, **{twin_names[m]: h for m, h in (twins or {}).items()}}
+        client = HandleModelClient(by_target, link=link, resolve=self._deployer.handle_for_key)
         slack = {m.name: m.routing.even_load_slack for m in self._cfg.models}
-        router = ReplicaChooser(deployment_names, client, slack=slack, resolve=self._deployer.deployment_for_key)
+        router = ReplicaChooser(deployment_names, client, slack=slack, resolve=self._deployer.deployment_for_key,
+                                twins=twin_names)
         metrics = FleetMetrics()  # shared with the gatekeeper and the admission queues: one /metrics
         gatekeeper = build_gatekeeper(self._cfg, metrics_registry=metrics.registry)
-        admission = build_admission(self._cfg, metrics.registry, deployment_names, handles)
+        admission = build_admission(self._cfg, metrics.registry, deployment_names, handles, twin_names)
         versions = build_versions(self._cfg)
         ab = build_ab(self._cfg, metrics)
         self.service = InferenceService(specs, client, gatekeeper, metrics=metrics, admission=admission, router=router,
@@ -67,7 +74,7 @@ class Ingress:
             metrics.set_warm_replicas(warm_pool_rows(versions_of, self.service.replica_status()))
 
         refresh_warm_pool()
-        self._control = HandleReplicaControl(handles)
+        self._control = HandleReplicaControl(by_target)
         self._scaling = None
         if controller_enabled(self._cfg):
             from fleetserve.application.scaling_controller import ActorScalingControl, start_controller

@@ -16,8 +16,8 @@ import asyncio
 import logging
 from typing import Optional
 
-from fleetserve.application.build import deployment_name
-from fleetserve.application.serve_fleet import DeploymentRef, ServeFleetActuator
+from fleetserve.application.build import deployment_name, on_demand_resources, spot_twin_models, twin_deployment_name
+from fleetserve.application.serve_fleet import DeploymentRef, RayNodeDrains, ServeFleetActuator, spot_nodes_alive
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.control import LocalScalingControl
 from fleetserve.autoscaler.controller import ScalingController
@@ -31,18 +31,15 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "fleetserve-controller"
 
 
-def spot_app_name(cfg: FleetConfig, model: str) -> str:
-    return f"{cfg.server.app_name}--{model}--spot"
-
-
 def fleet_deployments(cfg: FleetConfig) -> dict:
-    """fleet key -> {capacity type: DeploymentRef}: the on-demand deployment in the main
-    application, and the spot twin in its own application where spot is enabled."""
+    """fleet key -> {capacity type: DeploymentRef}: the on-demand deployment and, where spot
+    is enabled, its spot twin, both in the main application (``build.build_app``)."""
     out = {}
+    twins = {m.name for m in spot_twin_models(cfg)}
     for m in cfg.models:
         refs = {CapacityType.ON_DEMAND: DeploymentRef(cfg.server.app_name, deployment_name(m))}
-        if cfg.autoscaler.for_model(m.name).spot.enabled:
-            refs[CapacityType.SPOT] = DeploymentRef(spot_app_name(cfg, m.name), deployment_name(m) + "--spot")
+        if m.name in twins:
+            refs[CapacityType.SPOT] = DeploymentRef(cfg.server.app_name, twin_deployment_name(m))
         out[FleetId(m.name, m.version).key] = refs
     return out
 
@@ -58,10 +55,14 @@ class ControllerActor:
         store = RedisCanaryStore.from_url(url, prefix="fleetserve:") if url else MemoryCanaryStore()
         fleets = fleet_deployments(self.cfg)
         self.registry = CollectorRegistry()
+        drains = RayNodeDrains()
+        placement = self.cfg.autoscaler.placement
+        actuator = ServeFleetActuator(fleets, placement,
+                                      spot_available=lambda: spot_nodes_alive(placement, drains.draining_nodes()))
         self.controller = ScalingController(
-            self.cfg.autoscaler, [FleetId.parse(k) for k in fleets], ServeFleetActuator(fleets, self.cfg.autoscaler.placement),
+            self.cfg.autoscaler, [FleetId.parse(k) for k in fleets], actuator,
             SystemClock(), store, observer=ControllerMetrics(self.registry),
-            drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0)
+            drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0, node_drains=drains)
         self.control = LocalScalingControl(self.controller, self.registry)
         self._task: Optional[asyncio.Task] = None
 
@@ -94,7 +95,8 @@ def start_controller(cfg: FleetConfig):
     import ray
 
     actor = ray.remote(ControllerActor).options(name=ACTOR_NAME, namespace="serve", lifetime="detached",
-                                                get_if_exists=True, num_cpus=0, max_restarts=-1,
+                                                get_if_exists=True, num_cpus=0, resources=on_demand_resources(cfg),
+                                                max_restarts=-1,
                                                 max_task_retries=-1)
     handle = actor.remote(cfg.model_dump(mode="json"))
     ray.get(handle.start.remote())

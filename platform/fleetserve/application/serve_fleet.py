@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Collection, Dict, Mapping, Optional
 
 from fleetserve.autoscaler.actuator import FleetId, ObservedFleet, ObservedReplica
 from fleetserve.autoscaler.config import PlacementConfig
+from fleetserve.autoscaler.node_drains import NodeDrain
 from fleetserve.autoscaler.ray_adapter import TARGET_NAMESPACE, target_key
 from fleetserve.autoscaler.snapshot import CapacityType, ReplicaState, SpotMarket
 from fleetserve.deployments.replica_control import TARGET_REPLICA_KWARG
@@ -59,10 +60,24 @@ class GcsCounts:
                          namespace=TARGET_NAMESPACE)
 
 
-def spot_nodes_alive(placement: PlacementConfig) -> bool:
+def spot_nodes_alive(placement: PlacementConfig, draining: Collection[str] = ()) -> bool:
+    """Some live spot node that is not being drained (a draining one takes no new replica)."""
     import ray
 
-    return any(n.get("Alive") and n.get("Resources", {}).get(placement.spot_resource, 0) > 0 for n in ray.nodes())
+    return any(n.get("Alive") and n.get("Resources", {}).get(placement.spot_resource, 0) > 0
+               and n.get("NodeID") not in draining for n in ray.nodes())
+
+
+class RayNodeDrains:
+    """The nodes Ray's GCS is draining (``DrainNode``: ``ray drain-node``, autoscaler v2), with
+    their deadlines: the same table Serve reads (``GlobalState.get_draining_nodes``, Ray 2.60:
+    hex node id -> deadline in ms since the epoch, 0 for none)."""
+
+    def draining_nodes(self) -> Dict[str, NodeDrain]:
+        from ray._private.state import state
+
+        return {node: NodeDrain(node, deadline_ms / 1000.0 if deadline_ms else None)
+                for node, deadline_ms in state.get_draining_nodes().items()}
 
 
 class ServeFleetActuator:
@@ -127,11 +142,11 @@ class ServeFleetActuator:
         known = self._counts.get(ref)
         return known if known is not None else len(self._board.replicas(ref.deployment) or [])
 
-    async def _pinned(self, replica_id: str, method: str, *args) -> None:
+    async def _pinned(self, replica_id: str, method: str, *args, **kwargs) -> None:
         ref = self._where.get(replica_id)
         if ref is None:
             return
-        await getattr(self._handle(ref), method).remote(*args, **{TARGET_REPLICA_KWARG: replica_id})
+        await getattr(self._handle(ref), method).remote(*args, **kwargs, **{TARGET_REPLICA_KWARG: replica_id})
 
     async def activate(self, fleet: FleetId, replica_id: str) -> None:
         await self._pinned(replica_id, "set_standby", False)
@@ -139,5 +154,5 @@ class ServeFleetActuator:
     async def park(self, fleet: FleetId, replica_id: str) -> None:
         await self._pinned(replica_id, "set_standby", True)
 
-    async def drain(self, fleet: FleetId, replica_id: str) -> None:
-        await self._pinned(replica_id, "set_draining", True)
+    async def drain(self, fleet: FleetId, replica_id: str, migrate: bool = False) -> None:
+        await self._pinned(replica_id, "set_draining", True, mode="migrate" if migrate else None)

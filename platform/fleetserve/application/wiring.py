@@ -68,14 +68,16 @@ def build_gatekeeper(cfg: FleetConfig, metrics_registry: Optional[object] = None
 
 
 def build_admission(cfg: FleetConfig, metrics_registry: CollectorRegistry, deployment_names: Mapping[str, str],
-                    handles: Optional[Mapping[str, object]] = None) -> AdmissionQueues:
-    """Fleet admission queue per model: capacity from the replica stats board, preemption
-    through the model ``handles``, metrics in ``metrics_registry``."""
+                    handles: Optional[Mapping[str, object]] = None,
+                    twins: Optional[Mapping[str, str]] = None) -> AdmissionQueues:
+    """Fleet admission queue per model: capacity from the replica stats board (the model's
+    deployment plus its spot twin in ``twins``; the cluster queue actor sees only the
+    former), preemption through the model ``handles``, metrics in ``metrics_registry``."""
     sched = tenants_config(cfg).scheduling
     factory = None
     if resolve_scope(sched, cfg.server.ingress_replicas) == "cluster":
         factory = cluster_scheduler_factory(cfg.server.app_name, sched, deployment_names, handles)
-    return AdmissionQueues(sched, board_pools(deployment_names, handles),
+    return AdmissionQueues(sched, board_pools(deployment_names, handles, twins=twins),
                            observer_for=admission_metrics(metrics_registry).observer, scheduler_factory=factory)
 
 

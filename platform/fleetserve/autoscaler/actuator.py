@@ -13,7 +13,8 @@ Contract of the actions (each idempotent, none waits for the effect):
   rejoins routing.
 - ``park(fleet, replica)``: take a replica out of routing and put its engine to sleep (weights
   kept, KV released): it becomes a warm standby once its requests finished.
-- ``drain(fleet, replica)``: stop admitting new requests; requests in flight finish.
+- ``drain(fleet, replica, migrate)``: stop admitting new requests; requests in flight finish
+  there, or with ``migrate`` are handed back at once to be resumed on other replicas.
 - ``stop(fleet, replica)``: remove a (drained, empty) replica for good.
 """
 
@@ -76,6 +77,6 @@ class FleetActuator(Protocol):
 
     async def park(self, fleet: FleetId, replica_id: str) -> None: ...
 
-    async def drain(self, fleet: FleetId, replica_id: str) -> None: ...
+    async def drain(self, fleet: FleetId, replica_id: str, migrate: bool = False) -> None: ...
 
     async def stop(self, fleet: FleetId, replica_id: str) -> None: ...

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable, Dict, Iterable, List, Optional
+import time
+from dataclasses import replace
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 from fleetserve.autoscaler.actuator import FleetActuator, FleetId, ObservedFleet
 from fleetserve.autoscaler.config import AutoscalerConfig, ModelPolicyConfig
 from fleetserve.autoscaler.controller_state import TABLE, DrainPlan, FleetState, PendingStart, ScaleOverride
-from fleetserve.autoscaler.decision import ReplicaRole, ScalingDecision
+from fleetserve.autoscaler.decision import DrainOrder, ReplicaRole, ScalingDecision
+from fleetserve.autoscaler.node_drains import NodeDrain, NodeDrainSource, interruptions_on_draining_nodes
 from fleetserve.autoscaler.policy import PolicyState
 from fleetserve.autoscaler.registry import make_policy
 from fleetserve.autoscaler.snapshot import ModelSnapshot, ReplicaState, ReplicaView
+from fleetserve.autoscaler.version_split import FleetCatalog, weighted_demand
 from fleetserve.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,13 @@ class ScalingController:
 
     def __init__(self, config: AutoscalerConfig, fleets: Iterable[FleetId], actuator: FleetActuator, clock: Clock,
                  store, observer: Optional[Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]] = None,
-                 start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0):
+                 start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0,
+                 node_drains: Optional[NodeDrainSource] = None, wall_clock: Callable[[], float] = time.time,
+                 catalog: Optional[FleetCatalog] = None):
+        """``node_drains``: the nodes Ray is draining (read once per tick; their replicas get
+        interruption notices); ``wall_clock`` dates those drains' deadlines; ``catalog``: the
+        model versions to plan for and their traffic weights (read once per tick; None:
+        ``fleets`` only, no split)."""
         self.config = config
         self.fleets = list(fleets)
         self.actuator = actuator
@@ -52,6 +62,9 @@ class ScalingController:
         self.observer = observer
         self.start_timeout_s = start_timeout_s
         self.drain_timeout_s = drain_timeout_s
+        self.node_drains = node_drains
+        self.wall_clock = wall_clock
+        self.catalog = catalog
         self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
 
     # -- persistence -------------------------------------------------------------------
@@ -88,17 +101,57 @@ class ScalingController:
 
     async def tick(self) -> Dict[str, ScalingDecision]:
         out = {}
-        for f in list(self.fleets):
-            out[f.key] = await self.tick_fleet(f)
+        drains = self._node_drains()
+        weights = await self._sync_fleets()
+        observed = {f: await self.actuator.observe(f) for f in list(self.fleets)}
+        extra = weighted_demand({f: o.queued + sum(r.running for r in o.replicas) for f, o in observed.items()}, weights)
+        for f, obs in observed.items():
+            out[f.key] = await self.tick_fleet(f, drains, obs, extra.get(f, 0))
         return out
 
-    async def tick_fleet(self, f: FleetId) -> ScalingDecision:
+    async def _sync_fleets(self) -> Mapping[FleetId, Optional[float]]:
+        """Plan for the catalog's versions: new ones start from their stored state (a
+        controller restart keeps a canary's memory), removed ones are no longer ticked."""
+        if self.catalog is None:
+            return {}
+        try:
+            weights = dict(await self.catalog.fleets())
+        except Exception:  # noqa: BLE001 - the registry unreachable for a tick: keep the fleets we have
+            log.exception("reading the model versions failed")
+            return {}
+        for f in weights:
+            if f.key not in self.states or f not in self.fleets:
+                self.states[f.key] = FleetState.from_json(await self.store.get(TABLE, f.key))
+                self.fleets.append(f)
+        self.fleets = [f for f in self.fleets if f in weights]
+        return weights
+
+    def _node_drains(self) -> Mapping[str, NodeDrain]:
+        if self.node_drains is None:
+            return {}
+        try:
+            return self.node_drains.draining_nodes()
+        except Exception:  # noqa: BLE001 - the GCS unreachable for a tick: scale on without the notices
+            log.exception("reading the draining nodes failed")
+            return {}
+
+    async def tick_fleet(self, f: FleetId, drains: Optional[Mapping[str, NodeDrain]] = None,
+                         obs: Optional[ObservedFleet] = None, extra_demand: int = 0) -> ScalingDecision:
+        """One fleet's tick; ``extra_demand``: requests its traffic weight sends its way that
+        it does not carry yet (counted as queued at the router)."""
         now = self.clock.now()
         st = self.states.setdefault(f.key, FleetState())
-        obs = await self.actuator.observe(f)
+        obs = obs if obs is not None else await self.actuator.observe(f)
+        if drains:
+            notices = interruptions_on_draining_nodes(obs.replicas, drains, now, self.wall_clock(),
+                                                      self.policy_config(f).spot.migration_margin_s)
+            known = {n.replica_id for n in obs.interruptions}
+            obs = replace(obs, interruptions=obs.interruptions + tuple(n for n in notices if n.replica_id not in known))
         await self._adopt_new_replicas(f, obs, st, now)
         await self._finish_drains(f, obs, st, now)
-        snap = self.snapshot(obs, st, now)
+        # Stopped by us but still up until Serve acts on the lower count: no longer ours to plan.
+        obs = replace(obs, replicas=tuple(r for r in obs.replicas if r.replica_id not in st.stopping))
+        snap = self.snapshot(replace(obs, queued=obs.queued + extra_demand), st, now)
         decision, pstate = make_policy(self.policy_config(f)).decide(snap, PolicyState.from_dict(st.policy), now)
         st.policy = pstate.to_dict()
         await self._apply(f, obs, st, decision, now)
@@ -114,9 +167,11 @@ class ScalingController:
         seen = {r.replica_id for r in obs.replicas}
         st.roles = {rid: role for rid, role in st.roles.items() if rid in seen}
         st.draining = {rid: p for rid, p in st.draining.items() if rid in seen}
+        # A stopped replica Serve kept (it stopped another one instead) is adopted again after a while.
+        st.stopping = {rid: t for rid, t in st.stopping.items() if rid in seen and now - t < self.drain_timeout_s}
         st.pending = [p for p in st.pending if now - p.requested_at < self.start_timeout_s]
         for r in sorted(obs.replicas, key=lambda r: r.replica_id):
-            if r.replica_id in st.roles:
+            if r.replica_id in st.roles or r.replica_id in st.stopping:
                 continue
             match = next((p for p in st.pending if p.capacity_type is r.capacity_type), None)
             match = match or (st.pending[0] if st.pending else None)
@@ -144,6 +199,7 @@ class ScalingController:
             else:
                 await self.actuator.stop(f, rid)
                 st.roles.pop(rid, None)
+                st.stopping[rid] = now
 
     def snapshot(self, obs: ObservedFleet, st: FleetState, now: float) -> ModelSnapshot:
         views: List[ReplicaView] = []
@@ -185,12 +241,24 @@ class ScalingController:
                 continue
             if obs.replica(rid) is None:
                 continue
-            if st.roles.get(rid) == STANDBY and rid not in st.draining:
-                await self.actuator.stop(f, rid)  # pool surplus (or a doomed standby): nothing in flight
-                st.roles.pop(rid, None)
-            elif rid not in st.draining:
-                await self.actuator.drain(f, rid)
-                st.draining[rid] = DrainPlan(order.return_to_pool, now, order.reason.value)
+            await self._drain(f, st, order, now)
+
+    async def _drain(self, f: FleetId, st: FleetState, order: DrainOrder, now: float) -> None:
+        """Stop a standby at once; drain a serving replica (migrating its requests when the
+        order has a ``migrate_by``: an interruption), also one already draining for a
+        scale-down whose node got a notice since."""
+        rid, migrate = order.replica_id, order.migrate_by is not None
+        plan = st.draining.get(rid)
+        if st.roles.get(rid) == STANDBY and plan is None:
+            await self.actuator.stop(f, rid)  # pool surplus (or a doomed standby): nothing in flight
+            st.roles.pop(rid, None)
+            st.stopping[rid] = now
+        elif plan is None:
+            await self.actuator.drain(f, rid, migrate)
+            st.draining[rid] = DrainPlan(order.return_to_pool and not migrate, now, order.reason.value, migrate)
+        elif migrate and not plan.migrate:
+            await self.actuator.drain(f, rid, True)
+            st.draining[rid] = DrainPlan(False, plan.since, order.reason.value, True)
 
     def status(self) -> Dict[str, dict]:
         """Per fleet: roles, drains, pending starts, override and the last decision."""

@@ -13,15 +13,15 @@ from fleetserve.metrics.registry import build_metric
 
 
 class ControllerMetrics:
-    """The CONTROLLER series in ``registry``; pass as the controller's ``observer``."""
+    """The CONTROLLER series in ``registry``; pass as the controller's ``observer``. The warm
+    pool's size is not among them: the ingress exports ``fleetserve_warm_replicas`` from the
+    replicas' own reports, the one source dashboards and alerts read."""
 
     def __init__(self, registry: CollectorRegistry):
         self.collectors = {spec: build_metric(spec, registry) for spec in N.CONTROLLER}
 
     def __call__(self, f: FleetId, obs: ObservedFleet, d: ScalingDecision, st: FleetState) -> None:
         m = {spec.name: c for spec, c in self.collectors.items()}
-        standby = sum(1 for role in st.roles.values() if role == "standby")
-        m[N.WARM_REPLICAS.name].labels(f.model, f.version).set(standby)
         m[N.TARGET_REPLICAS.name].labels(f.model, f.version).set(d.target_replicas)
         m[N.SCALING_DEMAND.name].labels(f.model, f.version).set(
             obs.queued + sum(r.running for r in obs.replicas))

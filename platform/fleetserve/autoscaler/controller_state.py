@@ -35,6 +35,7 @@ class DrainPlan:
     to_pool: bool
     since: float
     reason: str = "scale_down"
+    migrate: bool = False  # its requests were handed back to be resumed elsewhere (an interruption)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class FleetState:
     draining: Dict[str, DrainPlan] = field(default_factory=dict)
     roles: Dict[str, str] = field(default_factory=dict)  # replica id -> "serving" | "standby", as the controller set it
     override: ScaleOverride = field(default_factory=ScaleOverride)
+    stopping: Dict[str, float] = field(default_factory=dict)  # replica id -> when we stopped it (Serve removes it soon)
     last_decision: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -70,5 +72,6 @@ class FleetState:
             draining={rid: DrainPlan(**p) for rid, p in d.get("draining", {}).items()},
             roles=dict(d.get("roles", {})),
             override=ScaleOverride(**(d.get("override") or {})),
+            stopping={rid: float(t) for rid, t in (d.get("stopping") or {}).items()},
             last_decision=d.get("last_decision") or {},
         )

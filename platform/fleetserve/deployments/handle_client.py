@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 class HandleModelClient:
     def __init__(self, handles: Mapping[str, object], link: Optional[ReplicaLinkClient] = None,
                  resolve: Optional[Callable[[str], Optional[object]]] = None):
-        """``handles``: model name -> DeploymentHandle of its ModelReplica deployment;
+        """``handles``: model name -> DeploymentHandle of its ModelReplica deployment (and a
+        spot twin's deployment name -> its handle, for routes whose ``target`` names it);
         ``link``: stream over replica links where the route names some; ``resolve``: the
         handle of a name not in ``handles`` (a model version deployed at runtime,
         ``model@version``), or None; looked up once, then kept."""
@@ -87,7 +88,7 @@ class HandleModelClient:
             await stream.aclose()  # a caller that left early cancels the replica's work now
 
     async def _over_handle(self, request: GenerateRequest, route: Route) -> AsyncIterator[RequestOutput]:
-        gen = self._streams[route.model].generate.remote(request, prefix_key=route.prefix_key)
+        gen = self._streams[route.handle_key].generate.remote(request, prefix_key=route.prefix_key)
         finished = False
         try:
             async for out in gen:

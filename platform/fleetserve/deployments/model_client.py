@@ -30,11 +30,18 @@ class Route:
     ``links``: replicas to try over their links, best first. When it is empty (no replica
     advertises a link, or links are off) the request goes through the Serve handle, whose
     router ranks replicas with the same policy; ``prefix_key`` is passed along for it.
+    ``target``: the handle that path takes when it is not the model's own deployment (the
+    model version's spot twin, named by its deployment); None: the model's.
     """
 
     model: str
     prefix_key: Optional[str] = None
     links: tuple[LinkTarget, ...] = ()
+    target: Optional[str] = None
+
+    @property
+    def handle_key(self) -> str:
+        return self.target or self.model
 
 
 class ModelClient(Protocol):

@@ -14,7 +14,9 @@
   dict: the one place the replica side converts it.
 - ``__del__`` (Serve's graceful shutdown hook) drains: admission stops at once; in drain
   mode ``migrate`` (the default) in-flight requests are handed back at once, in ``finish``
-  mode they get ``drain_timeout_s`` to finish.
+  mode they get ``drain_timeout_s`` to finish. ``migrate`` falls back to ``finish`` when the
+  whole application is going away or no other replica of the version runs
+  (:mod:`fleetserve.deployments.shutdown_drain`).
 - ``set_draining`` is the admin/node drain: the replica stops admitting and, in ``migrate``
   mode, ends each in-flight stream with :class:`~fleetserve.errors.RequestMigrated` (over the
   link a ``Migrate`` frame); the ingress resumes it on another replica from the tokens the
@@ -42,6 +44,7 @@ from fleetserve.deployments.replica_link import ReplicaLinkServer, cluster_secre
 from fleetserve.deployments.fault_injection import FaultInjector
 from fleetserve.deployments.replica_metrics import ReplicaMetrics
 from fleetserve.deployments.replica_stats import DrainAck, ReplicaStats, StandbyAck
+from fleetserve.deployments.shutdown_drain import serve_view, shutdown_mode
 from fleetserve.deployments.standby import node_capacity_type, park, wake
 from fleetserve.engine.process.pacing import paced_generate
 from fleetserve.engine.protocol import FINISH_ERROR, EngineProtocol, GenerateRequest, LoraRef, ModelInfo, RequestOutput
@@ -229,7 +232,10 @@ class ModelReplica:
     async def __del__(self):
         self._draining = True
         try:
-            if self._cfg.drain_mode == "migrate":
+            mode = self._cfg.drain_mode
+            if mode == "migrate" and self._live:
+                mode = shutdown_mode(mode, await serve_view())  # nowhere to migrate to: finish here
+            if mode == "migrate":
                 await self.migrate_all()
             left = await self._engine.drain(self._cfg.drain_timeout_s)
             if left:

@@ -92,6 +92,7 @@ class ReplicaStatus:
     in_flight: int = 0
     metrics: Optional[str] = None  # its metrics listener, "host:port"
     link_address: Optional[str] = None  # its replica link, "host:port"
+    target: Optional[str] = None  # the handle that reaches it when not the model's own (its spot twin deployment)
 
 
 @dataclass(frozen=True)

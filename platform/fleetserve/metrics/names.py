@@ -53,7 +53,9 @@ E2E = MetricSpec("fleetserve_e2e_request_latency_seconds", "histogram", "Arrival
 STREAM_RESUMES = MetricSpec("fleetserve_stream_resumes_total", "counter", "Replica streams continued on another replica (reason: migrated on a drain, or lost: replica died, link closed, request ended under it).", (MODEL, VERSION, REASON))
 IN_FLIGHT = MetricSpec("fleetserve_requests_in_flight", "gauge", "Requests being served by this ingress.", (MODEL, VERSION))
 WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
-                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
+                           "Warm-pool standbys (loaded, engine asleep, out of routing) as the replicas report them, "
+                           "per model/version; 0 without a warm pool. Exported by every ingress only (one source: "
+                           "the controller's /metrics/scaling does not repeat it).",
                            (MODEL, VERSION))
 
 # ---- A/B analysis per variant (fleetserve.canary.ab_recorder) -------------------------------
@@ -63,10 +65,6 @@ PREDICTIONS_LOGGED = MetricSpec("fleetserve_predictions_logged_total", "counter"
 DRIFT_PSI = MetricSpec("fleetserve_drift_psi", "gauge", "PSI of a version's recent requests against the model's baseline window, per feature (prompt_length, output_length, first_token); > 0.2 is a significant shift.", (MODEL, VERSION, FEATURE))
 
 AB = (FEEDBACK, PREDICTIONS_LOGGED, DRIFT_PSI)
-
-WARM_REPLICAS = MetricSpec("fleetserve_warm_replicas", "gauge",
-                           "Replicas held warm (started, not serving) for scale-up, per model/version; 0 without a warm pool.",
-                           (MODEL, VERSION))
 
 INGRESS = (REQUESTS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT, TPOT, E2E, IN_FLIGHT, STREAM_RESUMES, WARM_REPLICAS) + AB
 
@@ -125,7 +123,7 @@ TARGET_REPLICAS = MetricSpec("fleetserve_target_replicas", "gauge", "Serving rep
 SCALING_ACTIONS = MetricSpec("fleetserve_scaling_actions_total", "counter", "Actions the scaling controller applied (activate, cold_start, park, drain, stop).", (MODEL, VERSION, ACTION))
 SCALING_DEMAND = MetricSpec("fleetserve_scaling_demand_requests", "gauge", "Requests queued plus running that the policy saw on its last tick.", (MODEL, VERSION))
 
-CONTROLLER = (WARM_REPLICAS, SERVING_REPLICAS, TARGET_REPLICAS, SCALING_ACTIONS, SCALING_DEMAND)
+CONTROLLER = (SERVING_REPLICAS, TARGET_REPLICAS, SCALING_ACTIONS, SCALING_DEMAND)  # warm pool: the ingress's WARM_REPLICAS
 
 
 # ---- rollout executor (fleetserve.canary.rollout_metrics), in the ingress's registry ----------
@@ -139,7 +137,7 @@ ROLLOUT_GUARDRAIL_LIMIT = MetricSpec("fleetserve_rollout_guardrail_limit", "gaug
 ROLLOUT = (ROLLOUT_DECISIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_STEP, ROLLOUT_GUARDRAIL_VALUE, ROLLOUT_GUARDRAIL_LIMIT)
 
 
-ALL = tuple(dict.fromkeys(INGRESS + TENANT_METERING + ENGINE + CONTROLLER + ROLLOUT))  # WARM_REPLICAS is in two
+ALL = tuple(dict.fromkeys(INGRESS + TENANT_METERING + ENGINE + CONTROLLER + ROLLOUT))
 """Every metric fleetserve exports. The ingress and the tenant metering register theirs in
 one Prometheus registry (the ingress's metrics port), the engine series in each replica's;
 no two specs may share a name."""

@@ -90,3 +90,15 @@ def rank(stats: Sequence[ReplicaStats], ongoing: Mapping[str, Optional[int]], pr
     link routing alike: :func:`choose` over ``stats`` with the caller's live in-flight
     counts (``ongoing``: replica id -> count, None or absent when unknown)."""
     return choose([ReplicaLoad.from_stats(s, ongoing.get(s.replica)) for s in stats], prefix_key, rng, slack)
+
+
+def rank_groups(groups: Mapping[str, Sequence[ReplicaStats]], ongoing: Mapping[str, Optional[int]],
+                prefix_key: Optional[str], rng: random.Random, slack: float = 2) -> tuple[Optional[str], list[str]]:
+    """:func:`rank` over the replicas of several deployments that serve one model version as
+    one pool (its on-demand base and its spot twin): the replica order, and the group (key
+    of ``groups``) of the first replica, which the handle path then takes (None: no
+    replica). Power of two over the union, so each deployment gets load in proportion to its
+    free replicas, and a draining or standby replica of either never goes first."""
+    owner = {s.replica: g for g, rows in groups.items() for s in rows}
+    order = rank([s for rows in groups.values() for s in rows], ongoing, prefix_key, rng, slack)
+    return (owner[order[0]] if order else None), order
