@@ -141,6 +141,40 @@ async def test_a_request_handed_back_ends_with_a_migrate_frame(served):
     assert [t for o in await collect(client, link, req("other", 3)) for t in o.token_ids_delta] == [0, 1, 2]
 
 
+async def test_a_stream_nobody_reads_stops_on_the_replica_without_holding_up_the_others(served):
+    """Flow control: a consumer that stops reading one stream (a slow SSE client) stops that
+    stream's generator on the replica after one window of frames, while another stream on
+    the same connection runs to its end; nothing buffers beyond the window."""
+    from fleetserve.deployments.replica_link import STREAM_WINDOW_BYTES
+
+    _, server, client, address = served
+    pulled: dict[str, int] = {}
+
+    async def endless(request):
+        pulled[request.request_id] = 0
+        for i in range(request.params.max_tokens):
+            pulled[request.request_id] += 1
+            yield RequestOutput(request.request_id, "x" * 1000, [i], finished=i == request.params.max_tokens - 1,
+                                finish_reason="length" if i == request.params.max_tokens - 1 else None)
+            await asyncio.sleep(0)
+
+    server._generate = endless
+    link = await client.link(address)
+    stalled = client.generate(link, req("stalled", 100_000))
+    await stalled.__anext__()
+    window_frames = STREAM_WINDOW_BYTES // 1100  # a frame: the 1000-byte text and under 100 more
+    await wait_until(lambda: pulled["stalled"] >= window_frames)
+    outs = await collect(client, link, req("other", 3 * window_frames))  # three windows' worth, to the end
+    assert [t for o in outs for t in o.token_ids_delta] == list(range(3 * window_frames))
+    assert pulled["stalled"] <= STREAM_WINDOW_BYTES // 1000 + 2  # held after one window (and the one in hand)
+    buffered = link._streams[1]
+    assert buffered.queue.qsize() <= STREAM_WINDOW_BYTES // 1000 and buffered.window > -1100
+    # Reading again resumes the stream where it stopped: nothing lost or repeated.
+    got = [(await stalled.__anext__()).token_ids_delta[0] for _ in range(2 * window_frames)]
+    assert got == list(range(1, 2 * window_frames + 1))
+    await stalled.aclose()
+
+
 async def test_lost_connection_fails_streams_and_reconnects(served):
     gen, server, client, address = served
     link = await client.link(address)
