@@ -85,3 +85,14 @@ def test_list_models_and_reflection(channel, serve_app):
     responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert "fleetserve.v1.Inference" in names
+
+
+def test_bytes_that_do_not_parse_are_invalid_argument_through_the_proxy(channel, serve_app):
+    """Serve's proxy deserializes with our registration's tolerant deserializer
+    (api/grpc/registration.py): garbage is INVALID_ARGUMENT, not grpc's UNKNOWN."""
+    for method in ("Generate", "GenerateStream"):
+        call = (channel.unary_unary if method == "Generate" else channel.unary_stream)(f"/fleetserve.v1.Inference/{method}")
+        with pytest.raises(grpc.RpcError) as ei:
+            list(call(b"\xff\xff", metadata=meta(serve_app), timeout=60)) if method != "Generate" else \
+                call(b"\xff\xff", metadata=meta(serve_app), timeout=60)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
