@@ -128,3 +128,14 @@ def test_new_fields_and_an_adapter_through_serve(channel, serve_app, make_adapte
         assert chunks[-1].finish_reason == "tool_calls"
     finally:
         assert httpx.delete(serve_app.base_url + f"/admin/adapters/{name}", headers=admin, timeout=60).status_code == 200
+
+
+def test_bytes_that_do_not_parse_are_invalid_argument_through_the_proxy(channel, serve_app):
+    """Serve's proxy deserializes with our registration's tolerant deserializer
+    (api/grpc/registration.py): garbage is INVALID_ARGUMENT, not grpc's UNKNOWN."""
+    for method in ("Generate", "GenerateStream"):
+        call = (channel.unary_unary if method == "Generate" else channel.unary_stream)(f"/fleetserve.v1.Inference/{method}")
+        with pytest.raises(grpc.RpcError) as ei:
+            list(call(b"\xff\xff", metadata=meta(serve_app), timeout=60)) if method != "Generate" else \
+                call(b"\xff\xff", metadata=meta(serve_app), timeout=60)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 
+import msgspec
 import pytest
 
+from fleetserve.deployments import link_frames as lf
 from fleetserve.deployments import link_messages as lm
-from fleetserve.deployments.replica_link import (
-    ReplicaLinkClient,
-    ReplicaLinkServer,
-    _client_handshake,
-    _server_handshake,
-)
+from fleetserve.deployments.link_errors import error_frame, error_of
+from fleetserve.deployments.replica_link import ReplicaLinkClient, ReplicaLinkServer
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.errors import ReplicaStreamLost, RequestMigrated, ServiceUnavailableError
+from fleetserve.errors import (
+    ContextLengthError,
+    EngineError,
+    RateLimitError,
+    ReplicaStreamLost,
+    RequestMigrated,
+    ServiceUnavailableError,
+)
 
 SECRET = os.urandom(32)
 
@@ -137,6 +141,40 @@ async def test_a_request_handed_back_ends_with_a_migrate_frame(served):
     assert [t for o in await collect(client, link, req("other", 3)) for t in o.token_ids_delta] == [0, 1, 2]
 
 
+async def test_a_stream_nobody_reads_stops_on_the_replica_without_holding_up_the_others(served):
+    """Flow control: a consumer that stops reading one stream (a slow SSE client) stops that
+    stream's generator on the replica after one window of frames, while another stream on
+    the same connection runs to its end; nothing buffers beyond the window."""
+    from fleetserve.deployments.replica_link import STREAM_WINDOW_BYTES
+
+    _, server, client, address = served
+    pulled: dict[str, int] = {}
+
+    async def endless(request):
+        pulled[request.request_id] = 0
+        for i in range(request.params.max_tokens):
+            pulled[request.request_id] += 1
+            yield RequestOutput(request.request_id, "x" * 1000, [i], finished=i == request.params.max_tokens - 1,
+                                finish_reason="length" if i == request.params.max_tokens - 1 else None)
+            await asyncio.sleep(0)
+
+    server._generate = endless
+    link = await client.link(address)
+    stalled = client.generate(link, req("stalled", 100_000))
+    await stalled.__anext__()
+    window_frames = STREAM_WINDOW_BYTES // 1100  # a frame: the 1000-byte text and under 100 more
+    await wait_until(lambda: pulled["stalled"] >= window_frames)
+    outs = await collect(client, link, req("other", 3 * window_frames))  # three windows' worth, to the end
+    assert [t for o in outs for t in o.token_ids_delta] == list(range(3 * window_frames))
+    assert pulled["stalled"] <= STREAM_WINDOW_BYTES // 1000 + 2  # held after one window (and the one in hand)
+    buffered = link._streams[1]
+    assert buffered.queue.qsize() <= STREAM_WINDOW_BYTES // 1000 and buffered.window > -1100
+    # Reading again resumes the stream where it stopped: nothing lost or repeated.
+    got = [(await stalled.__anext__()).token_ids_delta[0] for _ in range(2 * window_frames)]
+    assert got == list(range(1, 2 * window_frames + 1))
+    await stalled.aclose()
+
+
 async def test_lost_connection_fails_streams_and_reconnects(served):
     gen, server, client, address = served
     link = await client.link(address)
@@ -150,7 +188,7 @@ async def test_lost_connection_fails_streams_and_reconnects(served):
     assert link.closed
 
 
-async def test_wrong_secret_is_refused_before_any_request():
+async def test_wrong_secret_is_refused_before_any_request(caplog):
     gen = CountingGenerator()
     server = ReplicaLinkServer(gen, SECRET)
     address = await server.start()
@@ -161,83 +199,143 @@ async def test_wrong_secret_is_refused_before_any_request():
         # A raw client that skips the handshake and sends a request frame gets nothing run.
         host, _, port = address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        from fleetserve.deployments.link_messages import Generate, frame
-
-        await reader.readexactly(32)
-        writer.write(b"\0" * 32 + frame(Generate(1, req("evil", 3))))
+        await reader.readexactly(len(lf.MAGIC) + lf.NONCE_BYTES)
+        writer.write(b"\0" * 64 + lf.Sealer(b"k" * 32).seal(lm.encode(lm.Generate(1, req("evil", 3), 1024))))
         assert await reader.read() == b""  # closed on the wrong answer
         writer.close()
         assert gen.started == []
+        await wait_until(lambda: caplog.text.count("handshake from 127.0.0.1") >= 2)
+        assert "failed authentication" in caplog.text and SECRET.hex() not in caplog.text
     finally:
         await intruder.close()
         await server.close()
 
 
 LINK_EXAMPLES = [
-    lm.Generate(3, req("g", 4)),
+    lm.Generate(3, req("g", 4), 1024),
+    lm.Credit(3, 512),
     lm.Cancel(3),
-    lm.Output(3, RequestOutput("g", "ab", [1, 2], finished=True, finish_reason="length")),
+    lm.Output.of(3, RequestOutput("g", "ab", [1, 2], finished=True, finish_reason="length")),
     lm.End(3),
-    lm.StreamError(3, ServiceUnavailableError("draining", retry_after_s=1.0)),
+    error_frame(3, ServiceUnavailableError("draining", retry_after_s=2.0)),
     lm.Migrate(3, "replica r1 is draining"),
 ]
 
 
 def test_link_messages_cover_every_type():
-    assert {type(msg) for msg in LINK_EXAMPLES} == set(lm._CODEC.message_types)
+    assert {type(msg) for msg in LINK_EXAMPLES} == set(lm.MESSAGE_TYPES)
 
 
 @pytest.mark.parametrize("msg", LINK_EXAMPLES, ids=lambda msg: type(msg).__name__)
-def test_link_message_round_trip(msg):
-    data = lm.frame(msg)
-    (size,) = lm.LENGTH.unpack(data[:lm.LENGTH.size])
-    body = data[lm.LENGTH.size:]
-    assert size == len(body) and body[0] == lm.LINK_VERSION
-    back = lm.decode(body)
-    if isinstance(msg, lm.StreamError):  # exceptions compare by identity: check type and text
-        assert type(back.error) is ServiceUnavailableError and str(back.error) == "draining"
-        assert back.sid == msg.sid
-    else:
-        assert back == msg
+def test_link_message_round_trip_only_in_its_direction(msg):
+    body = lm.encode(msg)
+    ours, theirs = (lm.decode_request, lm.decode_reply) if type(msg) in lm.REQUESTS else (lm.decode_reply, lm.decode_request)
+    assert ours(body) == msg
+    with pytest.raises(lm.FrameError, match="malformed"):
+        theirs(body)
+
+
+def test_a_generate_request_arrives_as_the_engine_dataclasses():
+    from fleetserve.engine.protocol import LoraRef
+    from fleetserve.engine.sampling_params import StructuredOutput
+
+    params = SamplingParams(max_tokens=5, logit_bias={7: -1.5}, stop=["x"], seed=3,
+                            structured=StructuredOutput("choice", choices=("a", "b")))
+    request = GenerateRequest("r", params, prompt_token_ids=[1, 2], lora=LoraRef("a", "/p", "h"),
+                              resume_token_ids=[4], tenant_id="t", priority=2)
+    back = lm.decode_request(lm.encode(lm.Generate(1, request, 9))).request
+    assert back == request and type(back.params) is SamplingParams
+    assert type(back.params.structured) is StructuredOutput and back.params.structured.choices == ("a", "b")
+
+
+def test_sampling_params_are_validated_when_a_request_is_decoded():
+    wire = msgspec.to_builtins(lm.Generate(1, req("r", 3), 9))
+    wire[2]["params"]["temperature"] = 7.0
+    with pytest.raises(lm.FrameError, match="temperature"):
+        lm.decode_request(msgspec.msgpack.encode(wire))
+
+
+@pytest.mark.parametrize("exc", [
+    ServiceUnavailableError("draining", retry_after_s=2.0),
+    RateLimitError("slow down", retry_after_s=3.0),
+    ContextLengthError("too long", field="prompt"),
+    ReplicaStreamLost("gone"),
+    EngineError("boom"),
+], ids=lambda e: type(e).__name__)
+def test_errors_cross_as_their_own_class(exc):
+    back = error_of(lm.decode_reply(lm.encode(error_frame(5, exc))))
+    assert type(back) is type(exc) and back.message == exc.message and back.field == exc.field
+    assert getattr(back, "retry_after_s", None) == getattr(exc, "retry_after_s", None)
+
+
+def test_errors_outside_the_allow_list_cross_as_engine_errors():
+    back = error_of(lm.decode_reply(lm.encode(error_frame(5, KeyError("x")))))
+    assert type(back) is EngineError and "KeyError" in back.message
+    # A kind this ingress does not know (say a newer replica's) is never looked up by name.
+    for retry, cls in ((1.5, ServiceUnavailableError), (None, EngineError)):
+        back = error_of(lm.StreamError(5, "os.system", "x", "m", None, retry))
+        assert type(back) is cls
 
 
 @pytest.mark.parametrize("body, match", [
-    (bytes((lm.LINK_VERSION + 1, 1)) + pickle.dumps((1, None)), "version"),
-    (bytes((lm.LINK_VERSION, 99)) + pickle.dumps((1,)), "unknown message type 99"),
-    (lm.encode(lm.Cancel(12345))[:-2], "malformed Cancel"),
-    (b"\x01", "truncated"),
-    (bytes((lm.LINK_VERSION, 2)) + b"\xffgarbage", "malformed Cancel"),
+    (msgspec.msgpack.encode([99, 1]), "malformed request"),  # unknown tag
+    (lm.encode(lm.Cancel(12345))[:-2], "malformed request"),  # truncated
+    (b"", "malformed request"),
+    (b"\xffgarbage", "malformed request"),
+    (msgspec.msgpack.encode([2, "one"]), "malformed request"),  # wrong field type
+    (msgspec.msgpack.encode([2, 1, 2]), "malformed request"),  # extra field
 ])
 def test_link_rejects_bad_frames(body, match):
     with pytest.raises(lm.FrameError, match=match):
-        lm.decode(body)
+        lm.decode_request(body)
+
+
+def test_a_frame_is_accepted_once_in_order_and_unaltered():
+    a, b = lf.Sealer(b"k" * 32), lf.Opener(b"k" * 32, None)
+    first, second = a.seal(b"one"), a.seal(b"two")
+    size = lf.LENGTH.size
+    assert bytes(b.open(first[size:])) == b"one"
+    for bad in (first[size:], bytes(bytearray(second[size:])[:-1]) + b"\0", second[size:-1]):
+        with pytest.raises(lm.FrameError, match="MAC"):
+            b.open(bad)  # replayed, altered, truncated
+    assert bytes(b.open(second[size:])) == b"two"
+    with pytest.raises(lm.FrameError, match="MAC"):
+        lf.Opener(b"j" * 32, None).open(first[size:])  # another session's key
+
+
+def test_session_keys_differ_per_connection_and_direction():
+    n1, n2 = os.urandom(32), os.urandom(32)
+    i2r, r2i = lf.session_keys(SECRET, n1, n2)
+    assert i2r != r2i and lf.session_keys(SECRET, n2, n1)[0] != i2r and lf.session_keys(b"x", n1, n2)[0] != i2r
 
 
 async def _raw_client(address: str):
     """A raw, authenticated connection to the server (no _Link reading it)."""
     host, _, port = address.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    await _client_handshake(reader, writer, SECRET)
-    return reader, writer
+    sealer, _ = await lf.ingress_handshake(reader, writer, SECRET)
+    return reader, writer, sealer
 
 
 @pytest.mark.parametrize("bad", [
-    bytes((lm.LINK_VERSION + 1, 1)) + pickle.dumps((1, None)),  # wrong version
-    bytes((lm.LINK_VERSION, 77)) + pickle.dumps((1,)),  # unknown type
-    bytes((lm.LINK_VERSION, 1)) + b"garbage",  # not a pickle
-    lm.encode(lm.End(1)),  # a valid message, but not one an ingress may send
-], ids=["version", "unknown", "garbage", "wrong-direction"])
-async def test_server_closes_only_the_connection_that_sent_a_bad_frame(served, bad):
+    lambda s: s.seal(msgspec.msgpack.encode([77, 1])),  # unknown type
+    lambda s: s.seal(b"garbage"),  # not msgpack
+    lambda s: s.seal(lm.encode(lm.End(1))),  # a valid message, but not one an ingress may send
+    lambda s: (s.seal(b"skipped"), s.seal(lm.encode(lm.Cancel(1))))[1],  # out of order
+    lambda s: lf.Sealer(b"x" * 32).seal(lm.encode(lm.Cancel(1))),  # wrong key
+    lambda s: s.seal(lm.encode(lm.Generate(1, req("dup", 5), 1024))),  # stream id in use
+], ids=["unknown", "garbage", "wrong-direction", "reordered", "bad-mac", "duplicate-sid"])
+async def test_server_closes_only_the_connection_that_sent_a_bad_frame(served, bad, caplog):
     gen, _, client, address = served
     link = await client.link(address)
     stream = client.generate(link, req("survivor", 200))
     first = await stream.__anext__()
-    reader, writer = await _raw_client(address)
-    writer.write(lm.frame(lm.Generate(1, req("before-bad", 5))) + lm.LENGTH.pack(len(bad)) + bad)
-    leftover = await asyncio.wait_for(reader.read(), 10)  # read until the server closes
+    reader, writer, sealer = await _raw_client(address)
+    writer.write(sealer.seal(lm.encode(lm.Generate(1, req("before-bad", 5), 1 << 20))) + bad(sealer))
+    await asyncio.wait_for(reader.read(), 10)  # read until the server closes
     assert reader.at_eof()
     writer.close()
-    assert leftover == b"" or leftover[lm.LENGTH.size] == lm.LINK_VERSION  # at most some whole frames
+    assert "bad frame" in caplog.text
     # The other connection's stream and new streams keep working.
     rest = [o async for o in stream]
     assert [t for o in [first, *rest] for t in o.token_ids_delta] == list(range(200))
@@ -247,21 +345,21 @@ async def test_server_closes_only_the_connection_that_sent_a_bad_frame(served, b
 
 async def test_server_closes_a_connection_that_announces_an_oversized_frame(served):
     _, _, _, address = served
-    reader, writer = await _raw_client(address)
-    writer.write(lm.LENGTH.pack(lm.MAX_FRAME_BYTES + 1))
+    reader, writer, _ = await _raw_client(address)
+    writer.write(lf.LENGTH.pack(lm.MAX_FRAME_BYTES + 1))
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
 
 
 async def test_client_link_closes_on_a_bad_frame_and_fails_its_streams():
-    """A replica that answers with a frame of another version: the ingress drops that link,
-    its streams fail as lost, and the next request opens a fresh link."""
+    """A replica whose frame fails its MAC: the ingress drops that link, its streams fail
+    as lost, and the next request opens a fresh link."""
 
     async def bad_replica(reader, writer):
-        await _server_handshake(reader, writer, SECRET)
-        await reader.readexactly(lm.LENGTH.size)  # the Generate frame's length, then its body
-        body = bytes((lm.LINK_VERSION + 1, 16)) + pickle.dumps((1, RequestOutput("x")))
-        writer.write(lm.LENGTH.pack(len(body)) + body)
+        sealer, opener = await lf.replica_handshake(reader, writer, SECRET)
+        await opener.read()  # the Generate
+        sealer.seal(b"a frame the ingress never sees")  # so the next one's counter is wrong
+        writer.write(sealer.seal(lm.encode(lm.Output.of(1, RequestOutput("x")))))
         await reader.read()  # until the ingress closes
         writer.close()
 
@@ -274,6 +372,26 @@ async def test_client_link_closes_on_a_bad_frame_and_fails_its_streams():
             await collect(client, link, req("x", 3))
         assert link.closed
         assert await client.link(address) is not link
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_an_ingress_of_another_link_version_falls_back(caplog):
+    """A replica speaking link v1 (a 32-byte nonce, no hello): the handshake fails with a
+    ConnectionError, which the ingress answers by using the Serve handle."""
+
+    async def old_replica(reader, writer):
+        writer.write(os.urandom(32))
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(old_replica, "127.0.0.1", 0)
+    client = ReplicaLinkClient(SECRET)
+    try:
+        with pytest.raises(ConnectionError, match="another link protocol"):
+            await client.link("127.0.0.1:%d" % server.sockets[0].getsockname()[1])
+        assert "handshake with 127.0.0.1" in caplog.text
     finally:
         await client.close()
         server.close()

@@ -12,7 +12,7 @@ from typing import Optional
 
 from fleetserve.config import FleetConfig, ModelConfig
 
-GRPC_SERVICER_FUNCTION = "fleetserve.api.grpc.inference_pb2_grpc:add_InferenceServicer_to_server"
+GRPC_SERVICER_FUNCTION = "fleetserve.api.grpc.registration:add_servicer"
 INGRESS_DEPLOYMENT = "ingress"
 # Concurrent requests per ingress replica, at least: it only relays streams, so it can hold many.
 INGRESS_MAX_ONGOING = 1000

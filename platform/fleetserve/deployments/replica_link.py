@@ -9,62 +9,59 @@ connection per (ingress process, replica), multiplexed by stream id. Replica cho
 stats, preemption and scaling stay with Serve: the replica advertises its address in its
 routing stats, and the ingress falls back to the handle when a replica has none.
 
-Wire format: typed, versioned frames (:mod:`fleetserve.deployments.link_messages`).
-- client -> server: ``Generate(sid, GenerateRequest)``, ``Cancel(sid)``
-- server -> client: ``Output(sid, RequestOutput)``, ``StreamError(sid, exception)``, ``End(sid)``,
-  ``Migrate(sid, reason)`` (a draining replica hands the request back; raised at the ingress
-  as :class:`~fleetserve.errors.RequestMigrated`)
-A frame that does not decode (wrong version, unknown type, garbage) closes that connection
-only, with a log line; the other connections go on.
+Wire: typed msgspec frames (:mod:`.link_messages`), each with a MAC under a per-connection
+session key and a per-direction counter (:mod:`.link_frames`, which also has the
+handshake); errors cross typed through an allow-list (:mod:`.link_errors`). A frame that
+fails its MAC or does not decode closes that connection only, with a log line.
 
-Pickle runs code, so the link is authenticated before the first frame: each side proves it
-holds the cluster's link secret with an HMAC-SHA256 over the other's random nonce, compared
-in constant time (the ingress first; the replica answers only a peer that passed). Frames
-are not encrypted: like Ray's own traffic, the link assumes the cluster network. The secret lives in Ray's GCS key-value store (:func:`cluster_secret`), so
-whoever can read it could already run code on the cluster.
+Flow control: each stream may have ``STREAM_WINDOW_BYTES`` of output frames in flight; the
+ingress grants more (:class:`Credit`) as its consumer takes them. A client that stops
+reading its SSE stream therefore stops that one stream on the replica (the engine request
+is then cancelled by ``server.stream_send_timeout_s``) while the connection's other streams
+go on, and neither side buffers more than a window per stream. Data writes are awaited
+(``drain()``), so a stalled socket stops its writers instead of growing the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import logging
-import os
 from typing import AsyncIterator, Callable, Optional
 
+from fleetserve.deployments.link_errors import error_frame, error_of
+from fleetserve.deployments.link_frames import Opener, Sealer, ingress_handshake, replica_handshake
 from fleetserve.deployments.link_messages import (
-    LENGTH,
-    MAX_FRAME_BYTES,
     Cancel,
+    Credit,
     End,
     FrameError,
     Generate,
     Migrate,
     Output,
     StreamError,
-    decode,
-    frame,
+    decode_reply,
+    decode_request,
+    encode,
 )
 from fleetserve.engine.protocol import GenerateRequest, RequestOutput
-from fleetserve.errors import ReplicaStreamLost, RequestMigrated, portable
+from fleetserve.errors import ReplicaStreamLost, RequestMigrated
 
 log = logging.getLogger(__name__)
 
-NONCE_BYTES = 32
 CONNECT_TIMEOUT_S = 5.0
-HIGH_WATER_BYTES = 1 << 20  # buffered output beyond which a stream waits for the socket
+STREAM_WINDOW_BYTES = 256 * 1024  # output frames one stream may have in flight, ungranted
+MAX_STREAMS_PER_LINK = 4096
 SECRET_KV_KEY = b"fleetserve:replica-link-secret"
 SECRET_KV_NAMESPACE = "fleetserve"
-
-_MAC_BYTES = hashlib.sha256().digest_size
 
 GenerateFn = Callable[[GenerateRequest], AsyncIterator[RequestOutput]]
 
 
 def cluster_secret() -> bytes:
     """The link secret of this Ray cluster: created once in the GCS, then read by everyone."""
+    import os
+
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
     _internal_kv_put(SECRET_KV_KEY, os.urandom(32), overwrite=False, namespace=SECRET_KV_NAMESPACE)
@@ -74,40 +71,95 @@ def cluster_secret() -> bytes:
     return secret
 
 
-def _mac(secret: bytes, nonce: bytes, role: bytes) -> bytes:
-    return hmac.new(secret, role + nonce, hashlib.sha256).digest()
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
-async def _server_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
-    """The client proves the secret first; only then does the server prove it back, so an
-    unauthenticated peer never obtains a MAC. Raises ConnectionError on a wrong answer."""
-    mine = os.urandom(NONCE_BYTES)
-    writer.write(mine)
-    theirs = await reader.readexactly(NONCE_BYTES)
-    answer = await reader.readexactly(_MAC_BYTES)
-    if not hmac.compare_digest(answer, _mac(secret, mine, b"c")):
-        raise ConnectionError("replica link: peer failed authentication")
-    writer.write(_mac(secret, theirs, b"s"))
+class _Outbound:
+    """One stream on the replica: its task and the bytes it may still send."""
+
+    __slots__ = ("task", "credit", "granted")
+
+    def __init__(self, credit: int):
+        self.task: Optional[asyncio.Task] = None
+        self.credit = credit
+        self.granted = asyncio.Event()
 
 
-async def _client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
-    theirs = await reader.readexactly(NONCE_BYTES)
-    mine = os.urandom(NONCE_BYTES)
-    writer.write(mine + _mac(secret, theirs, b"c"))
-    try:
-        answer = await reader.readexactly(_MAC_BYTES)
-    except asyncio.IncompleteReadError:
-        raise ConnectionError("replica link: peer failed authentication (refused by the replica)") from None
-    if not hmac.compare_digest(answer, _mac(secret, mine, b"s")):
-        raise ConnectionError("replica link: peer failed authentication")
+class _ServerConn:
+    """One authenticated ingress connection on the replica."""
 
+    def __init__(self, generate: GenerateFn, sealer: Sealer, opener: Opener, writer: asyncio.StreamWriter):
+        self._generate = generate
+        self._sealer = sealer
+        self._opener = opener
+        self._writer = writer
+        self.streams: dict[int, _Outbound] = {}
 
-async def _read_message(reader: asyncio.StreamReader):
-    """The next message; FrameError when the frame does not decode."""
-    (size,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-    if size > MAX_FRAME_BYTES:
-        raise FrameError(f"replica link: frame of {size} bytes (limit {MAX_FRAME_BYTES})")
-    return decode(await reader.readexactly(size))
+    async def serve(self) -> None:
+        """Start a stream per Generate, grant per Credit, cancel per Cancel, until the end."""
+        while True:
+            body, _ = await self._opener.read()
+            msg = decode_request(body)
+            if type(msg) is Generate:
+                self._start(msg)
+                continue
+            s = self.streams.get(msg.sid)
+            if s is None:
+                continue  # a stream that already ended here
+            if type(msg) is Credit:
+                if msg.nbytes <= 0:
+                    raise FrameError(f"replica link: credit of {msg.nbytes} bytes")
+                s.credit += msg.nbytes
+                s.granted.set()
+            else:
+                s.task.cancel()
+
+    def _start(self, msg: Generate) -> None:
+        if msg.sid in self.streams or len(self.streams) >= MAX_STREAMS_PER_LINK or msg.window <= 0:
+            raise FrameError(f"replica link: refused stream {msg.sid} (duplicate, window {msg.window} "
+                             f"or over {MAX_STREAMS_PER_LINK} streams)")
+        s = self.streams[msg.sid] = _Outbound(msg.window)
+        s.task = asyncio.create_task(self._stream(msg.sid, msg.request, s))
+        s.task.add_done_callback(lambda _t, sid=msg.sid: self.streams.pop(sid, None))
+
+    async def _send(self, msg) -> int:
+        """Seal and write ``msg`` (sealing and writing are one step: counters stay in order),
+        then wait while the socket is backed up. Returns the frame's size."""
+        data = self._sealer.seal(encode(msg))
+        self._writer.write(data)
+        await self._writer.drain()
+        return len(data)
+
+    async def _stream(self, sid: int, request: GenerateRequest, s: _Outbound) -> None:
+        stream = self._generate(request)
+        try:
+            async for out in stream:
+                while s.credit <= 0:  # the ingress's consumer is behind: hold this stream only
+                    s.granted.clear()
+                    await s.granted.wait()
+                if self._writer.is_closing():
+                    return  # the ingress is gone: closing the stream aborts the request
+                s.credit -= await self._send(Output.of(sid, out))
+            await self._send(End(sid))
+        except asyncio.CancelledError:
+            raise  # cancelled by the ingress or the connection
+        except (ConnectionError, OSError):
+            return  # the connection broke under the write: the connection's task ends it all
+        except RequestMigrated as exc:
+            await self._send_quietly(Migrate(sid, exc.message))
+        except Exception as exc:  # noqa: BLE001 - handed to the ingress, raised there
+            await self._send_quietly(error_frame(sid, exc))
+        finally:
+            await stream.aclose()  # an unfinished stream aborts its engine request
+
+    async def _send_quietly(self, msg) -> None:
+        if not self._writer.is_closing():
+            try:
+                await self._send(msg)
+            except (ConnectionError, OSError):
+                pass
 
 
 class ReplicaLinkServer:
@@ -137,102 +189,107 @@ class ReplicaLinkServer:
     async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._conns.add(task)
-        streams: dict[int, asyncio.Task] = {}
+        conn: Optional[_ServerConn] = None
         try:
-            await asyncio.wait_for(_server_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
-            await self._serve_requests(reader, writer, streams)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.TimeoutError):
-            pass  # the ingress went away (or failed authentication): its streams end below
-        except asyncio.CancelledError:
-            pass
+            conn = await self._accept(reader, writer)
+            if conn is not None:
+                await conn.serve()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+            pass  # the ingress went away: its streams end below
         except FrameError as exc:  # a bad frame ends this connection only
-            log.warning("replica link: closing a connection that sent a bad frame: %s", exc)
+            log.warning("replica link: closing the connection from %s after a bad frame: %s", _peer(writer), exc)
         except Exception:  # noqa: BLE001 - anything else ends this connection only
-            log.exception("replica link: connection dropped")
+            log.exception("replica link: connection from %s dropped", _peer(writer))
         finally:
-            for t in list(streams.values()):
+            tasks = [s.task for s in conn.streams.values()] if conn is not None else []
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*streams.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
             self._conns.discard(task)
 
-    async def _serve_requests(self, reader, writer, streams: dict[int, asyncio.Task]) -> None:
-        """Start a stream per Generate, cancel one per Cancel, until the connection ends."""
-        while True:
-            msg = await _read_message(reader)
-            if type(msg) is Generate:
-                t = asyncio.create_task(self._stream(msg.sid, msg.request, writer))
-                streams[msg.sid] = t
-                t.add_done_callback(lambda _t, sid=msg.sid: streams.pop(sid, None))
-            elif type(msg) is Cancel:
-                t = streams.get(msg.sid)
-                if t is not None:
-                    t.cancel()
-            else:
-                raise FrameError(f"replica link: {type(msg).__name__} is not a request message")
-
-    async def _stream(self, sid: int, request: GenerateRequest, writer: asyncio.StreamWriter) -> None:
-        stream = self._generate(request)
+    async def _accept(self, reader, writer) -> Optional[_ServerConn]:
+        """The connection once the peer passed the handshake; None (logged) when it did not."""
         try:
-            async for out in stream:
-                if writer.is_closing():
-                    return  # the ingress is gone: closing the stream aborts the request
-                writer.write(frame(Output(sid, out)))
-                if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
-                    await writer.drain()
-            if not writer.is_closing():
-                writer.write(frame(End(sid)))
-        except asyncio.CancelledError:
-            raise  # cancelled by the ingress or the connection
-        except RequestMigrated as exc:
-            if not writer.is_closing():
-                writer.write(frame(Migrate(sid, exc.message)))
-        except Exception as exc:  # noqa: BLE001 - handed to the ingress, raised there
-            if not writer.is_closing():
-                writer.write(frame(StreamError(sid, portable(exc))))
-        finally:
-            await stream.aclose()  # an unfinished stream aborts its engine request
+            sealer, opener = await asyncio.wait_for(replica_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            log.warning("replica link: handshake from %s failed: %s", _peer(writer), reason)
+            return None
+        return _ServerConn(self._generate, sealer, opener, writer)
 
 
 _LOST = object()  # queued for every open stream when the link drops
 
 
+class _Inbound:
+    """One stream at the ingress: its outputs, and the flow-control window on both ends."""
+
+    __slots__ = ("queue", "window", "taken")
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()  # at most a window of frames (the replica waits)
+        self.window = STREAM_WINDOW_BYTES  # what the replica may still send, as granted so far
+        self.taken = 0  # bytes the consumer took since the last Credit
+
+
 class _Link:
     """One authenticated connection to one replica, shared by many streams."""
 
-    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, address: str, writer: asyncio.StreamWriter, sealer: Sealer, opener: Opener):
         self.address = address
-        self._reader = reader
         self._writer = writer
-        self._streams: dict[int, asyncio.Queue] = {}
+        self._sealer = sealer
+        self._opener = opener
+        self._streams: dict[int, _Inbound] = {}
         self._ids = itertools.count(1)
         self.closed = False
         self._task = asyncio.create_task(self._read_loop())
 
-    def open(self, request: GenerateRequest) -> tuple[int, asyncio.Queue]:
+    async def open(self, request: GenerateRequest) -> tuple[int, _Inbound]:
+        if self.closed:
+            raise ConnectionError("the link is closed")
         sid = next(self._ids)
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[sid] = queue
-        self._writer.write(frame(Generate(sid, request)))
-        return sid, queue
+        stream = self._streams[sid] = _Inbound()
+        await self._send(Generate(sid, request, STREAM_WINDOW_BYTES))
+        return sid, stream
+
+    async def took(self, sid: int, stream: _Inbound, nbytes: int) -> None:
+        """The consumer took ``nbytes`` of output frames: grant them again, half a window at a time."""
+        stream.taken += nbytes
+        if stream.taken < STREAM_WINDOW_BYTES // 2 or self.closed:
+            return
+        grant, stream.taken = stream.taken, 0
+        stream.window += grant
+        try:
+            await self._send(Credit(sid, grant))
+        except (ConnectionError, OSError):
+            pass  # the read loop sees the broken link and ends every stream
 
     def finish(self, sid: int, cancel: bool) -> None:
         self._streams.pop(sid, None)
-        if cancel and not self.closed:
-            self._writer.write(frame(Cancel(sid)))
+        if cancel and not self.closed and not self._writer.is_closing():
+            # Not awaited (this runs in a generator's finally): one small frame per stream.
+            self._writer.write(self._sealer.seal(encode(Cancel(sid))))
+
+    async def _send(self, msg) -> None:
+        self._writer.write(self._sealer.seal(encode(msg)))  # sealed and written in one step: counters stay in order
+        await self._writer.drain()
 
     async def _read_loop(self) -> None:
         try:
             while True:
-                msg = await _read_message(self._reader)
-                if type(msg) not in (Output, End, StreamError, Migrate):
-                    raise FrameError(f"replica link: {type(msg).__name__} is not a stream message")
-                queue = self._streams.get(msg.sid)
-                if queue is not None:  # else: a stream the ingress already let go of
-                    queue.put_nowait(msg)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        except asyncio.CancelledError:
+                body, size = await self._opener.read()
+                msg = decode_reply(body)
+                stream = self._streams.get(msg.sid)
+                if stream is None:
+                    continue  # a stream the ingress already let go of
+                if type(msg) is Output:
+                    if stream.window <= 0:
+                        raise FrameError(f"replica link: stream {msg.sid} overran its flow-control window")
+                    stream.window -= size
+                stream.queue.put_nowait((msg, size))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
             pass
         except FrameError as exc:  # a bad frame ends this link; its streams fail below
             log.warning("replica link to %s: closing after a bad frame: %s", self.address, exc)
@@ -241,8 +298,8 @@ class _Link:
         finally:
             self.closed = True
             self._writer.close()
-            for queue in self._streams.values():
-                queue.put_nowait(_LOST)
+            for stream in self._streams.values():
+                stream.queue.put_nowait((_LOST, 0))
 
     async def close(self) -> None:
         self._task.cancel()
@@ -273,32 +330,39 @@ class ReplicaLinkClient:
         host, _, port = address.rpartition(":")
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
         try:
-            await asyncio.wait_for(_client_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
-        except BaseException:
+            sealer, opener = await asyncio.wait_for(ingress_handshake(reader, writer, self._secret), CONNECT_TIMEOUT_S)
+        except BaseException as exc:
             writer.close()
+            if isinstance(exc, (ConnectionError, asyncio.TimeoutError)):
+                log.warning("replica link: handshake with %s failed: %s", address, exc or "timed out")
             raise
-        link = _Link(address, reader, writer)
+        link = _Link(address, writer, sealer, opener)
         self._links[address] = link
         return link
 
     async def generate(self, link: _Link, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
         """Stream one request's outputs over ``link``; leaving early cancels it on the replica."""
-        sid, queue = link.open(request)
+        try:
+            sid, stream = await link.open(request)
+        except (ConnectionError, OSError):
+            raise ReplicaStreamLost(f"lost the connection to replica {link.address}") from None
         finished = False
         try:
             while True:
-                msg = await queue.get()
+                msg, size = await stream.queue.get()
                 if type(msg) is Output:
-                    finished = msg.output.finished
-                    yield msg.output
+                    out = msg.output()
+                    finished = out.finished
+                    yield out
                     if finished:
                         return
+                    await link.took(sid, stream, size)
                     continue
                 finished = True
                 if type(msg) is End:
                     return
                 if type(msg) is StreamError:
-                    raise msg.error
+                    raise error_of(msg)
                 if type(msg) is Migrate:
                     raise RequestMigrated(f"replica {link.address} handed the request back ({msg.reason})")
                 raise ReplicaStreamLost(f"lost the connection to replica {link.address}")

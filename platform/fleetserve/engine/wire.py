@@ -1,18 +1,17 @@
-"""Typed frames: the codec shared by the engine pipe and the replica link.
+"""Typed frames of the engine pipe: ``[version: 1 byte][message type: 1 byte][pickled field tuple]``.
 
-A frame body is ``[version: 1 byte][message type: 1 byte][pickled tuple of the fields]``.
-Each wire (``engine/process/messages.py``, ``deployments/link_messages.py``) declares its
-message dataclasses and one :class:`FrameCodec` with its own version byte and a type byte
-per class. The transport around the body (``multiprocessing.connection``'s length prefix on
-the pipe, a 4-byte length on the link) stays with the wire.
+``engine/process/messages.py`` declares the pipe's message dataclasses and one
+:class:`FrameCodec` with its version byte and a type byte per class; the transport around
+the body (``multiprocessing.connection``'s length prefix) stays with the pipe.
+:class:`FrameError` is shared with the replica link, whose frames are msgspec structs with
+a per-frame MAC and no pickle (``deployments/link_messages.py``, ``link_frames.py``).
 
-Why pickle for the fields: they are fleetserve objects (GenerateRequest, RequestOutput,
-EngineStats, ModelInfo) and exceptions that must arrive as the same typed objects; pickle
-carries them in one C call, faster than any schema codec we could write in Python for the
-one-frame-per-step hot path. Both wires are private: the pipe is a socketpair to our own
-child, and the link authenticates its peer (HMAC) before the first frame. The message
-itself is pickled as a plain tuple of its fields, so the per-frame cost over the old
-string-tagged tuples is two header bytes and one dict lookup per side.
+Why the pipe still pickles its fields: it is a socketpair between a replica and the engine
+core process that replica started itself, never a network socket, and its fields include
+values no schema covers (an operation's arguments and result, any exception raised in
+the child). Pickle carries them in one C call on the one-frame-per-step hot path. A peer
+on the pipe is our own child, so unpickling its frames trusts no one new; a frame that
+does not unpickle to the declared message is a FrameError, never a crash.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from fleetserve.api.errors import grpc_error
 from fleetserve.api.json_body import check_tree, parse_model
 from fleetserve.api.grpc import convert as C
 from fleetserve.api.grpc import inference_pb2 as pb
+from fleetserve.api.grpc.registration import MalformedMessage
 from fleetserve.api.service import InferenceService, Job
 from fleetserve.engine.protocol import TokenLogprob
 from fleetserve.errors import FleetserveError, PayloadTooLargeError
@@ -70,6 +71,7 @@ class InferenceServicer:
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         try:
             ctx = await self._service.authenticate(_bearer(context))
+            _parsed(request)
         except BaseException as exc:  # noqa: BLE001
             self._fail(context, exc)
         cards = []
@@ -90,6 +92,7 @@ class InferenceServicer:
         ctx = None
         try:
             ctx = await self._service.authenticate(_bearer(context))
+            _parsed(request)
             if request.ByteSize() > self._max_message_bytes:
                 raise PayloadTooLargeError(f"request message exceeds {self._max_message_bytes} bytes")
             kind, data = C.request_body(request)
@@ -100,7 +103,8 @@ class InferenceServicer:
                 return await F.chat_job(self._service, ctx, req)
             return await F.completion_job(self._service, ctx, req)
         except FleetserveError as exc:
-            self._service.record_rejection(ctx, request.model, exc)
+            model = "" if isinstance(request, MalformedMessage) else request.model
+            self._service.record_rejection(ctx, model, exc)
             raise
 
     def _logprobs(self, job: Job, lps: list[TokenLogprob]) -> list[pb.TokenLogprob]:
@@ -121,6 +125,12 @@ class InferenceServicer:
         except Exception:  # Ray's context may refuse metadata on some paths; the code is what matters
             pass
         raise GrpcStatusRaised(details) from None
+
+
+def _parsed(request) -> None:
+    """InvalidRequestError for bytes that did not parse (registration.MalformedMessage)."""
+    if isinstance(request, MalformedMessage):
+        raise InvalidRequestError(f"the request is not a valid {request.message} message ({request.error})")
 
 
 def _bearer(context) -> Optional[str]:
