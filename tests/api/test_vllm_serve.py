@@ -60,10 +60,14 @@ def test_client_disconnect_aborts_the_request_inside_vllm(serve_app, vllm_model)
 
 
 async def _first_token_at(stream) -> float:
+    """When ``stream`` (an open stream, or a coroutine that opens one) yields its first text.
+    The ingress answers a stream once its first output exists, so opening it waits too."""
+    if asyncio.iscoroutine(stream):
+        stream = await stream
     async for chunk in stream:
-        if chunk.choices and chunk.choices[0].text:
+        if chunk.choices:
             return time.monotonic()
-    raise AssertionError("the stream ended without a token")
+    raise AssertionError("the stream ended without a chunk")
 
 
 async def test_priority_reaches_vllm_and_orders_its_queue(serve_app, vllm_model):
@@ -77,7 +81,8 @@ async def test_priority_reaches_vllm_and_orders_its_queue(serve_app, vllm_model)
         keys[tier] = created.json()["api_key"]
     bulk = openai.AsyncOpenAI(base_url=serve_app.openai_base, api_key=keys["batch"], max_retries=0, timeout=300)
     vip = openai.AsyncOpenAI(base_url=serve_app.openai_base, api_key=keys["premium"], max_retries=0, timeout=300)
-    long = dict(model=vllm_model, max_tokens=600, temperature=0, stream=True, extra_body={"ignore_eos": True})
+    # 16 x 1000 tokens fit the twin's 22k-token KV pool: no KV preemption muddles the order.
+    long = dict(model=vllm_model, max_tokens=1000, temperature=0, stream=True, extra_body={"ignore_eos": True})
     short = dict(model=vllm_model, max_tokens=4, temperature=0, stream=True, extra_body={"ignore_eos": True})
     fillers = []
     try:
@@ -85,13 +90,22 @@ async def test_priority_reaches_vllm_and_orders_its_queue(serve_app, vllm_model)
         await asyncio.wait_for(asyncio.gather(*(_first_token_at(f) for f in fillers)), 120)  # 16 of 16 slots run
 
         async def waiting(n: int) -> None:
-            await asyncio.to_thread(wait_for, lambda: vllm_row(serve_app, vllm_model)["waiting"] >= n, 60,
-                                    f"{n} request(s) waiting inside vLLM")
+            seen = []
 
-        batch_first = asyncio.create_task(_first_token_at(await bulk.completions.create(prompt="b", **short)))
+            def enough() -> bool:
+                seen.append(vllm_row(serve_app, vllm_model))
+                return seen[-1]["waiting"] >= n and seen[-1]["running"] == 16
+
+            try:
+                await asyncio.to_thread(wait_for, enough, 60, f"{n} request(s) waiting inside vLLM")
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}; last status row: {seen[-1:]}") from exc
+
+        batch_first = asyncio.create_task(_first_token_at(bulk.completions.create(prompt="b", **short)))
         await waiting(1)
-        premium_first = asyncio.create_task(_first_token_at(await vip.completions.create(prompt="p", **short)))
+        premium_first = asyncio.create_task(_first_token_at(vip.completions.create(prompt="p", **short)))
         await waiting(2)
+        assert not batch_first.done() and not premium_first.done()
         await fillers[0].close()  # one slot frees (the closed stream is aborted in vLLM)
         premium_at = await asyncio.wait_for(premium_first, 120)
         for f in fillers[1:]:  # now let the batch request run too
