@@ -1,7 +1,9 @@
 """End to end: the official `openai` client against fleetserve on real Ray Serve (loopback).
 
 The app is deployed once per session (tests/fixtures/ray_serve.py); each test makes a few
-requests with small max_tokens so the whole module stays cheap on 2 CPU cores.
+requests with small max_tokens so the whole module stays cheap on 2 CPU cores. Tests taking
+the ``model`` fixture run on both engines (``[native]``: tiny-llama, ``[vllm]``:
+tiny-llama-vllm, the same checkpoint on vLLM) through the same ingress, router and tenancy.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def tokenizer(serve_app):
     return load_tokenizer(serve_app.checkpoint)
 
 
-def test_completion_text_and_usage(client, serve_app, tokenizer):
+def test_completion_text_and_usage(client, serve_app, tokenizer, model):
     prompt = "def fibonacci(n):"
-    r = client.completions.create(model=serve_app.model, prompt=prompt, max_tokens=12, temperature=0,
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0,
                                   extra_body={"ignore_eos": True})
     choice = r.choices[0]
     assert choice.text and choice.finish_reason == "length"
@@ -41,10 +43,10 @@ def test_completion_text_and_usage(client, serve_app, tokenizer):
     assert r.usage.total_tokens == r.usage.prompt_tokens + 12
 
 
-def test_chat_stream_matches_unary_and_reports_usage(client, serve_app, tokenizer):
+def test_chat_stream_matches_unary_and_reports_usage(client, serve_app, tokenizer, model):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
-    unary = client.chat.completions.create(model=serve_app.model, messages=messages, max_tokens=10, seed=7)
-    stream = client.chat.completions.create(model=serve_app.model, messages=messages, max_tokens=10, seed=7,
+    unary = client.chat.completions.create(model=model, messages=messages, max_tokens=10, seed=7)
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=10, seed=7,
                                             stream=True, stream_options={"include_usage": True})
     parts, usage, finish = [], None, None
     for chunk in stream:
@@ -59,8 +61,8 @@ def test_chat_stream_matches_unary_and_reports_usage(client, serve_app, tokenize
     assert usage.prompt_tokens == unary.usage.prompt_tokens == len(tokenizer.apply_chat_template(messages))
 
 
-def test_same_seed_same_text_and_n_uses_consecutive_seeds(client, serve_app):
-    kw = dict(model=serve_app.model, prompt="import os\n", max_tokens=8, temperature=1.0)
+def test_same_seed_same_text_and_n_uses_consecutive_seeds(client, serve_app, model):
+    kw = dict(model=model, prompt="import os\n", max_tokens=8, temperature=1.0)
     a = client.completions.create(seed=11, **kw).choices[0].text
     b = client.completions.create(seed=11, **kw).choices[0].text
     assert a == b
@@ -73,8 +75,8 @@ def test_same_seed_same_text_and_n_uses_consecutive_seeds(client, serve_app):
     assert multi.usage.prompt_tokens == singles[0].usage.prompt_tokens  # a prompt counts once, as in OpenAI
 
 
-def test_stop_string_truncates(client, serve_app):
-    kw = dict(model=serve_app.model, prompt="class Foo:", max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+def test_stop_string_truncates(client, serve_app, model):
+    kw = dict(model=model, prompt="class Foo:", max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
     full = client.completions.create(**kw).choices[0].text
     assert len(full) > 6
     stop = full[3:6]
@@ -83,13 +85,13 @@ def test_stop_string_truncates(client, serve_app):
     assert cut.text == full[: full.index(stop)]
 
 
-def test_logprobs_completion_and_chat(client, serve_app):
-    r = client.completions.create(model=serve_app.model, prompt="x = ", max_tokens=3, logprobs=2, temperature=0)
+def test_logprobs_completion_and_chat(client, serve_app, model):
+    r = client.completions.create(model=model, prompt="x = ", max_tokens=3, logprobs=2, temperature=0)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 3
     assert all(len(t) <= 2 and v <= 0 for t, v in zip(lp.top_logprobs, lp.token_logprobs))
     assert "".join(lp.tokens) == r.choices[0].text
-    c = client.chat.completions.create(model=serve_app.model, messages=[{"role": "user", "content": "hi"}],
+    c = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=3, logprobs=True, top_logprobs=2)
     assert len(c.choices[0].logprobs.content) == c.usage.completion_tokens
 
@@ -158,10 +160,10 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("name, req, status, param", MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_requests_get_the_right_4xx(serve_app, name, req, status, param):
+def test_malformed_requests_get_the_right_4xx(serve_app, model, name, req, status, param):
     req = dict(req)
     if "body" in req:
-        req["body"] = {k: (serve_app.model if v == "M" else v) for k, v in req["body"].items()}
+        req["body"] = {k: (model if v == "M" else v) for k, v in req["body"].items()}
     if req.get("key") == "OTHER":
         req["key"] = serve_app.api_key + "-other"
     r = _post(serve_app, "/v1/completions", req.pop("body", None), **req)
@@ -172,13 +174,13 @@ def test_malformed_requests_get_the_right_4xx(serve_app, name, req, status, para
         assert err["param"] == param
 
 
-def test_malformed_chat_requests(serve_app):
+def test_malformed_chat_requests(serve_app, model):
     bad = [
-        {"model": serve_app.model, "messages": []},
-        {"model": serve_app.model, "messages": [{"role": "wizard", "content": "x"}]},
-        {"model": serve_app.model, "messages": [{"role": "user"}]},
-        {"model": serve_app.model, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
-        {"model": serve_app.model, "messages": "hello"},
+        {"model": model, "messages": []},
+        {"model": model, "messages": [{"role": "wizard", "content": "x"}]},
+        {"model": model, "messages": [{"role": "user"}]},
+        {"model": model, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+        {"model": model, "messages": "hello"},
     ]
     for body in bad:
         r = _post(serve_app, "/v1/chat/completions", body)
@@ -189,7 +191,7 @@ def test_malformed_chat_requests(serve_app):
 def test_models_health_openapi_metrics_admin(serve_app):
     base, auth = serve_app.base_url, {"Authorization": f"Bearer {serve_app.api_key}"}
     models = httpx.get(base + "/v1/models", headers=auth).json()
-    assert [m["id"] for m in models["data"]] == [serve_app.model]
+    assert [m["id"] for m in models["data"]] == [m.name for m in serve_app.config.models]
     assert httpx.get(base + "/v1/models").status_code == 401
     assert httpx.get(base + "/health").json()["status"] == "ok"
     spec = httpx.get(base + "/openapi.json").json()
@@ -204,25 +206,28 @@ def test_models_health_openapi_metrics_admin(serve_app):
     assert "fleetserve_time_to_first_token_seconds_bucket" in metrics
     assert httpx.get(f"http://{found.ingress}/metrics").status_code == 401
     assert httpx.get(f"http://{found.ingress}/metrics", headers=auth).status_code == 401  # a tenant key is not enough
-    (replica,) = found.replicas
-    assert 'vllm:kv_cache_usage_perc{model_name="tiny-llama"' in scrape(replica, serve_app.admin_key)
-    assert httpx.get(f"http://{replica}/metrics").status_code == 401
+    assert len(found.replicas) == len(serve_app.config.models)  # one replica per model
+    engine_series = "".join(scrape(replica, serve_app.admin_key) for replica in found.replicas)
+    for m in serve_app.config.models:
+        assert f'vllm:kv_cache_usage_perc{{model_name="{m.name}"' in engine_series \
+            or f'vllm:kv_cache_usage_perc{{engine="0",model_name="{m.name}"' in engine_series
+    assert all(httpx.get(f"http://{replica}/metrics").status_code == 401 for replica in found.replicas)
     assert httpx.get(base + "/admin/status").status_code == 401
     assert httpx.get(base + "/admin/status", headers=auth).status_code == 403
     status = httpx.get(base + "/admin/status", headers={"Authorization": f"Bearer {serve_app.admin_key}"}).json()
-    (model,) = status["models"]
-    assert model["name"] == serve_app.model and model["num_replicas"] == 1
+    (model,) = [m for m in status["models"] if m["name"] == serve_app.model]
+    assert model["num_replicas"] == 1
     row = model["replicas"][0]
     assert {"waiting", "running", "kv_usage", "healthy"} <= set(row) and row["healthy"]
     # server.replica_transport defaults to direct: the requests above streamed over the link.
     assert row["transport"] == "link" and row["link_streams"] >= 1
 
 
-def test_sse_wire_format(serve_app):
+def test_sse_wire_format(serve_app, model):
     """Raw SSE framing: `data: {...}\\n\\n` events and a final `data: [DONE]`."""
     with httpx.stream("POST", serve_app.openai_base + "/completions", timeout=60,
                       headers={"Authorization": f"Bearer {serve_app.api_key}"},
-                      json={"model": serve_app.model, "prompt": "a", "max_tokens": 3, "stream": True}) as r:
+                      json={"model": model, "prompt": "a", "max_tokens": 3, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         body = r.read().decode()
     events = [e for e in body.split("\n\n") if e]
@@ -232,12 +237,12 @@ def test_sse_wire_format(serve_app):
 
 
 
-def test_named_tool_call_through_serve_streams_like_unary(client, serve_app):
+def test_named_tool_call_through_serve_streams_like_unary(client, serve_app, model):
     """Issue 24, item 2, through the Serve proxy: the constraint holds, and streamed tool-call
     deltas concatenate to the unary call for the same seed."""
     params = {"type": "object", "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23}},
               "required": ["hour"], "additionalProperties": False}
-    kw = dict(model=serve_app.model, messages=[{"role": "user", "content": "wake me"}], seed=4, max_tokens=40,
+    kw = dict(model=model, messages=[{"role": "user", "content": "wake me"}], seed=4, max_tokens=40,
               tools=[{"type": "function", "function": {"name": "set_alarm", "parameters": params}}],
               tool_choice={"type": "function", "function": {"name": "set_alarm"}}, metadata={"app": "e2e"})
     unary = client.chat.completions.create(**kw).choices[0]

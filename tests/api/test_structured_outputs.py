@@ -1,5 +1,7 @@
-"""Structured outputs through the REST app with the official ``openai`` client, in process:
-an InferenceService over an in-thread AsyncEngine on the tiny checkpoint (no Ray)."""
+"""Structured outputs with the official ``openai`` client through the session's Ray Serve app
+(ingress, router, tenancy, streaming), on both engines: each test runs against ``tiny-llama``
+(native) and ``tiny-llama-vllm`` (the same random checkpoint on vLLM). The constraint, not the
+model, makes the outputs valid."""
 
 from __future__ import annotations
 
@@ -11,11 +13,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.api.inprocess_openai import inprocess_openai
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_torch_thread")]
-MODEL = "tiny"
-KEY = "fs-structured-test"
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.ray]
 
 
 class Item(BaseModel):
@@ -27,15 +26,16 @@ class Item(BaseModel):
 
 
 @pytest.fixture(scope="module")
-async def client(tiny_llama_path):
-    async with inprocess_openai(str(tiny_llama_path), MODEL, KEY) as c:
+async def client(serve_app):
+    async with openai.AsyncOpenAI(api_key=serve_app.api_key, base_url=serve_app.openai_base, max_retries=0,
+                                  timeout=300) as c:
         yield c
 
 
-async def test_parse_with_pydantic_model_50_of_50(client):
+async def test_parse_with_pydantic_model_50_of_50(client, model):
     async def one(seed):
         completion = await client.chat.completions.parse(
-            model=MODEL, messages=[{"role": "user", "content": f"item {seed}"}], response_format=Item,
+            model=model, messages=[{"role": "user", "content": f"item {seed}"}], response_format=Item,
             temperature=1.0, seed=seed, max_completion_tokens=400)
         return completion.choices[0].message.parsed
 
@@ -43,8 +43,8 @@ async def test_parse_with_pydantic_model_50_of_50(client):
     assert all(isinstance(p, Item) for p in parsed)
 
 
-async def test_json_object_stream_equals_unary(client):
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "an object"}], temperature=1.0, seed=7,
+async def test_json_object_stream_equals_unary(client, model):
+    kw = dict(model=model, messages=[{"role": "user", "content": "an object"}], temperature=1.0, seed=7,
               max_completion_tokens=300, response_format={"type": "json_object"})
     unary = (await client.chat.completions.create(**kw)).choices[0]
     stream = await client.chat.completions.create(stream=True, **kw)
@@ -54,17 +54,17 @@ async def test_json_object_stream_equals_unary(client):
         assert isinstance(json.loads(text), dict)
 
 
-async def test_completions_guided_choice_and_regex(client):
-    choice = await client.completions.create(model=MODEL, prompt="pick", max_tokens=20, seed=1,
+async def test_completions_guided_choice_and_regex(client, model):
+    choice = await client.completions.create(model=model, prompt="pick", max_tokens=20, seed=1,
                                              extra_body={"guided_choice": ["alpha", "beta"]})
     assert choice.choices[0].text in ("alpha", "beta")
-    regex = await client.completions.create(model=MODEL, prompt="code", max_tokens=20, seed=1,
+    regex = await client.completions.create(model=model, prompt="code", max_tokens=20, seed=1,
                                             extra_body={"structured_outputs": {"regex": "[a-f]{4}"}})
     assert len(regex.choices[0].text) == 4 and set(regex.choices[0].text) <= set("abcdef")
 
 
-async def test_unsupported_schema_keyword_is_a_400_naming_it(client):
+async def test_unsupported_schema_keyword_is_a_400_naming_it(client, model):
     bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}
     with pytest.raises(openai.BadRequestError, match="uniqueItems"):
-        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+        await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
                                              response_format=bad)

@@ -1,6 +1,6 @@
-"""Tool calls through the REST app with the official ``openai`` client (issue 24, item 2), in
-process: an InferenceService over an in-thread AsyncEngine on the random tiny checkpoint
-(no Ray). Named and required tool choices are enforced by constrained decoding, so the
+"""Tool calls with the official ``openai`` client (issue 24, item 2) through the session's Ray
+Serve app, on both engines (``tiny-llama`` native, ``tiny-llama-vllm`` on vLLM; the same random
+checkpoint). Named and required tool choices are enforced by constrained decoding, so the
 arguments validate although the model is random."""
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.api.inprocess_openai import inprocess_openai
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_torch_thread")]
-MODEL = "tiny"
-KEY = "fs-tools-test"
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.ray]
 
 
 class Weather(BaseModel):
@@ -42,8 +39,9 @@ MESSAGES = [{"role": "user", "content": "Weather in Oslo?"}]
 
 
 @pytest.fixture(scope="module")
-async def client(tiny_llama_path):
-    async with inprocess_openai(str(tiny_llama_path), MODEL, KEY) as c:
+async def client(serve_app):
+    async with openai.AsyncOpenAI(api_key=serve_app.api_key, base_url=serve_app.openai_base, max_retries=0,
+                                  timeout=300) as c:
         yield c
 
 
@@ -51,9 +49,9 @@ def named(name: str) -> dict:
     return {"type": "function", "function": {"name": name}}
 
 
-async def test_named_tool_choice_always_validates_24_seeds(client):
+async def test_named_tool_choice_always_validates_24_seeds(client, model):
     async def one(seed):
-        r = await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
+        r = await client.chat.completions.create(model=model, messages=MESSAGES, tools=TOOLS,
                                                  tool_choice=named("get_weather"), seed=seed, temperature=1.0,
                                                  max_completion_tokens=200)
         return r.choices[0]
@@ -83,9 +81,9 @@ async def _streamed(client, **kw) -> tuple[str, dict, str]:
 
 
 @pytest.mark.parametrize("choice", ["named", "required"])
-async def test_stream_concatenates_to_the_unary_result(client, choice):
+async def test_stream_concatenates_to_the_unary_result(client, model, choice):
     tool_choice = named("set_alarm") if choice == "named" else "required"
-    kw = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=tool_choice, seed=11, temperature=1.0,
+    kw = dict(model=model, messages=MESSAGES, tools=TOOLS, tool_choice=tool_choice, seed=11, temperature=1.0,
               max_completion_tokens=300)
     unary = (await client.chat.completions.create(**kw)).choices[0]
     content, calls, finish = await _streamed(client, **kw)
@@ -96,9 +94,9 @@ async def test_stream_concatenates_to_the_unary_result(client, choice):
     assert (content or None) == unary.message.content
 
 
-async def test_required_calls_validate_and_parallel_false_gives_one(client):
+async def test_required_calls_validate_and_parallel_false_gives_one(client, model):
     async def one(seed, parallel):
-        r = await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required",
+        r = await client.chat.completions.create(model=model, messages=MESSAGES, tools=TOOLS, tool_choice="required",
                                                  parallel_tool_calls=parallel, seed=seed, temperature=1.0,
                                                  max_completion_tokens=400)
         return r.choices[0]
@@ -117,31 +115,31 @@ async def test_required_calls_validate_and_parallel_false_gives_one(client):
             SCHEMAS[call.function.name].model_validate_json(call.function.arguments)
 
 
-async def test_tool_choice_none_and_tools_in_the_prompt(client):
-    plain = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=4, seed=1)
-    none = await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="none",
+async def test_tool_choice_none_and_tools_in_the_prompt(client, model):
+    plain = await client.chat.completions.create(model=model, messages=MESSAGES, max_completion_tokens=4, seed=1)
+    none = await client.chat.completions.create(model=model, messages=MESSAGES, tools=TOOLS, tool_choice="none",
                                                 max_completion_tokens=4, seed=1)
     assert none.choices[0].message.tool_calls is None and isinstance(none.choices[0].message.content, str)
     # The template's tools section is part of the prompt.
     assert none.usage.prompt_tokens > plain.usage.prompt_tokens + 20
 
 
-async def test_a_conversation_with_tool_results_continues(client):
-    first = await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
+async def test_a_conversation_with_tool_results_continues(client, model):
+    first = await client.chat.completions.create(model=model, messages=MESSAGES, tools=TOOLS,
                                                  tool_choice=named("get_weather"), seed=3, max_completion_tokens=200)
     msg = first.choices[0].message
     history = MESSAGES + [msg.model_dump(exclude_none=False), {
         "role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": json.dumps({"temp": 21})}]
-    again = await client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS,
+    again = await client.chat.completions.create(model=model, messages=history, tools=TOOLS,
                                                  tool_choice=named("set_alarm"), seed=3, max_completion_tokens=200)
     Alarm.model_validate_json(again.choices[0].message.tool_calls[0].function.arguments)
     assert again.usage.prompt_tokens > first.usage.prompt_tokens
 
 
-async def test_bad_tool_choice_is_a_400_naming_it(client):
+async def test_bad_tool_choice_is_a_400_naming_it(client, model):
     with pytest.raises(openai.BadRequestError) as err:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=named("nope"))
+        await client.chat.completions.create(model=model, messages=MESSAGES, tools=TOOLS, tool_choice=named("nope"))
     assert err.value.body["param"] == "tool_choice"
     with pytest.raises(openai.BadRequestError) as err:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, tool_choice="required")
+        await client.chat.completions.create(model=model, messages=MESSAGES, tool_choice="required")
     assert err.value.body["param"] == "tool_choice"

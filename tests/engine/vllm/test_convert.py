@@ -44,6 +44,10 @@ def test_env_defaults_fill_only_unset_variables():
     applied = apply_env_defaults(env)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4" and "VLLM_CPU_KVCACHE_SPACE" not in applied
     assert set(applied) == set(CPU_ENV_DEFAULTS) - {"VLLM_CPU_KVCACHE_SPACE"}
+    # An explicit kv_cache_memory_bytes would be overridden by the variable: it stays unset.
+    env = {}
+    apply_env_defaults(env, engine_args={"kv_cache_memory_bytes": 1 << 27})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env and "VLLM_LOGGING_LEVEL" in env
 
 
 async def test_unstarted_engine_rejects_requests_and_fails_health():
@@ -81,14 +85,20 @@ def test_sampling_params_mapped_field_by_field():
 @pytest.mark.vllm
 @requires_vllm
 def test_logit_bias_and_structured_outputs_map_to_vllm():
-    """Tool calls' constraints (named, required) reach vLLM as the same json_schema specs."""
+    """Tool calls' constraints (named, required) reach vLLM as json_schema specs, and those go as
+    the native engine's EBNF (bounded strings repaired: no raw control characters)."""
+    from fleetserve.engine.core.structured import json_schema_ebnf
     from fleetserve.engine.sampling_params import StructuredOutput
     from fleetserve.engine.vllm.convert import to_vllm_sampling_params
 
-    schema = StructuredOutput.json_schema({"type": "object", "properties": {"a": {"type": "integer"}}})
+    schema = StructuredOutput.json_schema({"type": "object", "properties": {"a": {"type": "string", "maxLength": 4}}})
     theirs = to_vllm_sampling_params(SamplingParams(logit_bias={5: -100.0}, structured=schema), max_tokens=4)
     assert theirs.logit_bias == {5: -100.0}
-    assert theirs.structured_outputs.json == schema.value
+    assert theirs.structured_outputs.json is None
+    assert theirs.structured_outputs.grammar == json_schema_ebnf(schema.value)
+    assert r"[^\0-\x1f\"\\]" in theirs.structured_outputs.grammar and r"[^\"\\\r\n]" not in theirs.structured_outputs.grammar
+    obj = to_vllm_sampling_params(SamplingParams(structured=StructuredOutput("json_object")), 4)
+    assert obj.structured_outputs.grammar == json_schema_ebnf('{"type":"object"}')
     choice = to_vllm_sampling_params(SamplingParams(structured=StructuredOutput("choice", choices=("a", "b"))), 4)
     assert choice.structured_outputs.choice == ["a", "b"]
     regex = to_vllm_sampling_params(SamplingParams(structured=StructuredOutput("regex", "[0-9]+")), 4)

@@ -132,7 +132,7 @@ class GrammarCompiler:
         c = self._compiler
         try:
             if spec.kind in ("json_object", "json_schema"):
-                return c.compile_grammar(_json_schema_ebnf(spec.value or '{"type":"object"}'))
+                return c.compile_grammar(json_schema_ebnf(spec.value or '{"type":"object"}'))
             if spec.kind == "regex":
                 return c.compile_regex(spec.value)
             if spec.kind == "choice":
@@ -144,7 +144,7 @@ class GrammarCompiler:
             raise InvalidRequestError(f"{spec.kind} cannot be compiled: {msg}", field="response_format") from exc
 
 
-def _json_schema_ebnf(schema: str) -> str:
+def json_schema_ebnf(schema: str) -> str:
     """The schema as EBNF: compact JSON (no free whitespace, so a model cannot pad forever
     between tokens), with bounded strings repaired (see ``_LOOSE_STRING_CHAR``)."""
     ebnf = str(_xgr().Grammar.from_json_schema(schema, any_whitespace=False))

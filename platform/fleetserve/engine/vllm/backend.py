@@ -152,7 +152,7 @@ class VllmEngine:
         async with self._start_lock:
             if self._llm is not None:
                 return
-            apply_env_defaults()
+            apply_env_defaults(engine_args=self.engine_args)
             args = build_engine_args(self.model, self.engine_args, self.tensor_parallel_size, self.served_model_name)
             # Starting spawns processes and blocks for the whole model load: keep it off the
             # event loop so a replica stays responsive (its health checks) meanwhile.

@@ -63,12 +63,18 @@ CPU_ENV_DEFAULTS = {
 }
 
 
-def apply_env_defaults(env: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """Set :data:`CPU_ENV_DEFAULTS` in ``env`` (default ``os.environ``) where unset; returns what was set."""
+def apply_env_defaults(env: Optional[dict[str, str]] = None,
+                       engine_args: Optional[dict[str, Any]] = None) -> dict[str, str]:
+    """Set :data:`CPU_ENV_DEFAULTS` in ``env`` (default ``os.environ``) where unset; returns what was set.
+
+    ``engine_args.kv_cache_memory_bytes`` sizes the KV pool itself: vLLM's CPU platform lets
+    ``VLLM_CPU_KVCACHE_SPACE`` override it whenever that variable is set, so the default is
+    then left out."""
     env = os.environ if env is None else env
+    skip = {"VLLM_CPU_KVCACHE_SPACE"} if (engine_args or {}).get("kv_cache_memory_bytes") else set()
     applied = {}
     for key, value in CPU_ENV_DEFAULTS.items():
-        if key not in env:
+        if key not in env and key not in skip:
             env[key] = value
             applied[key] = value
     return applied
@@ -119,15 +125,24 @@ def build_engine_args(model: str, engine_args: Optional[dict[str, Any]], tensor_
 
 def to_vllm_structured(spec):
     """A :class:`StructuredOutput` as vLLM's ``StructuredOutputsParams`` (None: unconstrained).
-    Tool calls' constraints (named, required) arrive here as json_schema specs too."""
+    Tool calls' constraints (named, required) arrive here as json_schema specs too.
+
+    JSON specs go to vLLM as the EBNF grammar the native engine compiles
+    (``engine.core.structured.json_schema_ebnf``), not as ``json=``: vLLM would compile the
+    schema with xgrammar 0.2.9's own converter, whose length-bounded strings (``maxLength``)
+    admit raw control characters, so a constrained answer could fail ``json.loads``. The same
+    grammar on both engines also means the same accepted outputs."""
     if spec is None:
         return None
     from vllm.sampling_params import StructuredOutputsParams
 
-    if spec.kind == "json_object":
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
-    if spec.kind == "json_schema":
-        return StructuredOutputsParams(json=spec.value, disable_any_whitespace=True)
+    from fleetserve.engine.core.structured import json_schema_ebnf
+
+    if spec.kind in ("json_object", "json_schema"):
+        try:
+            return StructuredOutputsParams(grammar=json_schema_ebnf(spec.value or '{"type":"object"}'))
+        except RuntimeError as exc:  # xgrammar's schema converter
+            raise InvalidRequestError(f"{spec.kind} cannot be compiled: {exc}", field="response_format") from exc
     if spec.kind == "choice":
         return StructuredOutputsParams(choice=list(spec.choices))
     return StructuredOutputsParams(**{spec.kind: spec.value})
