@@ -22,7 +22,7 @@ from fleetserve.api.grpc import inference_pb2 as pb
 from fleetserve.api.grpc.registration import MalformedMessage
 from fleetserve.api.service import InferenceService, Job
 from fleetserve.engine.protocol import TokenLogprob
-from fleetserve.errors import FleetserveError, PayloadTooLargeError
+from fleetserve.errors import FleetserveError, InvalidRequestError, PayloadTooLargeError
 
 
 class GrpcStatusRaised(Exception):
