@@ -142,5 +142,12 @@ def test_spot_twin_lives_in_the_main_app_and_the_ingress_stays_on_demand():
                             CapacityType.SPOT: DeploymentRef("app", "model-m--spot")}
     assert refs["n@v1"] == {CapacityType.ON_DEMAND: DeploymentRef("app", "model-n")}
     assert on_demand_resources(cfg) == {"on_demand": 0.001}
+    from fleetserve.application.build import controller_options, model_options, twin_deployment_name
+
+    m = cfg.models[0]
+    od = model_options(m, cfg)  # the on-demand deployment's options, placement included
+    assert od["ray_actor_options"]["resources"] == {"on_demand": 0.001}
+    twin = controller_options(od, m, cfg.autoscaler.placement, CapacityType.SPOT, twin_deployment_name(m), initial=0)
+    assert twin["ray_actor_options"]["resources"] == {"spot": 0.001}  # spot only: never both
     plain = parse_config({"models": models, "autoscaler": {**auto, "controller": False}})
     assert spot_twin_models(plain) == [] and on_demand_resources(plain) == {}

@@ -81,7 +81,10 @@ def controller_options(opts: dict, m: ModelConfig, placement, capacity_type, nam
 
     out = {k: v for k, v in opts.items() if k != "num_replicas"}
     actor = dict(out["ray_actor_options"])
-    actor["resources"] = {**actor.get("resources", {}), **placement.ray_resources(capacity_type)}
+    # Replace, not add to, a placement already there (``opts`` may be the on-demand deployment's).
+    placed = {placement.spot_resource, placement.on_demand_resource}
+    kept = {k: v for k, v in actor.get("resources", {}).items() if k not in placed}
+    actor["resources"] = {**kept, **placement.ray_resources(capacity_type)}
     out.update(name=name, ray_actor_options=actor, autoscaling_config=AutoscalingConfig(
         min_replicas=0, max_replicas=max(1, 4 * m.replicas.max_replicas), initial_replicas=m.replicas.num if initial is None else initial,
         upscale_delay_s=0, downscale_delay_s=0,
