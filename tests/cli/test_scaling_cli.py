@@ -19,7 +19,7 @@ KEY = ADMIN["Authorization"].removeprefix("Bearer ")
 
 @pytest.fixture
 def server(setup):  # noqa: F811
-    client, ctrl, fleet, clock = setup
+    client, ctrl, fleet, clock, _ = setup
     app = client._transport.app  # the same REST app, now behind a real socket
     with serve_asgi(app) as url:
         yield url, ctrl, fleet, clock
