@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.test_tool_calls import MODEL, client  # noqa: F401 - the in-process app fixture
+from tests.api.inprocess_openai import inprocess_openai
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("one_torch_thread")]
 MESSAGES = [{"role": "user", "content": "count"}]
+MODEL = "tiny"
+KEY = "fs-fields-test"
 
 
-async def test_chat_logprobs_streamed_equal_unary(client):  # noqa: F811
+@pytest.fixture(scope="module")
+async def client(tiny_llama_path):
+    """The official client over the real REST app and one in-process engine (no Ray)."""
+    async with inprocess_openai(str(tiny_llama_path), MODEL, KEY) as c:
+        yield c
+
+
+async def test_chat_logprobs_streamed_equal_unary(client):
     kw = dict(model=MODEL, messages=MESSAGES, logprobs=True, top_logprobs=3, seed=5, temperature=1.0,
               max_completion_tokens=12, user="end-user-7")
     unary = await client.chat.completions.create(**kw)
@@ -29,7 +38,7 @@ async def test_chat_logprobs_streamed_equal_unary(client):  # noqa: F811
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
-async def test_n_with_streaming_and_usage_equals_unary(client, endpoint):  # noqa: F811
+async def test_n_with_streaming_and_usage_equals_unary(client, endpoint):
     if endpoint == "chat":
         create, kw = client.chat.completions.create, dict(messages=MESSAGES, max_completion_tokens=8)
         text = lambda c: c.message.content  # noqa: E731
@@ -52,7 +61,7 @@ async def test_n_with_streaming_and_usage_equals_unary(client, endpoint):  # noq
     assert usage.prompt_tokens == unary.usage.prompt_tokens
 
 
-async def test_echo_on_the_real_model(client):  # noqa: F811
+async def test_echo_on_the_real_model(client):
     plain = await client.completions.create(model=MODEL, prompt="import os", max_tokens=6, seed=2, temperature=0)
     echoed = await client.completions.create(model=MODEL, prompt="import os", max_tokens=6, seed=2, temperature=0,
                                              echo=True)
