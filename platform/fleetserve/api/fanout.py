@@ -15,6 +15,8 @@ from typing import AsyncIterator, Optional
 from fleetserve.engine.process.pacing import merge_outputs
 from fleetserve.engine.protocol import RequestOutput
 
+PUMP_QUEUE_PER_STREAM = 8  # outputs held per engine stream while the consumer is busy
+
 
 @dataclass
 class ChoiceEvent:
@@ -35,7 +37,9 @@ async def merge_streams(streams: list[tuple[int, AsyncIterator[RequestOutput]]])
         finally:
             await stream.aclose()  # a consumer that left early cancels the request now
         return
-    queue: asyncio.Queue = asyncio.Queue()
+    # Bounded: a consumer that stops (a slow SSE client) stops the pumps, so the replica
+    # link's per-stream flow control reaches the replicas instead of this queue growing.
+    queue: asyncio.Queue = asyncio.Queue(maxsize=PUMP_QUEUE_PER_STREAM * len(streams))
     done = object()
 
     async def pump(index: int, stream: AsyncIterator[RequestOutput]) -> None:
@@ -43,6 +47,8 @@ async def merge_streams(streams: list[tuple[int, AsyncIterator[RequestOutput]]])
             async for out in stream:
                 await queue.put(ChoiceEvent(index, out))
             await queue.put(done)
+        except asyncio.CancelledError:
+            raise  # the consumer left: nobody would read a queued error (and the queue may be full)
         except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
             await queue.put(exc)
         finally:
