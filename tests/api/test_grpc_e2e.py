@@ -80,7 +80,7 @@ def test_list_models_and_reflection(channel, serve_app):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     models = pbg.InferenceStub(channel).ListModels(pb.ListModelsRequest(), metadata=meta(serve_app))
-    assert [m.id for m in models.models] == [serve_app.model]
+    assert [m.id for m in models.models] == [m for m in (serve_app.model, serve_app.vllm_model) if m]
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
