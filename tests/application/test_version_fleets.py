@@ -85,7 +85,7 @@ async def test_the_actuator_counts_and_scales_a_version_by_its_own_deployment_an
                              board=ReplicaStatsBoard(), counts=counts, spot_available=lambda: False,
                              handle_for=lambda ref: Handle(log), versions=make_replicas(serve))
     obs = await act.observe(CANARY)
-    assert {r.replica_id for r in obs.replicas} == {"a", "b"}
+    assert {r.replica_id for r in obs.replicas} == {"a", "b"} and obs.spot.available is False
     await act.start(CANARY, CapacityType.SPOT, 2)  # no spot twin for a version: its one deployment
     assert counts.values == {DeploymentRef(APP, DEP): 4}
     await act.stop(CANARY, "a")

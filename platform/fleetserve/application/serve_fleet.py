@@ -144,7 +144,8 @@ class ServeFleetActuator:
         for r in replicas:
             self._where[r.replica_id] = ref
             self._count_only.add(r.replica_id)
-        return ObservedFleet(fleet, tuple(replicas), queued=queued)
+        # No spot twin: the policy plans such a version on on-demand capacity only.
+        return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=SpotMarket(available=False))
 
     async def _init_router(self, ref: DeploymentRef) -> None:
         """A handle's router starts (and publishes to the board) with its first call."""
