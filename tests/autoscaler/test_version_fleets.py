@@ -94,3 +94,90 @@ async def test_a_restarted_controller_picks_a_canarys_state_back_up():
     again = make(clock, Versions(clock, v1=stable, v2=canary), Catalog({STABLE: None, CANARY: 0.1}), store)
     await again.tick()
     assert again.status()[CANARY.key]["override"] == {"max_replicas": 1}
+
+
+def spread(fleet: FakeFleet, requests: int) -> None:
+    """Put ``requests`` in flight on the fleet's serving replicas, evenly (the router's job)."""
+    rids = fleet.serving()
+    for i, rid in enumerate(rids):
+        fleet.set_running(rid, requests // len(rids) + (1 if i < requests % len(rids) else 0))
+
+
+async def test_a_canary_at_a_quarter_of_the_split_is_sized_for_its_share_of_the_models_load():
+    clock = FakeClock(0.0)
+    stable, canary = FakeFleet(clock, cold_start_s=30), FakeFleet(clock, cold_start_s=30)
+    for _ in range(8):
+        stable.add(running=10)  # 80 requests at 10 per replica
+    canary.add()
+    ctrl = make(clock, Versions(clock, v1=stable, v2=canary), Catalog({STABLE: 0.75, CANARY: 0.25}))
+    await ctrl.tick()
+    assert canary.actions("start") == [("start", "on_demand", 1)]  # 20 requests' worth: 2 replicas, at once
+    clock.advance(31)
+    await ctrl.tick()
+    assert len(canary.serving()) == 2 and canary.actions("start") == [("start", "on_demand", 1)]
+    assert ctrl.status()[CANARY.key]["last_decision"]["target"] == 2
+
+
+async def test_the_weight_moving_to_the_canary_scales_it_up_and_the_old_stable_down_within_bounds():
+    clock = FakeClock(0.0)
+    stable, canary = FakeFleet(clock, cold_start_s=30), FakeFleet(clock, cold_start_s=30)
+    for _ in range(8):
+        stable.add(running=10)
+    canary.add()
+    catalog = Catalog({STABLE: 0.75, CANARY: 0.25})
+    ctrl = make(clock, Versions(clock, v1=stable, v2=canary), catalog)
+    await ctrl.set_override(CANARY, ScaleOverride(max_replicas=6))  # fleetserve scale m --version v2 --max 6
+    await ctrl.tick()
+    catalog.weights = {STABLE: 0.0, CANARY: 1.0}  # promoted: all of the model's traffic goes to v2
+    clock.advance(1)
+    await ctrl.tick()
+    assert sum(c[2] for c in canary.actions("start")) == 5  # at once, before the requests arrive: up to its max
+    for _ in range(300):
+        clock.advance(1)
+        spread(stable, 0)  # the split moved the requests over
+        spread(canary, 80)
+        await ctrl.tick()
+        assert len(canary.replicas) + len(canary.starting) <= 6  # its bound, even though 80 wants 8
+        assert len(stable.serving()) >= 1  # the stable version's min_replicas
+    assert len(canary.serving()) == 6
+    assert len(stable.replicas) == 1 and stable.actions("stop")  # drained, then removed, down to its min
+
+
+async def test_a_version_removed_from_the_catalog_is_forgotten_but_an_operator_override_is_kept():
+    clock, store = FakeClock(0.0), MemoryCanaryStore()
+    stable, canary, third = FakeFleet(clock), FakeFleet(clock), FakeFleet(clock)
+    for f in (stable, canary, third):
+        f.add()
+    v3 = FleetId("m", "v3")
+    catalog = Catalog({STABLE: 0.8, CANARY: 0.1, v3: 0.1})
+    ctrl = make(clock, Versions(clock, v1=stable, v2=canary, v3=third), catalog, store)
+    await ctrl.set_override(v3, ScaleOverride(min_replicas=1, max_replicas=2))
+    await ctrl.tick()
+    assert {CANARY.key, v3.key} <= set(ctrl.status()) and await store.get("scaling", CANARY.key)
+
+    catalog.weights = {STABLE: 1.0}  # both rolled back and deleted
+    calls = (len(canary.calls), len(third.calls))
+    await ctrl.tick()
+    clock.advance(100)
+    await ctrl.tick()
+    assert set(ctrl.status()) == {STABLE.key} and ctrl.fleets == [STABLE]
+    assert (len(canary.calls), len(third.calls)) == calls  # neither observed nor acted on
+    assert await store.get("scaling", CANARY.key) is None  # its replicas' roles mean nothing to a later one
+    catalog.weights = {STABLE: 0.9, v3: 0.1}  # v3 redeployed: the operator's bounds come back with it
+    await ctrl.tick()
+    assert ctrl.status()[v3.key]["override"] == {"min_replicas": 1, "max_replicas": 2}
+
+
+async def test_a_count_only_fleet_gets_no_warm_pool():
+    clock = FakeClock(0.0)
+    stable, canary = FakeFleet(clock, cold_start_s=10), FakeFleet(clock, cold_start_s=10)
+    stable.add()
+    canary.add()
+    cfg = AutoscalerConfig(defaults=make_config(warm_pool={"min_size": 1, "max_size": 1}))
+    ctrl = ScalingController(cfg, [STABLE], Versions(clock, v1=stable, v2=canary), clock, MemoryCanaryStore(),
+                             catalog=Catalog({STABLE: None, CANARY: None}), count_only=lambda f: f == CANARY)
+    for _ in range(5):
+        await ctrl.tick()
+        clock.advance(11)
+    assert len(stable.standby()) == 1  # the pool, through park
+    assert canary.actions("start") == [] and canary.actions("park") == []  # parking would not reach its replicas

@@ -8,6 +8,11 @@ detached actor (``fleetserve-controller``, ``get_if_exists``) does that outside 
 control loop; every ingress replica reaches the same one. Its state goes to the store
 (Redis when ``canary.redis_url`` or ``tenants.redis_url`` is set) after each tick and is
 reloaded when the actor restarts (``max_restarts=-1``).
+
+Which fleets: the configured (stable) versions, and each model version deployed at runtime
+(:class:`~fleetserve.application.version_fleets.RegistryFleetCatalog`, read every tick,
+with the registry's split weights), observed through Serve's status
+(:class:`~fleetserve.application.version_fleets.ServeVersionReplicas`).
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import logging
 from typing import Optional
 
 from fleetserve.application.build import deployment_name, on_demand_resources, spot_twin_models, twin_deployment_name
+from fleetserve.application.version_fleets import RegistryFleetCatalog, ServeVersionReplicas
+from fleetserve.application.versions import ServeVersionDeployer, version_slug
 from fleetserve.application.serve_fleet import DeploymentRef, RayNodeDrains, ServeFleetActuator, spot_nodes_alive
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.control import LocalScalingControl
 from fleetserve.autoscaler.controller import ScalingController
 from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.autoscaler.snapshot import CapacityType
+from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.store import MemoryCanaryStore, RedisCanaryStore
 from fleetserve.clock import SystemClock
 from fleetserve.config import FleetConfig
@@ -44,6 +52,22 @@ def fleet_deployments(cfg: FleetConfig) -> dict:
     return out
 
 
+def version_replicas(cfg: FleetConfig) -> ServeVersionReplicas:
+    """Runtime versions' replicas, named as :class:`ServeVersionDeployer` deploys them."""
+    deployer = ServeVersionDeployer(cfg)
+    return ServeVersionReplicas(lambda model: deployer.app_name(model, ""),
+                                lambda model, v: (deployer.app_name(model, v), deployer.deployment(model, v)))
+
+
+def version_catalog(cfg: FleetConfig, serve: ServeVersionReplicas) -> RegistryFleetCatalog:
+    """The versions to plan: the registry the ingress's version table reads (the same store:
+    Redis when ``canary.redis_url`` or ``tenants.redis_url`` is set; else an empty one of this
+    process, and only what Serve runs is planned, without weights)."""
+    url = cfg.canary.redis_url or (cfg.tenants.redis_url if cfg.tenants is not None else None)
+    store = RedisCanaryStore.from_url(url) if url else MemoryCanaryStore()  # the registry's prefix, as build_versions
+    return RegistryFleetCatalog({m.name: m.version for m in cfg.models}, VersionRegistry(store), serve, version_slug)
+
+
 class ControllerActor:
     """Runs :class:`ScalingController` every ``autoscaler.tick_interval_s``."""
 
@@ -54,15 +78,18 @@ class ControllerActor:
         url = self.cfg.canary.redis_url or (self.cfg.tenants.redis_url if self.cfg.tenants is not None else None)
         store = RedisCanaryStore.from_url(url, prefix="fleetserve:") if url else MemoryCanaryStore()
         fleets = fleet_deployments(self.cfg)
+        versions = version_replicas(self.cfg)
         self.registry = CollectorRegistry()
         drains = RayNodeDrains()
         placement = self.cfg.autoscaler.placement
         actuator = ServeFleetActuator(fleets, placement,
-                                      spot_available=lambda: spot_nodes_alive(placement, drains.draining_nodes()))
+                                      spot_available=lambda: spot_nodes_alive(placement, drains.draining_nodes()),
+                                      versions=versions)
         self.controller = ScalingController(
             self.cfg.autoscaler, [FleetId.parse(k) for k in fleets], actuator,
             SystemClock(), store, observer=ControllerMetrics(self.registry),
-            drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0, node_drains=drains)
+            drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0, node_drains=drains,
+            catalog=version_catalog(self.cfg, versions), count_only=lambda f: f.key not in fleets)
         self.control = LocalScalingControl(self.controller, self.registry)
         self._task: Optional[asyncio.Task] = None
 

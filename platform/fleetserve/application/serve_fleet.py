@@ -11,6 +11,10 @@ Ray places them on spot nodes only. Both run ``ModelReplica``.
   (``target_replica``, honoured by the replica router and checked by the replica).
 - *Observation*: the replica stats board of this process, which the deployments' routers
   keep current (Serve pushes every replica's routing stats to them).
+- *Runtime versions* (canaries, each its own Serve application on Serve's default router):
+  observed through Serve's status and the load the policy hook publishes
+  (:mod:`fleetserve.application.version_fleets`), counted the same way; role calls do not
+  reach their replicas (no pinned routing there), so they only scale by count.
 
 What Serve does not let us choose: which replica a lower count stops. The controller lowers
 the count only once its chosen replica is drained and empty; should Serve stop another one,
@@ -24,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable, Collection, Dict, Mapping, Optional
+from typing import Callable, Collection, Dict, Mapping, Optional, Set
 
+from fleetserve.application.version_fleets import ServeVersionReplicas
 from fleetserve.autoscaler.actuator import FleetId, ObservedFleet, ObservedReplica
 from fleetserve.autoscaler.config import PlacementConfig
 from fleetserve.autoscaler.node_drains import NodeDrain
@@ -84,8 +89,11 @@ class ServeFleetActuator:
     def __init__(self, fleets: Mapping[str, Mapping[CapacityType, DeploymentRef]], placement: PlacementConfig,
                  board: Optional[ReplicaStatsBoard] = None, counts: Optional[GcsCounts] = None,
                  spot_available: Optional[Callable[[], bool]] = None,
-                 handle_for: Optional[Callable[[DeploymentRef], object]] = None):
-        """``handle_for``: a deployment's handle (default: ``serve.get_deployment_handle``)."""
+                 handle_for: Optional[Callable[[DeploymentRef], object]] = None,
+                 versions: Optional[ServeVersionReplicas] = None):
+        """``handle_for``: a deployment's handle (default: ``serve.get_deployment_handle``);
+        ``versions``: where fleets not in ``fleets`` (runtime versions) are observed; None:
+        only ``fleets``."""
         self._fleets = {k: dict(v) for k, v in fleets.items()}
         self._placement = placement
         self._board = board or process_board()
@@ -94,6 +102,9 @@ class ServeFleetActuator:
         self._handle_for = handle_for
         self._handles: Dict[DeploymentRef, object] = {}
         self._where: Dict[str, DeploymentRef] = {}  # replica id -> its deployment
+        self._versions = versions
+        self._count_only: Set[str] = set()  # runtime versions' replicas: no pinned calls reach them
+        self._seen: Dict[DeploymentRef, int] = {}  # runtime versions' replicas seen running
 
     def _handle(self, ref: DeploymentRef):
         if ref not in self._handles:
@@ -106,6 +117,8 @@ class ServeFleetActuator:
         return self._handles[ref]
 
     async def observe(self, fleet: FleetId) -> ObservedFleet:
+        if fleet.key not in self._fleets:
+            return await self._observe_version(fleet)
         replicas, queued = [], 0
         for ctype, ref in self._fleets[fleet.key].items():
             if self._board.replicas(ref.deployment) is None:
@@ -122,6 +135,18 @@ class ServeFleetActuator:
         spot = SpotMarket(available=self._spot_available())
         return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=spot)
 
+    async def _observe_version(self, fleet: FleetId) -> ObservedFleet:
+        if self._versions is None:
+            return ObservedFleet(fleet)
+        replicas, queued = await self._versions.replicas(fleet)
+        ref = DeploymentRef(*self._versions.ref(fleet))
+        self._seen[ref] = len(replicas)
+        for r in replicas:
+            self._where[r.replica_id] = ref
+            self._count_only.add(r.replica_id)
+        # No spot twin: the policy plans such a version on on-demand capacity only.
+        return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=SpotMarket(available=False))
+
     async def _init_router(self, ref: DeploymentRef) -> None:
         """A handle's router starts (and publishes to the board) with its first call."""
         try:
@@ -130,6 +155,11 @@ class ServeFleetActuator:
             log.debug("router of %s not ready: %r", ref.deployment, exc)
 
     async def start(self, fleet: FleetId, capacity_type: CapacityType, count: int) -> None:
+        if fleet.key not in self._fleets:
+            if self._versions is not None:  # on-demand only: versions have no spot twin
+                ref = DeploymentRef(*self._versions.ref(fleet))
+                self._counts.put(ref, self._current(ref) + count)
+            return
         ref = self._fleets[fleet.key].get(capacity_type) or self._fleets[fleet.key][CapacityType.ON_DEMAND]
         self._counts.put(ref, self._current(ref) + count)
 
@@ -140,11 +170,13 @@ class ServeFleetActuator:
 
     def _current(self, ref: DeploymentRef) -> int:
         known = self._counts.get(ref)
-        return known if known is not None else len(self._board.replicas(ref.deployment) or [])
+        if known is not None:
+            return known
+        return self._seen[ref] if ref in self._seen else len(self._board.replicas(ref.deployment) or [])
 
     async def _pinned(self, replica_id: str, method: str, *args, **kwargs) -> None:
         ref = self._where.get(replica_id)
-        if ref is None:
+        if ref is None or replica_id in self._count_only:
             return
         await getattr(self._handle(ref), method).remote(*args, **kwargs, **{TARGET_REPLICA_KWARG: replica_id})
 

@@ -34,6 +34,11 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", s)
 
 
+def version_slug(version: str) -> str:
+    """A version id as its application's name spells it (``app_name``'s last part)."""
+    return _slug(version)
+
+
 class ServeVersionDeployer:
     """Deploys, inspects and deletes the Serve application of one model version."""
 

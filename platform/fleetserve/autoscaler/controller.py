@@ -49,11 +49,12 @@ class ScalingController:
                  store, observer: Optional[Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]] = None,
                  start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0,
                  node_drains: Optional[NodeDrainSource] = None, wall_clock: Callable[[], float] = time.time,
-                 catalog: Optional[FleetCatalog] = None):
+                 catalog: Optional[FleetCatalog] = None, count_only: Callable[[FleetId], bool] = lambda f: False):
         """``node_drains``: the nodes Ray is draining (read once per tick; their replicas get
         interruption notices); ``wall_clock`` dates those drains' deadlines; ``catalog``: the
         model versions to plan for and their traffic weights (read once per tick; None:
-        ``fleets`` only, no split)."""
+        ``fleets`` only, no split); ``count_only``: fleets whose replicas the actuator can
+        only count, not park or wake (runtime versions on Ray Serve): no warm pool for them."""
         self.config = config
         self.fleets = list(fleets)
         self.actuator = actuator
@@ -65,6 +66,7 @@ class ScalingController:
         self.node_drains = node_drains
         self.wall_clock = wall_clock
         self.catalog = catalog
+        self.count_only = count_only
         self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
 
     # -- persistence -------------------------------------------------------------------
@@ -92,7 +94,9 @@ class ScalingController:
         scaling = {k: v for k, v in (("min_replicas", o.min_replicas), ("max_replicas", o.max_replicas)) if v is not None}
         if scaling:
             cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update=scaling)})
-        if o.warm is not None:
+        if self.count_only(f):
+            cfg = cfg.model_copy(update={"warm_pool": cfg.warm_pool.model_copy(update={"min_size": 0, "max_size": 0})})
+        elif o.warm is not None:
             pool = cfg.warm_pool.model_copy(update={"min_size": o.warm, "max_size": o.warm, "burst_replicas": 0})
             cfg = cfg.model_copy(update={"warm_pool": pool})
         return cfg
@@ -111,7 +115,9 @@ class ScalingController:
 
     async def _sync_fleets(self) -> Mapping[FleetId, Optional[float]]:
         """Plan for the catalog's versions: new ones start from their stored state (a
-        controller restart keeps a canary's memory), removed ones are no longer ticked."""
+        controller restart keeps a canary's memory); removed ones are forgotten (no longer
+        ticked or shown; their stored state is dropped unless it holds an operator override,
+        which a version coming back picks up again)."""
         if self.catalog is None:
             return {}
         try:
@@ -123,8 +129,15 @@ class ScalingController:
             if f.key not in self.states or f not in self.fleets:
                 self.states[f.key] = FleetState.from_json(await self.store.get(TABLE, f.key))
                 self.fleets.append(f)
-        self.fleets = [f for f in self.fleets if f in weights]
+        for f in [f for f in self.fleets if f not in weights]:
+            await self._forget(f)
         return weights
+
+    async def _forget(self, f: FleetId) -> None:
+        st = self.states.pop(f.key, None)
+        self.fleets = [g for g in self.fleets if g != f]
+        if st is not None and not any(v is not None for v in vars(st.override).values()):
+            await self.store.delete(TABLE, f.key)
 
     def _node_drains(self) -> Mapping[str, NodeDrain]:
         if self.node_drains is None:
