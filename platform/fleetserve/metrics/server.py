@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import ipaddress
 import logging
 import socket
 import threading
@@ -27,6 +26,7 @@ from typing import Callable, Iterable, Mapping, Optional
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from fleetserve.errors import ConfigError
+from fleetserve.exposure import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ def token_hash(token: str) -> str:
     """The stored form of a token, as ``fleetserve.tenants.keys.hash_api_key`` writes it."""
     return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
