@@ -74,7 +74,10 @@ def test_sampler_sees_children_and_their_memory(mods):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         sampler = procmem.TreeSampler(os.getpid(), interval_s=0.05).start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # wait on the condition, bounded
+        while time.monotonic() < deadline and not (os.getpid() in sampler.series and child.pid in sampler.series
+                                                  and len(sampler.series[child.pid].t) >= 2):
+            time.sleep(0.05)
         sampler.stop()
     finally:
         child.kill()
