@@ -28,6 +28,10 @@ def window_rows(requests: list[dict], window_s: float, seconds: float) -> list[d
         for name, kind in LATENCIES:
             xs = [r[name] for r in ok if r[name] is not None and r["stream"] == (kind == "stream")]
             row[f"{name}_p50_ms"], row[f"{name}_p99_ms"] = _ms(pct(xs, 0.5)), _ms(pct(xs, 0.99))
+        row["ttft_by_tier_ms"] = {}  # tier -> (p50, p99): a priority scheduler's tail is its lowest tier's
+        for tier in sorted({r["tier"] for r in ok if r.get("tier")}):
+            xs = [r["ttft"] for r in ok if r.get("tier") == tier and r["ttft"] is not None]
+            row["ttft_by_tier_ms"][tier] = [_ms(pct(xs, 0.5)), _ms(pct(xs, 0.99))]
         rows.append(row)
     return rows
 
@@ -85,6 +89,9 @@ def print_report(s: dict) -> None:
                       w["e2e_p99_ms"]) for w in s["windows"]]
     print("latencies in ms")
     _table(rows)
+    print("TTFT p50/p99 ms by tier:")
+    for w in s["windows"]:
+        print(f"  window {w['window']}: " + "; ".join(f"{t} {v[0]}/{v[1]}" for t, v in w.get("ttft_by_tier_ms", {}).items()))
     print("\nlatency drift, last vs first window after warm-up (%):", s["latency_drift_pct"])
     rows = [("process", "pid", "RSS first MB", "RSS last MB", "RSS drift %", "PSS drift %")]
     rows += [(d["label"], d["pid"], d.get("rss_first_mb"), d.get("rss_last_mb"), d.get("rss_drift_pct"),

@@ -4,9 +4,12 @@
 tenants over the three tiers, admin key; ``bench/_live_server.py`` takes the machine's Ray
 lock while it runs), then:
 
-1. Capacity: a closed-loop ramp (concurrency 1, 2, 4, ...; ``--ramp-step-s`` each) of
-   streamed completions; capacity is the highest completed req/s of a step whose p99 TTFT
-   is within ``--ttft-slo-s`` (the ramp stops when a step breaks it or gains < 5 %).
+1. Capacity: a closed-loop ramp (concurrency 1, 2, 4, ...; ``--ramp-step-s`` each) of the
+   soak's own request mix (tenants and tiers, streamed or not, chat or text; ``--ramp-mix
+   premium`` ramps streamed premium completions only, which overstates what the mix can
+   take: priority preemption and isolated prefill steps cost the mix throughput); capacity
+   is the highest completed req/s of a step whose p99 TTFT is within ``--ttft-slo-s`` (the
+   ramp stops when a step breaks it or gains < 5 %).
 2. Soak: open-loop Poisson arrivals at ``--load`` (0.8) x capacity for ``--minutes``; each
    request picks a tenant (premium / standard / batch mix), streaming or not
    (``--stream-frac``), completions or chat (``--chat-frac``); the same ``--max-tokens``
@@ -165,19 +168,28 @@ async def wait_serving(http, base: str, args, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"no request succeeded within {timeout_s:.0f}s (last: {r.status} {r.error})")
 
 
+def pick(rng: random.Random, args) -> tuple[str, str, bool, bool]:
+    """One request of the soak's mix: (tenant, tier, stream, chat)."""
+    tenant, tier, _ = rng.choices(TENANTS, [share for *_, share in TENANTS])[0]
+    return tenant, tier, rng.random() < args.stream_frac, rng.random() < args.chat_frac
+
+
 async def ramp(http, base: str, args) -> dict:
-    """Closed-loop steps of doubling concurrency (premium tenant, streamed)."""
+    """Closed-loop steps of doubling concurrency (the soak's mix, or premium streams only)."""
     from _stats import pct
 
     steps, best = [], 0.0
     conc = 1
+    rng = random.Random(args.seed + 1)
     while conc <= args.max_concurrency:
         stop = time.monotonic() + args.ramp_step_s
         results: list[Result] = []
 
         async def worker():
             while time.monotonic() < stop:
-                results.append(await one_request(http, base, "premium-a", "premium", True, False, args.max_tokens, 0.0))
+                tenant, tier, stream, chat = (pick(rng, args) if args.ramp_mix == "soak"
+                                              else ("premium-a", "premium", True, False))
+                results.append(await one_request(http, base, tenant, tier, stream, chat, args.max_tokens, 0.0))
 
         t = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(conc)))
@@ -203,15 +215,13 @@ async def ramp(http, base: str, args) -> dict:
 
 async def soak(http, base: str, rate: float, args) -> list[Result]:
     rng = random.Random(args.seed)
-    weights = [share for *_, share in TENANTS]
     seconds = args.minutes * 60.0
     t0 = time.monotonic()
     tasks, offset = [], 0.0
     while offset < seconds:
         await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
-        tenant, tier, _ = rng.choices(TENANTS, weights)[0]
-        tasks.append(asyncio.create_task(one_request(http, base, tenant, tier, rng.random() < args.stream_frac,
-                                                     rng.random() < args.chat_frac, args.max_tokens, t0)))
+        tenant, tier, stream, chat = pick(rng, args)
+        tasks.append(asyncio.create_task(one_request(http, base, tenant, tier, stream, chat, args.max_tokens, t0)))
         offset += rng.expovariate(rate)
     return list(await asyncio.gather(*tasks))
 
@@ -259,6 +269,8 @@ def main() -> int:
     p.add_argument("--chat-frac", type=float, default=0.3, help="Share of chat (vs text) completions.")
     p.add_argument("--ttft-slo-s", type=float, default=1.0, help="p99 TTFT a ramp step must meet to count as capacity.")
     p.add_argument("--ramp-step-s", type=float, default=15.0, help="Length of each ramp step.")
+    p.add_argument("--ramp-mix", choices=("soak", "premium"), default="soak",
+                   help="What the capacity ramp sends: the soak's mix, or streamed premium completions only.")
     p.add_argument("--max-concurrency", type=int, default=64)
     p.add_argument("--sample-s", type=float, default=10.0, help="Memory sampling interval.")
     p.add_argument("--memory-drift-pct", type=float, default=5.0, help="Flat memory: drift within this, per process.")

@@ -85,3 +85,11 @@ def test_sampler_sees_children_and_their_memory(mods):
     assert {os.getpid(), child.pid} <= set(sampler.series)
     s = sampler.series[child.pid]
     assert len(s.t) >= 2 and all(r > 0 for r in s.rss) and s.label.startswith("python")
+
+
+def test_windows_split_ttft_by_tier(mods):
+    report, _ = mods
+    reqs = [req(t) | {"tier": "premium", "ttft": 0.01} for t in range(0, 60, 2)]
+    reqs += [req(t) | {"tier": "batch", "ttft": 2.0} for t in range(1, 60, 2)]
+    row = report.window_rows(reqs, 60.0, 60.0)[0]
+    assert row["ttft_by_tier_ms"] == {"batch": [2000.0, 2000.0], "premium": [10.0, 10.0]}
