@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleetserve.engine.model.cpu_kernels import paged_decode_kernel, rms_norm_kernel, silu_and_mul_kernel
+from fleetserve.engine.model import cpu_linear
 from fleetserve.engine.model.cpu_linear import PackedLinear, pack_linear_layers, packed_linear_available
 from fleetserve.engine.runtime.hugepages import advise_huge_pages
 
@@ -57,9 +58,38 @@ def test_packed_linear_matches_f_linear_for_any_row_count():
     gen = torch.Generator().manual_seed(2)
     weight, bias = torch.randn(40, 24, generator=gen), torch.randn(40, generator=gen)
     layer = PackedLinear(weight, bias)
-    for rows in (1, 3, 64, 200):
+    # exact, padded to a bucket, one full chunk, chunks plus a padded remainder
+    for rows in (1, 3, 16, 17, 64, 200, 256, 257, 600):
         x = torch.randn(rows, 24, generator=gen)
         torch.testing.assert_close(layer(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 37, 24, generator=gen)  # leading dimensions are kept
+    torch.testing.assert_close(layer(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_linear_calls_onednn_with_a_bounded_set_of_row_counts(monkeypatch):
+    """oneDNN keeps ~0.6 MB per input shape it has seen: every row count 1..2048 must map
+    onto the 31 fixed buckets, which ``warm_row_buckets`` builds up front."""
+    if not packed_linear_available(torch.device("cpu"), torch.float32):
+        pytest.skip("oneDNN is not available in this torch build")
+    layer = PackedLinear(torch.randn(8, 4), None)
+    model = nn.Sequential(PackedLinear(torch.randn(8, 4), None), PackedLinear(torch.randn(8, 4), None))
+    seen = set()
+    real = torch.ops.mkldnn._linear_pointwise
+
+    class Ops:
+        @staticmethod
+        def _linear_pointwise(x, *args):
+            seen.add(x.shape[0])
+            return real(x, *args)
+
+    monkeypatch.setattr(cpu_linear.torch.ops, "mkldnn", Ops)
+    for rows in range(1, 2049):
+        assert layer(torch.ones(rows, 4)).shape == (rows, 8)
+    assert seen == set(cpu_linear.row_buckets(2048))
+    assert len(seen) == 31 and max(seen) == cpu_linear.CHUNK_ROWS
+    seen.clear()
+    assert cpu_linear.warm_row_buckets(model, 100) == len(cpu_linear.row_buckets(100))  # one per shape
+    assert seen == set(cpu_linear.row_buckets(100)) and max(seen) == 112
 
 
 def test_pack_linear_layers_swaps_every_linear():

@@ -10,6 +10,7 @@ tensor code. The same code runs on CPU and CUDA.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.model.cpu_kernels import paged_decode_kernel, rms_norm_kernel, silu_and_mul_kernel
-from fleetserve.engine.model.cpu_linear import pack_linear_layers, packed_linear_available
+from fleetserve.engine.model.cpu_linear import pack_linear_layers, packed_linear_available, warm_row_buckets
 from fleetserve.engine.runtime.hugepages import advise_huge_pages
 from fleetserve.engine.model.layers import RMSNorm, SwiGLU, rotary_tables
 from fleetserve.engine.model.loader import load_model
@@ -28,6 +29,8 @@ from fleetserve.engine.lora.peft_format import load_adapter
 from fleetserve.engine.lora.slots import LoraSlots
 from fleetserve.engine.core.runner_types import ModelInput
 from fleetserve.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,6 +151,9 @@ class ModelRunner:
             return
         if packed_linear_available(self.device, self.dtype):
             pack_linear_layers(self.model)
+            t0 = time.perf_counter()
+            calls = warm_row_buckets(self.model, self.config.max_num_batched_tokens)
+            log.info("oneDNN linear: %d row-bucket shapes built in %.2fs", calls, time.perf_counter() - t0)
         fused_act, fused_norm = silu_and_mul_kernel(), rms_norm_kernel()
         for module in self.model.modules():
             if isinstance(module, SwiGLU):
