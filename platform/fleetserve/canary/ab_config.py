@@ -21,8 +21,10 @@ class FeedbackConfig(_Strict):
         "for an older id is a 404.",
     )
     max_records_in_memory: int = Field(
-        100_000, ge=1,
-        description="Bound on remembered response ids in the in-process store (no Redis); the oldest are dropped first.",
+        10_000, ge=1,
+        description="Bound on remembered response ids in the in-process store (no Redis; ~0.35 KB each); the oldest "
+        "are dropped first, so feedback for an id older than the last this many responses is a 404. With Redis, "
+        "ids are kept for retention_s.",
     )
 
 

@@ -34,7 +34,7 @@ def counts_as(status: str) -> Optional[bool]:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServedRequest:
     """What the platform remembers of a response id: who asked, and which variant answered."""
 

@@ -57,7 +57,7 @@ class ABStore(Protocol):
 class MemoryABStore:
     """Process-local; remembers at most ``max_records`` ids (oldest dropped first)."""
 
-    def __init__(self, max_records: int = 100_000, clock=time.time) -> None:
+    def __init__(self, max_records: int = 10_000, clock=time.time) -> None:
         self._records: ExpiringMap[ServedRequest] = ExpiringMap(clock, max_records)
         self._claimed: ExpiringMap[bool] = ExpiringMap(clock, max_records)
         self._variants: dict[tuple[str, str], dict[str, float]] = {}
