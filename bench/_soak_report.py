@@ -59,7 +59,8 @@ def report(raw: dict, args) -> dict:
     mem_drifts = [abs(d[k]) for d in mem for k in ("rss_drift_pct", "pss_drift_pct") if d.get(k) is not None]
     lat_drifts = [abs(v) for v in lat.values() if v is not None]
     return {
-        "config": raw["config"], "capacity": raw["capacity"], "offered_rps": raw["offered_rps"],
+        "config": raw["config"], "capacity": raw["capacity"], "open_loop": raw.get("open_loop"),
+        "offered_rps": raw["offered_rps"],
         "requests": len(requests), "errors": errors,
         "error_samples": [r["error"] or str(r["status"]) for r in requests if not (r["status"] == 200 and r["done"])][:20],
         "windows": rows, "latency_drift_pct": lat, "memory_drift": mem,
@@ -80,8 +81,11 @@ def _table(rows: list[tuple]) -> None:
 
 
 def print_report(s: dict) -> None:
-    print(f"\ncapacity {s['capacity']['capacity_rps']} req/s (ramp {[(x['concurrency'], x['rps']) for x in s['capacity']['steps']]}); "
-          f"offered {s['offered_rps']} req/s; {s['requests']} requests, {s['errors']} errors")
+    print(f"\nclosed-loop capacity {s['capacity']['capacity_rps']} req/s (ramp {[(x['concurrency'], x['rps']) for x in s['capacity']['steps']]})")
+    if s.get("open_loop"):
+        print(f"open-loop capacity {s['open_loop']['capacity_rps']} req/s (probes "
+              f"{[(x['offered_rps'], x['ttft_p50_s'] and round(x['ttft_p50_s'], 3), x['passed']) for x in s['open_loop']['steps']]})")
+    print(f"offered {s['offered_rps']} req/s; {s['requests']} requests, {s['errors']} errors")
     head = ("window", "start s", "reqs", "errors", "done/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
             "unary p50", "unary p99")
     rows = [head] + [(w["window"], w["start_s"], w["requests"], w["errors"], w["completed_rps"], w["tokens_per_s"],

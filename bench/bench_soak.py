@@ -10,11 +10,17 @@ lock while it runs), then:
    take: priority preemption and isolated prefill steps cost the mix throughput); capacity
    is the highest completed req/s of a step whose p99 TTFT is within ``--ttft-slo-s`` (the
    ramp stops when a step breaks it or gains < 5 %).
-2. Soak: open-loop Poisson arrivals at ``--load`` (0.8) x capacity for ``--minutes``; each
+2. Open-loop capacity: Poisson arrivals of the same mix at ``--probe-fracs`` of that
+   closed-loop figure, ``--probe-step-s`` each, until a step fails (an error, or a median
+   TTFT over ``--probe-ttft-p50-s``: a queue that grows): the last rate that passed. A
+   closed loop never queues, so it never pays for priority preemption or isolated prefill
+   steps, and overstates what Poisson arrivals of three tiers sustain (session 17: 32.3
+   req/s closed loop; 80 % of it, 25.9 req/s, overloaded the server).
+3. Soak: open-loop Poisson arrivals at ``--load`` (0.8) x capacity for ``--minutes``; each
    request picks a tenant (premium / standard / batch mix), streaming or not
    (``--stream-frac``), completions or chat (``--chat-frac``); the same ``--max-tokens``
    (ignore_eos) as the ramp.
-3. Meanwhile the RSS and PSS of every process of the server's tree (the CLI, GCS, raylet,
+4. Meanwhile the RSS and PSS of every process of the server's tree (the CLI, GCS, raylet,
    Serve controller, proxies, ingress, model replica, engine process, haproxy) every
    ``--sample-s`` (bench/_procmem.py).
 
@@ -213,9 +219,40 @@ async def ramp(http, base: str, args) -> dict:
     return {"steps": steps, "capacity_rps": round(best, 2)}
 
 
-async def soak(http, base: str, rate: float, args) -> list[Result]:
-    rng = random.Random(args.seed)
-    seconds = args.minutes * 60.0
+async def probe(http, base: str, closed_rps: float, args) -> dict:
+    """Open-loop steps of the soak's mix at rising fractions of the closed-loop capacity.
+
+    A closed loop never queues: at concurrency = batch size every request starts at once,
+    so no premium arrival preempts a batch request or takes an isolated prefill step. Poisson
+    arrivals of three tiers do both, and the rate they sustain is lower. A step passes when
+    every request succeeded and the median TTFT stayed within ``--probe-ttft-p50-s`` (a queue
+    that grows through a step pushes the median up within seconds); the open-loop capacity
+    is the rate of the last step that passed. Each step drains before the next starts."""
+    from _stats import pct
+
+    steps, best = [], 0.0
+    for frac in args.probe_fracs:
+        rate = frac * closed_rps
+        results = await soak(http, base, rate, args, seconds=args.probe_step_s, seed=args.seed + 2 + len(steps))
+        ok = [r for r in results if r.done]
+        p50 = pct([r.ttft for r in ok if r.ttft is not None], 0.5)
+        passed = len(ok) == len(results) and p50 is not None and p50 <= args.probe_ttft_p50_s
+        steps.append({"fraction": frac, "offered_rps": round(rate, 2), "requests": len(results),
+                      "errors": len(results) - len(ok), "ttft_p50_s": p50,
+                      "ttft_p99_s": pct([r.ttft for r in ok if r.ttft is not None], 0.99), "passed": passed})
+        print(f"probe: {rate:.2f} req/s open loop: {len(results) - len(ok)} errors, TTFT p50 {p50}", flush=True)
+        if not passed:
+            break
+        best = rate
+    if best == 0.0:
+        raise RuntimeError(f"no open-loop rate sustained: {steps}")
+    return {"steps": steps, "capacity_rps": round(best, 2)}
+
+
+async def soak(http, base: str, rate: float, args, seconds: Optional[float] = None,
+               seed: Optional[int] = None) -> list[Result]:
+    rng = random.Random(args.seed if seed is None else seed)
+    seconds = args.minutes * 60.0 if seconds is None else seconds
     t0 = time.monotonic()
     tasks, offset = [], 0.0
     while offset < seconds:
@@ -241,7 +278,11 @@ async def run(args) -> dict:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
                 await wait_serving(http, base, args)
                 out["capacity"] = await ramp(http, base, args)
-                rate = args.load * out["capacity"]["capacity_rps"]
+                capacity = out["capacity"]["capacity_rps"]
+                if args.probe_fracs:
+                    out["open_loop"] = await probe(http, base, capacity, args)
+                    capacity = out["open_loop"]["capacity_rps"]
+                rate = args.load * capacity
                 out["offered_rps"] = round(rate, 3)
                 print(f"soak: {rate:.2f} req/s for {args.minutes} min", flush=True)
                 soak_start = time.monotonic() - sampler.t0
@@ -269,6 +310,12 @@ def main() -> int:
     p.add_argument("--chat-frac", type=float, default=0.3, help="Share of chat (vs text) completions.")
     p.add_argument("--ttft-slo-s", type=float, default=1.0, help="p99 TTFT a ramp step must meet to count as capacity.")
     p.add_argument("--ramp-step-s", type=float, default=15.0, help="Length of each ramp step.")
+    p.add_argument("--probe-fracs", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.5, 0.6, 0.7, 0.8, 0.9],
+                   help="Open-loop probe rates as fractions of the closed-loop capacity (comma-separated; empty: "
+                   "soak at --load x the closed-loop capacity).")
+    p.add_argument("--probe-step-s", type=float, default=90.0, help="Length of each open-loop probe step.")
+    p.add_argument("--probe-ttft-p50-s", type=float, default=0.25,
+                   help="Median TTFT an open-loop probe step must stay within to pass.")
     p.add_argument("--ramp-mix", choices=("soak", "premium"), default="soak",
                    help="What the capacity ramp sends: the soak's mix, or streamed premium completions only.")
     p.add_argument("--max-concurrency", type=int, default=64)
