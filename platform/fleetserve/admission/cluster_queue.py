@@ -57,10 +57,14 @@ QUEUE_NAMESPACE = "fleetserve"
 QUEUE_ACTOR_PREFIX = "fleetserve-fleet-queue:"
 
 
-def queue_config_key(config: FleetSchedulingConfig, deployment_names: Mapping[str, str]) -> str:
-    """Short hash of what the actor is built from: ingress replicas with the same config share it."""
-    blob = json.dumps({"scheduling": config.model_dump(mode="json"), "deployments": dict(sorted(deployment_names.items()))},
-                      sort_keys=True)
+def queue_config_key(config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
+                     twins: Optional[Mapping[str, str]] = None) -> str:
+    """Short hash of what the actor is built from: ingress replicas with the same config share it
+    (``twins``, the models' spot twin deployments, only when there are some: keys without them stay as they were)."""
+    built = {"scheduling": config.model_dump(mode="json"), "deployments": dict(sorted(deployment_names.items()))}
+    if twins:
+        built["twins"] = dict(sorted(twins.items()))
+    blob = json.dumps(built, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -107,13 +111,15 @@ class FleetQueueActor:
 
     def __init__(self, config: dict, deployment_names: Mapping[str, str], handles: Optional[Mapping[str, Any]] = None,
                  board: Optional[ReplicaStatsBoard] = None, clock: Optional[Clock] = None,
-                 exit_fn: Callable[[], None] = _exit_this_actor) -> None:
+                 exit_fn: Callable[[], None] = _exit_this_actor, twins: Optional[Mapping[str, str]] = None) -> None:
+        """``twins``: model name -> its spot twin's deployment, whose replicas (pushed with the
+        model's own) count as the model's capacity too."""
         from fleetserve.admission.board_pool import board_pools
 
         self._config = FleetSchedulingConfig.model_validate(config)
         self._deployments = dict(deployment_names)
         self._board = board or process_board()
-        pools = board_pools(self._deployments, handles, self._board)
+        pools = board_pools(self._deployments, handles, self._board, twins=twins)
         self._clock = clock or SystemClock()
         self._events = _PendingPreemptions()
         self._schedulers = {m: FleetScheduler(self._config, pools[m], self._clock, observer=self._events)
@@ -232,24 +238,28 @@ def resolve_scope(config: FleetSchedulingConfig, ingress_replicas: int) -> str:
 
 
 def cluster_scheduler_factory(app_name: str, config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
-                              handles: Optional[Mapping[str, Any]] = None, clock: Optional[Clock] = None):
+                              handles: Optional[Mapping[str, Any]] = None, clock: Optional[Clock] = None,
+                              twins: Optional[Mapping[str, str]] = None):
     """``TenantGatekeeper(scheduler_factory=...)`` for ``scope: cluster``: each model's queue is
-    the application's shared actor, with a local :class:`FleetScheduler` as the fallback."""
-
-    key = queue_config_key(config, deployment_names)
+    the application's shared actor, with a local :class:`FleetScheduler` as the fallback;
+    ``twins`` (model -> spot twin deployment): pushed and counted with the model's own."""
+    twins = dict(twins or {})
+    key = queue_config_key(config, deployment_names, twins)
 
     def make(model: str, pool, observer) -> ClusterFleetScheduler:
         local = FleetScheduler(config, pool, clock, observer=observer)
+        deployments = [deployment_names[model]] if model in deployment_names else list(deployment_names.values())
+        deployments += [twins[model]] if model in twins else []
         return ClusterFleetScheduler(
-            model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles, key), local, observer,
-            deployments=[deployment_names[model]] if model in deployment_names else list(deployment_names.values()),
-            push_interval_s=config.push_interval_s, clock=clock)
+            model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles, key, twins), local,
+            observer, deployments=deployments, push_interval_s=config.push_interval_s, clock=clock)
 
     return make
 
 
 def get_or_create_queue_actor(app_name: str, config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
-                              handles: Optional[Mapping[str, Any]] = None, key: Optional[str] = None):
+                              handles: Optional[Mapping[str, Any]] = None, key: Optional[str] = None,
+                              twins: Optional[Mapping[str, str]] = None):
     """The application's queue actor for this config, created here (detached) if no ingress replica has yet."""
     import ray
 
@@ -257,9 +267,10 @@ def get_or_create_queue_actor(app_name: str, config: FleetSchedulingConfig, depl
     concurrency = len(deployment_names) * (config.max_queue_total + 1000) + 1000
     cls = ray.remote(FleetQueueActor)
     return cls.options(
-        name=queue_actor_name(app_name, key or queue_config_key(config, deployment_names)), namespace=QUEUE_NAMESPACE,
-        get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=concurrency, max_restarts=0,
-    ).remote(config.model_dump(mode="json"), dict(deployment_names), dict(handles or {}))
+        name=queue_actor_name(app_name, key or queue_config_key(config, deployment_names, twins)),
+        namespace=QUEUE_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=concurrency,
+        max_restarts=0,
+    ).remote(config.model_dump(mode="json"), dict(deployment_names), dict(handles or {}), twins=dict(twins or {}))
 
 
 def queue_actor_names(app_name: str) -> list[str]:
