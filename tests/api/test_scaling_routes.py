@@ -20,7 +20,8 @@ from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.clock import FakeClock
 from fleetserve.deployments.replica_stats import ReplicaStatus
-from fleetserve.metrics.server import MetricsServer, token_hash
+from fleetserve.metrics.server import MetricsServer
+from fleetserve.credentials import hash_api_key
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
 from tests.autoscaler.fake_fleet import FakeFleet
 from tests.tenants.factories import make_config, make_spec
@@ -82,7 +83,7 @@ async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
     # The controller's series are not on the REST app; the ingress's metrics listener serves them.
     assert (await client.get("/metrics/scaling")).status_code == 404
     loop = asyncio.get_running_loop()
-    listener = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, accepted_hashes=[token_hash("fs-admin-test")],
+    listener = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, accepted_hashes=[hash_api_key("fs-admin-test")],
                              extra_paths={"/metrics/scaling": lambda: asyncio.run_coroutine_threadsafe(
                                  control.metrics_text(), loop).result(10)})
     try:
