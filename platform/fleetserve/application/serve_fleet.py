@@ -169,10 +169,16 @@ class ServeFleetActuator:
             self._counts.put(ref, max(0, self._current(ref) - 1))
 
     def _current(self, ref: DeploymentRef) -> int:
+        """The count to raise or lower: the one last written, else the replicas ``observe``
+        reports (reported ones only: one Serve started that has not reported yet is, to the
+        policy, not there, and its cold start plans it again; counting it here too started
+        it twice at deploy time)."""
         known = self._counts.get(ref)
         if known is not None:
             return known
-        return self._seen[ref] if ref in self._seen else len(self._board.replicas(ref.deployment) or [])
+        if ref in self._seen:
+            return self._seen[ref]
+        return sum(1 for e in self._board.replicas(ref.deployment) or [] if e.stats.ts is not None)
 
     async def _pinned(self, replica_id: str, method: str, *args, **kwargs) -> None:
         ref = self._where.get(replica_id)
