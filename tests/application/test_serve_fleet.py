@@ -187,3 +187,17 @@ def test_spot_twin_lives_in_the_main_app_and_the_ingress_stays_on_demand():
     assert twin["ray_actor_options"]["resources"] == {"spot": 0.001}  # spot only: never both
     plain = parse_config({"models": models, "autoscaler": {**auto, "controller": False}})
     assert spot_twin_models(plain) == [] and on_demand_resources(plain) == {}
+
+
+async def test_only_a_fleet_with_a_spot_twin_reads_rays_node_table():
+    asked = []
+
+    def spot_available():  # stands in for spot_nodes_alive: blocking reads of Ray's GCS
+        asked.append(1)
+        return True
+
+    fleets = {FLEET.key: {CapacityType.ON_DEMAND: OD}, "n@v1": {CapacityType.ON_DEMAND: OD, CapacityType.SPOT: SPOT}}
+    act = ServeFleetActuator(fleets, PlacementConfig(), board=ReplicaStatsBoard(), counts=Counts(),
+                             spot_available=spot_available, handle_for=lambda ref: Handle([]))
+    assert (await act.observe(FLEET)).spot.available is False and asked == []
+    assert (await act.observe(FleetId("n", "v1"))).spot.available is True and asked == [1]

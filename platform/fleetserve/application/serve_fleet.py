@@ -132,7 +132,9 @@ class ServeFleetActuator:
                 replicas.append(ObservedReplica(e.replica, state, ctype, s.in_flight, s.kv_usage, s.node_id))
                 queued += s.num_waiting
                 self._where[e.replica] = ref
-        spot = SpotMarket(available=self._spot_available())
+        # Ray's node table (two blocking GCS reads) only for a fleet with a spot twin: without
+        # one the policy places nothing on spot anyway.
+        spot = SpotMarket(available=CapacityType.SPOT in self._fleets[fleet.key] and self._spot_available())
         return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=spot)
 
     async def _observe_version(self, fleet: FleetId) -> ObservedFleet:
