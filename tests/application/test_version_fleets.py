@@ -30,7 +30,8 @@ def details(*replicas, app=APP, dep=DEP):
 def make_replicas(serve, load=None, clock=lambda: 0.0):
     return ServeVersionReplicas(lambda m: f"app--{m}--", lambda m, v: (f"app--{m}--{version_slug(v)}",
                                                                       f"model-{m}--{version_slug(v)}"),
-                                details=lambda: serve, load_of=lambda a, d: (load or {}).get((a, d), {}), clock=clock)
+                                details=lambda: serve, load_of=lambda a, d: (load or {}).get((a, d), {}), clock=clock,
+                                app_names=lambda: serve["applications"])
 
 
 async def test_the_catalog_plans_stable_and_deployed_servable_versions_with_the_split_weights():
@@ -69,8 +70,9 @@ async def test_serve_details_are_read_once_per_tick_not_per_fleet():
         return details(("a", "RUNNING"))
 
     reps = ServeVersionReplicas(lambda m: f"app--{m}--", lambda m, v: (APP, DEP), details=read,
-                                load_of=lambda a, d: {}, clock=lambda: now[0], max_age_s=1.0)
+                                load_of=lambda a, d: {}, clock=lambda: now[0], max_age_s=1.0, app_names=lambda: [APP])
     await reps.deployed("m")
+    await reps.replicas(CANARY)
     await reps.replicas(CANARY)
     assert len(reads) == 1
     now[0] = 2.0

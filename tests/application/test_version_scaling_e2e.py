@@ -8,40 +8,22 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, wait_for
+from tests.fixtures.ray_serve import wait_for
+from tests.fixtures.scaling_app import ADMIN, deployed, scaling_config
 
 pytestmark = pytest.mark.ray
 
 APP, PREFIX = "fs-vscale", "/vscale"
-ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def version_app(serve_app):
-    import ray
-    from ray import serve
-
-    from fleetserve.application.build import deploy
-    from fleetserve.application.scaling_controller import ACTOR_NAME
-    from fleetserve.config import parse_config
-    from fleetserve.tenants.keys import hash_api_key
-
-    cfg = parse_config({
-        "server": {"host": "127.0.0.1", "port": int(serve_app.base_url.rsplit(":", 1)[1]), "grpc_port": None,
-                   "app_name": APP, "route_prefix": PREFIX, "admin_key": TEST_ADMIN_KEY},
-        "models": [{"name": serve_app.model, "checkpoint": serve_app.checkpoint,
-                    "engine_args": {"num_kv_blocks": 64, "max_num_seqs": 4, "num_threads": 1, "engine_process": False},
-                    "resources": {"num_cpus": 0.1}, "drain_timeout_s": 10, "replicas": {"num": 1, "min": 1, "max": 2}}],
-        "tenants": {"tenants": [{"id": "test", "tier": "standard", "api_key_hashes": [hash_api_key(TEST_API_KEY)]}]},
-        "autoscaler": {"controller": True, "tick_interval_s": 0.5, "defaults": {
-            "scaling": {"min_replicas": 1, "max_replicas": 2, "downscale_delay_s": 1, "downscale_cooldown_s": 1}}},
-    })
-    deploy(cfg, start=False)
-    yield serve_app.base_url + PREFIX, cfg
-    for name in list(serve.status().applications):
-        if name.startswith(APP):
-            serve.delete(name)
-    ray.kill(ray.get_actor(ACTOR_NAME, namespace="serve"))
+    cfg = scaling_config(serve_app, APP, PREFIX, model={
+        "engine_args": {"num_kv_blocks": 64, "max_num_seqs": 4, "num_threads": 1, "engine_process": False},
+        "resources": {"num_cpus": 0.1}, "drain_timeout_s": 10, "replicas": {"num": 1, "min": 1, "max": 2}}, defaults={
+        "scaling": {"min_replicas": 1, "max_replicas": 2, "downscale_delay_s": 1, "downscale_cooldown_s": 1}})
+    with deployed(serve_app, cfg) as base:
+        yield base, cfg
 
 
 def running_replicas(app: str) -> int:

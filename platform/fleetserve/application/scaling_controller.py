@@ -11,8 +11,9 @@ reloaded when the actor restarts (``max_restarts=-1``).
 
 Which fleets: the configured (stable) versions, and each model version deployed at runtime
 (:class:`~fleetserve.application.version_fleets.RegistryFleetCatalog`, read every tick,
-with the registry's split weights), observed through Serve's status
-(:class:`~fleetserve.application.version_fleets.ServeVersionReplicas`).
+with the registry's split weights, and Serve's application names), observed through Serve's
+full status (:class:`~fleetserve.application.version_fleets.ServeVersionReplicas`), which is
+read only while such a version is planned.
 """
 
 from __future__ import annotations

@@ -132,7 +132,9 @@ class ServeFleetActuator:
                 replicas.append(ObservedReplica(e.replica, state, ctype, s.in_flight, s.kv_usage, s.node_id))
                 queued += s.num_waiting
                 self._where[e.replica] = ref
-        spot = SpotMarket(available=self._spot_available())
+        # Ray's node table (two blocking GCS reads) only for a fleet with a spot twin: without
+        # one the policy places nothing on spot anyway.
+        spot = SpotMarket(available=CapacityType.SPOT in self._fleets[fleet.key] and self._spot_available())
         return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=spot)
 
     async def _observe_version(self, fleet: FleetId) -> ObservedFleet:
@@ -169,10 +171,16 @@ class ServeFleetActuator:
             self._counts.put(ref, max(0, self._current(ref) - 1))
 
     def _current(self, ref: DeploymentRef) -> int:
+        """The count to raise or lower: the one last written, else the replicas ``observe``
+        reports (reported ones only: one Serve started that has not reported yet is, to the
+        policy, not there, and its cold start plans it again; counting it here too started
+        it twice at deploy time)."""
         known = self._counts.get(ref)
         if known is not None:
             return known
-        return self._seen[ref] if ref in self._seen else len(self._board.replicas(ref.deployment) or [])
+        if ref in self._seen:
+            return self._seen[ref]
+        return sum(1 for e in self._board.replicas(ref.deployment) or [] if e.stats.ts is not None)
 
     async def _pinned(self, replica_id: str, method: str, *args, **kwargs) -> None:
         ref = self._where.get(replica_id)

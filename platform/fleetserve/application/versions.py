@@ -83,7 +83,7 @@ class ServeVersionDeployer:
         m = base.model_copy(update={"checkpoint": version.checkpoint, "engine": version.engine,
                                     "engine_args": {**base.engine_args, **dict(version.engine_args)},
                                     "version": version.version_id})
-        opts = model_options(m, self._cfg)
+        opts = model_options(m, self._cfg, standbys=False)  # the controller only counts a version's replicas
         opts["name"] = self.deployment(version.model, version.version_id)
         # The replica deployment is its application's ingress, and with HAProxy (the default proxy)
         # Serve refuses a custom request router on an ingress: versions use Serve's own router.

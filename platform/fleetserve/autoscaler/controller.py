@@ -29,6 +29,7 @@ from fleetserve.autoscaler.actuator import FleetActuator, FleetId, ObservedFleet
 from fleetserve.autoscaler.config import AutoscalerConfig, ModelPolicyConfig
 from fleetserve.autoscaler.controller_state import TABLE, DrainPlan, FleetState, PendingStart, ScaleOverride
 from fleetserve.autoscaler.decision import DrainOrder, ReplicaRole, ScalingDecision
+from fleetserve.autoscaler.initial import without_warm_pool
 from fleetserve.autoscaler.node_drains import NodeDrain, NodeDrainSource, interruptions_on_draining_nodes
 from fleetserve.autoscaler.policy import PolicyState
 from fleetserve.autoscaler.registry import make_policy
@@ -95,7 +96,7 @@ class ScalingController:
         if scaling:
             cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update=scaling)})
         if self.count_only(f):
-            cfg = cfg.model_copy(update={"warm_pool": cfg.warm_pool.model_copy(update={"min_size": 0, "max_size": 0})})
+            cfg = without_warm_pool(cfg)
         elif o.warm is not None:
             pool = cfg.warm_pool.model_copy(update={"min_size": o.warm, "max_size": o.warm, "burst_replicas": 0})
             cfg = cfg.model_copy(update={"warm_pool": pool})
