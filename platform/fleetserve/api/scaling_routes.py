@@ -73,7 +73,8 @@ def replica_rows(rows: list[ReplicaStatus], versions: dict[str, str]) -> list[di
              "state": replica_state(r),
              "node_id": r.node_id, "node_ip": r.node_ip, "capacity_type": r.capacity_type,
              "running": r.num_running, "waiting": r.num_waiting, "in_flight": r.in_flight,
-             "kv_usage": round(r.kv_usage, 4)} for r in rows]
+             "kv_usage": round(r.kv_usage, 4), "transport": "link" if r.link else "handle",
+             "link_streams": r.link_streams} for r in rows]
 
 
 def build_scaling_router(service, control: ScalingControl) -> APIRouter:
