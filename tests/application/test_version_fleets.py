@@ -136,3 +136,15 @@ def test_a_version_application_keeps_the_replica_router_under_haproxy(monkeypatc
     assert replica._deployment_config.autoscaling_config.policy.policy_function == \
         stable["autoscaling_config"].policy.policy_function  # the controller's count hook
     assert replica._deployment_config.graceful_shutdown_timeout_s == stable["graceful_shutdown_timeout_s"]
+
+
+async def test_a_replica_gone_from_the_board_takes_no_more_calls():
+    board, counts, log = ReplicaStatsBoard(), Counts(), []
+    board.publish(DEP, {"a": ReplicaStats("a", ts=time.time())})
+    act = make_actuator(board, counts, log)
+    await act.observe(CANARY)
+    board.publish(DEP, {})  # stopped (or the version deleted)
+    await act.observe(CANARY)
+    await act.drain(CANARY, "a")
+    await act.stop(CANARY, "a")
+    assert log == [] and counts.values == {}

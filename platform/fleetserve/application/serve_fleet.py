@@ -125,6 +125,8 @@ class ServeFleetActuator:
     async def observe(self, fleet: FleetId) -> ObservedFleet:
         refs = self._refs(fleet)
         replicas, queued = [], 0
+        mine = set(refs.values())  # replicas gone since the last look are forgotten
+        self._where = {rid: ref for rid, ref in self._where.items() if ref not in mine}
         for ctype, ref in refs.items():
             if self._board.replicas(ref.deployment) is None:
                 await self._init_router(ref)
