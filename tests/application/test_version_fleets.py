@@ -27,8 +27,9 @@ CANARY = FleetId("m", "v2.1")
 APP, DEP = "app--m--v2-1", "model-m--v2-1"
 
 
-def details(app=APP):
-    return {"applications": {"app": {"deployments": {}}, app: {"deployments": {}}}}
+def details(app=APP, *states):
+    replicas = [{"replica_id": f"r{i}", "state": st} for i, st in enumerate(states)]
+    return {"applications": {"app": {"deployments": {}}, app: {"deployments": {DEP: {"replicas": replicas}}}}}
 
 
 def make_apps(serve, clock=lambda: 0.0, max_age_s=1.0):
@@ -63,6 +64,7 @@ async def test_serve_details_are_read_once_per_tick_not_per_model():
 
     apps = make_apps(read, clock=lambda: now[0])
     assert await apps.deployed("m") == {APP: "v2-1"} and await apps.deployed("n") == {}
+    assert await apps.running(CANARY) == 0 and await apps.running(FleetId("m", "gone")) == 0
     assert len(reads) == 1
     now[0] = 2.0
     await apps.deployed("m")
@@ -70,10 +72,11 @@ async def test_serve_details_are_read_once_per_tick_not_per_model():
     assert apps.ref(CANARY) == (APP, DEP)
 
 
-def make_actuator(board, counts, log):
+def make_actuator(board, counts, log, serve=None):
+    serve = serve or details(APP, "RUNNING")
     return ServeFleetActuator({"m@v1": {CapacityType.ON_DEMAND: DeploymentRef("app", "model-m")}}, PlacementConfig(),
                               board=board, counts=counts, spot_available=lambda: True,
-                              handle_for=lambda ref: Handle(log), versions=make_apps(lambda: details()))
+                              handle_for=lambda ref: Handle(log), versions=make_apps(lambda: serve, max_age_s=-1))
 
 
 async def test_a_version_is_observed_on_the_board_and_its_replicas_take_pinned_calls():
@@ -97,10 +100,14 @@ async def test_a_version_is_observed_on_the_board_and_its_replicas_take_pinned_c
     assert counts.values == {DeploymentRef(APP, DEP): 4}
 
 
-async def test_a_version_whose_router_has_not_reported_is_asked_once_per_tick():
+async def test_a_versions_router_is_started_by_a_call_once_serve_runs_a_replica():
     board, counts, log = ReplicaStatsBoard(), Counts(), []
-    obs = await make_actuator(board, counts, log).observe(CANARY)
-    assert obs.replicas == () and log == [("stats", (), {})]  # the first call starts the handle's router
+    serve = details(APP, "STARTING")
+    act = make_actuator(board, counts, log, serve)
+    assert (await act.observe(CANARY)).replicas == () and log == []  # still loading: no call to wait on
+    serve["applications"][APP]["deployments"][DEP]["replicas"][0]["state"] = "RUNNING"
+    await act.observe(CANARY)
+    assert log == [("stats", (), {})]  # the first call starts the handle's router, which reports to the board
 
 
 async def test_without_a_version_source_an_unknown_fleet_is_empty_and_left_alone():

@@ -128,7 +128,7 @@ class ServeFleetActuator:
         mine = set(refs.values())  # replicas gone since the last look are forgotten
         self._where = {rid: ref for rid, ref in self._where.items() if ref not in mine}
         for ctype, ref in refs.items():
-            if self._board.replicas(ref.deployment) is None:
+            if self._board.replicas(ref.deployment) is None and await self._has_running(fleet):
                 await self._init_router(ref)
             for e in self._board.replicas(ref.deployment) or []:
                 s = e.stats
@@ -142,6 +142,12 @@ class ServeFleetActuator:
         # A runtime version has no spot twin: the policy plans it on on-demand capacity only.
         spot = SpotMarket(available=fleet.key in self._fleets and self._spot_available())
         return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=spot)
+
+    async def _has_running(self, fleet: FleetId) -> bool:
+        """Whether a first call can be answered now: always asked of a configured fleet; a
+        runtime version's (whose replicas may still be loading) only once Serve runs one, so
+        its loading does not hold up every tick for ``INIT_CALL_TIMEOUT_S``."""
+        return fleet.key in self._fleets or self._versions is None or await self._versions.running(fleet) > 0
 
     async def _init_router(self, ref: DeploymentRef) -> None:
         """A handle's router starts (and publishes to the board) with its first call."""

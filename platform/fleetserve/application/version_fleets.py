@@ -24,6 +24,12 @@ ServeDetails = Callable[[], dict]  # Serve's instance details, as ``get_serve_de
 
 
 class DeployedVersions(Protocol):
+    async def running(self, fleet: FleetId) -> int:
+        """The fleet's replicas Serve runs (RUNNING), from the same details read."""
+        app, deployment = self.ref(fleet)
+        dep = ((await self._apps()).get(app) or {}).get("deployments", {}).get(deployment) or {}
+        return sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
+
     async def deployed(self, model: str) -> Dict[str, str]:
         """The model's runtime version applications now in Serve: app name -> version as named there."""
         ...
@@ -92,6 +98,12 @@ class ServeVersionApps:
         if self._cached is None or now - self._cached[0] > self._max_age_s:
             self._cached = (now, (await asyncio.to_thread(self._details)).get("applications") or {})
         return self._cached[1]
+
+    async def running(self, fleet: FleetId) -> int:
+        """The fleet's replicas Serve runs (RUNNING), from the same details read."""
+        app, deployment = self.ref(fleet)
+        dep = ((await self._apps()).get(app) or {}).get("deployments", {}).get(deployment) or {}
+        return sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
 
     async def deployed(self, model: str) -> Dict[str, str]:
         prefix = self._app_prefix(model)
