@@ -37,4 +37,3 @@ def test_under_the_controller_a_model_starts_at_its_planned_count():
                                                         "warm_pool": {"min_size": 1, "max_size": 1}}}})
     m = cfg.models[0]
     assert model_options(m, cfg)["autoscaling_config"].initial_replicas == 2  # one serving, one standby
-    assert model_options(m, cfg, standbys=False)["autoscaling_config"].initial_replicas == 1  # a runtime version

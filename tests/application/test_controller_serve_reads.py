@@ -6,7 +6,7 @@ registry, the Serve actuator; Serve's two reads are counted fakes."""
 from __future__ import annotations
 
 from fleetserve.application.serve_fleet import DeploymentRef, ServeFleetActuator
-from fleetserve.application.version_fleets import RegistryFleetCatalog, ServeVersionReplicas
+from fleetserve.application.version_fleets import RegistryFleetCatalog, ServeVersionApps
 from fleetserve.application.versions import version_slug
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.config import AutoscalerConfig, PlacementConfig
@@ -41,16 +41,14 @@ class FakeServe:
 
 
 def controller(serve: FakeServe, registry: VersionRegistry, clock: FakeClock) -> ScalingController:
-    versions = ServeVersionReplicas(lambda m: f"app--{m}--", lambda m, v: (f"app--{m}--{version_slug(v)}",
-                                                                          f"model-{m}--{version_slug(v)}"),
-                                    details=serve.details, load_of=lambda a, d: {}, clock=clock.now,
-                                    app_names=serve.names)
+    versions = ServeVersionApps(lambda m: f"app--{m}--", lambda m, v: (f"app--{m}--{version_slug(v)}",
+                                                                      f"model-{m}--{version_slug(v)}"),
+                                details=serve.details, clock=clock.now, app_names=serve.names)
     fleets = {STABLE.key: {CapacityType.ON_DEMAND: DeploymentRef("app", "model-m")}}
     actuator = ServeFleetActuator(fleets, PlacementConfig(), board=ReplicaStatsBoard(), counts=Counts(),
                                   spot_available=lambda: False, handle_for=lambda ref: Handle([]), versions=versions)
     catalog = RegistryFleetCatalog({"m": "v1"}, registry, versions, version_slug)
-    return ScalingController(AutoscalerConfig(), [STABLE], actuator, clock, MemoryCanaryStore(), catalog=catalog,
-                             count_only=lambda f: f.key not in fleets)
+    return ScalingController(AutoscalerConfig(), [STABLE], actuator, clock, MemoryCanaryStore(), catalog=catalog)
 
 
 async def ticks(ctrl: ScalingController, clock: FakeClock, n: int) -> None:
@@ -77,7 +75,7 @@ async def test_a_deployed_version_is_observed_through_the_full_status_once_per_t
     assert serve.detail_reads == 0
     serve.apps[APP] = {"deployments": {DEP: {"replicas": [{"replica_id": "r1", "state": "RUNNING"}]}}}
     await ticks(ctrl, clock, 3)
-    assert serve.detail_reads == 3  # Serve runs it: planned by what Serve runs, observed every tick
+    assert serve.detail_reads == 3  # Serve runs it: planned; whether it runs a replica yet, read every tick
     assert FleetId("m", "v2") in ctrl.fleets
     del serve.apps[APP]
     await ticks(ctrl, clock, 3)

@@ -116,51 +116,17 @@ def test_controller_options_place_and_hand_the_count_to_the_hook():
 def test_policy_hook_returns_the_controllers_count_or_keeps_serves(monkeypatch):
     import ray.experimental.internal_kv as kv
 
-    from fleetserve.autoscaler import ray_adapter
     from fleetserve.autoscaler.ray_adapter import controller_target
 
-    store, puts = {b"app/model-m": b"5"}, []
+    store = {b"app/model-m": b"5"}
     monkeypatch.setattr(kv, "_internal_kv_get", lambda key, namespace=None: store.get(key))
-    monkeypatch.setattr(kv, "_internal_kv_put", lambda key, value, overwrite=True, namespace=None: puts.append(key))
-    monkeypatch.setattr(ray_adapter, "_published", {})
 
     class Ctx:
         app_name, deployment_name, target_num_replicas, policy_state = "app", "model-m", 2, {"k": 1}
-        running_replicas, total_queued_requests, total_running_requests, aggregated_metrics = ["r1"], 0, 0, {}
 
     assert controller_target(Ctx()) == (5, {"k": 1})
     Ctx.deployment_name = "other"
     assert controller_target(Ctx()) == (2, {"k": 1})
-    assert puts == [b"load:app/model-m", b"load:app/other"]
-
-
-def test_policy_hook_publishes_the_load_serve_sees_only_when_it_changes(monkeypatch):
-    import json
-
-    import ray.experimental.internal_kv as kv
-
-    from fleetserve.autoscaler import ray_adapter
-    from fleetserve.autoscaler.ray_adapter import controller_target, load_key
-
-    kv_store = {}
-    monkeypatch.setattr(kv, "_internal_kv_get", lambda key, namespace=None: kv_store.get(key))
-    monkeypatch.setattr(ray_adapter, "_published", {})
-    writes = []
-    monkeypatch.setattr(kv, "_internal_kv_put", lambda key, value, overwrite=True, namespace=None: (
-        writes.append(key), kv_store.__setitem__(key, value)))
-
-    class Ctx:
-        app_name, deployment_name, target_num_replicas, policy_state = "app--m--v2", "model-m--v2", 1, {}
-        running_replicas, total_queued_requests, total_running_requests = ["r1"], 3, 2
-        aggregated_metrics = {"in_flight": {"r1": 7.0}}  # requests on replica links: Serve's count misses them
-
-    controller_target(Ctx())
-    controller_target(Ctx())
-    assert json.loads(kv_store[load_key("app--m--v2", "model-m--v2")]) == {"running": 7, "queued": 3}
-    assert len(writes) == 1  # unchanged load: no second GCS write
-    Ctx.total_queued_requests = 0
-    controller_target(Ctx())
-    assert len(writes) == 2
 
 
 def test_spot_twin_lives_in_the_main_app_and_the_ingress_stays_on_demand():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.autoscaler.controller import ScalingController
-from fleetserve.autoscaler.initial import initial_replicas, without_warm_pool
+from fleetserve.autoscaler.initial import initial_replicas
 from fleetserve.autoscaler.snapshot import CapacityType
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.clock import FakeClock
@@ -23,7 +23,6 @@ def policy(**defaults):
 def test_the_plan_is_the_serving_minimum_plus_the_warm_pool():
     p = policy(scaling={"min_replicas": 1, "max_replicas": 3}, warm_pool={"min_size": 1, "max_size": 1})
     assert initial_replicas(p) == {OD: 2}
-    assert initial_replicas(without_warm_pool(p)) == {OD: 1}  # runtime versions: counted only, no pool
     assert initial_replicas(policy(scaling={"min_replicas": 3, "max_replicas": 4})) == {OD: 3}
 
 

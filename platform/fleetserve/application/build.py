@@ -34,9 +34,8 @@ def spot_twin_models(cfg: FleetConfig) -> list[ModelConfig]:
     return [m for m in cfg.models if cfg.autoscaler.for_model(m.name).spot.enabled]
 
 
-def model_options(m: ModelConfig, cfg: FleetConfig, standbys: bool = True) -> dict:
-    """Serve options of ``m``'s deployment; ``standbys``: whether the scaling controller keeps
-    a warm pool for it (not for runtime versions), which its initial count includes."""
+def model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
+    """Serve options of ``m``'s deployment (a configured model's, or a runtime version's)."""
     from ray.serve.config import RequestRouterConfig
 
     from fleetserve.router.replica_router import FleetReplicaRouter
@@ -62,7 +61,7 @@ def model_options(m: ModelConfig, cfg: FleetConfig, standbys: bool = True) -> di
         from fleetserve.autoscaler.snapshot import CapacityType
 
         return controller_options(opts, m, cfg.autoscaler.placement, CapacityType.ON_DEMAND, opts["name"],
-                                  initial=initial_on_demand(m, cfg, standbys))
+                                  initial=initial_on_demand(m, cfg))
     autoscaling = _autoscaling(m, cfg)
     if autoscaling is None:
         opts["num_replicas"] = m.replicas.num
@@ -76,15 +75,15 @@ def controller_enabled(cfg: FleetConfig) -> bool:
     return cfg.autoscaler is not None and bool(getattr(cfg.autoscaler, "controller", False))
 
 
-def initial_on_demand(m: ModelConfig, cfg: FleetConfig, standbys: bool = True) -> int:
+def initial_on_demand(m: ModelConfig, cfg: FleetConfig) -> int:
     """The on-demand replicas the controller's policy plans for ``m`` idle (serving minimum
     plus warm pool, ``autoscaler/initial.py``): Serve starts exactly these, so the
     controller's first count changes nothing (no replica started only to be stopped)."""
-    from fleetserve.autoscaler.initial import initial_replicas, without_warm_pool
+    from fleetserve.autoscaler.initial import initial_replicas
     from fleetserve.autoscaler.snapshot import CapacityType
 
     policy = cfg.autoscaler.for_model(m.name)
-    return initial_replicas(policy if standbys else without_warm_pool(policy)).get(CapacityType.ON_DEMAND, 0)
+    return initial_replicas(policy).get(CapacityType.ON_DEMAND, 0)
 
 
 def controller_options(opts: dict, m: ModelConfig, placement, capacity_type, name: str,

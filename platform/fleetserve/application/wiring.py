@@ -136,9 +136,13 @@ def build_rollouts(cfg: FleetConfig, table: VersionTable, deployer, prober, metr
 def warm_pool_rows(versions: dict[str, str], replicas) -> list[tuple[str, str, int]]:
     """``(model, version, standby replicas)`` for the warm-pool gauge, from the replica stats
     the ingress routes on (``versions``: each model's configured version; a model without a
-    standby gets a 0 row, so the series exists before the first one parks)."""
+    standby gets a 0 row, so the series exists before the first one parks; a runtime
+    version's replicas, routed as ``model@version``, count under their own version)."""
+    from fleetserve.api.scaling_routes import model_version
+
     counts = {(m, v): 0 for m, v in versions.items()}
     for r in list(replicas):
-        if r.standby and r.model in versions:
-            counts[(r.model, versions[r.model])] += 1
+        key = model_version(r.model, versions)
+        if r.standby and key[0] in versions:
+            counts[key] = counts.get(key, 0) + 1
     return [(m, v, n) for (m, v), n in counts.items()]

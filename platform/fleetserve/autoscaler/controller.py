@@ -29,7 +29,6 @@ from fleetserve.autoscaler.actuator import FleetActuator, FleetId, ObservedFleet
 from fleetserve.autoscaler.config import AutoscalerConfig, ModelPolicyConfig
 from fleetserve.autoscaler.controller_state import TABLE, DrainPlan, FleetState, PendingStart, ScaleOverride
 from fleetserve.autoscaler.decision import DrainOrder, ReplicaRole, ScalingDecision
-from fleetserve.autoscaler.initial import without_warm_pool
 from fleetserve.autoscaler.node_drains import NodeDrain, NodeDrainSource, interruptions_on_draining_nodes
 from fleetserve.autoscaler.policy import PolicyState
 from fleetserve.autoscaler.registry import make_policy
@@ -50,12 +49,11 @@ class ScalingController:
                  store, observer: Optional[Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]] = None,
                  start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0,
                  node_drains: Optional[NodeDrainSource] = None, wall_clock: Callable[[], float] = time.time,
-                 catalog: Optional[FleetCatalog] = None, count_only: Callable[[FleetId], bool] = lambda f: False):
+                 catalog: Optional[FleetCatalog] = None):
         """``node_drains``: the nodes Ray is draining (read once per tick; their replicas get
         interruption notices); ``wall_clock`` dates those drains' deadlines; ``catalog``: the
         model versions to plan for and their traffic weights (read once per tick; None:
-        ``fleets`` only, no split); ``count_only``: fleets whose replicas the actuator can
-        only count, not park or wake (runtime versions on Ray Serve): no warm pool for them."""
+        ``fleets`` only, no split)."""
         self.config = config
         self.fleets = list(fleets)
         self.actuator = actuator
@@ -67,7 +65,6 @@ class ScalingController:
         self.node_drains = node_drains
         self.wall_clock = wall_clock
         self.catalog = catalog
-        self.count_only = count_only
         self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
 
     # -- persistence -------------------------------------------------------------------
@@ -95,9 +92,7 @@ class ScalingController:
         scaling = {k: v for k, v in (("min_replicas", o.min_replicas), ("max_replicas", o.max_replicas)) if v is not None}
         if scaling:
             cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update=scaling)})
-        if self.count_only(f):
-            cfg = without_warm_pool(cfg)
-        elif o.warm is not None:
+        if o.warm is not None:
             pool = cfg.warm_pool.model_copy(update={"min_size": o.warm, "max_size": o.warm, "burst_replicas": 0})
             cfg = cfg.model_copy(update={"warm_pool": pool})
         return cfg

@@ -18,11 +18,6 @@ from fleetserve.autoscaler.registry import make_policy
 from fleetserve.autoscaler.snapshot import CapacityType, ModelSnapshot, SpotMarket
 
 
-def without_warm_pool(config: ModelPolicyConfig) -> ModelPolicyConfig:
-    """``config`` with no standby wanted (fleets whose replicas can only be counted)."""
-    return config.model_copy(update={"warm_pool": config.warm_pool.model_copy(update={"min_size": 0, "max_size": 0})})
-
-
 def initial_replicas(config: ModelPolicyConfig) -> Dict[CapacityType, int]:
     """Cold starts per capacity type in the policy's first decision for a fleet with no
     replica and no traffic: serving replicas up to the minimum, plus the warm pool.
