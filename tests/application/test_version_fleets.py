@@ -97,9 +97,9 @@ async def test_a_version_is_observed_on_the_board_and_its_replicas_take_pinned_c
     assert log == [("set_standby", (False,), {"target_replica": "b"}),
                    ("set_draining", (True,), {"mode": "migrate", "target_replica": "a"})]
     await act.start(CANARY, CapacityType.SPOT, 2)  # on its one (on-demand) deployment
-    assert counts.values == {DeploymentRef(APP, DEP): 5}  # three rows on the board + two
+    assert counts.values == {DeploymentRef(APP, DEP): 4}  # the two reported replicas + two ("c" has not reported)
     await act.stop(CANARY, "a")
-    assert counts.values == {DeploymentRef(APP, DEP): 4}
+    assert counts.values == {DeploymentRef(APP, DEP): 3}
 
 
 async def test_a_versions_router_is_started_by_a_call_once_serve_runs_a_replica():
