@@ -2,7 +2,7 @@
 
 Layers, top to bottom (a module may import from its own layer or any layer below):
 cli, kube (the Kubernetes entry points) > application (the Serve app's composition root) > api > admission, router, tenants,
-canary, autoscaler > deployments > engine > metrics, config > errors, clock, exposure. A package's
+canary, autoscaler > deployments > engine > metrics, config > errors, clock, exposure, credentials. A package's
 ``config`` module is a pure schema that the top-level ``fleetserve.config`` aggregates, so
 any module may import it.
 """
@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "platform" / "fleetserve
 LAYER = {
     "cli": 7, "__main__": 7, "kube": 7, "application": 6, "api": 5,
     "admission": 4, "router": 4, "tenants": 4, "canary": 4, "autoscaler": 4,
-    "deployments": 3, "engine": 2, "metrics": 1, "config": 1, "errors": 0, "clock": 0, "exposure": 0,
+    "deployments": 3, "engine": 2, "metrics": 1, "config": 1, "errors": 0, "clock": 0, "exposure": 0, "credentials": 0,
 }
 REQUEST_PATH = ("api", "application", "admission", "router", "tenants", "deployments", "engine/core", "engine/process")
 MAX_FILE_LINES = 400

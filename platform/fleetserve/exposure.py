@@ -9,11 +9,12 @@ Messages never contain the key.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
 from collections import Counter
 from typing import Optional
+
+from fleetserve.credentials import hash_api_key
 
 # Keys that anyone reading this repository or its docs knows (placeholders in examples).
 # Their hashes too, for configs that carry only ``admin_key_hash``.
@@ -24,8 +25,8 @@ PLACEHOLDER_ADMIN_KEYS = (
     "change-me-admin-key-0123456789",  # deployments/gpu-vllm.yaml until issue 25
     "local-admin-key-0123456789abcdef",  # deployments/two-models.yaml until issue 25
 )
-# The stored form (fleetserve.tenants.keys.hash_api_key) of each.
-PLACEHOLDER_ADMIN_HASHES = frozenset("sha256:" + hashlib.sha256(k.encode()).hexdigest() for k in PLACEHOLDER_ADMIN_KEYS)
+# The stored form of each.
+PLACEHOLDER_ADMIN_HASHES = frozenset(hash_api_key(k) for k in PLACEHOLDER_ADMIN_KEYS)
 MIN_ADMIN_KEY_CHARS = 32
 MIN_ADMIN_KEY_BITS = 128.0
 

@@ -6,6 +6,8 @@ tests/admission/test_cluster_queue_e2e.py runs it as a real Ray actor behind two
 """
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -267,3 +269,19 @@ def test_the_actor_name_key_follows_the_scheduling_config_and_models():
     assert queue_config_key(base, {"m": DEP}) == queue_config_key(make_config(), {"m": DEP})
     assert queue_config_key(base, {"m": DEP}) != queue_config_key(make_config(max_inflight_per_replica=3), {"m": DEP})
     assert queue_config_key(base, {"m": DEP}) != queue_config_key(base, {"m": DEP, "n": "model-n"})
+
+
+async def test_the_actor_is_looked_up_off_the_event_loop_and_once_for_concurrent_requests():
+    actor, _ = setup(n_clients=0, max_inflight_per_replica=2)
+    made_on = []
+
+    def factory():  # stands in for get_or_create_queue_actor: a blocking call to Ray's GCS
+        made_on.append(threading.get_ident())
+        time.sleep(0.05)
+        return actor
+
+    c = ClusterFleetScheduler("m", factory, FleetScheduler(make_config(), FakePool()), board=ReplicaStatsBoard(),
+                              deployments=[DEP])
+    slots = await asyncio.gather(c.acquire("a", "t", 1, 1.0, 5, 5), c.acquire("b", "t", 1, 1.0, 5, 5))
+    assert [s.request_id for s in slots] == ["a", "b"] and c.fallbacks == 0
+    assert len(made_on) == 1 and made_on[0] != threading.get_ident()

@@ -3,19 +3,14 @@ node drain reaches, and what reaches the replica control."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
 from fleetserve.api.drain_routes import replicas_on_node
 from fleetserve.api.rest import build_rest_app
-from fleetserve.api.service import InferenceService, ModelSpec
-from fleetserve.deployments.replica_stats import DrainAck, ReplicaStatus
+from fleetserve.api.service import ModelSpec
+from fleetserve.deployments.replica_stats import ReplicaStatus
 from fleetserve.kube.drainer import DrainRequest, RayPod
-from fleetserve.tenants.gatekeeper import TenantGatekeeper
-from tests.tenants.factories import make_config, make_spec
-
-ADMIN = {"Authorization": "Bearer fs-admin-test"}
+from tests.fixtures.admin_app import ADMIN, RecordingControl, admin_service, asgi_client
 
 
 def row(replica: str, node_id: str, node_ip: str, model: str = "m") -> ReplicaStatus:
@@ -23,39 +18,13 @@ def row(replica: str, node_id: str, node_ip: str, model: str = "m") -> ReplicaSt
 
 
 ROWS = [row("r1", "n-a", "10.0.0.1"), row("r2", "n-b", "10.0.0.2"), row("r3", "n-b", "10.0.0.2", model="other")]
-
-
-class FixedRoutes:
-    def check(self, model):
-        return None
-
-    def choose(self, model, prefix_key):
-        raise AssertionError("no request is routed here")
-
-    def replica_status(self):
-        return ROWS
-
-
-class RecordingControl:
-    def __init__(self):
-        self.calls: list[tuple[str, str, bool]] = []
-        self.modes: list = []
-
-    async def set_draining(self, model, replica_id, draining, mode=None):
-        self.calls.append((model, replica_id, draining))
-        self.modes.append(mode)
-        return DrainAck(replica_id, applied=True, draining=draining, in_flight=1)
+MODELS = [ModelSpec("m", "/x"), ModelSpec("other", "/y")]
 
 
 @pytest.fixture
 def app():
-    gk = TenantGatekeeper(make_config(make_spec(id="acme", key="fs-acme")), metrics_registry=CollectorRegistry())
-    service = InferenceService([ModelSpec("m", "/x"), ModelSpec("other", "/y")], client=None, gatekeeper=gk,
-                               router=FixedRoutes())
     control = RecordingControl()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(build_rest_app(service, control=control)),
-                               base_url="http://test")
-    return client, control
+    return asgi_client(build_rest_app(admin_service(MODELS, ROWS), control=control)), control
 
 
 def test_node_matching_by_ray_node_id_ip_or_pod_ips():

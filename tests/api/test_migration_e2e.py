@@ -27,8 +27,8 @@ import time
 import httpx
 import pytest
 
-from tests.fixtures.metrics_scrape import ingress_metrics
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, TEST_MODEL, free_port, make_fleet_config, wait_for
+from tests.fixtures.two_node_cluster import stream_resumes, two_node_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -51,30 +51,15 @@ class Fleet:
         return row
 
     def resumes(self, reason: str) -> float:
-        text = ingress_metrics(self.base_url, TEST_ADMIN_KEY)
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("fleetserve_stream_resumes_total{") and f'reason="{reason}"' in line)
+        return stream_resumes(self.base_url, reason)
 
 
 @pytest.fixture(scope="module")
 def fleet(tiny_llama_path):
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("needs its own two-node Ray cluster: run this module in its own pytest process")
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
     from fleetserve.application.build import deploy
-    from fleetserve.config import ReplicasConfig, ServerConfig
-    from fleetserve.deployments.ray_env import apply_serve_env
+    from fleetserve.config import ReplicasConfig
 
-    apply_serve_env(ServerConfig())
-    cluster = Cluster(initialize_head=True, connect=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1, resources={"spot": 1}, labels={"fleetserve/capacity": "spot"})
-    cluster.wait_for_nodes()
-    (spot_node,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("spot")]
-    try:
+    with two_node_cluster(num_cpus=1) as (cluster, spot_node):
         http_port, grpc_port = free_port(), free_port()
         cfg = make_fleet_config(str(tiny_llama_path), http_port, grpc_port)
         cfg.models[0] = cfg.models[0].model_copy(update={"replicas": ReplicasConfig(num=2), "drain_mode": "migrate"})
@@ -85,10 +70,6 @@ def fleet(tiny_llama_path):
         assert spot_node in {r["node_id"] for r in f.replicas()}, (spot_node, f.replicas())
         wait_for(lambda: _complete("ready?", 0, None, f.base_url, 1), 120, "a completion")
         yield f
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _prompt(i: int) -> str:

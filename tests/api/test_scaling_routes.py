@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleetserve.api.rest import build_rest_app
-from fleetserve.api.service import InferenceService, ModelSpec
+from fleetserve.api.service import ModelSpec
 from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.autoscaler.control import LocalScalingControl
@@ -20,32 +20,18 @@ from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.clock import FakeClock
 from fleetserve.deployments.replica_stats import ReplicaStatus
-from fleetserve.metrics.server import MetricsServer, token_hash
-from fleetserve.tenants.gatekeeper import TenantGatekeeper
+from fleetserve.metrics.server import MetricsServer
+from fleetserve.credentials import hash_api_key
 from tests.autoscaler.fake_fleet import FakeFleet
-from tests.tenants.factories import make_config, make_spec
+from tests.fixtures.admin_app import ADMIN, admin_service, asgi_client
 
-ADMIN = {"Authorization": "Bearer fs-admin-test"}
 ROWS = [ReplicaStatus("m", "r1", 1, 2, 0.25, node_id="n-a", capacity_type="on_demand", in_flight=2),
         ReplicaStatus("m", "r2", 0, 0, 0.0, node_id="n-s", capacity_type="spot", standby=True),
         ReplicaStatus("m", "r3", 0, 1, 0.1, node_id="n-s", capacity_type="spot", draining=True)]
 
 
-class FixedRoutes:
-    def check(self, model):
-        return None
-
-    def choose(self, model, prefix_key):
-        raise AssertionError("no request is routed here")
-
-    def replica_status(self):
-        return ROWS
-
-
 @pytest.fixture
 def setup():
-    gk = TenantGatekeeper(make_config(make_spec(id="acme", key="fs-acme")), metrics_registry=CollectorRegistry())
-    service = InferenceService([ModelSpec("m", "/x", "v1")], client=None, gatekeeper=gk, router=FixedRoutes())
     clock = FakeClock(0.0)
     fleet = FakeFleet(clock, cold_start_s=5)
     fleet.add()
@@ -53,8 +39,7 @@ def setup():
     ctrl = ScalingController(AutoscalerConfig(), [FleetId("m", "v1")], fleet, clock, MemoryCanaryStore(),
                              observer=ControllerMetrics(registry))
     control = LocalScalingControl(ctrl, registry)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(build_rest_app(service, scaling=control)),
-                               base_url="http://test")
+    client = asgi_client(build_rest_app(admin_service([ModelSpec("m", "/x", "v1")], ROWS), scaling=control))
     return client, ctrl, fleet, clock, control
 
 
@@ -82,7 +67,7 @@ async def test_override_reaches_the_controller_and_changes_the_fleet(setup):
     # The controller's series are not on the REST app; the ingress's metrics listener serves them.
     assert (await client.get("/metrics/scaling")).status_code == 404
     loop = asyncio.get_running_loop()
-    listener = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, accepted_hashes=[token_hash("fs-admin-test")],
+    listener = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, accepted_hashes=[hash_api_key("fs-admin-test")],
                              extra_paths={"/metrics/scaling": lambda: asyncio.run_coroutine_threadsafe(
                                  control.metrics_text(), loop).result(10)})
     try:

@@ -28,3 +28,12 @@ def test_the_ingress_waits_for_streams_as_long_as_the_slowest_model_drains():
                                    {"name": "b", "checkpoint": "/y", "drain_timeout_s": 90}]})
     assert ingress_graceful_shutdown_s(cfg) == 95.0 > 20.0  # Serve's default would cut b's streams at 20 s
     assert ingress_graceful_shutdown_s(cfg) >= max(model_options(m, cfg)["graceful_shutdown_timeout_s"] for m in cfg.models)
+
+
+def test_under_the_controller_a_model_starts_at_its_planned_count():
+    cfg = parse_config({
+        "models": [{"name": "m", "checkpoint": "/x", "replicas": {"num": 1, "min": 1, "max": 3}}],
+        "autoscaler": {"controller": True, "defaults": {"scaling": {"min_replicas": 1, "max_replicas": 3},
+                                                        "warm_pool": {"min_size": 1, "max_size": 1}}}})
+    m = cfg.models[0]
+    assert model_options(m, cfg)["autoscaling_config"].initial_replicas == 2  # one serving, one standby

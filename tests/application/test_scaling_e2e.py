@@ -10,59 +10,25 @@ import threading
 import httpx
 import pytest
 
-from tests.fixtures.metrics_scrape import scrape
-from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, wait_for
+from tests.fixtures.ray_serve import TEST_API_KEY, wait_for
+from tests.fixtures.scaling_app import ADMIN, actions, deployed, fleet, scaling_config
 
 pytestmark = pytest.mark.ray
 
 APP, PREFIX = "fs-scaling", "/scaling"
-ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def scaling_app(serve_app):
-    import ray
-    from ray import serve
-
-    from fleetserve.application.build import deploy
-    from fleetserve.application.scaling_controller import ACTOR_NAME
-    from fleetserve.config import parse_config
-    from fleetserve.tenants.keys import hash_api_key
-
-    cfg = parse_config({
-        "server": {"host": "127.0.0.1", "port": int(serve_app.base_url.rsplit(":", 1)[1]), "grpc_port": None,
-                   "app_name": APP, "route_prefix": PREFIX, "admin_key": TEST_ADMIN_KEY},
-        "models": [{"name": serve_app.model, "checkpoint": serve_app.checkpoint,
-                    "engine_args": {"num_kv_blocks": 256, "max_num_seqs": 32, "num_threads": 1, "engine_process": False},
-                    "resources": {"num_cpus": 0.25}, "max_ongoing_requests": 64, "drain_timeout_s": 60,
-                    "replicas": {"num": 1, "min": 1, "max": 3}}],
-        "tenants": {"tenants": [{"id": "test", "tier": "standard", "api_key_hashes": [hash_api_key(TEST_API_KEY)]}]},
-        "autoscaler": {"controller": True, "tick_interval_s": 0.5, "defaults": {
-            "scaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_per_replica": 4,
-                        "downscale_delay_s": 2, "downscale_cooldown_s": 1},
-            "warm_pool": {"min_size": 1, "max_size": 1}}},
-    })
-    deploy(cfg, start=False)
-    yield serve_app.base_url + PREFIX
-    serve.delete(APP)
-    ray.kill(ray.get_actor(ACTOR_NAME, namespace="serve"))
-
-
-def fleet(base: str) -> dict:
-    (f,) = httpx.get(base + "/admin/scaling", headers=ADMIN, timeout=30).json()["fleets"].values()
-    return f
-
-
-def actions(base: str, action: str) -> float:
-    """From the ingress's private metrics listener (the REST port serves no metrics)."""
-    assert httpx.get(base + "/metrics/scaling", timeout=30).status_code == 404
-    address = httpx.get(base + "/admin/status", headers=ADMIN, timeout=30).json()["metrics"]
-    assert httpx.get(f"http://{address}/metrics/scaling", timeout=30).status_code == 401
-    text = scrape(address, TEST_ADMIN_KEY, "/metrics/scaling")
-    for line in text.splitlines():
-        if line.startswith("fleetserve_scaling_actions_total{") and f'action="{action}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    cfg = scaling_config(serve_app, APP, PREFIX, model={
+        "engine_args": {"num_kv_blocks": 256, "max_num_seqs": 32, "num_threads": 1, "engine_process": False},
+        "resources": {"num_cpus": 0.25}, "max_ongoing_requests": 64, "drain_timeout_s": 60,
+        "replicas": {"num": 1, "min": 1, "max": 3}}, defaults={
+        "scaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_per_replica": 4,
+                    "downscale_delay_s": 2, "downscale_cooldown_s": 1},
+        "warm_pool": {"min_size": 1, "max_size": 1}})
+    with deployed(serve_app, cfg) as base:
+        yield base
 
 
 def run_streams(base: str, model: str, n: int, max_tokens: int, results: list) -> list[threading.Thread]:

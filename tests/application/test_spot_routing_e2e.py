@@ -25,8 +25,8 @@ import time
 import httpx
 import pytest
 
-from tests.fixtures.metrics_scrape import ingress_metrics
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, free_port, wait_for
+from tests.fixtures.two_node_cluster import stream_resumes, two_node_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -37,23 +37,10 @@ N_STREAMS, MAX_TOKENS = 16, 160
 
 @pytest.fixture(scope="module")
 def app(tiny_llama_path):
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("needs its own two-node Ray cluster: run this module in its own pytest process")
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
     from fleetserve.application.build import deploy
-    from fleetserve.config import ServerConfig, parse_config
-    from fleetserve.deployments.ray_env import apply_serve_env
+    from fleetserve.config import parse_config
     from fleetserve.tenants.keys import hash_api_key
 
-    apply_serve_env(ServerConfig())
-    cluster = Cluster(initialize_head=True, connect=True,
-                      head_node_args={"num_cpus": 2, "resources": {"on_demand": 100}, "include_dashboard": False})
-    cluster.add_node(num_cpus=2, resources={"spot": 100}, labels={"fleetserve/capacity": "spot"})
-    cluster.wait_for_nodes()
-    (spot_node,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("spot")]
     port = free_port()
     cfg = parse_config({
         "server": {"host": "127.0.0.1", "port": port, "grpc_port": None, "app_name": "spotroute",
@@ -68,26 +55,17 @@ def app(tiny_llama_path):
                        "defaults": {"scaling": {"min_replicas": 2, "max_replicas": 2, "downscale_delay_s": 600},
                                     "spot": {"enabled": True, "on_demand_base": 1, "max_spot_share": 0.5}}},
     })
-    try:
+    with two_node_cluster(num_cpus=2, head_resources={"on_demand": 100}, spot_units=100) as (cluster, spot_node):
         deploy(cfg)
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: {r["node_id"] == spot_node for r in rows(base) if r["transport"] == "link"} == {True, False},
                  300, "a linked replica on each node")
         yield base, cluster, spot_node
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def rows(base: str) -> list[dict]:
     models = httpx.get(base + "/admin/status", headers=ADMIN, timeout=30).json()["models"]
     return [r for m in models for r in m["replicas"]]
-
-
-def resumes(base: str, reason: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in ingress_metrics(base, TEST_ADMIN_KEY).splitlines()
-               if line.startswith("fleetserve_stream_resumes_total{") and f'reason="{reason}"' in line)
 
 
 class Streams:
@@ -145,7 +123,7 @@ def test_a_ray_node_drain_migrates_every_stream_and_replaces_the_spot_replica(ap
 
     base, cluster, spot_node = app
     reference = Streams(base).join().texts
-    before = resumes(base, "migrated")
+    before = stream_resumes(base, "migrated")
     s = Streams(base)
     wait_for(lambda: s.started == N_STREAMS, 120, "every stream's first chunk", interval_s=0.05)
     wait_for(lambda: any(r["node_id"] == spot_node and r["running"] > 0 for r in rows(base)), 30,
@@ -156,6 +134,6 @@ def test_a_ray_node_drain_migrates_every_stream_and_replaces_the_spot_replica(ap
     assert accepted, why
     texts = s.join().texts
     assert [i for i in range(N_STREAMS) if texts[i] != reference[i]] == []  # no token lost, repeated or changed
-    assert resumes(base, "migrated") > before  # the drained replica handed streams back
+    assert stream_resumes(base, "migrated") > before  # the drained replica handed streams back
     wait_for(lambda: len([r for r in rows(base) if r["node_id"] != spot_node and not r["draining"]]) == 2, 240,
              "the replacement replica on on-demand capacity")

@@ -1,56 +1,45 @@
 """End to end on real Ray Serve with the scaling controller on: a model version deployed at
-runtime (its own Serve application, through the admin REST API) becomes a fleet of the
-controller, which sets its replica count (``fleetserve scale MODEL --version v2``) by
-Serve's status, without the replica stats board."""
+runtime (its own Serve application, through the admin REST API) becomes a full fleet of the
+controller, like the stable version: ``fleetserve scale MODEL --version v2`` sets its replica
+count; ``--warm 1`` parks a standby (Serve runs two replicas, the controller shows one
+serving and one standby) which a burst wakes; and a pinned drain of one of its replicas
+during streams (through the ingress's replica links) migrates them with identical text."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import httpx
 import pytest
 
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, wait_for
+from tests.fixtures.scaling_app import ADMIN, deployed, scaling_config
 
 pytestmark = pytest.mark.ray
 
 APP, PREFIX = "fs-vscale", "/vscale"
-ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def version_app(serve_app):
-    import ray
-    from ray import serve
-
-    from fleetserve.application.build import deploy
-    from fleetserve.application.scaling_controller import ACTOR_NAME
-    from fleetserve.config import parse_config
-    from fleetserve.tenants.keys import hash_api_key
-
-    cfg = parse_config({
-        "server": {"host": "127.0.0.1", "port": int(serve_app.base_url.rsplit(":", 1)[1]), "grpc_port": None,
-                   "app_name": APP, "route_prefix": PREFIX, "admin_key": TEST_ADMIN_KEY},
-        "models": [{"name": serve_app.model, "checkpoint": serve_app.checkpoint,
-                    "engine_args": {"num_kv_blocks": 64, "max_num_seqs": 4, "num_threads": 1, "engine_process": False},
-                    "resources": {"num_cpus": 0.1}, "drain_timeout_s": 10, "replicas": {"num": 1, "min": 1, "max": 2}}],
-        "tenants": {"tenants": [{"id": "test", "tier": "standard", "api_key_hashes": [hash_api_key(TEST_API_KEY)]}]},
-        "autoscaler": {"controller": True, "tick_interval_s": 0.5, "defaults": {
-            "scaling": {"min_replicas": 1, "max_replicas": 2, "downscale_delay_s": 1, "downscale_cooldown_s": 1}}},
-    })
-    deploy(cfg, start=False)
-    yield serve_app.base_url + PREFIX, cfg
-    for name in list(serve.status().applications):
-        if name.startswith(APP):
-            serve.delete(name)
-    ray.kill(ray.get_actor(ACTOR_NAME, namespace="serve"))
+    cfg = scaling_config(serve_app, APP, PREFIX, model={
+        "engine_args": {"num_kv_blocks": 256, "max_num_seqs": 8, "num_threads": 1, "engine_process": False},
+        "resources": {"num_cpus": 0.1}, "max_ongoing_requests": 32, "drain_timeout_s": 10, "drain_mode": "migrate",
+        "replicas": {"num": 1, "min": 1, "max": 2}}, defaults={
+        "scaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_per_replica": 2,
+                    "downscale_delay_s": 1, "downscale_cooldown_s": 1}})
+    with deployed(serve_app, cfg) as base:
+        yield base, cfg
 
 
-def running_replicas(app: str) -> int:
+def running_replicas(app: str, deployment: str) -> int:
+    """The version's model replicas Serve runs (its application also has a zero-CPU ingress)."""
     from ray import serve
 
     a = serve.status().applications.get(app)
-    if a is None:
-        return 0
-    return sum(d.replica_states.get("RUNNING", 0) for d in a.deployments.values())
+    d = a.deployments.get(deployment) if a is not None else None
+    return 0 if d is None else d.replica_states.get("RUNNING", 0)
 
 
 def test_the_controller_sets_a_runtime_versions_replica_count(version_app, serve_app):
@@ -60,17 +49,119 @@ def test_the_controller_sets_a_runtime_versions_replica_count(version_app, serve
     model, admin = serve_app.model, httpx.Client(base_url=base, headers=ADMIN, timeout=60)
     r = admin.post(f"/admin/models/{model}/versions", json={"version_id": "v2", "checkpoint": serve_app.checkpoint})
     assert r.status_code == 201, r.text
-    app = ServeVersionDeployer(cfg).app_name(model, "v2")
-    wait_for(lambda: running_replicas(app) == 1, 300, "v2's application to run one replica", interval_s=1.0)
+    app, dep = ServeVersionDeployer(cfg).app_name(model, "v2"), ServeVersionDeployer(cfg).deployment(model, "v2")
+    wait_for(lambda: running_replicas(app, dep) == 1, 300, "v2's application to run one replica", interval_s=1.0)
     fleets = lambda: admin.get("/admin/scaling").json()["fleets"]  # noqa: E731
     wait_for(lambda: len(fleets().get(f"{model}@v2", {}).get("serving", [])) == 1, 60,
              "the controller to plan v2 as a fleet", interval_s=1.0)
 
     assert admin.post(f"/admin/scaling/{model}", json={"version": "v2", "min_replicas": 2}).status_code == 200
-    wait_for(lambda: running_replicas(app) == 2, 300, "the controller's count to start a second v2 replica",
+    wait_for(lambda: running_replicas(app, dep) == 2, 300, "the controller's count to start a second v2 replica",
              interval_s=1.0)
     wait_for(lambda: len(fleets()[f"{model}@v2"]["serving"]) == 2, 60, "both v2 replicas serving", interval_s=1.0)
 
     assert admin.post(f"/admin/scaling/{model}",
                       json={"version": "v2", "min_replicas": 1, "max_replicas": 1}).status_code == 200
-    wait_for(lambda: running_replicas(app) == 1, 180, "the controller's count to stop one v2 replica", interval_s=1.0)
+    wait_for(lambda: running_replicas(app, dep) == 1, 180, "the controller's count to stop one v2 replica", interval_s=1.0)
+
+
+PIN = {"x-fleetserve-version": "v2", "x-fleetserve-admin-key": TEST_ADMIN_KEY}  # pinned to v2 (admin may pin)
+
+
+class Streams:
+    """``n`` concurrent streaming completions pinned to v2 (even: greedy, odd: seeded sampling)."""
+
+    def __init__(self, base: str, model: str, n: int, max_tokens: int):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base + "/v1", api_key=TEST_API_KEY, max_retries=0, timeout=300,
+                             default_headers=PIN)
+        self.model, self.max_tokens = model, max_tokens
+        self.texts: dict[int, str] = {}
+        self.errors: dict[int, str] = {}
+        self.started, self.finished_at = set(), {}
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        extra = {"ignore_eos": True} | ({"seed": 500 + i} if i % 2 else {})
+        try:
+            stream = self.client.completions.create(model=self.model, prompt=f"def v2_task_{i}(x):\n    ", stream=True,
+                                                    max_tokens=self.max_tokens, temperature=i % 2, extra_body=extra)
+            parts = []
+            for chunk in stream:
+                self.started.add(i)
+                if chunk.choices:
+                    parts.append(chunk.choices[0].text)
+            self.texts[i] = "".join(parts)
+            self.finished_at[i] = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - asserted by the test
+            self.errors[i] = repr(exc)
+
+    def join(self) -> "Streams":
+        for t in self.threads:
+            t.join(300)
+        assert not any(t.is_alive() for t in self.threads), "streams did not finish in time"
+        assert not self.errors, self.errors
+        return self
+
+
+def test_a_runtime_version_gets_a_warm_standby_woken_by_a_burst_and_a_drain_migrates_its_streams(version_app,
+                                                                                                   serve_app):
+    from fleetserve.application.versions import ServeVersionDeployer
+
+    base, cfg = version_app
+    model, admin = serve_app.model, httpx.Client(base_url=base, headers=ADMIN, timeout=60)
+    key = f"{model}@v2"
+    app, dep = ServeVersionDeployer(cfg).app_name(model, "v2"), ServeVersionDeployer(cfg).deployment(model, "v2")
+    fleet = lambda: admin.get("/admin/scaling").json()["fleets"][key]  # noqa: E731
+    if admin.get(f"/admin/models/{model}/versions").json().get("versions", []) == []:  # run alone
+        assert admin.post(f"/admin/models/{model}/versions",
+                          json={"version_id": "v2", "checkpoint": serve_app.checkpoint}).status_code == 201
+
+    # fleetserve scale MODEL --version v2 --min 1 --max 2 --warm 1
+    assert admin.post(f"/admin/scaling/{model}",
+                      json={"version": "v2", "min_replicas": 1, "max_replicas": 2, "warm": 1}).status_code == 200
+    def one_and_one() -> bool:  # Serve runs the standby: a loaded replica, parked
+        f = fleet()
+        return (len(f["serving"]), len(f["standby"]), f["pending"], f["draining"]) == (1, 1, [], {}) \
+            and running_replicas(app, dep) == 2
+
+    # (Serve may first stop another replica than the one the last scale-down picked; the
+    # controller adopts it back and settles.)
+    wait_for(one_and_one, 300, "one serving v2 replica and one parked standby, two running in Serve", interval_s=1.0)
+    standby = fleet()["standby"][0]
+    one = Streams(base, model, 1, 4).join()  # the ingress's first v2 request starts its router there
+    assert len(one.texts) == 1
+    wait_for(lambda: any(r["replica"] == standby and r["state"] == "standby" and r["version"] == "v2"
+                         for r in admin.get("/admin/replicas").json()["replicas"]), 60,
+             "the ingress to see v2's standby on its stats board", interval_s=0.5)
+
+    burst = Streams(base, model, 8, 200)
+    wait_for(lambda: standby in fleet()["serving"], 120, "the burst to wake v2's standby", interval_s=0.5)
+    burst.join()
+    assert all(len(t) > 0 for t in burst.texts.values()) and len(burst.texts) == 8
+
+    # Two serving v2 replicas, no pool: then a reference run, and the same run with a drain.
+    assert admin.post(f"/admin/scaling/{model}",
+                      json={"version": "v2", "min_replicas": 2, "max_replicas": 2, "warm": 0}).status_code == 200
+    wait_for(lambda: len(fleet()["serving"]) == 2 and not fleet()["standby"] and not fleet()["draining"], 300,
+             "two serving v2 replicas", interval_s=1.0)
+    reference = Streams(base, model, 8, 300).join().texts
+    rows = lambda: [r for r in admin.get("/admin/replicas").json()["replicas"] if r["version"] == "v2"]  # noqa: E731
+    sent_before = {r["replica"]: r["link_streams"] for r in rows()}
+    run = Streams(base, model, 8, 300)
+    wait_for(lambda: len(run.started) == 8, 120, "every stream's first chunk", interval_s=0.05)
+    # The ingress's own count of streams it sent over each link: exact at once, unlike the stats.
+    busy = max(rows(), key=lambda r: r["link_streams"] - sent_before.get(r["replica"], 0))
+    assert busy["link_streams"] - sent_before.get(busy["replica"], 0) >= 4, (sent_before, rows())
+    at = time.monotonic()
+    r = admin.post(f"/admin/replicas/{busy['replica']}/drain", params={"mode": "migrate"})
+    assert r.status_code == 202 and r.json()["applied"], r.text
+    run.join()
+    assert any(t > at for t in run.finished_at.values()), "the drain landed after every stream had finished"
+    assert r.json()["migrated"] > 0, r.json()
+    assert [i for i in range(8) if run.texts[i] != reference[i]] == []  # no token lost, repeated or changed
+    assert all(r["transport"] == "link" for r in rows()) and sum(r["link_streams"] for r in rows()) >= 16, rows()
+    assert admin.post(f"/admin/replicas/{busy['replica']}/resume").status_code == 200

@@ -166,18 +166,3 @@ async def test_a_version_removed_from_the_catalog_is_forgotten_but_an_operator_o
     catalog.weights = {STABLE: 0.9, v3: 0.1}  # v3 redeployed: the operator's bounds come back with it
     await ctrl.tick()
     assert ctrl.status()[v3.key]["override"] == {"min_replicas": 1, "max_replicas": 2}
-
-
-async def test_a_count_only_fleet_gets_no_warm_pool():
-    clock = FakeClock(0.0)
-    stable, canary = FakeFleet(clock, cold_start_s=10), FakeFleet(clock, cold_start_s=10)
-    stable.add()
-    canary.add()
-    cfg = AutoscalerConfig(defaults=make_config(warm_pool={"min_size": 1, "max_size": 1}))
-    ctrl = ScalingController(cfg, [STABLE], Versions(clock, v1=stable, v2=canary), clock, MemoryCanaryStore(),
-                             catalog=Catalog({STABLE: None, CANARY: None}), count_only=lambda f: f == CANARY)
-    for _ in range(5):
-        await ctrl.tick()
-        clock.advance(11)
-    assert len(stable.standby()) == 1  # the pool, through park
-    assert canary.actions("start") == [] and canary.actions("park") == []  # parking would not reach its replicas

@@ -10,8 +10,9 @@ import pytest
 from fleetserve.api.rest import build_rest_app
 from fleetserve.cli.main import main
 from fleetserve.cli.replicas import format_table
-from tests.api.test_drain_routes import RecordingControl
-from tests.api.test_scaling_routes import ADMIN, setup  # noqa: F401 - the fixture
+from tests.api.test_drain_routes import MODELS, ROWS
+from tests.api.test_scaling_routes import setup  # noqa: F401 - the fixture
+from tests.fixtures.admin_app import ADMIN, RecordingControl, admin_service
 from tests.tenants.admin_server import serve_asgi
 
 KEY = ADMIN["Authorization"].removeprefix("Bearer ")
@@ -50,18 +51,8 @@ def test_drain_needs_exactly_one_target(capsys):
 
 
 def test_drain_reaches_the_replica_control(capsys):
-    from prometheus_client import CollectorRegistry
-
-    from fleetserve.api.service import InferenceService, ModelSpec
-    from fleetserve.tenants.gatekeeper import TenantGatekeeper
-    from tests.api.test_drain_routes import FixedRoutes
-    from tests.tenants.factories import make_config, make_spec
-
-    gk = TenantGatekeeper(make_config(make_spec(id="acme", key="fs-acme")), metrics_registry=CollectorRegistry())
-    service = InferenceService([ModelSpec("m", "/x"), ModelSpec("other", "/y")], client=None, gatekeeper=gk,
-                               router=FixedRoutes())
     control = RecordingControl()
-    with serve_asgi(build_rest_app(service, control=control)) as url:
+    with serve_asgi(build_rest_app(admin_service(MODELS, ROWS), control=control)) as url:
         code, out = run(capsys, "drain", "r1", "--url", url, "--admin-key", KEY)
         assert code == 0 and out.strip() == "r1: draining, 1 in flight"
         code, out = run(capsys, "drain", "--node", "n-b", "--url", url, "--admin-key", KEY, "--json")

@@ -13,7 +13,8 @@ from fleetserve.config import ModelConfig
 from fleetserve.deployments.replica import ModelReplica
 from fleetserve.engine.protocol import GenerateRequest
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.metrics.server import ListenerSettings, token_hash
+from fleetserve.metrics.server import ListenerSettings
+from fleetserve.credentials import hash_api_key
 
 TOKEN = "replica-scrape-token-0123456789"
 
@@ -22,7 +23,7 @@ async def make_replica(checkpoint, **model) -> ModelReplica:
     cfg = ModelConfig(name="tiny", checkpoint=str(checkpoint), drain_timeout_s=5, **model)
     replica = ModelReplica.__new__(ModelReplica)  # Serve awaits the async constructor itself
     await replica.__init__(cfg.model_dump(mode="json"),
-                           metrics=ListenerSettings(host="127.0.0.1", port=0, accepted_hashes=(token_hash(TOKEN),)))
+                           metrics=ListenerSettings(host="127.0.0.1", port=0, accepted_hashes=(hash_api_key(TOKEN),)))
     return replica
 
 

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from fleetserve.errors import ConfigError
-from fleetserve.metrics.server import MetricsServer, token_hash
+from fleetserve.metrics.server import MetricsServer
+from fleetserve.credentials import hash_api_key
 
 TOKEN = "scrape-token-0123456789abcdef"
 
@@ -22,7 +23,7 @@ def registry_with_sample() -> CollectorRegistry:
 
 @pytest.fixture
 def server():
-    srv = MetricsServer(registry_with_sample(), "127.0.0.1", 0, accepted_hashes=[token_hash(TOKEN)])
+    srv = MetricsServer(registry_with_sample(), "127.0.0.1", 0, accepted_hashes=[hash_api_key(TOKEN)])
     yield srv
     srv.close()
 
@@ -79,7 +80,7 @@ def test_before_scrape_runs_on_every_scrape():
 
 def test_extra_pages_need_the_same_token_and_a_failing_one_answers_500():
     pages = {"/metrics/scaling": lambda: b"fleetserve_warm_replicas 1.0\n", "/metrics/broken": lambda: 1 / 0}
-    srv = MetricsServer(registry_with_sample(), "127.0.0.1", 0, accepted_hashes=[token_hash(TOKEN)], extra_paths=pages)
+    srv = MetricsServer(registry_with_sample(), "127.0.0.1", 0, accepted_hashes=[hash_api_key(TOKEN)], extra_paths=pages)
     try:
         url = f"http://{srv.address}/metrics/scaling"
         assert httpx.get(url, timeout=10).status_code == 401

@@ -37,11 +37,11 @@ class BoardReplicaPool:
         self._twin = twin
 
     def capacity_snapshot(self) -> tuple[ReplicaCapacity, ...]:
-        rows = self._board.replicas(self._deployment)
-        if rows is None:
+        own = self._board.replicas(self._deployment)
+        twin = self._board.replicas(self._twin) if self._twin is not None else None
+        if own is None and twin is None:
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
-        if self._twin is not None:
-            rows = rows + (self._board.replicas(self._twin) or [])
+        rows = (own or []) + (twin or [])
         return tuple(
             ReplicaCapacity(replica_id=e.replica, num_running=e.stats.num_running, num_waiting=e.stats.num_waiting,
                             kv_usage=e.stats.kv_usage, healthy=e.stats.healthy, accepting=e.stats.accepting)

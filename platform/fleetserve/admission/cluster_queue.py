@@ -18,8 +18,7 @@ surface of :class:`FleetScheduler`:
 - The actor has no replica router of its own: each ingress sends the replica stats it sees
   (its process's stats board) with its ``acquire`` calls, at most every ``push_interval_s``;
   the actor publishes them on its own board, which its pool reads exactly as the ingress's
-  does. (No timer: while no request arrives anywhere, the actor keeps the last stats; its
-  slot accounting is its own and does not go stale.)
+  does (no timer: while no request arrives, it keeps the last stats; its slots are its own).
 - The actor is named per application and scheduling config (a hash of the ``scheduling``
   section and the model deployments, so a redeploy with another config gets a fresh actor
   rather than the old one's settings) and created by whichever ingress replica asks first
@@ -52,15 +51,17 @@ from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats,
 log = logging.getLogger(__name__)
 
 QUEUE_NAMESPACE = "fleetserve"
-
-
 QUEUE_ACTOR_PREFIX = "fleetserve-fleet-queue:"
 
 
-def queue_config_key(config: FleetSchedulingConfig, deployment_names: Mapping[str, str]) -> str:
-    """Short hash of what the actor is built from: ingress replicas with the same config share it."""
-    blob = json.dumps({"scheduling": config.model_dump(mode="json"), "deployments": dict(sorted(deployment_names.items()))},
-                      sort_keys=True)
+def queue_config_key(config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
+                     twins: Optional[Mapping[str, str]] = None) -> str:
+    """Short hash of what the actor is built from (``twins`` only when there are some, so keys
+    without them stay as they were): ingress replicas with the same config share it."""
+    built = {"scheduling": config.model_dump(mode="json"), "deployments": dict(sorted(deployment_names.items()))}
+    if twins:
+        built["twins"] = dict(sorted(twins.items()))
+    blob = json.dumps(built, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -107,13 +108,15 @@ class FleetQueueActor:
 
     def __init__(self, config: dict, deployment_names: Mapping[str, str], handles: Optional[Mapping[str, Any]] = None,
                  board: Optional[ReplicaStatsBoard] = None, clock: Optional[Clock] = None,
-                 exit_fn: Callable[[], None] = _exit_this_actor) -> None:
+                 exit_fn: Callable[[], None] = _exit_this_actor, twins: Optional[Mapping[str, str]] = None) -> None:
+        """``twins``: model name -> its spot twin's deployment, whose replicas (pushed with the
+        model's own) count as the model's capacity too."""
         from fleetserve.admission.board_pool import board_pools
 
         self._config = FleetSchedulingConfig.model_validate(config)
         self._deployments = dict(deployment_names)
         self._board = board or process_board()
-        pools = board_pools(self._deployments, handles, self._board)
+        pools = board_pools(self._deployments, handles, self._board, twins=twins)
         self._clock = clock or SystemClock()
         self._events = _PendingPreemptions()
         self._schedulers = {m: FleetScheduler(self._config, pools[m], self._clock, observer=self._events)
@@ -232,24 +235,28 @@ def resolve_scope(config: FleetSchedulingConfig, ingress_replicas: int) -> str:
 
 
 def cluster_scheduler_factory(app_name: str, config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
-                              handles: Optional[Mapping[str, Any]] = None, clock: Optional[Clock] = None):
+                              handles: Optional[Mapping[str, Any]] = None, clock: Optional[Clock] = None,
+                              twins: Optional[Mapping[str, str]] = None):
     """``TenantGatekeeper(scheduler_factory=...)`` for ``scope: cluster``: each model's queue is
-    the application's shared actor, with a local :class:`FleetScheduler` as the fallback."""
-
-    key = queue_config_key(config, deployment_names)
+    the application's shared actor, with a local :class:`FleetScheduler` as the fallback;
+    ``twins`` (model -> spot twin deployment): pushed and counted with the model's own."""
+    twins = dict(twins or {})
+    key = queue_config_key(config, deployment_names, twins)
 
     def make(model: str, pool, observer) -> ClusterFleetScheduler:
         local = FleetScheduler(config, pool, clock, observer=observer)
+        deployments = [deployment_names[model]] if model in deployment_names else list(deployment_names.values())
+        deployments += [twins[model]] if model in twins else []
         return ClusterFleetScheduler(
-            model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles, key), local, observer,
-            deployments=[deployment_names[model]] if model in deployment_names else list(deployment_names.values()),
-            push_interval_s=config.push_interval_s, clock=clock)
+            model, lambda: get_or_create_queue_actor(app_name, config, deployment_names, handles, key, twins), local,
+            observer, deployments=deployments, push_interval_s=config.push_interval_s, clock=clock)
 
     return make
 
 
 def get_or_create_queue_actor(app_name: str, config: FleetSchedulingConfig, deployment_names: Mapping[str, str],
-                              handles: Optional[Mapping[str, Any]] = None, key: Optional[str] = None):
+                              handles: Optional[Mapping[str, Any]] = None, key: Optional[str] = None,
+                              twins: Optional[Mapping[str, str]] = None):
     """The application's queue actor for this config, created here (detached) if no ingress replica has yet."""
     import ray
 
@@ -257,9 +264,9 @@ def get_or_create_queue_actor(app_name: str, config: FleetSchedulingConfig, depl
     concurrency = len(deployment_names) * (config.max_queue_total + 1000) + 1000
     cls = ray.remote(FleetQueueActor)
     return cls.options(
-        name=queue_actor_name(app_name, key or queue_config_key(config, deployment_names)), namespace=QUEUE_NAMESPACE,
+        name=queue_actor_name(app_name, key or queue_config_key(config, deployment_names, twins)), namespace=QUEUE_NAMESPACE,
         get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=concurrency, max_restarts=0,
-    ).remote(config.model_dump(mode="json"), dict(deployment_names), dict(handles or {}))
+    ).remote(config.model_dump(mode="json"), dict(deployment_names), dict(handles or {}), twins=dict(twins or {}))
 
 
 def queue_actor_names(app_name: str) -> list[str]:
@@ -298,6 +305,7 @@ class ClusterFleetScheduler:
         self.config = local.config
         self._factory = actor_factory
         self._actor = None
+        self._making = asyncio.Lock()
         self._local = local
         self._observer = observer
         self._board = board or process_board()
@@ -308,9 +316,11 @@ class ClusterFleetScheduler:
         self._local_ids: set[str] = set()  # admitted by the local fallback: released there
         self.fallbacks = 0
 
-    def _actor_handle(self):
-        if self._actor is None:
-            self._actor = self._factory()
+    async def _actor_handle(self):
+        """Made (or found by name) in a thread: a blocking call must not hold the ingress's loop."""
+        async with self._making:  # one lookup for the requests that arrive meanwhile
+            if self._actor is None:
+                self._actor = await asyncio.to_thread(self._factory)
         return self._actor
 
     def _rows(self, force: bool = False) -> Optional[dict]:
@@ -332,8 +342,9 @@ class ClusterFleetScheduler:
         verdict = None
         for attempt in range(2):
             try:
-                ref = self._actor_handle().acquire.remote(self.model, request_id, tenant_id, priority_class, weight,
-                                                          prompt_tokens, max_tokens, self._rows(force=attempt > 0))
+                actor = await self._actor_handle()
+                ref = actor.acquire.remote(self.model, request_id, tenant_id, priority_class, weight, prompt_tokens,
+                                           max_tokens, self._rows(force=attempt > 0))
             except Exception as e:  # noqa: BLE001 - no actor could be made (e.g. Ray unreachable)
                 log.warning("fleet queue actor unavailable (%s); admitting on this ingress", type(e).__name__)
                 break
@@ -378,10 +389,12 @@ class ClusterFleetScheduler:
         self._send("release", request_id, output_tokens)
 
     def _send(self, method: str, *args) -> None:
-        """Fire and forget (release/abandon): a lost message is a slot the actor frees when it
-        is replaced; the request itself is already done."""
+        """Fire and forget (release/abandon): a lost message is a slot the actor frees when it is
+        replaced. With no actor (the last call failed) there is no one to tell."""
+        if self._actor is None:
+            return
         try:
-            getattr(self._actor_handle(), method).remote(self.model, *args)
+            getattr(self._actor, method).remote(self.model, *args)
         except Exception as e:  # noqa: BLE001
             log.warning("fleet queue %s not delivered (%s)", method, type(e).__name__)
             self._actor = None

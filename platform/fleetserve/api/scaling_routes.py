@@ -61,11 +61,20 @@ def replica_state(row: ReplicaStatus) -> str:
     return "draining" if row.draining else "serving"
 
 
+def model_version(route: str, versions: dict[str, str]) -> tuple[str, str]:
+    """A route name -> (model, version): ``model@version`` for a runtime version, else the
+    model with its configured version (``versions``)."""
+    model, sep, version = route.rpartition("@")
+    return (model, version) if sep and model in versions else (route, versions.get(route, ""))
+
+
 def replica_rows(rows: list[ReplicaStatus], versions: dict[str, str]) -> list[dict]:
-    return [{"replica": r.replica, "model": r.model, "version": versions.get(r.model, ""), "state": replica_state(r),
+    return [{"replica": r.replica, **dict(zip(("model", "version"), model_version(r.model, versions))),
+             "state": replica_state(r),
              "node_id": r.node_id, "node_ip": r.node_ip, "capacity_type": r.capacity_type,
              "running": r.num_running, "waiting": r.num_waiting, "in_flight": r.in_flight,
-             "kv_usage": round(r.kv_usage, 4)} for r in rows]
+             "kv_usage": round(r.kv_usage, 4), "transport": "link" if r.link else "handle",
+             "link_streams": r.link_streams} for r in rows]
 
 
 def build_scaling_router(service, control: ScalingControl) -> APIRouter:

@@ -35,6 +35,7 @@ def spot_twin_models(cfg: FleetConfig) -> list[ModelConfig]:
 
 
 def model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
+    """Serve options of ``m``'s deployment (a configured model's, or a runtime version's)."""
     from ray.serve.config import RequestRouterConfig
 
     from fleetserve.router.replica_router import FleetReplicaRouter
@@ -59,7 +60,8 @@ def model_options(m: ModelConfig, cfg: FleetConfig) -> dict:
     if controller_enabled(cfg):
         from fleetserve.autoscaler.snapshot import CapacityType
 
-        return controller_options(opts, m, cfg.autoscaler.placement, CapacityType.ON_DEMAND, opts["name"])
+        return controller_options(opts, m, cfg.autoscaler.placement, CapacityType.ON_DEMAND, opts["name"],
+                                  initial=initial_on_demand(m, cfg))
     autoscaling = _autoscaling(m, cfg)
     if autoscaling is None:
         opts["num_replicas"] = m.replicas.num
@@ -73,10 +75,22 @@ def controller_enabled(cfg: FleetConfig) -> bool:
     return cfg.autoscaler is not None and bool(getattr(cfg.autoscaler, "controller", False))
 
 
+def initial_on_demand(m: ModelConfig, cfg: FleetConfig) -> int:
+    """The on-demand replicas the controller's policy plans for ``m`` idle (serving minimum
+    plus warm pool, ``autoscaler/initial.py``): Serve starts exactly these, so the
+    controller's first count changes nothing (no replica started only to be stopped)."""
+    from fleetserve.autoscaler.initial import initial_replicas
+    from fleetserve.autoscaler.snapshot import CapacityType
+
+    policy = cfg.autoscaler.for_model(m.name)
+    return initial_replicas(policy).get(CapacityType.ON_DEMAND, 0)
+
+
 def controller_options(opts: dict, m: ModelConfig, placement, capacity_type, name: str,
                        initial: Optional[int] = None) -> dict:
     """A deployment whose replica count the scaling controller sets (``ray_adapter.controller_target``)
-    on ``capacity_type`` nodes (``placement``: the autoscaler's PlacementConfig)."""
+    on ``capacity_type`` nodes (``placement``: the autoscaler's PlacementConfig), starting
+    with ``initial`` replicas (default: ``m.replicas.num``)."""
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
     out = {k: v for k, v in opts.items() if k != "num_replicas"}

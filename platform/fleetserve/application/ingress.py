@@ -74,7 +74,7 @@ class Ingress:
             metrics.set_warm_replicas(warm_pool_rows(versions_of, self.service.replica_status()))
 
         refresh_warm_pool()
-        self._control = HandleReplicaControl(by_target)
+        self._control = HandleReplicaControl(by_target, resolve=self._deployer.handle_for_key)
         self._scaling = None
         if controller_enabled(self._cfg):
             from fleetserve.application.scaling_controller import ActorScalingControl, start_controller

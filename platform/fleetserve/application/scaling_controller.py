@@ -11,8 +11,10 @@ reloaded when the actor restarts (``max_restarts=-1``).
 
 Which fleets: the configured (stable) versions, and each model version deployed at runtime
 (:class:`~fleetserve.application.version_fleets.RegistryFleetCatalog`, read every tick,
-with the registry's split weights), observed through Serve's status
-(:class:`~fleetserve.application.version_fleets.ServeVersionReplicas`).
+with the registry's split weights, and Serve's application names), each its own Serve
+application (:class:`~fleetserve.application.version_fleets.ServeVersionApps`) observed and
+acted on like a stable one (warm pool, drains, migration; no spot twin). Serve's full status
+is read only while such a version is planned.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 from typing import Optional
 
 from fleetserve.application.build import deployment_name, on_demand_resources, spot_twin_models, twin_deployment_name
-from fleetserve.application.version_fleets import RegistryFleetCatalog, ServeVersionReplicas
+from fleetserve.application.version_fleets import RegistryFleetCatalog, ServeVersionApps
 from fleetserve.application.versions import ServeVersionDeployer, version_slug
 from fleetserve.application.serve_fleet import DeploymentRef, RayNodeDrains, ServeFleetActuator, spot_nodes_alive
 from fleetserve.autoscaler.actuator import FleetId
@@ -52,14 +54,14 @@ def fleet_deployments(cfg: FleetConfig) -> dict:
     return out
 
 
-def version_replicas(cfg: FleetConfig) -> ServeVersionReplicas:
-    """Runtime versions' replicas, named as :class:`ServeVersionDeployer` deploys them."""
+def version_apps(cfg: FleetConfig) -> ServeVersionApps:
+    """Runtime versions' applications, named as :class:`ServeVersionDeployer` deploys them."""
     deployer = ServeVersionDeployer(cfg)
-    return ServeVersionReplicas(lambda model: deployer.app_name(model, ""),
-                                lambda model, v: (deployer.app_name(model, v), deployer.deployment(model, v)))
+    return ServeVersionApps(lambda model: deployer.app_name(model, ""),
+                            lambda model, v: (deployer.app_name(model, v), deployer.deployment(model, v)))
 
 
-def version_catalog(cfg: FleetConfig, serve: ServeVersionReplicas) -> RegistryFleetCatalog:
+def version_catalog(cfg: FleetConfig, serve: ServeVersionApps) -> RegistryFleetCatalog:
     """The versions to plan: the registry the ingress's version table reads (the same store:
     Redis when ``canary.redis_url`` or ``tenants.redis_url`` is set; else an empty one of this
     process, and only what Serve runs is planned, without weights)."""
@@ -78,7 +80,7 @@ class ControllerActor:
         url = self.cfg.canary.redis_url or (self.cfg.tenants.redis_url if self.cfg.tenants is not None else None)
         store = RedisCanaryStore.from_url(url, prefix="fleetserve:") if url else MemoryCanaryStore()
         fleets = fleet_deployments(self.cfg)
-        versions = version_replicas(self.cfg)
+        versions = version_apps(self.cfg)
         self.registry = CollectorRegistry()
         drains = RayNodeDrains()
         placement = self.cfg.autoscaler.placement
@@ -89,7 +91,7 @@ class ControllerActor:
             self.cfg.autoscaler, [FleetId.parse(k) for k in fleets], actuator,
             SystemClock(), store, observer=ControllerMetrics(self.registry),
             drain_timeout_s=max(m.drain_timeout_s for m in self.cfg.models) + 5.0, node_drains=drains,
-            catalog=version_catalog(self.cfg, versions), count_only=lambda f: f.key not in fleets)
+            catalog=version_catalog(self.cfg, versions))
         self.control = LocalScalingControl(self.controller, self.registry)
         self._task: Optional[asyncio.Task] = None
 

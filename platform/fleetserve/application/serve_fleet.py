@@ -11,10 +11,9 @@ Ray places them on spot nodes only. Both run ``ModelReplica``.
   (``target_replica``, honoured by the replica router and checked by the replica).
 - *Observation*: the replica stats board of this process, which the deployments' routers
   keep current (Serve pushes every replica's routing stats to them).
-- *Runtime versions* (canaries, each its own Serve application on Serve's default router):
-  observed through Serve's status and the load the policy hook publishes
-  (:mod:`fleetserve.application.version_fleets`), counted the same way; role calls do not
-  reach their replicas (no pinned routing there), so they only scale by count.
+- *Runtime versions* (canaries, each its own Serve application with the same replica router):
+  the same deployment per fleet, named by :mod:`fleetserve.application.version_fleets`,
+  observed, counted and pinned the same way; they have no spot twin (on-demand only).
 
 What Serve does not let us choose: which replica a lower count stops. The controller lowers
 the count only once its chosen replica is drained and empty; should Serve stop another one,
@@ -28,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable, Collection, Dict, Mapping, Optional, Set
+from typing import Callable, Collection, Dict, Mapping, Optional
 
-from fleetserve.application.version_fleets import ServeVersionReplicas
+from fleetserve.application.version_fleets import ServeVersionApps
 from fleetserve.autoscaler.actuator import FleetId, ObservedFleet, ObservedReplica
 from fleetserve.autoscaler.config import PlacementConfig
 from fleetserve.autoscaler.node_drains import NodeDrain
@@ -90,9 +89,9 @@ class ServeFleetActuator:
                  board: Optional[ReplicaStatsBoard] = None, counts: Optional[GcsCounts] = None,
                  spot_available: Optional[Callable[[], bool]] = None,
                  handle_for: Optional[Callable[[DeploymentRef], object]] = None,
-                 versions: Optional[ServeVersionReplicas] = None):
+                 versions: Optional[ServeVersionApps] = None):
         """``handle_for``: a deployment's handle (default: ``serve.get_deployment_handle``);
-        ``versions``: where fleets not in ``fleets`` (runtime versions) are observed; None:
+        ``versions``: the deployment of a fleet not in ``fleets`` (a runtime version); None:
         only ``fleets``."""
         self._fleets = {k: dict(v) for k, v in fleets.items()}
         self._placement = placement
@@ -103,8 +102,6 @@ class ServeFleetActuator:
         self._handles: Dict[DeploymentRef, object] = {}
         self._where: Dict[str, DeploymentRef] = {}  # replica id -> its deployment
         self._versions = versions
-        self._count_only: Set[str] = set()  # runtime versions' replicas: no pinned calls reach them
-        self._seen: Dict[DeploymentRef, int] = {}  # runtime versions' replicas seen running
 
     def _handle(self, ref: DeploymentRef):
         if ref not in self._handles:
@@ -116,12 +113,22 @@ class ServeFleetActuator:
                 self._handles[ref] = serve.get_deployment_handle(ref.deployment, app_name=ref.app_name)
         return self._handles[ref]
 
+    def _refs(self, fleet: FleetId) -> Dict[CapacityType, DeploymentRef]:
+        """The fleet's deployments: a configured one's (and its spot twin), else the runtime
+        version's one on-demand deployment; none without a version source."""
+        if fleet.key in self._fleets:
+            return self._fleets[fleet.key]
+        if self._versions is None:
+            return {}
+        return {CapacityType.ON_DEMAND: DeploymentRef(*self._versions.ref(fleet))}
+
     async def observe(self, fleet: FleetId) -> ObservedFleet:
-        if fleet.key not in self._fleets:
-            return await self._observe_version(fleet)
+        refs = self._refs(fleet)
         replicas, queued = [], 0
-        for ctype, ref in self._fleets[fleet.key].items():
-            if self._board.replicas(ref.deployment) is None:
+        mine = set(refs.values())  # replicas gone since the last look are forgotten
+        self._where = {rid: ref for rid, ref in self._where.items() if ref not in mine}
+        for ctype, ref in refs.items():
+            if self._board.replicas(ref.deployment) is None and await self._has_running(fleet):
                 await self._init_router(ref)
             for e in self._board.replicas(ref.deployment) or []:
                 s = e.stats
@@ -132,20 +139,17 @@ class ServeFleetActuator:
                 replicas.append(ObservedReplica(e.replica, state, ctype, s.in_flight, s.kv_usage, s.node_id))
                 queued += s.num_waiting
                 self._where[e.replica] = ref
-        spot = SpotMarket(available=self._spot_available())
+        # Ray's node table (two blocking GCS reads) only for a fleet with a spot twin: without
+        # one (a runtime version never has one) the policy places nothing on spot anyway.
+        twins = self._fleets.get(fleet.key, {})
+        spot = SpotMarket(available=CapacityType.SPOT in twins and self._spot_available())
         return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=spot)
 
-    async def _observe_version(self, fleet: FleetId) -> ObservedFleet:
-        if self._versions is None:
-            return ObservedFleet(fleet)
-        replicas, queued = await self._versions.replicas(fleet)
-        ref = DeploymentRef(*self._versions.ref(fleet))
-        self._seen[ref] = len(replicas)
-        for r in replicas:
-            self._where[r.replica_id] = ref
-            self._count_only.add(r.replica_id)
-        # No spot twin: the policy plans such a version on on-demand capacity only.
-        return ObservedFleet(fleet, tuple(replicas), queued=queued, spot=SpotMarket(available=False))
+    async def _has_running(self, fleet: FleetId) -> bool:
+        """Whether a first call can be answered now: always asked of a configured fleet; a
+        runtime version's (whose replicas may still be loading) only once Serve runs one, so
+        its loading does not hold up every tick for ``INIT_CALL_TIMEOUT_S``."""
+        return fleet.key in self._fleets or self._versions is None or await self._versions.running(fleet) > 0
 
     async def _init_router(self, ref: DeploymentRef) -> None:
         """A handle's router starts (and publishes to the board) with its first call."""
@@ -155,13 +159,10 @@ class ServeFleetActuator:
             log.debug("router of %s not ready: %r", ref.deployment, exc)
 
     async def start(self, fleet: FleetId, capacity_type: CapacityType, count: int) -> None:
-        if fleet.key not in self._fleets:
-            if self._versions is not None:  # on-demand only: versions have no spot twin
-                ref = DeploymentRef(*self._versions.ref(fleet))
-                self._counts.put(ref, self._current(ref) + count)
-            return
-        ref = self._fleets[fleet.key].get(capacity_type) or self._fleets[fleet.key][CapacityType.ON_DEMAND]
-        self._counts.put(ref, self._current(ref) + count)
+        refs = self._refs(fleet)
+        ref = refs.get(capacity_type) or refs.get(CapacityType.ON_DEMAND)
+        if ref is not None:
+            self._counts.put(ref, self._current(ref) + count)
 
     async def stop(self, fleet: FleetId, replica_id: str) -> None:
         ref = self._where.get(replica_id)
@@ -169,14 +170,18 @@ class ServeFleetActuator:
             self._counts.put(ref, max(0, self._current(ref) - 1))
 
     def _current(self, ref: DeploymentRef) -> int:
+        """The count to raise or lower: the one last written, else the replicas ``observe``
+        reports (reported ones only: one Serve started that has not reported yet is, to the
+        policy, not there, and its cold start plans it again; counting it here too started
+        it twice at deploy time)."""
         known = self._counts.get(ref)
         if known is not None:
             return known
-        return self._seen[ref] if ref in self._seen else len(self._board.replicas(ref.deployment) or [])
+        return sum(1 for e in self._board.replicas(ref.deployment) or [] if e.stats.ts is not None)
 
     async def _pinned(self, replica_id: str, method: str, *args, **kwargs) -> None:
         ref = self._where.get(replica_id)
-        if ref is None or replica_id in self._count_only:
+        if ref is None:
             return
         await getattr(self._handle(ref), method).remote(*args, **kwargs, **{TARGET_REPLICA_KWARG: replica_id})
 

@@ -1,34 +1,34 @@
 """Runtime model versions as fleets of the scaling controller: which ones to plan, with what
-traffic weight, and what Serve tells of their replicas.
+traffic weight, and which deployment each one is.
 
 A version deployed at runtime (a canary, or a promoted one) is its own Serve application
-(:class:`~fleetserve.application.versions.ServeVersionDeployer`) on Serve's default router,
-so its replicas never publish to the replica stats board the stable versions are observed
-through, and pinned calls (park, wake, drain one replica) cannot reach them. What the
-controller gets for them instead:
+(:class:`~fleetserve.application.versions.ServeVersionDeployer`) whose model deployment has
+the stable deployment's options, replica router included. So the controller observes and
+acts on it exactly as on a stable one (``serve_fleet.ServeFleetActuator``: the replica stats
+board, pinned park/wake/drain calls, the GCS count); this module only says which version
+applications Serve runs (:class:`ServeVersionApps`) and which of them to plan
+(:class:`RegistryFleetCatalog`).
 
-- *Replicas*: Serve's own view (``get_serve_instance_details``, Ray 2.60): each RUNNING
-  replica's id and node, all serving (no warm standby, no drain of our own).
-- *Load*: the deployment's running and queued requests as Serve's autoscaler sees them,
-  published by the policy hook (``ray_adapter.controller_target``) to Ray's GCS KV. Per
-  replica it is unknown: the total is spread evenly over the running replicas.
-- *Count*: the same GCS KV count as the stable deployments (the hook carries it out).
+Two Serve reads, each in a thread and shared by every fleet of a tick: which applications
+exist comes from Serve's deployment ids (``list_deployment_ids``, a small call) every tick;
+Serve's full status (``get_serve_instance_details``, which the Serve controller builds for
+every application, deployment and replica) only for how many replicas a runtime version
+runs, so it is never read while no runtime version exists (the common case).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Callable, Dict, Generic, Iterable, List, Mapping, Optional, Protocol, Tuple, TypeVar
 
-from fleetserve.autoscaler.actuator import FleetId, ObservedReplica
-from fleetserve.autoscaler.ray_adapter import TARGET_NAMESPACE, load_key
-from fleetserve.autoscaler.snapshot import CapacityType, ReplicaState
+from fleetserve.autoscaler.actuator import FleetId
 from fleetserve.canary.registry import VersionRegistry
 from fleetserve.canary.serving import NOT_SERVABLE
 
 ServeDetails = Callable[[], dict]  # Serve's instance details, as ``get_serve_details()`` returns them
+ServeAppNames = Callable[[], Iterable[str]]  # the applications Serve runs, by name
+T = TypeVar("T")
 
 
 class DeployedVersions(Protocol):
@@ -73,53 +73,55 @@ class RegistryFleetCatalog:
         return out
 
 
-class ServeVersionReplicas:
-    """Runtime versions' replicas and load from Serve, for :class:`ServeFleetActuator`.
+class _TickRead(Generic[T]):
+    """One blocking read (run in a thread) that serves every fleet of a tick: read again once
+    older than ``max_age_s``."""
 
-    ``details``: Serve's instance details (default: the Serve client's, fetched in a thread);
-    ``load_of``: the published load of one (app, deployment) (default: Ray's GCS KV).
-    One details read serves every fleet of a tick (cached ``max_age_s``)."""
+    def __init__(self, read: Callable[[], T], clock: Callable[[], float], max_age_s: float):
+        self._read, self._clock, self._max_age_s = read, clock, max_age_s
+        self._cached: Optional[Tuple[float, T]] = None
+
+    async def get(self) -> T:
+        now = self._clock()
+        if self._cached is None or now - self._cached[0] > self._max_age_s:
+            self._cached = (now, await asyncio.to_thread(self._read))
+        return self._cached[1]
+
+
+class ServeVersionApps:
+    """Runtime versions' applications in Serve, and each fleet's (app, deployment), for
+    :class:`RegistryFleetCatalog` and ``serve_fleet.ServeFleetActuator``.
+
+    ``app_names``: the applications Serve runs (default: the Serve controller's deployment
+    ids); ``details``: Serve's instance details (default: the Serve client's), read only for
+    a version's running replicas. Each read serves every fleet of a tick (cached ``max_age_s``)."""
 
     def __init__(self, app_prefix: Callable[[str], str], deployment_of: Callable[[str, str], Tuple[str, str]],
-                 details: Optional[ServeDetails] = None, load_of: Optional[Callable[[str, str], dict]] = None,
-                 clock: Callable[[], float] = time.monotonic, max_age_s: float = 1.0):
+                 details: Optional[ServeDetails] = None, clock: Callable[[], float] = time.monotonic,
+                 max_age_s: float = 1.0, app_names: Optional[ServeAppNames] = None):
         """``app_prefix(model)``: what every version application of the model is named
         ``<prefix><version>``; ``deployment_of(model, version)``: its (app, deployment)."""
         self._app_prefix = app_prefix
         self._deployment_of = deployment_of
-        self._details = details or _serve_details
-        self._load_of = load_of or _published_load
-        self._clock = clock
-        self._max_age_s = max_age_s
-        self._cached: Optional[Tuple[float, dict]] = None
+        details = details or _serve_details
+        self._details = _TickRead(lambda: details().get("applications") or {}, clock, max_age_s)
+        names = app_names or _serve_app_names
+        self._names = _TickRead(lambda: frozenset(names()), clock, max_age_s)
 
     def ref(self, fleet: FleetId) -> Tuple[str, str]:
         return self._deployment_of(fleet.model, fleet.version)
 
-    async def _apps(self) -> dict:
-        now = self._clock()
-        if self._cached is None or now - self._cached[0] > self._max_age_s:
-            self._cached = (now, (await asyncio.to_thread(self._details)).get("applications") or {})
-        return self._cached[1]
+    async def running(self, fleet: FleetId) -> int:
+        """The fleet's replicas Serve runs (RUNNING), from Serve's full status."""
+        app, deployment = self.ref(fleet)
+        dep = ((await self._details.get()).get(app) or {}).get("deployments", {}).get(deployment) or {}
+        return sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
 
     async def deployed(self, model: str) -> Dict[str, str]:
+        """The model's version applications in Serve (by name alone: no full status read)."""
         prefix = self._app_prefix(model)
-        return {app: app[len(prefix):] for app in await self._apps() if app.startswith(prefix) and len(app) > len(prefix)}
-
-    async def replicas(self, fleet: FleetId) -> Tuple[List[ObservedReplica], int]:
-        """The fleet's RUNNING replicas (each serving, with an even share of the running
-        requests) and the requests queued for it; none while its application is absent."""
-        app, deployment = self.ref(fleet)
-        dep = ((await self._apps()).get(app) or {}).get("deployments", {}).get(deployment) or {}
-        running = [r for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"]
-        if not running:
-            return [], 0
-        load = self._load_of(app, deployment)
-        share, extra = divmod(int(load.get("running", 0)), len(running))
-        out = [ObservedReplica(r["replica_id"], ReplicaState.ACTIVE, CapacityType.ON_DEMAND,
-                               share + (1 if i < extra else 0), node_id=r.get("node_id"))
-               for i, r in enumerate(sorted(running, key=lambda r: r["replica_id"]))]
-        return out, int(load.get("queued", 0))
+        return {app: app[len(prefix):] for app in await self._names.get()
+                if app.startswith(prefix) and len(app) > len(prefix)}
 
 
 def _serve_details() -> dict:
@@ -128,8 +130,11 @@ def _serve_details() -> dict:
     return _get_global_client().get_serve_details()
 
 
-def _published_load(app: str, deployment: str) -> dict:
-    from ray.experimental.internal_kv import _internal_kv_get
+def _serve_app_names() -> List[str]:
+    """The applications of Serve's deployments: the Serve controller's deployment ids (Ray 2.60,
+    as ``ServeControllerClient.get_handle`` checks them), a list of (app, name) pairs."""
+    import ray
+    from ray.serve.context import _get_global_client
 
-    raw = _internal_kv_get(load_key(app, deployment), namespace=TARGET_NAMESPACE)
-    return json.loads(raw) if raw else {}
+    ids = ray.get(_get_global_client()._controller.list_deployment_ids.remote())
+    return sorted({d.app_name for d in ids})

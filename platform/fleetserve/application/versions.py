@@ -8,6 +8,14 @@ The ingress reaches it lazily by name (``serve.get_deployment_handle(deployment,
 app_name=...)``, Ray 2.60), so every ingress replica finds a version another one deployed.
 The stable (configured) version stays in the main application, reached as today.
 
+Each version application is a full fleet like the stable deployment: the model deployment
+gets the same options (``build.model_options``: fleetserve's replica router, the scaling
+controller's count hook), so its replicas report to the replica stats board, take pinned
+calls (park, wake, drain one replica) and advertise their replica links. Under HAProxy Serve
+refuses a custom request router on an application's *ingress* (``build_app``, Ray 2.60), so
+the model deployment is not the ingress: a zero-CPU :class:`VersionIngress` is, holding its
+handle and taking no traffic (the application has no route prefix).
+
 Names are derived, never stored: application ``<app>--<model>--<version>``, deployment
 ``model-<model>--<version>`` (distinct from the stable one: the replica stats board is keyed
 by deployment name).
@@ -21,13 +29,22 @@ import logging
 import re
 from typing import Optional
 
-from fleetserve.application.build import model_options, deployment_name
+from fleetserve.application.build import deployment_name, model_options, on_demand_resources
 from fleetserve.canary.versions import ModelVersion, verify
 from fleetserve.config import FleetConfig
 
 log = logging.getLogger(__name__)
 
 READY, DEPLOYING, FAILED, ABSENT = "ready", "deploying", "failed", "absent"
+VERSION_INGRESS = "version-ingress"
+
+
+class VersionIngress:
+    """A runtime version application's ingress: it holds the model deployment's handle and
+    serves nothing (see the module docstring for why it exists)."""
+
+    def __init__(self, replica) -> None:
+        self._replica = replica
 
 
 def _slug(s: str) -> str:
@@ -72,8 +89,9 @@ class ServeVersionDeployer:
 
         return serve.get_deployment_handle(self.deployment(*parts), app_name=self.app_name(*parts), _check_exists=False)
 
-    async def deploy(self, version: ModelVersion) -> None:
-        """Start the version's application (returns once Serve accepted it; replicas load after)."""
+    def application(self, version: ModelVersion):
+        """The bound Serve application of ``version``: :class:`VersionIngress` over its model
+        deployment, which has the stable deployment's options under the version's name."""
         from ray import serve
 
         from fleetserve.application.metrics_port import listener_settings
@@ -83,16 +101,22 @@ class ServeVersionDeployer:
         m = base.model_copy(update={"checkpoint": version.checkpoint, "engine": version.engine,
                                     "engine_args": {**base.engine_args, **dict(version.engine_args)},
                                     "version": version.version_id})
-        opts = model_options(m, self._cfg)
+        opts = model_options(m, self._cfg)  # starts at the policy's idle plan, warm pool included, like the stable one
         opts["name"] = self.deployment(version.model, version.version_id)
-        # The replica deployment is its application's ingress, and with HAProxy (the default proxy)
-        # Serve refuses a custom request router on an ingress: versions use Serve's own router.
-        opts.pop("request_router_config", None)
         check = functools.partial(verify, version.checkpoint, version.checksum, label=version.label,
                                   expected_files=dict(version.files))
-        app = serve.deployment(ModelReplica).options(**opts).bind(
+        replica = serve.deployment(ModelReplica).options(**opts).bind(
             m.model_dump(mode="json"), None, link=self._cfg.server.replica_transport == "direct", verify_checkpoint=check,
             metrics=listener_settings(self._cfg))
+        ingress = serve.deployment(VersionIngress).options(
+            name=VERSION_INGRESS, num_replicas=1, ray_actor_options={"num_cpus": 0, "resources": on_demand_resources(self._cfg)})
+        return ingress.bind(replica)
+
+    async def deploy(self, version: ModelVersion) -> None:
+        """Start the version's application (returns once Serve accepted it; replicas load after)."""
+        from ray import serve
+
+        app = self.application(version)
         try:
             await asyncio.to_thread(serve.run, app, name=self.app_name(version.model, version.version_id),
                                     route_prefix=None, blocking=False)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from fleetserve.admission.board_pool import board_pools
 from prometheus_client import CollectorRegistry
+
+from fleetserve.admission.board_pool import board_pools
 
 from fleetserve.admission.metrics import admission_metrics
 from fleetserve.admission.cluster_queue import cluster_scheduler_factory, resolve_scope
@@ -38,6 +39,7 @@ from fleetserve.clock import WallClock
 from fleetserve.config import FleetConfig
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
+from fleetserve.router.stats_board import ReplicaStatsBoard
 from fleetserve.tenants.config import TenantsConfig
 from fleetserve.tenants.gatekeeper import TenantGatekeeper
 from fleetserve.tenants.keys import hash_api_key
@@ -69,15 +71,17 @@ def build_gatekeeper(cfg: FleetConfig, metrics_registry: Optional[object] = None
 
 def build_admission(cfg: FleetConfig, metrics_registry: CollectorRegistry, deployment_names: Mapping[str, str],
                     handles: Optional[Mapping[str, object]] = None,
-                    twins: Optional[Mapping[str, str]] = None) -> AdmissionQueues:
-    """Fleet admission queue per model: capacity from the replica stats board (the model's
-    deployment plus its spot twin in ``twins``; the cluster queue actor sees only the
-    former), preemption through the model ``handles``, metrics in ``metrics_registry``."""
+                    twins: Optional[Mapping[str, str]] = None,
+                    board: Optional[ReplicaStatsBoard] = None) -> AdmissionQueues:
+    """Fleet admission queue per model: capacity from the replica stats ``board`` (default:
+    this process's) over the model's deployment plus its spot twin in ``twins`` (the router
+    sends requests to both; the cluster queue actor gets both pushed), preemption through the
+    model ``handles``, metrics in ``metrics_registry``."""
     sched = tenants_config(cfg).scheduling
     factory = None
     if resolve_scope(sched, cfg.server.ingress_replicas) == "cluster":
-        factory = cluster_scheduler_factory(cfg.server.app_name, sched, deployment_names, handles)
-    return AdmissionQueues(sched, board_pools(deployment_names, handles, twins=twins),
+        factory = cluster_scheduler_factory(cfg.server.app_name, sched, deployment_names, handles, twins=twins)
+    return AdmissionQueues(sched, board_pools(deployment_names, handles, board, twins=twins),
                            observer_for=admission_metrics(metrics_registry).observer, scheduler_factory=factory)
 
 
@@ -132,9 +136,13 @@ def build_rollouts(cfg: FleetConfig, table: VersionTable, deployer, prober, metr
 def warm_pool_rows(versions: dict[str, str], replicas) -> list[tuple[str, str, int]]:
     """``(model, version, standby replicas)`` for the warm-pool gauge, from the replica stats
     the ingress routes on (``versions``: each model's configured version; a model without a
-    standby gets a 0 row, so the series exists before the first one parks)."""
+    standby gets a 0 row, so the series exists before the first one parks; a runtime
+    version's replicas, routed as ``model@version``, count under their own version)."""
+    from fleetserve.api.scaling_routes import model_version
+
     counts = {(m, v): 0 for m, v in versions.items()}
     for r in list(replicas):
-        if r.standby and r.model in versions:
-            counts[(r.model, versions[r.model])] += 1
+        key = model_version(r.model, versions)
+        if r.standby and key[0] in versions:
+            counts[key] = counts.get(key, 0) + 1
     return [(m, v, n) for (m, v), n in counts.items()]

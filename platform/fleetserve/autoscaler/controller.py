@@ -49,12 +49,11 @@ class ScalingController:
                  store, observer: Optional[Callable[[FleetId, ObservedFleet, ScalingDecision, FleetState], None]] = None,
                  start_timeout_s: float = 900.0, drain_timeout_s: float = 60.0,
                  node_drains: Optional[NodeDrainSource] = None, wall_clock: Callable[[], float] = time.time,
-                 catalog: Optional[FleetCatalog] = None, count_only: Callable[[FleetId], bool] = lambda f: False):
+                 catalog: Optional[FleetCatalog] = None):
         """``node_drains``: the nodes Ray is draining (read once per tick; their replicas get
         interruption notices); ``wall_clock`` dates those drains' deadlines; ``catalog``: the
         model versions to plan for and their traffic weights (read once per tick; None:
-        ``fleets`` only, no split); ``count_only``: fleets whose replicas the actuator can
-        only count, not park or wake (runtime versions on Ray Serve): no warm pool for them."""
+        ``fleets`` only, no split)."""
         self.config = config
         self.fleets = list(fleets)
         self.actuator = actuator
@@ -66,7 +65,6 @@ class ScalingController:
         self.node_drains = node_drains
         self.wall_clock = wall_clock
         self.catalog = catalog
-        self.count_only = count_only
         self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
 
     # -- persistence -------------------------------------------------------------------
@@ -94,9 +92,7 @@ class ScalingController:
         scaling = {k: v for k, v in (("min_replicas", o.min_replicas), ("max_replicas", o.max_replicas)) if v is not None}
         if scaling:
             cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update=scaling)})
-        if self.count_only(f):
-            cfg = cfg.model_copy(update={"warm_pool": cfg.warm_pool.model_copy(update={"min_size": 0, "max_size": 0})})
-        elif o.warm is not None:
+        if o.warm is not None:
             pool = cfg.warm_pool.model_copy(update={"min_size": o.warm, "max_size": o.warm, "burst_replicas": 0})
             cfg = cfg.model_copy(update={"warm_pool": pool})
         return cfg

@@ -20,7 +20,6 @@ the last two: requests on replica links never pass through Serve's counters).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Optional, Tuple
 
 from fleetserve.autoscaler.config import AutoscalerConfig, ModelPolicyConfig, load_autoscaler_config
@@ -107,29 +106,10 @@ def target_key(app_name: str, deployment: str) -> bytes:
     return f"{app_name}/{deployment}".encode()
 
 
-def load_key(app_name: str, deployment: str) -> bytes:
-    return b"load:" + target_key(app_name, deployment)
-
-
-# What each deployment's hook last published (this module lives in Serve's controller): a
-# GCS write only when the load changed, not on every control-loop pass.
-_published: Dict[bytes, bytes] = {}
-
-
 def controller_target(ctx: Any) -> Tuple[int, Dict[str, Any]]:
-    """Ray policy hook: the controller's count for this deployment (unchanged until it writes one).
-
-    It also publishes the load Serve's autoscaler sees (``{"running", "queued"}`` under
-    :func:`load_key`): the controller's only load signal for deployments whose replicas do
-    not report to its stats board (runtime model versions, on Serve's default router)."""
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+    """Ray policy hook: the controller's count for this deployment (unchanged until it writes one)."""
+    from ray.experimental.internal_kv import _internal_kv_get
 
     raw = _internal_kv_get(target_key(ctx.app_name, ctx.deployment_name), namespace=TARGET_NAMESPACE)
     target = int(raw) if raw is not None else ctx.target_num_replicas
-    snap = snapshot_from_context(ctx)
-    key, load = load_key(ctx.app_name, ctx.deployment_name), json.dumps(
-        {"running": snap.running, "queued": snap.queued_at_router}).encode()
-    if _published.get(key) != load:
-        _internal_kv_put(key, load, overwrite=True, namespace=TARGET_NAMESPACE)
-        _published[key] = load
     return target, dict(ctx.policy_state or {})

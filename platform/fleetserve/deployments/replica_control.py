@@ -7,7 +7,7 @@ keyword (``router/replica_router.py``), and the replica ignores a call meant for
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 from fleetserve.deployments.replica_stats import DrainAck
 from fleetserve.engine.protocol import LoraRef
@@ -35,20 +35,28 @@ class AdapterControl(Protocol):
 
 
 class HandleReplicaControl:
-    def __init__(self, handles: Mapping[str, object]):
+    def __init__(self, handles: Mapping[str, object], resolve: Optional[Callable[[str], Optional[object]]] = None):
+        """``handles``: route name -> DeploymentHandle; ``resolve``: the handle of a name not
+        in it (a runtime version, ``model@version``), or None; looked up once, then kept."""
         self._handles = dict(handles)
+        self._resolve = resolve
+
+    def _handle(self, model: str):
+        if model not in self._handles and self._resolve is not None:
+            handle = self._resolve(model)
+            if handle is not None:
+                self._handles[model] = handle
+        if model not in self._handles:
+            raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
+        return self._handles[model]
 
     async def set_draining(self, model: str, replica_id: str, draining: bool,
                            mode: Optional[str] = None) -> DrainAck:
-        handle = self._handles.get(model)
-        if handle is None:
-            raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
+        handle = self._handle(model)
         return await handle.set_draining.remote(draining, mode=mode, **{TARGET_REPLICA_KWARG: replica_id})
 
     async def _each(self, model: str, replica_ids: Sequence[str], method: str, *args) -> list[dict]:
-        handle = self._handles.get(model)
-        if handle is None:
-            raise ModelNotFoundError(f"The model `{model}` does not exist.", field="model")
+        handle = self._handle(model)
         targets: list[Optional[str]] = list(replica_ids) or [None]
         return [await getattr(handle, method).remote(*args, **{TARGET_REPLICA_KWARG: rid}) for rid in targets]
 

@@ -14,8 +14,6 @@ only on a loopback host, so a listener reachable from elsewhere is never open.
 from __future__ import annotations
 
 import errno
-import hashlib
-import hmac
 import logging
 import socket
 import threading
@@ -25,16 +23,11 @@ from typing import Callable, Iterable, Mapping, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from fleetserve.credentials import key_matches_any
 from fleetserve.errors import ConfigError
 from fleetserve.exposure import is_loopback
 
 log = logging.getLogger(__name__)
-
-
-def token_hash(token: str) -> str:
-    """The stored form of a token, as ``fleetserve.tenants.keys.hash_api_key`` writes it."""
-    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
-
 
 
 @dataclass(frozen=True)
@@ -86,11 +79,7 @@ class MetricsServer:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return False
-        presented = token_hash(token.strip()).encode()
-        found = False
-        for h in self._hashes:  # no early exit: constant time in which hash matched
-            found |= hmac.compare_digest(presented, h.encode())
-        return found
+        return key_matches_any(token.strip(), self._hashes)
 
     def serves(self, path: str) -> bool:
         return path == "/metrics" or path in self._extra
