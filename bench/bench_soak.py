@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from _live_server import RAY_LOCK, live_server  # noqa: E402  (bench/ is this script's directory: first on sys.path)
 from _procmem import TreeSampler  # noqa: E402
+from _soak_probes import ProbeSampler  # noqa: E402
 from _results import write_results  # noqa: E402
 from _soak_report import print_report, report, write_plot  # noqa: E402
 
@@ -61,24 +62,26 @@ ADMIN_KEY = "fs-bench-soak-admin-0123456789abcdef"
 TENANTS = (("premium-a", "premium", 0.2), ("standard-a", "standard", 0.2), ("standard-b", "standard", 0.2),
            ("batch-a", "batch", 0.2), ("batch-b", "batch", 0.2))
 PROMPT = "def fibonacci(n):\n    " * 4
+METRICS_PORT_RANGE = 4  # the ingress and the model replica each take one port of it
 
 
 def tenant_key(tenant: str) -> str:
     return f"fs-bench-soak-{tenant}-0123456789abcdef"
 
 
-def server_config(port: int, metrics_port: int, max_num_seqs: int) -> dict:
+def server_config(port: int, metrics_port: int, max_num_seqs: int, fleet_inflight: Optional[int] = None) -> dict:
     from fleetserve.cli.serve import DEFAULT_CHECKPOINT
     from fleetserve.tenants.keys import hash_api_key
 
     return {
         "server": {"host": "127.0.0.1", "port": port, "grpc_port": None, "app_name": "bench-soak", "admin_key": ADMIN_KEY},
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port, "port_range": METRICS_PORT_RANGE},
         "models": [{"name": MODEL, "checkpoint": str(DEFAULT_CHECKPOINT), "engine": "native",
                     "engine_args": {"num_kv_blocks": 1024, "max_num_seqs": max_num_seqs, "num_threads": 1},
                     "resources": {"num_cpus": 1}, "max_ongoing_requests": 4 * max_num_seqs + 16}],
         "tenants": {"tenants": [{"id": t, "tier": tier, "api_key_hashes": [hash_api_key(tenant_key(t))]}
-                                for t, tier, _ in TENANTS]},
+                                for t, tier, _ in TENANTS],
+                    "scheduling": {} if fleet_inflight is None else {"max_inflight_per_replica": fleet_inflight}},
     }
 
 
@@ -271,18 +274,23 @@ async def run(args) -> dict:
     port, metrics_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     out: dict = {"config": vars(args) | {"tenants": [list(t) for t in TENANTS]}}
-    with live_server(server_config(port, metrics_port, args.max_num_seqs), base, args.lock) as proc:
+    with live_server(server_config(port, metrics_port, args.max_num_seqs, args.fleet_inflight), base, args.lock) as proc:
         sampler = TreeSampler(proc.pid, args.sample_s).start()
+        probes = ProbeSampler(metrics_port, METRICS_PORT_RANGE, ADMIN_KEY, args.probe_s, t0=sampler.t0).start()
         timeout = aiohttp.ClientTimeout(total=args.request_timeout)
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
                 await wait_serving(http, base, args)
-                out["capacity"] = await ramp(http, base, args)
-                capacity = out["capacity"]["capacity_rps"]
-                if args.probe_fracs:
-                    out["open_loop"] = await probe(http, base, capacity, args)
-                    capacity = out["open_loop"]["capacity_rps"]
-                rate = args.load * capacity
+                if args.rate:  # a rate measured before: runs of one build compare at the same load
+                    out["capacity"] = {"steps": [], "capacity_rps": None}
+                    rate = args.rate
+                else:
+                    out["capacity"] = await ramp(http, base, args)
+                    capacity = out["capacity"]["capacity_rps"]
+                    if args.probe_fracs:
+                        out["open_loop"] = await probe(http, base, capacity, args)
+                        capacity = out["open_loop"]["capacity_rps"]
+                    rate = args.load * capacity
                 out["offered_rps"] = round(rate, 3)
                 print(f"soak: {rate:.2f} req/s for {args.minutes} min", flush=True)
                 soak_start = time.monotonic() - sampler.t0
@@ -290,11 +298,24 @@ async def run(args) -> dict:
                 results = await soak(http, base, rate, args)
         finally:
             sampler.stop()
+            probes.stop()
     for series in sampler.series.values():  # memory time axis = soak time axis (the ramp is negative)
         series.t = [round(t - soak_start, 1) for t in series.t]
+    probes.series.t = [round(t - soak_start, 1) for t in probes.series.t]
+    out["probes"] = asdict(probes.series)
     out["requests"] = [asdict(r) for r in results]
     out["memory"] = {str(pid): asdict(s) for pid, s in sampler.series.items()}
     return out
+
+
+def write_requests(requests: list[dict], path: Path) -> None:
+    import gzip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt") as f:
+        json.dump(requests, f)
+    print(f"wrote {path}")
 
 
 def main() -> int:
@@ -306,6 +327,8 @@ def main() -> int:
     p.add_argument("--load", type=float, default=0.8, help="Offered load as a fraction of measured capacity.")
     p.add_argument("--max-tokens", type=int, default=64, help="Completion tokens per request (ignore_eos).")
     p.add_argument("--max-num-seqs", type=int, default=16, help="The replica's engine batch size.")
+    p.add_argument("--fleet-inflight", type=int, default=None,
+                   help="tenants.scheduling.max_inflight_per_replica (default: unset, the product's default).")
     p.add_argument("--stream-frac", type=float, default=0.5, help="Share of streamed requests.")
     p.add_argument("--chat-frac", type=float, default=0.3, help="Share of chat (vs text) completions.")
     p.add_argument("--ttft-slo-s", type=float, default=1.0, help="p99 TTFT a ramp step must meet to count as capacity.")
@@ -319,7 +342,15 @@ def main() -> int:
     p.add_argument("--ramp-mix", choices=("soak", "premium"), default="soak",
                    help="What the capacity ramp sends: the soak's mix, or streamed premium completions only.")
     p.add_argument("--max-concurrency", type=int, default=64)
+    p.add_argument("--rate", type=float, default=None,
+                   help="Soak at this many req/s and skip the capacity ramp and probes (repeat runs at one load).")
     p.add_argument("--sample-s", type=float, default=10.0, help="Memory sampling interval.")
+    p.add_argument("--probe-s", type=float, default=5.0,
+                   help="Interval of the CPU (busy, steal) and server-metrics samples (bench/_soak_probes.py).")
+    p.add_argument("--series-s", type=float, default=10.0,
+                   help="Bucket width of the fine-grained series the attribution of the tail uses.")
+    p.add_argument("--requests-out", default=None,
+                   help="Also write every request's record to this JSON(.gz) file for analysis.")
     p.add_argument("--memory-drift-pct", type=float, default=5.0, help="Flat memory: drift within this, per process.")
     p.add_argument("--latency-drift-pct", type=float, default=25.0,
                    help="Flat latency: each percentile's last window within this of its first (after warm-up).")
@@ -329,11 +360,13 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = p.parse_args()
     raw = asyncio.run(run(args))
+    if args.requests_out:
+        write_requests(raw["requests"], Path(args.requests_out))
     summary = report(raw, args)
     print_report(summary)
     plot = write_plot(raw, summary, Path(args.out).with_suffix(".png"))
     summary["plot"] = str(plot.relative_to(ROOT)) if plot.is_relative_to(ROOT) else str(plot)
-    write_results(summary | {"memory_series": raw["memory"]}, args.out)
+    write_results(summary | {"memory_series": raw["memory"], "probe_series": raw["probes"]}, args.out)
     return 0 if summary["verdicts"]["errors_zero"] else 1
 
 

@@ -93,3 +93,46 @@ def test_windows_split_ttft_by_tier(mods):
     reqs += [req(t) | {"tier": "batch", "ttft": 2.0} for t in range(1, 60, 2)]
     row = report.window_rows(reqs, 60.0, 60.0)[0]
     assert row["ttft_by_tier_ms"] == {"batch": [2000.0, 2000.0], "premium": [10.0, 10.0]}
+
+
+def test_fine_series_puts_probes_beside_the_tail_of_each_bucket(mods):
+    report, _ = mods
+    reqs = [req(t) | {"tier": "batch", "ttft": 0.05} for t in range(0, 30)]
+    reqs.append(req(12.5, e2e=20.0) | {"tier": "batch", "ttft": 3.0})  # one slow start in the second bucket
+    probes = {"t": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0], "cpu_busy_pct": [50.0] * 6,
+              "cpu_steal_pct": [0.0, 0.0, 10.0, 30.0, 0.0, 0.0],
+              "metrics": {"vllm:num_requests_waiting": [0, 0, 4, 9, 0, 0],
+                          "vllm:num_preemptions": [1, 1, 1, 6, 6, 7],
+                          "fleetserve_fleet_preemptions": [None] * 6}}
+    rows = report.fine_series(reqs, probes, 10.0, 30.0)
+    assert [r["arrivals"] for r in rows] == [10, 11, 10]
+    assert rows[1]["ttft_max_ms"] == 3000.0 and rows[1]["batch_ttft_max_ms"] == 3000.0
+    assert rows[1]["cpu_steal_pct"] == 20.0 and rows[1]["engine_waiting_max"] == 9
+    assert [r["engine_preemptions"] for r in rows] == [0, 5, 1]  # counter increase per bucket
+    assert rows[1]["fleet_preemptions"] is None
+    assert rows[1]["client_in_flight"] == 1  # the slow request is still open at t=20
+
+
+def test_attribution_ranks_the_context_of_the_worst_buckets(mods):
+    report, _ = mods
+    rows = [{"t": 10.0 * i, "arrivals": 10 + (i % 3), "ttft_max_ms": 100.0 + 50 * (i % 5),
+             "cpu_steal_pct": float(i % 5), "engine_waiting_max": 0} for i in range(20)]
+    att = report.attribution(rows)
+    assert att["spearman_vs_ttft_max"]["cpu_steal_pct"]["rho"] == 1.0
+    assert "engine_waiting_max" not in att["spearman_vs_ttft_max"]  # constant: no correlation to speak of
+    assert att["worst_buckets"][0]["ttft_max_ms"] == 300.0 and len(att["worst_buckets"]) == 10
+
+
+def test_probe_parser_sums_series_and_skips_foreign_pages():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _soak_probes as probes
+    finally:
+        sys.path.remove(str(BENCH))
+    page = ('# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{replica="a"} 3.0\n'
+            'vllm:num_requests_waiting{replica="b"} 2.0\n# TYPE vllm:num_preemptions counter\n'
+            'vllm:num_preemptions_total{replica="a"} 7.0\nvllm:num_preemptions_created{replica="a"} 1.7e9\n')
+    out = probes.parse_metrics([page, "<html>not found</html>"])
+    assert out["vllm:num_requests_waiting"] == 5.0 and out["vllm:num_preemptions"] == 7.0
+    busy, steal = probes.cpu_shares((100, 10, 1000), (160, 30, 1200))
+    assert (busy, steal) == (30.0, 10.0)

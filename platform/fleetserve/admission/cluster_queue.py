@@ -119,7 +119,7 @@ class FleetQueueActor:
         pools = board_pools(self._deployments, handles, self._board, twins=twins)
         self._clock = clock or SystemClock()
         self._events = _PendingPreemptions()
-        self._schedulers = {m: FleetScheduler(self._config, pools[m], self._clock, observer=self._events)
+        self._schedulers = {m: FleetScheduler(self._config.for_model(m), pools[m], self._clock, observer=self._events)
                             for m in self._deployments}
         self._known: set[str] = set()  # deployments some push has filled
         self._exit_fn = exit_fn
@@ -244,7 +244,7 @@ def cluster_scheduler_factory(app_name: str, config: FleetSchedulingConfig, depl
     key = queue_config_key(config, deployment_names, twins)
 
     def make(model: str, pool, observer) -> ClusterFleetScheduler:
-        local = FleetScheduler(config, pool, clock, observer=observer)
+        local = FleetScheduler(config.for_model(model), pool, clock, observer=observer)
         deployments = [deployment_names[model]] if model in deployment_names else list(deployment_names.values())
         deployments += [twins[model]] if model in twins else []
         return ClusterFleetScheduler(

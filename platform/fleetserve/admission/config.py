@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+DEFAULT_INFLIGHT = 32  # slots per replica when neither the config nor the model's engine args say
+
 
 class FleetSchedulingConfig(BaseModel):
     """Knobs of the fleet admission policy (see ``fleetserve.admission.policy``)."""
@@ -31,8 +33,24 @@ class FleetSchedulingConfig(BaseModel):
     starvation_every_k: Optional[int] = Field(
         16, ge=1, description="A waiting lower class gets a slot after this many dispatches of other classes (null: off)."
     )
-    max_inflight_per_replica: int = Field(
-        32, ge=1, description="Requests the fleet keeps running on one replica (size to the engine's max_num_seqs)."
+    max_inflight_per_replica: Optional[int] = Field(
+        None,
+        ge=1,
+        description=(
+            "Requests the fleet keeps running on one replica of any model. null (default): each model's engine batch "
+            "size, engine_args.max_num_seqs (the native engine's default is 64; a vLLM model that does not set it: "
+            f"{DEFAULT_INFLIGHT}). More than the engine runs at once only queues in the engine, where neither trunk "
+            "reservation nor fair share applies and a higher class's arrival preempts a running lower-class request "
+            "instead of taking a free slot."
+        ),
+    )
+    max_inflight_by_model: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "Per model name: requests the fleet keeps running on one of its replicas; overrides "
+            "max_inflight_per_replica for that model. With max_inflight_per_replica null, models not listed get their "
+            "engine batch size."
+        ),
     )
     class_slot_share: dict[int, float] = Field(
         default_factory=lambda: {0: 1.0, 1: 0.9, 2: 0.75},
@@ -95,15 +113,52 @@ class FleetSchedulingConfig(BaseModel):
         ),
     )
 
+    @property
+    def inflight(self) -> int:
+        """Requests the fleet keeps running on one replica, as the policy uses it: the
+        configured value, else the smallest per-model one (one pool for every model), else
+        ``DEFAULT_INFLIGHT``. A model's own queue gets a copy resolved by :meth:`for_model`."""
+        if self.max_inflight_per_replica is not None:
+            return self.max_inflight_per_replica
+        return min(self.max_inflight_by_model.values(), default=DEFAULT_INFLIGHT)
+
+    def inflight_for(self, model: Optional[str]) -> int:
+        if model is not None and model in self.max_inflight_by_model:
+            return self.max_inflight_by_model[model]
+        return self.inflight
+
+    def for_model(self, model: Optional[str]) -> "FleetSchedulingConfig":
+        """This config with ``max_inflight_per_replica`` resolved for ``model``'s queue (None:
+        one queue for every model)."""
+        n = self.inflight_for(model)
+        return self if n == self.max_inflight_per_replica else self.model_copy(update={"max_inflight_per_replica": n})
+
+    def with_engine_batch_sizes(self, sizes: dict[str, Optional[int]]) -> "FleetSchedulingConfig":
+        """With ``max_inflight_per_replica`` unset: each model of ``sizes`` (model -> its engine's
+        max_num_seqs, None when unknown) not in ``max_inflight_by_model`` gets its batch size
+        (``DEFAULT_INFLIGHT`` when unknown)."""
+        if self.max_inflight_per_replica is not None:
+            return self
+        by_model = {m: (n or DEFAULT_INFLIGHT) for m, n in sizes.items()} | self.max_inflight_by_model
+        return self.model_copy(update={"max_inflight_by_model": by_model})
+
     def slot_cap(self, priority_class: int) -> int:
         """Busy slots on a replica above which a request of this class is not dispatched there."""
         share = self.class_slot_share.get(priority_class, 1.0) if self.policy == "priority" else 1.0
-        return max(1, int(share * self.max_inflight_per_replica))
+        return max(1, int(share * self.inflight))
 
     def stream_interval_for(self, priority_class: int) -> float:
         if self.policy != "priority":
             return 0.0
         return self.stream_interval_s.get(priority_class, 0.0)
+
+    @field_validator("max_inflight_by_model")
+    @classmethod
+    def _check_inflight(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, n in v.items():
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"max_inflight_by_model[{k!r}] must be a positive integer, got {n!r}")
+        return v
 
     @field_validator("stream_interval_s")
     @classmethod

@@ -148,7 +148,7 @@ class EnqueueDecision:
 def retry_after(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig, priority_class: int) -> float:
     """Time until the queue ahead of this class would drain at full fleet capacity."""
     ahead = sum(1 for q in snapshot.queued if q.priority_class <= priority_class or config.policy == "fcfs")
-    slots = max(1, sum(1 for r in snapshot.replicas if r.healthy) * config.max_inflight_per_replica)
+    slots = max(1, sum(1 for r in snapshot.replicas if r.healthy) * config.inflight)
     est = snapshot.mean_service_s * (1 + ahead / slots)
     return min(config.retry_after_max_s, max(config.retry_after_min_s, est))
 
@@ -164,7 +164,7 @@ def free_slots(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig) -> di
     for rep in snapshot.replicas:
         # Preempted requests wait inside the engine; they are not the engine's backlog of new work.
         engine_waiting = max(0, rep.num_waiting - preempted.get(rep.replica_id, 0))
-        room = config.max_inflight_per_replica - active.get(rep.replica_id, 0)
+        room = config.inflight - active.get(rep.replica_id, 0)
         if not (rep.healthy and rep.accepting) or rep.kv_usage >= config.kv_high_watermark:
             room = 0
         if engine_waiting >= config.max_waiting_per_replica and config.max_waiting_per_replica > 0:
@@ -294,7 +294,7 @@ def _accepting(snapshot: AdmissionSnapshot, config: FleetSchedulingConfig) -> se
 def _replica_for(free: dict[str, int], config: FleetSchedulingConfig, priority_class: int) -> Optional[str]:
     """The replica with the most room that a request of this class may use (trunk reservation)."""
     cap = config.slot_cap(priority_class)
-    usable = [r for r in sorted(free) if free[r] > 0 and config.max_inflight_per_replica - free[r] < cap]
+    usable = [r for r in sorted(free) if free[r] > 0 and config.inflight - free[r] < cap]
     return max(usable, key=lambda r: free[r], default=None)
 
 

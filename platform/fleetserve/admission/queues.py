@@ -68,7 +68,7 @@ class AdmissionQueues:
             if self._factory is not None:
                 self._schedulers[key] = self._factory(model, pool, observer)
             else:
-                self._schedulers[key] = FleetScheduler(self.config, pool, self._clock, observer)
+                self._schedulers[key] = FleetScheduler(self.config.for_model(key or None), pool, self._clock, observer)
         return self._schedulers[key]
 
     async def admit(self, request: AdmissionRequest) -> Optional[Admitted]:

@@ -144,8 +144,8 @@ def ingress_max_ongoing(cfg: FleetConfig) -> int:
     scheduler may hold (its queue bound plus what runs on every replica), and the fleet's
     own bounds, which shed the lowest class first, are what limit.
     """
-    sched = cfg.tenants.scheduling
-    running = sum(sched.max_inflight_per_replica * m.replicas.max_replicas for m in cfg.models)
+    sched = cfg.tenants.scheduling.with_engine_batch_sizes({m.name: m.engine_batch_size() for m in cfg.models})
+    running = sum(sched.inflight_for(m.name) * m.replicas.max_replicas for m in cfg.models)
     return max(INGRESS_MAX_ONGOING, sched.max_queue_total + running + 100)
 
 

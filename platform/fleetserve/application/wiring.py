@@ -46,9 +46,15 @@ from fleetserve.tenants.keys import hash_api_key
 
 
 def tenants_config(cfg: FleetConfig) -> TenantsConfig:
+    """The ``tenants`` section as the ingress uses it: the admin key hashed, and the fleet
+    queue's slots per replica resolved per model from the engines' batch sizes when
+    ``scheduling.max_inflight_per_replica`` is unset."""
     tcfg = cfg.tenants if cfg.tenants is not None else TenantsConfig()
     if cfg.server.admin_key and tcfg.admin_key_hash is None:
         tcfg = tcfg.model_copy(update={"admin_key_hash": hash_api_key(cfg.server.admin_key)})
+    sched = tcfg.scheduling.with_engine_batch_sizes({m.name: m.engine_batch_size() for m in cfg.models})
+    if sched is not tcfg.scheduling:
+        tcfg = tcfg.model_copy(update={"scheduling": sched})
     return tcfg
 
 
