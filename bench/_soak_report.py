@@ -101,6 +101,21 @@ def fine_series(requests: list[dict], probes: Optional[dict], bucket_s: float, s
     return rows
 
 
+def add_window_context(rows: list[dict], probes: Optional[dict], window_s: float) -> None:
+    """Each window's CPU steal (mean and max of the probe samples in it) and engine
+    preemptions, so a window's tail can be read against the machine and the scheduler."""
+    if not probes or not probes.get("t"):
+        return
+    pre = (probes.get("metrics") or {}).get("vllm:num_preemptions") or []
+    for row in rows:
+        idx = _at(probes, row["start_s"], row["start_s"] + window_s)
+        steal = [probes["cpu_steal_pct"][j] for j in idx if probes["cpu_steal_pct"][j] is not None]
+        row["cpu_steal_mean_pct"] = round(sum(steal) / len(steal), 1) if steal else None
+        row["cpu_steal_max_pct"] = max(steal) if steal else None
+        counts = [pre[j] for j in idx if j < len(pre) and pre[j] is not None]
+        row["engine_preemptions"] = (counts[-1] - counts[0]) if len(counts) > 1 else None
+
+
 def attribution(rows: list[dict]) -> dict:
     """Which context goes with the TTFT tail across buckets: the Spearman rank correlation of
     each bucket's max TTFT with its arrivals, the arrivals of the bucket before, CPU steal and
@@ -124,6 +139,7 @@ def report(raw: dict, args) -> dict:
     requests = raw["requests"]
     rows = window_rows(requests, args.window_s, args.minutes * 60.0)
     fine = fine_series(requests, raw.get("probes"), getattr(args, "series_s", 10.0), args.minutes * 60.0)
+    add_window_context(rows, raw.get("probes"), args.window_s)
     series = [Series(**s) for s in raw["memory"].values()]
     mem = [d for d in (drift(s, args.warmup_s) for s in series) if d is not None]
     mem.sort(key=lambda d: -(d.get("rss_last_mb") or 0))
@@ -168,6 +184,10 @@ def print_report(s: dict) -> None:
                       w["e2e_p99_ms"]) for w in s["windows"]]
     print("latencies in ms")
     _table(rows)
+    if any("cpu_steal_max_pct" in w for w in s["windows"]):
+        print("context: " + "; ".join(f"window {w['window']}: steal mean {w.get('cpu_steal_mean_pct')} % max "
+                                      f"{w.get('cpu_steal_max_pct')} %, engine preemptions {w.get('engine_preemptions')}"
+                                      for w in s["windows"]))
     print("TTFT p50/p99 ms by tier:")
     for w in s["windows"]:
         print(f"  window {w['window']}: " + "; ".join(f"{t} {v[0]}/{v[1]}" for t, v in w.get("ttft_by_tier_ms", {}).items()))

@@ -136,3 +136,13 @@ def test_probe_parser_sums_series_and_skips_foreign_pages():
     assert out["vllm:num_requests_waiting"] == 5.0 and out["vllm:num_preemptions"] == 7.0
     busy, steal = probes.cpu_shares((100, 10, 1000), (160, 30, 1200))
     assert (busy, steal) == (30.0, 10.0)
+
+
+def test_windows_carry_their_cpu_steal_and_preemptions(mods):
+    report, _ = mods
+    rows = [{"start_s": 0.0}, {"start_s": 60.0}]
+    probes = {"t": [10.0, 30.0, 70.0, 90.0], "cpu_steal_pct": [0.0, 4.0, 30.0, None],
+              "metrics": {"vllm:num_preemptions": [0, 2, 2, 9]}}
+    report.add_window_context(rows, probes, 60.0)
+    assert rows[0]["cpu_steal_mean_pct"] == 2.0 and rows[0]["cpu_steal_max_pct"] == 4.0
+    assert rows[1]["cpu_steal_max_pct"] == 30.0 and rows[1]["engine_preemptions"] == 7

@@ -11,7 +11,7 @@ rendered objects are validated against Kubernetes' own schemas by the chart test
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 

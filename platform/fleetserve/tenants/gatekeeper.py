@@ -27,7 +27,7 @@ from fleetserve.tenants.config import TenantsConfig, TenantSpec
 from fleetserve.tenants.context import QuotaTicket, TenantContext
 from fleetserve.tenants.keys import hash_api_key, strip_bearer
 from fleetserve.tenants.metering import Metering
-from fleetserve.tenants.quota import QuotaLease, QuotaManager
+from fleetserve.tenants.quota import QuotaManager
 from fleetserve.tenants.registry import TenantRegistry
 from fleetserve.tenants.store import STORE_ERRORS, MemoryStore, RedisStore, TenantStore, Usage
 

@@ -11,7 +11,7 @@ from fleetserve.autoscaler.simulator.config import SimConfig
 from fleetserve.autoscaler.simulator.fleet import Fleet, Flight
 from fleetserve.autoscaler.simulator.metrics import Recorder, SimResult
 from fleetserve.autoscaler.simulator.scenarios import Scenario
-from fleetserve.autoscaler.snapshot import CapacityType, ReplicaState
+from fleetserve.autoscaler.snapshot import CapacityType
 
 
 class Controller(Protocol):

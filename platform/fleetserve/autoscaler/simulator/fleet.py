@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, Optional
 
 from fleetserve.autoscaler.simulator.config import SimConfig
 from fleetserve.autoscaler.simulator.workload import SimRequest
