@@ -300,14 +300,6 @@ class ModelConfig(BaseModel):
                 )
         return self
 
-    def engine_batch_size(self) -> Optional[int]:
-        """Requests the engine runs at once (``max_num_seqs``); None when the engine picks it
-        (vLLM without ``max_num_seqs``)."""
-        if self.engine == "native":
-            return self.native_engine_config().max_num_seqs
-        n = self.engine_args.get("max_num_seqs")
-        return n if isinstance(n, int) and n >= 1 else None
-
     def native_engine_config(self):
         """The validated native EngineConfig (raises pydantic ValidationError)."""
         from fleetserve.engine.config import EngineConfig

@@ -144,9 +144,24 @@ def ingress_max_ongoing(cfg: FleetConfig) -> int:
     scheduler may hold (its queue bound plus what runs on every replica), and the fleet's
     own bounds, which shed the lowest class first, are what limit.
     """
-    sched = cfg.tenants.scheduling.with_engine_batch_sizes({m.name: m.engine_batch_size() for m in cfg.models})
+    sched = fleet_scheduling(cfg)
     running = sum(sched.inflight_for(m.name) * m.replicas.max_replicas for m in cfg.models)
     return max(INGRESS_MAX_ONGOING, sched.max_queue_total + running + 100)
+
+
+def engine_batch_size(model: ModelConfig) -> Optional[int]:
+    """Requests ``model``'s engine runs at once (``max_num_seqs``); None when the engine picks
+    it (vLLM without ``max_num_seqs``)."""
+    if model.engine == "native":
+        return model.native_engine_config().max_num_seqs
+    n = model.engine_args.get("max_num_seqs")
+    return n if isinstance(n, int) and n >= 1 else None
+
+
+def fleet_scheduling(cfg: FleetConfig):
+    """``tenants.scheduling`` with the fleet's slots per replica resolved per model from the
+    engines' batch sizes (when ``max_inflight_per_replica`` is unset)."""
+    return cfg.tenants.scheduling.with_engine_batch_sizes({m.name: engine_batch_size(m) for m in cfg.models})
 
 
 def ingress_graceful_shutdown_s(cfg: FleetConfig) -> float:

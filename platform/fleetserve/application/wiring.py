@@ -37,6 +37,7 @@ from fleetserve.canary.serving import VersionTable
 from fleetserve.canary.store import MemoryCanaryStore, RedisCanaryStore
 from fleetserve.clock import WallClock
 from fleetserve.config import FleetConfig
+from fleetserve.application.build import engine_batch_size
 from fleetserve.metrics import names as N
 from fleetserve.metrics.registry import FleetMetrics
 from fleetserve.router.stats_board import ReplicaStatsBoard
@@ -52,7 +53,7 @@ def tenants_config(cfg: FleetConfig) -> TenantsConfig:
     tcfg = cfg.tenants if cfg.tenants is not None else TenantsConfig()
     if cfg.server.admin_key and tcfg.admin_key_hash is None:
         tcfg = tcfg.model_copy(update={"admin_key_hash": hash_api_key(cfg.server.admin_key)})
-    sched = tcfg.scheduling.with_engine_batch_sizes({m.name: m.engine_batch_size() for m in cfg.models})
+    sched = tcfg.scheduling.with_engine_batch_sizes({m.name: engine_batch_size(m) for m in cfg.models})
     if sched is not tcfg.scheduling:
         tcfg = tcfg.model_copy(update={"scheduling": sched})
     return tcfg
