@@ -19,13 +19,13 @@ Needs its own Ray cluster: runs through tests/test_own_cluster.py (or alone:
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
 import pytest
 
 from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, free_port, wait_for
-from tests.fixtures.streams import ThreadedStreams
 from tests.fixtures.two_node_cluster import stream_resumes, two_node_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -68,9 +68,44 @@ def rows(base: str) -> list[dict]:
     return [r for m in models for r in m["replicas"]]
 
 
-def Streams(base: str) -> ThreadedStreams:
+class Streams:
     """Concurrent streaming completions (half greedy, half seeded at temperature 1) in threads."""
-    return ThreadedStreams(base, MODEL, N_STREAMS, MAX_TOKENS, lambda i: f"class Task{i}:\n    ", join_timeout_s=600)
+
+    def __init__(self, base: str):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base + "/v1", api_key=TEST_API_KEY, max_retries=0, timeout=300)
+        self.texts: dict[int, str] = {}
+        self.errors: dict[int, BaseException] = {}
+        self.started = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(N_STREAMS)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        extra = {"ignore_eos": True} | ({"seed": 500 + i} if i % 2 else {})
+        try:
+            stream = self.client.completions.create(model=MODEL, prompt=f"class Task{i}:\n    ", max_tokens=MAX_TOKENS,
+                                                    temperature=float(i % 2), stream=True, extra_body=extra)
+            parts = []
+            for chunk in stream:
+                if chunk.choices:
+                    if not parts:
+                        with self._lock:
+                            self.started += 1
+                    parts.append(chunk.choices[0].text)
+                    assert chunk.choices[0].finish_reason in (None, "length"), chunk
+            self.texts[i] = "".join(parts)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.errors[i] = exc
+
+    def join(self) -> "Streams":
+        for t in self.threads:
+            t.join(600)
+        assert not any(t.is_alive() for t in self.threads), "streams did not finish in time"
+        assert not self.errors, {i: repr(e) for i, e in self.errors.items()}
+        return self
 
 
 def test_requests_are_served_by_the_replica_on_the_spot_node(app):
@@ -90,7 +125,7 @@ def test_a_ray_node_drain_migrates_every_stream_and_replaces_the_spot_replica(ap
     reference = Streams(base).join().texts
     before = stream_resumes(base, "migrated")
     s = Streams(base)
-    wait_for(lambda: len(s.started) == N_STREAMS, 120, "every stream's first chunk", interval_s=0.05)
+    wait_for(lambda: s.started == N_STREAMS, 120, "every stream's first chunk", interval_s=0.05)
     wait_for(lambda: any(r["node_id"] == spot_node and r["running"] > 0 for r in rows(base)), 30,
              "the spot replica to run requests", interval_s=0.05)
     gcs = ray._raylet.GcsClient(address=cluster.gcs_address)

@@ -7,14 +7,14 @@ during streams (through the ingress's replica links) migrates them with identica
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
 import pytest
 
-from tests.fixtures.ray_serve import TEST_ADMIN_KEY, wait_for
+from tests.fixtures.ray_serve import TEST_ADMIN_KEY, TEST_API_KEY, wait_for
 from tests.fixtures.scaling_app import ADMIN, deployed, scaling_config
-from tests.fixtures.streams import ThreadedStreams
 
 pytestmark = pytest.mark.ray
 
@@ -68,9 +68,43 @@ def test_the_controller_sets_a_runtime_versions_replica_count(version_app, serve
 PIN = {"x-fleetserve-version": "v2", "x-fleetserve-admin-key": TEST_ADMIN_KEY}  # pinned to v2 (admin may pin)
 
 
-def Streams(base: str, model: str, n: int, max_tokens: int) -> ThreadedStreams:
+class Streams:
     """``n`` concurrent streaming completions pinned to v2 (even: greedy, odd: seeded sampling)."""
-    return ThreadedStreams(base, model, n, max_tokens, lambda i: f"def v2_task_{i}(x):\n    ", headers=PIN)
+
+    def __init__(self, base: str, model: str, n: int, max_tokens: int):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base + "/v1", api_key=TEST_API_KEY, max_retries=0, timeout=300,
+                             default_headers=PIN)
+        self.model, self.max_tokens = model, max_tokens
+        self.texts: dict[int, str] = {}
+        self.errors: dict[int, str] = {}
+        self.started, self.finished_at = set(), {}
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        extra = {"ignore_eos": True} | ({"seed": 500 + i} if i % 2 else {})
+        try:
+            stream = self.client.completions.create(model=self.model, prompt=f"def v2_task_{i}(x):\n    ", stream=True,
+                                                    max_tokens=self.max_tokens, temperature=i % 2, extra_body=extra)
+            parts = []
+            for chunk in stream:
+                self.started.add(i)
+                if chunk.choices:
+                    parts.append(chunk.choices[0].text)
+            self.texts[i] = "".join(parts)
+            self.finished_at[i] = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - asserted by the test
+            self.errors[i] = repr(exc)
+
+    def join(self) -> "Streams":
+        for t in self.threads:
+            t.join(300)
+        assert not any(t.is_alive() for t in self.threads), "streams did not finish in time"
+        assert not self.errors, self.errors
+        return self
 
 
 def test_a_runtime_version_gets_a_warm_standby_woken_by_a_burst_and_a_drain_migrates_its_streams(version_app,
