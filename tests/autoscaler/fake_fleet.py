@@ -25,6 +25,7 @@ class FakeFleet:
     replicas: Dict[str, ObservedReplica] = field(default_factory=dict)
     starting: List[Tuple[float, CapacityType]] = field(default_factory=list)
     calls: List[tuple] = field(default_factory=list)
+    serve_stops_newest: bool = False  # a lower count removes the newest replica, as Ray Serve picks on one node
     _next: int = 0
 
     def add(self, state=ReplicaState.ACTIVE, capacity_type=CapacityType.ON_DEMAND, running: int = 0) -> str:
@@ -71,6 +72,10 @@ class FakeFleet:
 
     async def stop(self, fleet: FleetId, replica_id: str) -> None:
         self.calls.append(("stop", replica_id))
+        if self.serve_stops_newest:
+            replica_id = max(self.replicas)  # ids r00, r01, ... in start order; its requests finish (graceful stop)
+            self.replicas.pop(replica_id)
+            return
         r = self.replicas.pop(replica_id)
         assert r.running == 0, f"stopped {replica_id} with {r.running} requests in flight: they would be lost"
 

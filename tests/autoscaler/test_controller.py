@@ -12,7 +12,7 @@ from fleetserve.autoscaler.config import AutoscalerConfig
 from fleetserve.autoscaler.controller import ScalingController
 from fleetserve.autoscaler.controller_metrics import ControllerMetrics
 from fleetserve.autoscaler.controller_state import ScaleOverride
-from fleetserve.autoscaler.snapshot import CapacityType, SpotMarket
+from fleetserve.autoscaler.snapshot import CapacityType, ReplicaState, SpotMarket
 from fleetserve.canary.store import MemoryCanaryStore
 from fleetserve.clock import FakeClock
 from tests.autoscaler.factories import make_config
@@ -171,3 +171,26 @@ async def test_when_serve_stops_another_replica_the_drained_one_is_taken_back_in
     ctrl.states[FLEET.key].roles.pop(b)
     await ctrl.tick()
     assert ("activate", b) in fleet.calls and fleet.serving() == [b]
+
+
+async def test_when_serve_stops_the_standby_for_a_scale_down_the_drained_replica_becomes_the_standby():
+    """Ray Serve lowers a count by stopping its newest replica, which is the standby here:
+    the replica the controller drained takes the standby's place at once, nothing cold-starts,
+    and the fleet stays one serving + one standby (it used to loop: refill, scale down, Serve
+    stops the fresh standby)."""
+    clock = FakeClock(0.0)
+    fleet = FakeFleet(clock, serve_stops_newest=True)
+    a, b = fleet.add(), fleet.add()
+    c = fleet.add(state=ReplicaState.WARM_STANDBY)
+    ctrl = make_controller(clock, fleet, scaling={"max_replicas": 2, "downscale_delay_s": 5},
+                           warm_pool={"min_size": 1, "max_size": 1})
+    await run_until(ctrl, clock, lambda: fleet.actions("stop") != [])
+    victim = fleet.actions("stop")[0][1]
+    assert victim in (a, b) and c not in fleet.replicas  # Serve kept the drained one, removed the standby
+    for _ in range(400):
+        clock.advance(1.0)
+        await ctrl.tick()
+    assert fleet.standby() == [victim] and fleet.serving() == [({a, b} - {victim}).pop()]
+    assert fleet.actions("start") == [] and len(fleet.actions("stop")) == 1
+    status = ctrl.status()[FLEET.key]
+    assert (status["serving"], status["standby"], status["pending"]) == (fleet.serving(), [victim], [])

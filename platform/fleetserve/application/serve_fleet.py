@@ -16,10 +16,11 @@ Ray places them on spot nodes only. Both run ``ModelReplica``.
   observed, counted and pinned the same way; they have no spot twin (on-demand only).
 
 What Serve does not let us choose: which replica a lower count stops. The controller lowers
-the count only once its chosen replica is drained and empty; should Serve stop another one,
-that replica's graceful shutdown drains it (``graceful_shutdown_timeout_s`` = its
-``drain_timeout_s`` + 5 s), so no request is cut, and the controller sees one serving
-replica fewer and wakes a standby on its next tick.
+the count only once its chosen replica is drained and empty; should Serve stop another one
+(on one node it stops the newest), that replica's graceful shutdown drains it
+(``graceful_shutdown_timeout_s`` = its ``drain_timeout_s`` + 5 s), so no request is cut, and
+the controller's chosen replica takes the stopped one's role on its next tick
+(``ScalingController._stand_in``).
 """
 
 from __future__ import annotations

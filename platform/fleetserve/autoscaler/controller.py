@@ -174,9 +174,10 @@ class ScalingController:
 
     async def _adopt_new_replicas(self, f: FleetId, obs: ObservedFleet, st: FleetState, now: float) -> None:
         seen = {r.replica_id for r in obs.replicas}
+        await self._stand_in(f, obs, st, seen)
         st.roles = {rid: role for rid, role in st.roles.items() if rid in seen}
         st.draining = {rid: p for rid, p in st.draining.items() if rid in seen}
-        # A stopped replica Serve kept (it stopped another one instead) is adopted again after a while.
+        # A stopped replica Serve kept with none of ours gone in its place (_stand_in) is adopted again after a while.
         st.stopping = {rid: t for rid, t in st.stopping.items() if rid in seen and now - t < self.drain_timeout_s}
         st.pending = [p for p in st.pending if now - p.requested_at < self.start_timeout_s]
         for r in sorted(obs.replicas, key=lambda r: r.replica_id):
@@ -195,6 +196,28 @@ class ScalingController:
                     await self.actuator.park(f, r.replica_id)  # a refill: loaded, now asleep
                     role = STANDBY
             st.roles[r.replica_id] = role
+
+    async def _stand_in(self, f: FleetId, obs: ObservedFleet, st: FleetState, seen: set) -> None:
+        """Serve honoured a lower count by stopping another replica than ours (it picks the
+        newest one, which is often the standby): the replica we stopped, still up, takes the
+        vanished one's role (and its drain, if it was draining) at once. Waiting for
+        ``drain_timeout_s`` instead and adopting it as serving made a loop: the pool refilled
+        meanwhile, the next scale-down stopped ours again, and Serve again removed the newest,
+        the fresh standby."""
+        stand_ins = sorted((t, rid) for rid, t in st.stopping.items() if rid in seen)
+        vanished = sorted(rid for rid in st.roles if rid not in seen and rid not in st.stopping)
+        for (_, rid), gone in zip(stand_ins, vanished):
+            role, plan = st.roles[gone], st.draining.pop(gone, None)
+            del st.stopping[rid]
+            if plan is not None:
+                st.draining[rid] = plan  # already empty: finished (parked or stopped) this tick
+            elif role == STANDBY:
+                await self.actuator.park(f, rid)
+            else:
+                await self.actuator.activate(f, rid)
+            st.roles[rid] = role
+            log.info("scaling %s: Serve stopped %s instead of %s; %s takes its place as %s", f.key, gone, rid, rid,
+                     "draining" if plan is not None else role)
 
     async def _finish_drains(self, f: FleetId, obs: ObservedFleet, st: FleetState, now: float) -> None:
         for rid, plan in list(st.draining.items()):
