@@ -65,6 +65,22 @@ def test_the_controller_sets_a_runtime_versions_replica_count(version_app, serve
     wait_for(lambda: running_replicas(app, dep) == 1, 180, "the controller's count to stop one v2 replica", interval_s=1.0)
 
 
+class Settled:
+    """A predicate for ``wait_for``: ``shape()`` (None while not there) has returned the same
+    value for ``hold_s``, so a state the controller passes through on its way is not taken
+    for the one it settles in."""
+
+    def __init__(self, shape, hold_s: float = 5.0):
+        self._shape, self._hold_s = shape, hold_s
+        self.shape, self._since = None, 0.0
+
+    def __call__(self) -> bool:
+        shape, now = self._shape(), time.monotonic()
+        if shape is None or shape != self.shape:
+            self.shape, self._since = shape, now
+        return shape is not None and now - self._since >= self._hold_s
+
+
 PIN = {"x-fleetserve-version": "v2", "x-fleetserve-admin-key": TEST_ADMIN_KEY}  # pinned to v2 (admin may pin)
 
 
@@ -123,15 +139,13 @@ def test_a_runtime_version_gets_a_warm_standby_woken_by_a_burst_and_a_drain_migr
     # fleetserve scale MODEL --version v2 --min 1 --max 2 --warm 1
     assert admin.post(f"/admin/scaling/{model}",
                       json={"version": "v2", "min_replicas": 1, "max_replicas": 2, "warm": 1}).status_code == 200
-    def one_and_one() -> bool:  # Serve runs the standby: a loaded replica, parked
-        f = fleet()
-        return (len(f["serving"]), len(f["standby"]), f["pending"], f["draining"]) == (1, 1, [], {}) \
-            and running_replicas(app, dep) == 2
-
-    # (Serve may first stop another replica than the one the last scale-down picked; the
-    # controller adopts it back and settles.)
+    one_and_one = Settled(lambda: (lambda f: (tuple(f["serving"]), tuple(f["standby"]))
+                                   if (len(f["serving"]), len(f["standby"]), f["pending"], f["draining"]) == (1, 1, [], {})
+                                   and running_replicas(app, dep) == 2 else None)(fleet()))
+    # Serve runs the standby: a loaded replica, parked. (Serve may first stop another replica
+    # than the one the last scale-down picked; the controller gives it that one's role.)
     wait_for(one_and_one, 300, "one serving v2 replica and one parked standby, two running in Serve", interval_s=1.0)
-    standby = fleet()["standby"][0]
+    standby = one_and_one.shape[1][0]
     one = Streams(base, model, 1, 4).join()  # the ingress's first v2 request starts its router there
     assert len(one.texts) == 1
     wait_for(lambda: any(r["replica"] == standby and r["state"] == "standby" and r["version"] == "v2"
@@ -146,12 +160,16 @@ def test_a_runtime_version_gets_a_warm_standby_woken_by_a_burst_and_a_drain_migr
     # Two serving v2 replicas, no pool: then a reference run, and the same run with a drain.
     assert admin.post(f"/admin/scaling/{model}",
                       json={"version": "v2", "min_replicas": 2, "max_replicas": 2, "warm": 0}).status_code == 200
-    wait_for(lambda: len(fleet()["serving"]) == 2 and not fleet()["standby"] and not fleet()["draining"], 300,
-             "two serving v2 replicas", interval_s=1.0)
-    reference = Streams(base, model, 8, 300).join().texts
+    wait_for(Settled(lambda: (lambda f: tuple(f["serving"]) if len(f["serving"]) == 2 and not f["standby"]
+                              and not f["draining"] and not f["pending"] and running_replicas(app, dep) == 2
+                              else None)(fleet())), 300,
+             "two serving v2 replicas, nothing else running or starting", interval_s=1.0)
+    # Long enough streams (600 tokens) that the busy replica still has some when the drain
+    # lands: at 300 its four could all end between the last first chunk and the drain.
+    reference = Streams(base, model, 8, 600).join().texts
     rows = lambda: [r for r in admin.get("/admin/replicas").json()["replicas"] if r["version"] == "v2"]  # noqa: E731
     sent_before = {r["replica"]: r["link_streams"] for r in rows()}
-    run = Streams(base, model, 8, 300)
+    run = Streams(base, model, 8, 600)
     wait_for(lambda: len(run.started) == 8, 120, "every stream's first chunk", interval_s=0.05)
     # The ingress's own count of streams it sent over each link: exact at once, unlike the stats.
     busy = max(rows(), key=lambda r: r["link_streams"] - sent_before.get(r["replica"], 0))
