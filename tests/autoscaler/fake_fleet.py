@@ -27,6 +27,7 @@ class FakeFleet:
     calls: List[tuple] = field(default_factory=list)
     serve_stops_newest: bool = False  # a lower count removes the newest replica, as Ray Serve picks on one node
     _next: int = 0
+    _lower_count: int = 0
 
     def add(self, state=ReplicaState.ACTIVE, capacity_type=CapacityType.ON_DEMAND, running: int = 0) -> str:
         rid = f"r{self._next:02d}"
@@ -45,6 +46,12 @@ class FakeFleet:
 
     async def observe(self, fleet: FleetId) -> ObservedFleet:
         now = self.clock.now()
+        for _ in range(self._lower_count):  # Serve: a replica still starting first, else the newest (ids in start order)
+            if self.starting:
+                self.starting.pop()
+            else:
+                self.replicas.pop(max(self.replicas))  # its requests finish (Serve's graceful stop)
+        self._lower_count = 0
         for t, ctype in [s for s in self.starting if s[0] <= now]:
             self.starting.remove((t, ctype))
             self.add(capacity_type=ctype)
@@ -73,8 +80,7 @@ class FakeFleet:
     async def stop(self, fleet: FleetId, replica_id: str) -> None:
         self.calls.append(("stop", replica_id))
         if self.serve_stops_newest:
-            replica_id = max(self.replicas)  # ids r00, r01, ... in start order; its requests finish (graceful stop)
-            self.replicas.pop(replica_id)
+            self._lower_count += 1  # carried out before the next observe, as Serve acts after the tick
             return
         r = self.replicas.pop(replica_id)
         assert r.running == 0, f"stopped {replica_id} with {r.running} requests in flight: they would be lost"

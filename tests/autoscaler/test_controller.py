@@ -186,7 +186,10 @@ async def test_when_serve_stops_the_standby_for_a_scale_down_the_drained_replica
                            warm_pool={"min_size": 1, "max_size": 1})
     await run_until(ctrl, clock, lambda: fleet.actions("stop") != [])
     victim = fleet.actions("stop")[0][1]
+    clock.advance(1.0)
+    await ctrl.tick()
     assert victim in (a, b) and c not in fleet.replicas  # Serve kept the drained one, removed the standby
+    assert fleet.standby() == [victim]  # and it took the standby's place in the same tick
     for _ in range(400):
         clock.advance(1.0)
         await ctrl.tick()
@@ -194,3 +197,38 @@ async def test_when_serve_stops_the_standby_for_a_scale_down_the_drained_replica
     assert fleet.actions("start") == [] and len(fleet.actions("stop")) == 1
     status = ctrl.status()[FLEET.key]
     assert (status["serving"], status["standby"], status["pending"]) == (fleet.serving(), [victim], [])
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_load_settles_although_serve_picks_which_replica_a_lower_count_stops(seed):
+    """Serve cancels a start, else stops the newest replica, whichever one the controller
+    drained: after the load the fleet still settles at its floor plus the pool and stays."""
+    import random
+
+    rng = random.Random(seed)
+    clock = FakeClock(0.0)
+    fleet = FakeFleet(clock, cold_start_s=rng.choice([5, 30, 90]), serve_stops_newest=True)
+    fleet.add()
+    ctrl = make_controller(clock, fleet, scaling={"downscale_delay_s": 10}, warm_pool={"min_size": 1, "max_size": 1})
+    for step in range(600):
+        fleet.queued = rng.choice([0, 0, 5, 20, 60]) if step % 50 < 25 else 0
+        for rid, r in list(fleet.replicas.items()):
+            fleet.set_running(rid, rng.randint(0, 3) if r.state.value == "active" else
+                              max(0, r.running - 1) if r.state.value == "draining" else 0)
+        await ctrl.tick()
+        assert 1 <= len(fleet.serving()) <= 10
+        clock.advance(rng.choice([1.0, 2.0]))
+    fleet.queued = 0
+    for rid in fleet.replicas:
+        fleet.set_running(rid, 0)
+    for _ in range(600):  # quiet: drains finish, stopped replicas stand in or come back
+        await ctrl.tick()
+        clock.advance(1.0)
+    calls = len(fleet.calls)
+    for _ in range(300):
+        await ctrl.tick()
+        clock.advance(1.0)
+    assert len(fleet.calls) == calls, fleet.calls[calls:]  # settled: no more starts, stops, parks or wakes
+    assert (len(fleet.serving()), len(fleet.standby()), fleet.starting) == (1, 1, [])
+    status = ctrl.status()[FLEET.key]
+    assert (status["serving"], status["standby"], status["draining"]) == (fleet.serving(), fleet.standby(), {})
