@@ -93,7 +93,8 @@ def test_rest_port_is_served_by_haproxy_when_installed(serve_app):
 
 def test_serving_workers_run_at_the_configured_niceness(serve_app):
     # The session's cluster was started with apply_serve_env's environment: the replica
-    # hosting the engine (a Ray worker) must not run at Ray's default niceness of 15.
+    # hosting the engine (a Ray worker) must not run at Ray's default niceness of 15, but at
+    # the niceness the cluster was started with (this test process's: `nice pytest` raises both).
     import os
 
     import ray
@@ -102,4 +103,4 @@ def test_serving_workers_run_at_the_configured_niceness(serve_app):
     def worker_niceness() -> int:
         return os.nice(0)
 
-    assert ray.get(worker_niceness.remote(), timeout=60) == 0
+    assert ray.get(worker_niceness.remote(), timeout=60) == os.nice(0)
