@@ -27,7 +27,7 @@ class FakeFleet:
     calls: List[tuple] = field(default_factory=list)
     serve_stops_newest: bool = False  # a lower count removes the newest replica, as Ray Serve picks on one node
     _next: int = 0
-    _lower_count: int = 0
+    _lowered: List[CapacityType] = field(default_factory=list)
 
     def add(self, state=ReplicaState.ACTIVE, capacity_type=CapacityType.ON_DEMAND, running: int = 0) -> str:
         rid = f"r{self._next:02d}"
@@ -46,12 +46,13 @@ class FakeFleet:
 
     async def observe(self, fleet: FleetId) -> ObservedFleet:
         now = self.clock.now()
-        for _ in range(self._lower_count):  # Serve: a replica still starting first, else the newest (ids in start order)
-            if self.starting:
-                self.starting.pop()
-            else:
-                self.replicas.pop(max(self.replicas))  # its requests finish (Serve's graceful stop)
-        self._lower_count = 0
+        for ctype in self._lowered:  # Serve: a replica still starting first, else the newest (ids in start order)
+            starting = [s for s in self.starting if s[1] is ctype]
+            if starting:
+                self.starting.remove(starting[-1])
+            else:  # its requests finish (Serve's graceful stop)
+                self.replicas.pop(max(rid for rid, r in self.replicas.items() if r.capacity_type is ctype))
+        self._lowered = []
         for t, ctype in [s for s in self.starting if s[0] <= now]:
             self.starting.remove((t, ctype))
             self.add(capacity_type=ctype)
@@ -79,8 +80,8 @@ class FakeFleet:
 
     async def stop(self, fleet: FleetId, replica_id: str) -> None:
         self.calls.append(("stop", replica_id))
-        if self.serve_stops_newest:
-            self._lower_count += 1  # carried out before the next observe, as Serve acts after the tick
+        if self.serve_stops_newest:  # carried out before the next observe, as Serve acts after the tick
+            self._lowered.append(self.replicas[replica_id].capacity_type)  # that deployment's count
             return
         r = self.replicas.pop(replica_id)
         assert r.running == 0, f"stopped {replica_id} with {r.running} requests in flight: they would be lost"

@@ -232,3 +232,21 @@ async def test_random_load_settles_although_serve_picks_which_replica_a_lower_co
     assert (len(fleet.serving()), len(fleet.standby()), fleet.starting) == (1, 1, [])
     status = ctrl.status()[FLEET.key]
     assert (status["serving"], status["standby"], status["draining"]) == (fleet.serving(), fleet.standby(), {})
+
+
+async def test_a_spot_replica_gone_while_an_on_demand_stop_is_pending_is_not_stood_in_for():
+    """Counts are per deployment: the on-demand replica we stopped takes no spot replica's
+    place (that one's interruption is not Serve honouring our lower on-demand count)."""
+    clock = FakeClock(0.0)
+    fleet = FakeFleet(clock)
+    a, b = fleet.add(), fleet.add()
+    s = fleet.add(capacity_type=CapacityType.SPOT)
+    ctrl = make_controller(clock, fleet, spot={"enabled": True, "on_demand_base": 1})
+    await ctrl.tick()
+    st = ctrl.states[FLEET.key]
+    st.roles.pop(b)
+    st.stopping[b] = clock.now()  # b drained and stopped; Serve has not acted yet
+    fleet.stop_another(keep=b, instead=s)  # and the spot replica is gone (preempted)
+    clock.advance(1.0)
+    await ctrl.tick()
+    assert ("activate", b) not in fleet.calls and b in ctrl.states[FLEET.key].stopping

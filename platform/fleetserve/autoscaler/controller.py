@@ -32,7 +32,7 @@ from fleetserve.autoscaler.decision import DrainOrder, ReplicaRole, ScalingDecis
 from fleetserve.autoscaler.node_drains import NodeDrain, NodeDrainSource, interruptions_on_draining_nodes
 from fleetserve.autoscaler.policy import PolicyState
 from fleetserve.autoscaler.registry import make_policy
-from fleetserve.autoscaler.snapshot import ModelSnapshot, ReplicaState, ReplicaView
+from fleetserve.autoscaler.snapshot import CapacityType, ModelSnapshot, ReplicaState, ReplicaView
 from fleetserve.autoscaler.version_split import FleetCatalog, weighted_demand
 from fleetserve.clock import Clock
 
@@ -66,6 +66,7 @@ class ScalingController:
         self.wall_clock = wall_clock
         self.catalog = catalog
         self.states: Dict[str, FleetState] = {f.key: FleetState() for f in self.fleets}
+        self._types: Dict[str, Dict[str, CapacityType]] = {}  # fleet -> replica -> capacity type, last tick
 
     # -- persistence -------------------------------------------------------------------
 
@@ -203,10 +204,17 @@ class ScalingController:
         vanished one's role (and its drain, if it was draining) at once. Waiting for
         ``drain_timeout_s`` instead and adopting it as serving made a loop: the pool refilled
         meanwhile, the next scale-down stopped ours again, and Serve again removed the newest,
-        the fresh standby."""
-        stand_ins = sorted((t, rid) for rid, t in st.stopping.items() if rid in seen)
-        vanished = sorted(rid for rid in st.roles if rid not in seen and rid not in st.stopping)
-        for (_, rid), gone in zip(stand_ins, vanished):
+        the fresh standby. Only within one capacity type: a count is per deployment, and a
+        spot replica gone (an interruption) says nothing of the on-demand count we lowered."""
+        before = self._types.get(f.key, {})  # capacity type of each replica seen last tick
+        self._types[f.key] = {r.replica_id: r.capacity_type for r in obs.replicas}
+        vanished = [rid for rid in sorted(st.roles) if rid not in seen and rid not in st.stopping and rid in before]
+        for _, rid in sorted((t, rid) for rid, t in st.stopping.items() if rid in seen):
+            ctype = obs.replica(rid).capacity_type
+            gone = next((g for g in vanished if before[g] is ctype), None)
+            if gone is None:
+                continue
+            vanished.remove(gone)
             role, plan = st.roles[gone], st.draining.pop(gone, None)
             del st.stopping[rid]
             if plan is not None:
