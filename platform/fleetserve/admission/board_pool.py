@@ -11,6 +11,7 @@ strict priority at dispatch plus the engines' own priority scheduling.
 
 from __future__ import annotations
 
+import time
 from typing import Awaitable, Callable, Mapping, Optional
 
 from fleetserve.admission.policy import ReplicaCapacity
@@ -24,8 +25,32 @@ PreemptFn = Callable[[Optional[str], str], Awaitable[bool]]
 UNKNOWN_REPLICA = "unknown"
 
 
+VERSION_SEPARATOR = "--"  # a runtime version's deployment: ``<stable deployment>--<version>`` (versions.py)
+VERSION_ROWS_MAX_AGE_S = 30.0
+
+
+def model_deployments(board: ReplicaStatsBoard, deployment: str, twin: Optional[str] = None) -> list[str]:
+    """A model's deployments on the board: its own, its spot twin, and each runtime version's
+    (``ServeVersionDeployer.deployment``), which the router sends the model's requests to by
+    the version split as well. Without the versions, a canary's or an A/B arm's replicas were
+    no admission capacity: the fleet admitted the stable replicas' slots across all versions."""
+    return with_versions(board, [deployment] + ([twin] if twin is not None else []))
+
+
+def with_versions(board: ReplicaStatsBoard, deployments: list[str], max_age_s: float = VERSION_ROWS_MAX_AGE_S,
+                  now: Optional[float] = None) -> list[str]:
+    """``deployments`` and then the runtime versions' deployments of each, as on the board;
+    a version whose rows no router refreshed for ``max_age_s`` (its application deleted) is
+    left out (a live replica's stats change every push, so its rows are republished)."""
+    now = time.time() if now is None else now
+    extra = {d for own in deployments for d in board.deployments() if d.startswith(own + VERSION_SEPARATOR)
+             and any(now - e.seen_at <= max_age_s for e in board.replicas(d) or [])}
+    return list(deployments) + sorted(extra - set(deployments))
+
+
 class BoardReplicaPool:
-    """Capacity of one deployment's replicas, as last published on the stats board."""
+    """Capacity of one model's replicas (its deployment, spot twin and runtime versions), as
+    last published on the stats board."""
 
     def __init__(self, deployment: str, board: Optional[ReplicaStatsBoard] = None, preempt: Optional[PreemptFn] = None,
                  twin: Optional[str] = None) -> None:
@@ -37,11 +62,10 @@ class BoardReplicaPool:
         self._twin = twin
 
     def capacity_snapshot(self) -> tuple[ReplicaCapacity, ...]:
-        own = self._board.replicas(self._deployment)
-        twin = self._board.replicas(self._twin) if self._twin is not None else None
-        if own is None and twin is None:
+        reported = [self._board.replicas(d) for d in model_deployments(self._board, self._deployment, self._twin)]
+        if all(r is None for r in reported):
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
-        rows = (own or []) + (twin or [])
+        rows = [e for r in reported for e in r or []]
         return tuple(
             ReplicaCapacity(replica_id=e.replica, num_running=e.stats.num_running, num_waiting=e.stats.num_waiting,
                             kv_usage=e.stats.kv_usage, healthy=e.stats.healthy, accepting=e.stats.accepting)

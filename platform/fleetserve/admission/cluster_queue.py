@@ -46,6 +46,7 @@ from fleetserve.clock import Clock, SystemClock
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
 from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.scheduler import FleetScheduler, SchedulerObserver, Slot
+from fleetserve.admission.board_pool import board_pools, with_versions
 from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats, process_board, to_routing_stats
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,6 @@ class FleetQueueActor:
                  exit_fn: Callable[[], None] = _exit_this_actor, twins: Optional[Mapping[str, str]] = None) -> None:
         """``twins``: model name -> its spot twin's deployment, whose replicas (pushed with the
         model's own) count as the model's capacity too."""
-        from fleetserve.admission.board_pool import board_pools
-
         self._config = FleetSchedulingConfig.model_validate(config)
         self._deployments = dict(deployment_names)
         self._board = board or process_board()
@@ -329,7 +328,7 @@ class ClusterFleetScheduler:
             return None
         self._last_push = now
         out = {}
-        for dep in self._deployments:
+        for dep in with_versions(self._board, self._deployments):  # runtime versions' replicas: capacity too
             entries = self._board.replicas(dep)
             if entries is not None:
                 out[dep] = to_routing_stats(entries)

@@ -36,6 +36,11 @@ class ReplicaStatsBoard:
         with self._lock:
             self._rows[deployment] = {rid: BoardEntry(deployment, rid, s, now) for rid, s in replicas.items()}
 
+    def deployments(self) -> list[str]:
+        """Every deployment some router has reported, by name."""
+        with self._lock:
+            return sorted(self._rows)
+
     def replicas(self, deployment: str) -> Optional[list[BoardEntry]]:
         """None when no router of this deployment has reported yet."""
         with self._lock:
