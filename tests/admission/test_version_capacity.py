@@ -6,6 +6,7 @@ versions (measured in the version-scaling e2e: 7 of 8 streams pinned to v2 ran, 
 replicas of 8 slots each up)."""
 
 import asyncio
+from dataclasses import replace
 
 from fleetserve.admission.board_pool import board_pools, with_versions
 from fleetserve.admission.cluster_queue import ClusterFleetScheduler, FleetQueueActor
@@ -55,3 +56,20 @@ async def test_the_cluster_queue_actor_counts_the_pushed_version_replicas():
     await wait_until(lambda: actor._obj.stats()["m"]["queued"] == {1: 1})
     client.release("r0", 5)
     assert (await asyncio.wait_for(third, 2)).replica_hint == slots[0].replica_hint
+
+
+def test_a_version_is_aged_against_the_models_own_rows_and_other_models_are_not_versions():
+    """In the cluster queue actor rows arrive only with pushes: a quiet spell ages the stable
+    rows and the version's alike, and the version still counts; a push without it (its
+    application deleted) leaves it out. A model named ``m: chat`` has the deployment
+    ``model-m--chat``, which looks like a version of ``m`` and is not."""
+    board = ReplicaStatsBoard()
+    publish(board, DEP, "d0")
+    publish(board, V2, "v0")
+    publish(board, "model-m--chat", "c0")
+    pool = board_pools({"m": DEP, "m: chat": "model-m--chat"}, board=board)["m"]
+    (seen_at,) = [e.seen_at for e in board.replicas(V2)]
+    assert with_versions(board, [DEP], now=None) == [DEP, "model-m--chat", V2]  # no exclusion given
+    assert sorted(c.replica_id for c in pool.capacity_snapshot()) == ["d0", "v0"]
+    board._rows[DEP] = {k: replace(e, seen_at=seen_at + 60) for k, e in board._rows[DEP].items()}  # pushed alone later
+    assert sorted(c.replica_id for c in pool.capacity_snapshot()) == ["d0"]

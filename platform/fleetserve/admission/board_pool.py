@@ -29,22 +29,28 @@ VERSION_SEPARATOR = "--"  # a runtime version's deployment: ``<stable deployment
 VERSION_ROWS_MAX_AGE_S = 30.0
 
 
-def model_deployments(board: ReplicaStatsBoard, deployment: str, twin: Optional[str] = None) -> list[str]:
+def model_deployments(board: ReplicaStatsBoard, deployment: str, twin: Optional[str] = None,
+                      exclude: frozenset = frozenset()) -> list[str]:
     """A model's deployments on the board: its own, its spot twin, and each runtime version's
     (``ServeVersionDeployer.deployment``), which the router sends the model's requests to by
     the version split as well. Without the versions, a canary's or an A/B arm's replicas were
     no admission capacity: the fleet admitted the stable replicas' slots across all versions."""
-    return with_versions(board, [deployment] + ([twin] if twin is not None else []))
+    return with_versions(board, [deployment] + ([twin] if twin is not None else []), exclude=exclude)
 
 
 def with_versions(board: ReplicaStatsBoard, deployments: list[str], max_age_s: float = VERSION_ROWS_MAX_AGE_S,
-                  now: Optional[float] = None) -> list[str]:
+                  now: Optional[float] = None, exclude: frozenset = frozenset()) -> list[str]:
     """``deployments`` and then the runtime versions' deployments of each, as on the board;
-    a version whose rows no router refreshed for ``max_age_s`` (its application deleted) is
-    left out (a live replica's stats change every push, so its rows are republished)."""
-    now = time.time() if now is None else now
+    left out: a version whose rows are ``max_age_s`` older than the freshest of
+    ``deployments``' own (its application deleted: a live replica's stats change every push,
+    so its rows are republished with the others; measured against the model's own rows, not
+    the clock, because the cluster queue actor gets rows only with pushes), and any in
+    ``exclude`` (other models' deployments whose names only look like a version's)."""
+    if now is None:
+        fresh = [e.seen_at for d in deployments for e in board.replicas(d) or []]
+        now = max(fresh) if fresh else time.time()
     extra = {d for own in deployments for d in board.deployments() if d.startswith(own + VERSION_SEPARATOR)
-             and any(now - e.seen_at <= max_age_s for e in board.replicas(d) or [])}
+             and d not in exclude and any(now - e.seen_at <= max_age_s for e in board.replicas(d) or [])}
     return list(deployments) + sorted(extra - set(deployments))
 
 
@@ -53,16 +59,19 @@ class BoardReplicaPool:
     last published on the stats board."""
 
     def __init__(self, deployment: str, board: Optional[ReplicaStatsBoard] = None, preempt: Optional[PreemptFn] = None,
-                 twin: Optional[str] = None) -> None:
+                 twin: Optional[str] = None, exclude: frozenset = frozenset()) -> None:
         """``twin``: the deployment of the same model version on spot capacity, whose replicas
-        count as capacity too (the router sends requests to both)."""
+        count as capacity too (the router sends requests to both); ``exclude``: the other
+        models' deployments (never counted as this model's versions)."""
         self._deployment = deployment
         self._board = board or process_board()
         self._preempt = preempt
         self._twin = twin
+        self._exclude = exclude
 
     def capacity_snapshot(self) -> tuple[ReplicaCapacity, ...]:
-        reported = [self._board.replicas(d) for d in model_deployments(self._board, self._deployment, self._twin)]
+        deps = model_deployments(self._board, self._deployment, self._twin, self._exclude)
+        reported = [self._board.replicas(d) for d in deps]
         if all(r is None for r in reported):
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
         rows = [e for r in reported for e in r or []]
@@ -110,8 +119,9 @@ def board_pools(
     """Model name -> pool, for ``TenantGatekeeper(pool=...)``; with ``handles``, preemption works too
     (on the model's own deployment); ``twins``: model name -> its spot twin's deployment."""
     handles, twins = handles or {}, twins or {}
+    configured = frozenset(deployment_names.values()) | frozenset(twins.values())
     return {
         model: BoardReplicaPool(dep, board, handle_preempt(handles[model], dep, board) if model in handles else None,
-                                twin=twins.get(model))
+                                twin=twins.get(model), exclude=configured - {dep, twins.get(model)})
         for model, dep in deployment_names.items()
     }

@@ -132,6 +132,7 @@ class ScalingController:
 
     async def _forget(self, f: FleetId) -> None:
         st = self.states.pop(f.key, None)
+        self._types.pop(f.key, None)
         self.fleets = [g for g in self.fleets if g != f]
         if st is not None and not any(v is not None for v in vars(st.override).values()):
             await self.store.delete(TABLE, f.key)
