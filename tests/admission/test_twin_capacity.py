@@ -81,9 +81,16 @@ async def test_the_cluster_queue_actor_counts_the_pushed_twin_replicas():
     publish(ingress_board, TWIN, "s0")
     client = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(cfg, FakePool()), board=ingress_board,
                                    deployments=[DEP, TWIN])
-    slots = [await asyncio.wait_for(client.acquire(f"r{i}", "t", 1, 1.0, 5, 5), 2) for i in range(2)]
-    assert sorted(s.replica_hint for s in slots) == ["d0", "s0"]
-    third = asyncio.create_task(client.acquire("r2", "t", 1, 1.0, 5, 5))
+    await one_slot_on_each(client, actor, ["d0", "s0"])
+
+
+async def one_slot_on_each(client, actor, replicas):
+    """One slot per replica (``max_inflight_per_replica`` 1): ``replicas`` take a request each,
+    the next one waits in the actor's queue until a slot is released."""
+    n = len(replicas)
+    slots = [await asyncio.wait_for(client.acquire(f"r{i}", "t", 1, 1.0, 5, 5), 2) for i in range(n)]
+    assert sorted(s.replica_hint for s in slots) == replicas
+    waiting = asyncio.create_task(client.acquire(f"r{n}", "t", 1, 1.0, 5, 5))
     await wait_until(lambda: actor._obj.stats()["m"]["queued"] == {1: 1})
     client.release("r0", 5)
-    assert (await asyncio.wait_for(third, 2)).replica_hint == slots[0].replica_hint
+    assert (await asyncio.wait_for(waiting, 2)).replica_hint == slots[0].replica_hint

@@ -5,7 +5,6 @@ cluster queue actor. Before, only the stable deployment's slots were admitted ac
 versions (measured in the version-scaling e2e: 7 of 8 streams pinned to v2 ran, with two v2
 replicas of 8 slots each up)."""
 
-import asyncio
 from dataclasses import replace
 
 from fleetserve.admission.board_pool import board_pools, with_versions
@@ -14,8 +13,8 @@ from fleetserve.admission.scheduler import FleetScheduler
 from fleetserve.router.stats_board import ReplicaStatsBoard
 from tests.admission.factories import make_config
 from tests.admission.test_cluster_queue import InProcessActor
-from tests.admission.test_scheduler import FakePool, wait_until
-from tests.admission.test_twin_capacity import DEP, TWIN, publish
+from tests.admission.test_scheduler import FakePool
+from tests.admission.test_twin_capacity import DEP, TWIN, one_slot_on_each, publish
 
 V2, OTHER = DEP + "--v2", "model-mm--v2"  # model m's version v2; model mm's (a prefix of m's name is not m)
 
@@ -50,12 +49,7 @@ async def test_the_cluster_queue_actor_counts_the_pushed_version_replicas():
     publish(ingress_board, V2, "v0")
     client = ClusterFleetScheduler("m", lambda: actor, FleetScheduler(cfg, FakePool()), board=ingress_board,
                                    deployments=[DEP])
-    slots = [await asyncio.wait_for(client.acquire(f"r{i}", "t", 1, 1.0, 5, 5), 2) for i in range(2)]
-    assert sorted(s.replica_hint for s in slots) == ["d0", "v0"]
-    third = asyncio.create_task(client.acquire("r2", "t", 1, 1.0, 5, 5))
-    await wait_until(lambda: actor._obj.stats()["m"]["queued"] == {1: 1})
-    client.release("r0", 5)
-    assert (await asyncio.wait_for(third, 2)).replica_hint == slots[0].replica_hint
+    await one_slot_on_each(client, actor, ["d0", "v0"])
 
 
 def test_a_version_is_aged_against_the_models_own_rows_and_other_models_are_not_versions():

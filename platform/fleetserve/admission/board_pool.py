@@ -15,7 +15,7 @@ import time
 from typing import Awaitable, Callable, Mapping, Optional
 
 from fleetserve.admission.policy import ReplicaCapacity
-from fleetserve.router.stats_board import ReplicaStatsBoard, process_board
+from fleetserve.router.stats_board import BoardEntry, ReplicaStatsBoard, process_board
 
 PreemptFn = Callable[[Optional[str], str], Awaitable[bool]]
 
@@ -29,29 +29,35 @@ VERSION_SEPARATOR = "--"  # a runtime version's deployment: ``<stable deployment
 VERSION_ROWS_MAX_AGE_S = 30.0
 
 
-def model_deployments(board: ReplicaStatsBoard, deployment: str, twin: Optional[str] = None,
-                      exclude: frozenset = frozenset()) -> list[str]:
-    """A model's deployments on the board: its own, its spot twin, and each runtime version's
-    (``ServeVersionDeployer.deployment``), which the router sends the model's requests to by
+def model_rows(board: ReplicaStatsBoard, deployments: list[str], max_age_s: float = VERSION_ROWS_MAX_AGE_S,
+               now: Optional[float] = None, exclude: frozenset = frozenset()) -> dict[str, Optional[list[BoardEntry]]]:
+    """Deployment -> its board rows (None: not reported yet): ``deployments`` (a model's own
+    and its spot twin), then each runtime version's (``<deployment>--<version>``,
+    ``ServeVersionDeployer.deployment``), which the router sends the model's requests to by
     the version split as well. Without the versions, a canary's or an A/B arm's replicas were
-    no admission capacity: the fleet admitted the stable replicas' slots across all versions."""
-    return with_versions(board, [deployment] + ([twin] if twin is not None else []), exclude=exclude)
+    no admission capacity. Left out: a version whose rows are ``max_age_s`` older than the
+    freshest of the model's own (its application deleted: a live replica's stats change every
+    push, so its rows are republished with the others; measured against the model's own rows,
+    not the clock, because the cluster queue actor gets rows only with pushes), and any in
+    ``exclude`` (other models' deployments whose names only look like a version's)."""
+    rows = {d: board.replicas(d) for d in deployments}
+    if now is None:
+        fresh = [e.seen_at for entries in rows.values() for e in entries or []]
+        now = max(fresh) if fresh else time.time()
+    prefixes = tuple(d + VERSION_SEPARATOR for d in deployments)
+    for d in board.deployments():
+        if d in rows or d in exclude or not d.startswith(prefixes):
+            continue
+        entries = board.replicas(d)
+        if any(now - e.seen_at <= max_age_s for e in entries or []):
+            rows[d] = entries
+    return rows
 
 
 def with_versions(board: ReplicaStatsBoard, deployments: list[str], max_age_s: float = VERSION_ROWS_MAX_AGE_S,
                   now: Optional[float] = None, exclude: frozenset = frozenset()) -> list[str]:
-    """``deployments`` and then the runtime versions' deployments of each, as on the board;
-    left out: a version whose rows are ``max_age_s`` older than the freshest of
-    ``deployments``' own (its application deleted: a live replica's stats change every push,
-    so its rows are republished with the others; measured against the model's own rows, not
-    the clock, because the cluster queue actor gets rows only with pushes), and any in
-    ``exclude`` (other models' deployments whose names only look like a version's)."""
-    if now is None:
-        fresh = [e.seen_at for d in deployments for e in board.replicas(d) or []]
-        now = max(fresh) if fresh else time.time()
-    extra = {d for own in deployments for d in board.deployments() if d.startswith(own + VERSION_SEPARATOR)
-             and d not in exclude and any(now - e.seen_at <= max_age_s for e in board.replicas(d) or [])}
-    return list(deployments) + sorted(extra - set(deployments))
+    """The names :func:`model_rows` counts, in its order."""
+    return list(model_rows(board, deployments, max_age_s, now, exclude))
 
 
 class BoardReplicaPool:
@@ -70,8 +76,8 @@ class BoardReplicaPool:
         self._exclude = exclude
 
     def capacity_snapshot(self) -> tuple[ReplicaCapacity, ...]:
-        deps = model_deployments(self._board, self._deployment, self._twin, self._exclude)
-        reported = [self._board.replicas(d) for d in deps]
+        own = [self._deployment] + ([self._twin] if self._twin is not None else [])
+        reported = list(model_rows(self._board, own, exclude=self._exclude).values())
         if all(r is None for r in reported):
             return (ReplicaCapacity(UNKNOWN_REPLICA),)
         rows = [e for r in reported for e in r or []]

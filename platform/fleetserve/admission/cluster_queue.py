@@ -46,7 +46,7 @@ from fleetserve.clock import Clock, SystemClock
 from fleetserve.errors import RateLimitError, ServiceUnavailableError
 from fleetserve.admission.config import FleetSchedulingConfig
 from fleetserve.admission.scheduler import FleetScheduler, SchedulerObserver, Slot
-from fleetserve.admission.board_pool import board_pools, with_versions
+from fleetserve.admission.board_pool import board_pools, model_rows
 from fleetserve.router.stats_board import ReplicaStatsBoard, from_routing_stats, process_board, to_routing_stats
 
 log = logging.getLogger(__name__)
@@ -328,8 +328,7 @@ class ClusterFleetScheduler:
             return None
         self._last_push = now
         out = {}
-        for dep in with_versions(self._board, self._deployments):  # runtime versions' replicas: capacity too
-            entries = self._board.replicas(dep)
+        for dep, entries in model_rows(self._board, self._deployments).items():  # runtime versions' too
             if entries is not None:
                 out[dep] = to_routing_stats(entries)
         return out
