@@ -9,9 +9,12 @@ def test_freeze_startup_heap_freezes_existing_objects_only():
     startup = [[i] for i in range(1000)]
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() and frozen >= 1000
+        # Other threads of the test process (Ray, HTTP clients) may free a few frozen objects
+        # meanwhile, so the count can only fall (a clean clone's full run saw 968205 -> 968203).
+        assert frozen >= 1000 and gc.get_freeze_count() <= frozen
+        before_later = gc.get_freeze_count()
         later = [[i] for i in range(1000)]
-        assert gc.get_freeze_count() == frozen  # new objects stay collectable
+        assert gc.get_freeze_count() <= before_later  # new objects stay collectable: none frozen
         assert all(gc.is_tracked(x) for x in later)
         # A cycle made after the freeze is still collected.
         cycle = []
